@@ -1,0 +1,511 @@
+//! The inbox: this process's table of duplicates waiting to be redeemed.
+//!
+//! A duplicate arrives with [`Inbox::handle_push`] (the driver received descriptors from a
+//! source), which assigns each a ticket; [`Inbox::claim`] redeems a record exactly once, only in
+//! the process and run it was made for; [`Inbox::handle_timeout`] expires what was never
+//! redeemed. The inbox is generic over the descriptor type `F`, so it is tested with plain
+//! integers; the driver uses `OwnedFd`, and dropping an expired entry closes its descriptor.
+//!
+//! Call order: [`Inbox::new`] once per run; then any interleaving of `handle_push`,
+//! `handle_cancel`, `claim` and `handle_timeout`, with a `now` that never goes backwards;
+//! [`Inbox::poll_timeout`] says when `handle_timeout` is next due.
+//!
+//! A duplicate's record carries three values the inbox checks: `service_flags3` is the target's
+//! pid, `service_flags4` the run's nonce (new at every `startup()`, so records from before a
+//! restart, or for an earlier process with the same pid, are recognised), and `provider_reserved`
+//! the ticket.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::catalog;
+use crate::error::{Error, WSAENOBUFS};
+use crate::wire::ProtocolInfo;
+
+/// How long unredeemed duplicates live, and how many may wait at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Time-to-live of an unredeemed duplicate; `None` keeps it until the process exits.
+    pub ttl: Option<Duration>,
+    /// The most duplicates waiting at once.
+    pub capacity: usize,
+}
+
+impl Default for Limits {
+    /// 300 seconds and 4096 duplicates.
+    fn default() -> Self {
+        Self {
+            ttl: Some(Duration::from_secs(300)),
+            capacity: 4096,
+        }
+    }
+}
+
+/// Why a ticket is no longer pending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spent {
+    /// Redeemed by `socket_from_info`.
+    Redeemed,
+    /// Closed when its time-to-live ended.
+    Expired,
+    /// Withdrawn by its source (a batch that failed part way).
+    Cancelled,
+}
+
+struct Slot<F> {
+    fd: F,
+    deadline: Option<Instant>,
+    source_pid: u32,
+}
+
+/// How many spent tickets are remembered, to tell "already redeemed" from "never issued".
+const SPENT_MEMORY: usize = 65_536;
+
+/// The table of pending duplicates of one run of one process. See the [module docs](self).
+pub struct Inbox<F> {
+    pid: u32,
+    nonce: u32,
+    limits: Limits,
+    next_ticket: u32,
+    pending: HashMap<u32, Slot<F>>,
+    /// Deadlines in push order: with one TTL and a clock that never goes back, this is sorted.
+    deadlines: VecDeque<(Instant, u32)>,
+    spent: HashMap<u32, Spent>,
+    spent_order: VecDeque<u32>,
+}
+
+impl<F> std::fmt::Debug for Inbox<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("pid", &self.pid)
+            .field("nonce", &self.nonce)
+            .field("limits", &self.limits)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> Inbox<F> {
+    /// A new, empty inbox for process `pid`. `nonce` identifies this run (the driver draws it at
+    /// random); `first_ticket` is where ticket numbering starts (also random, so tickets of
+    /// different runs rarely coincide).
+    pub fn new(pid: u32, nonce: u32, first_ticket: u32, limits: Limits) -> Self {
+        Self {
+            pid,
+            nonce,
+            limits,
+            next_ticket: first_ticket,
+            pending: HashMap::new(),
+            deadlines: VecDeque::new(),
+            spent: HashMap::new(),
+            spent_order: VecDeque::new(),
+        }
+    }
+
+    /// This process's id, as the inbox writes it into records.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// This run's nonce.
+    pub fn nonce(&self) -> u32 {
+        self.nonce
+    }
+
+    /// The limits the inbox enforces.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// How many duplicates are waiting.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether no duplicate is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    fn fresh_ticket(&mut self) -> u32 {
+        loop {
+            let t = self.next_ticket;
+            self.next_ticket = self.next_ticket.wrapping_add(1);
+            if t != 0 && !self.pending.contains_key(&t) && !self.spent.contains_key(&t) {
+                return t;
+            }
+        }
+    }
+
+    fn remember(&mut self, ticket: u32, why: Spent) {
+        if self.spent_order.len() == SPENT_MEMORY
+            && let Some(old) = self.spent_order.pop_front()
+        {
+            self.spent.remove(&old);
+        }
+        self.spent.insert(ticket, why);
+        self.spent_order.push_back(ticket);
+    }
+
+    /// Descriptors arrived from process `source_pid`: store them all and return their tickets, in
+    /// order, or store none.
+    ///
+    /// # Errors
+    /// `WSAENOBUFS` if they do not all fit within the capacity; the descriptors are handed back
+    /// so the caller decides when they close.
+    pub fn handle_push(
+        &mut self,
+        now: Instant,
+        source_pid: u32,
+        fds: Vec<F>,
+    ) -> Result<Vec<u32>, (Error, Vec<F>)> {
+        let free = self.limits.capacity.saturating_sub(self.pending.len());
+        if fds.len() > free {
+            let err = Error::new(
+                WSAENOBUFS,
+                format!(
+                    "process {}'s inbox holds {} unredeemed duplicates (capacity {}) and cannot take {} more: \
+                     have it redeem them, wait for them to expire, or start it with a larger capacity (SOCKDUP_CAPACITY)",
+                    self.pid,
+                    self.pending.len(),
+                    self.limits.capacity,
+                    fds.len()
+                ),
+            );
+            return Err((err, fds));
+        }
+        let deadline = self.limits.ttl.map(|ttl| now + ttl);
+        let mut tickets = Vec::with_capacity(fds.len());
+        for fd in fds {
+            let ticket = self.fresh_ticket();
+            self.pending.insert(
+                ticket,
+                Slot {
+                    fd,
+                    deadline,
+                    source_pid,
+                },
+            );
+            if let Some(d) = deadline {
+                self.deadlines.push_back((d, ticket));
+            }
+            tickets.push(ticket);
+        }
+        Ok(tickets)
+    }
+
+    /// Process `source_pid` withdraws tickets it was given (a batch failed part way). Returns
+    /// the descriptors to close; tickets that are not pending, or were pushed by another
+    /// process, are left alone.
+    pub fn handle_cancel(&mut self, source_pid: u32, tickets: &[u32]) -> Vec<F> {
+        let mut out = Vec::new();
+        for &t in tickets {
+            if self
+                .pending
+                .get(&t)
+                .is_some_and(|s| s.source_pid == source_pid)
+                && let Some(slot) = self.pending.remove(&t)
+            {
+                self.remember(t, Spent::Cancelled);
+                out.push(slot.fd);
+            }
+        }
+        out
+    }
+
+    /// Expires every duplicate whose time-to-live has ended by `now` and returns their
+    /// descriptors (dropping an `OwnedFd` closes it).
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<F> {
+        let mut out = Vec::new();
+        while let Some(&(deadline, ticket)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self
+                .pending
+                .get(&ticket)
+                .is_some_and(|s| s.deadline == Some(deadline))
+                && let Some(slot) = self.pending.remove(&ticket)
+            {
+                self.remember(ticket, Spent::Expired);
+                out.push(slot.fd);
+            }
+        }
+        out
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines
+            .iter()
+            .find(|(d, t)| self.pending.get(t).is_some_and(|s| s.deadline == Some(*d)))
+            .map(|(d, _)| *d)
+    }
+
+    /// Redeems `info` (`WSPSocket` with a duplicate's protocol info): hands out its descriptor
+    /// once.
+    ///
+    /// # Errors
+    /// `WSAEINVAL` with a message that says which: the record names no sockdup catalog entry,
+    /// was made for another process, or for an earlier run of this one; or its ticket was
+    /// already redeemed, expired, was cancelled, or was never issued. A failed claim changes
+    /// nothing, so the real target can still redeem a record someone else tried.
+    pub fn claim(&mut self, now: Instant, info: &ProtocolInfo) -> Result<F, Error> {
+        if catalog::base_entry(info.catalog_entry_id).is_none() {
+            return Err(Error::invalid(format!(
+                "the record names catalog entry {}, which is not in this process's catalog: it was not made by sockdup's \
+                 duplicate_socket (records from Windows or Wine can be inspected but not redeemed here)",
+                info.catalog_entry_id
+            )));
+        }
+        let (target, nonce, ticket) = (
+            info.service_flags3,
+            info.service_flags4,
+            info.provider_reserved,
+        );
+        if target != self.pid {
+            return Err(Error::invalid(format!(
+                "this record was made for process {target}, but this is process {}: redeem it in the process it was \
+                 duplicated to, or duplicate the socket again for this one",
+                self.pid
+            )));
+        }
+        if nonce != self.nonce {
+            return Err(Error::invalid(format!(
+                "this record was made for an earlier run of process {} (its inbox has been restarted since, or the pid \
+                 was reused): the descriptor it stood for was closed with that run; duplicate the socket again",
+                self.pid
+            )));
+        }
+        let expired =
+            matches!(self.pending.get(&ticket), Some(s) if s.deadline.is_some_and(|d| d <= now));
+        if expired {
+            drop(self.pending.remove(&ticket));
+            self.remember(ticket, Spent::Expired);
+        }
+        if let Some(slot) = self.pending.remove(&ticket) {
+            self.remember(ticket, Spent::Redeemed);
+            return Ok(slot.fd);
+        }
+        Err(Error::invalid(match self.spent.get(&ticket) {
+            Some(Spent::Redeemed) => format!(
+                "ticket {ticket} was already redeemed: a duplicate's record can be used only once; duplicate the socket again for another descriptor"
+            ),
+            Some(Spent::Expired) => format!(
+                "ticket {ticket} expired before it was redeemed (time-to-live {}) and its descriptor was closed: redeem sooner, \
+                 or start the target with a longer time-to-live (SOCKDUP_TTL)",
+                self.limits
+                    .ttl
+                    .map_or_else(|| "none".to_owned(), |t| format!("{} s", t.as_secs_f64()))
+            ),
+            Some(Spent::Cancelled) => {
+                format!(
+                    "ticket {ticket} was cancelled by its source (its batch failed) and its descriptor was closed"
+                )
+            }
+            None => format!(
+                "ticket {ticket} was never issued by this process's inbox (or was spent long ago): the record is not a \
+                 duplicate made for this process"
+            ),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::base_entries;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// A descriptor stand-in that counts how many were closed.
+    #[derive(Debug)]
+    struct Token(u32, Rc<RefCell<Vec<u32>>>);
+    impl Drop for Token {
+        fn drop(&mut self) {
+            self.1.borrow_mut().push(self.0);
+        }
+    }
+
+    const PID: u32 = 4242;
+    const NONCE: u32 = 0xabcd;
+
+    fn setup(limits: Limits) -> (Inbox<Token>, Rc<RefCell<Vec<u32>>>, Instant) {
+        (
+            Inbox::new(PID, NONCE, 7, limits),
+            Rc::default(),
+            Instant::now(),
+        )
+    }
+
+    fn record(pid: u32, nonce: u32, ticket: u32) -> ProtocolInfo {
+        ProtocolInfo {
+            service_flags3: pid,
+            service_flags4: nonce,
+            provider_reserved: ticket,
+            ..base_entries()[0].clone()
+        }
+    }
+
+    fn tokens(closed: &Rc<RefCell<Vec<u32>>>, ids: std::ops::Range<u32>) -> Vec<Token> {
+        ids.map(|i| Token(i, closed.clone())).collect()
+    }
+
+    #[test]
+    fn claim_once_then_einval() {
+        let (mut inbox, closed, t0) = setup(Limits::default());
+        let tickets = inbox
+            .handle_push(t0, 1, tokens(&closed, 0..3))
+            .map_err(|e| e.0)
+            .unwrap();
+        assert_eq!(tickets, [7, 8, 9]);
+        let fd = inbox.claim(t0, &record(PID, NONCE, 8)).unwrap();
+        assert_eq!(fd.0, 1);
+        let err = inbox.claim(t0, &record(PID, NONCE, 8)).unwrap_err();
+        assert_eq!(err.code(), 10022);
+        assert!(err.message().contains("already redeemed"), "{err}");
+        assert!(closed.borrow().is_empty());
+        assert_eq!(inbox.len(), 2);
+    }
+
+    #[test]
+    fn foreign_and_stale_records_name_the_reason_and_change_nothing() {
+        let (mut inbox, closed, t0) = setup(Limits::default());
+        let t = inbox
+            .handle_push(t0, 1, tokens(&closed, 0..1))
+            .map_err(|e| e.0)
+            .unwrap()[0];
+        let e = inbox.claim(t0, &record(PID + 1, NONCE, t)).unwrap_err();
+        assert!(e.message().contains("made for process 4243"), "{e}");
+        let e = inbox.claim(t0, &record(PID, NONCE + 1, t)).unwrap_err();
+        assert!(e.message().contains("earlier run"), "{e}");
+        let e = inbox.claim(t0, &record(PID, NONCE, t + 100)).unwrap_err();
+        assert!(e.message().contains("never issued"), "{e}");
+        let e = inbox
+            .claim(
+                t0,
+                &ProtocolInfo {
+                    catalog_entry_id: 9,
+                    ..record(PID, NONCE, t)
+                },
+            )
+            .unwrap_err();
+        assert!(e.message().contains("catalog entry 9"), "{e}");
+        assert_eq!(inbox.claim(t0, &record(PID, NONCE, t)).unwrap().0, 0);
+    }
+
+    #[test]
+    fn expiry_closes_and_reports() {
+        let limits = Limits {
+            ttl: Some(Duration::from_secs(5)),
+            capacity: 10,
+        };
+        let (mut inbox, closed, t0) = setup(limits);
+        let a = inbox
+            .handle_push(t0, 1, tokens(&closed, 0..1))
+            .map_err(|e| e.0)
+            .unwrap()[0];
+        let b = inbox
+            .handle_push(t0 + Duration::from_secs(2), 1, tokens(&closed, 1..2))
+            .map_err(|e| e.0)
+            .unwrap()[0];
+        assert_eq!(inbox.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+        assert!(inbox.handle_timeout(t0 + Duration::from_secs(4)).is_empty());
+        drop(inbox.handle_timeout(t0 + Duration::from_secs(5)));
+        assert_eq!(*closed.borrow(), [0]);
+        assert_eq!(inbox.poll_timeout(), Some(t0 + Duration::from_secs(7)));
+        let e = inbox
+            .claim(t0 + Duration::from_secs(5), &record(PID, NONCE, a))
+            .unwrap_err();
+        assert!(e.message().contains("expired"), "{e}");
+        // Past its deadline but before handle_timeout ran: still refused, and closed.
+        let e = inbox
+            .claim(t0 + Duration::from_secs(8), &record(PID, NONCE, b))
+            .unwrap_err();
+        assert!(e.message().contains("expired"), "{e}");
+        assert_eq!(*closed.borrow(), [0, 1]);
+        assert_eq!(inbox.poll_timeout(), None);
+    }
+
+    #[test]
+    fn no_ttl_keeps_forever() {
+        let (mut inbox, closed, t0) = setup(Limits {
+            ttl: None,
+            capacity: 2,
+        });
+        let t = inbox
+            .handle_push(t0, 1, tokens(&closed, 0..1))
+            .map_err(|e| e.0)
+            .unwrap()[0];
+        assert_eq!(inbox.poll_timeout(), None);
+        assert!(
+            inbox
+                .handle_timeout(t0 + Duration::from_secs(1 << 30))
+                .is_empty()
+        );
+        assert!(
+            inbox
+                .claim(t0 + Duration::from_secs(1 << 30), &record(PID, NONCE, t))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn capacity_is_all_or_nothing() {
+        let (mut inbox, closed, t0) = setup(Limits {
+            ttl: None,
+            capacity: 3,
+        });
+        inbox
+            .handle_push(t0, 1, tokens(&closed, 0..2))
+            .map_err(|e| e.0)
+            .unwrap();
+        let (err, back) = inbox.handle_push(t0, 1, tokens(&closed, 2..4)).unwrap_err();
+        assert_eq!(err.code(), WSAENOBUFS);
+        assert_eq!(back.len(), 2);
+        assert_eq!(inbox.len(), 2);
+        drop(back);
+        assert_eq!(*closed.borrow(), [2, 3]);
+    }
+
+    #[test]
+    fn cancel_only_own_pending_tickets() {
+        let (mut inbox, closed, t0) = setup(Limits::default());
+        let ts = inbox
+            .handle_push(t0, 1, tokens(&closed, 0..3))
+            .map_err(|e| e.0)
+            .unwrap();
+        assert!(inbox.handle_cancel(2, &ts).is_empty());
+        drop(inbox.handle_cancel(1, &ts[..2]));
+        assert_eq!(*closed.borrow(), [0, 1]);
+        let e = inbox.claim(t0, &record(PID, NONCE, ts[0])).unwrap_err();
+        assert!(e.message().contains("cancelled"), "{e}");
+        assert!(inbox.claim(t0, &record(PID, NONCE, ts[2])).is_ok());
+    }
+
+    #[test]
+    fn tickets_skip_zero_and_pending_on_wrap() {
+        let mut inbox: Inbox<u32> = Inbox::new(PID, NONCE, u32::MAX, Limits::default());
+        let t0 = Instant::now();
+        let ts = inbox
+            .handle_push(t0, 1, vec![1, 2])
+            .map_err(|e| e.0)
+            .unwrap();
+        assert_eq!(ts, [u32::MAX, 1]);
+        inbox.next_ticket = u32::MAX;
+        let ts2 = inbox.handle_push(t0, 1, vec![3]).map_err(|e| e.0).unwrap();
+        assert_eq!(ts2, [2]);
+    }
+
+    #[test]
+    fn dropping_the_inbox_closes_everything() {
+        let (mut inbox, closed, t0) = setup(Limits::default());
+        inbox
+            .handle_push(t0, 1, tokens(&closed, 0..4))
+            .map_err(|e| e.0)
+            .unwrap();
+        drop(inbox);
+        assert_eq!(closed.borrow().len(), 4);
+    }
+}

@@ -1,0 +1,27 @@
+//! The I/O-free core of sockdup.
+//!
+//! Everything here is pure logic that takes time and bytes as arguments and never touches the
+//! operating system, so it is tested on one thread without sockets (the smoltcp / quinn split):
+//!
+//! - [`wire`]: the 628-byte `WSAPROTOCOL_INFOW` record ([`ProtocolInfo`]), its GUID and protocol
+//!   chain, and its one-line text form.
+//! - [`error`]: the one [`Error`] type, whose [`Error::code`] is the Winsock error number.
+//! - [`flags`]: the `XP1_*` and `PFL_*` constants and their names.
+//! - [`catalog`]: the base provider's built-in catalog entries.
+//! - [`inbox`]: the per-process table of duplicates waiting to be redeemed (tickets, expiry,
+//!   capacity), generic over the descriptor type.
+//! - [`message`]: the codec of the inbox's request and reply messages.
+//!
+//! The `sockdup` crate joins this core to Linux; users depend on that crate, which re-exports the
+//! types defined here.
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod error;
+pub mod flags;
+pub mod inbox;
+pub mod message;
+pub mod wire;
+
+pub use error::Error;
+pub use wire::{Guid, ProtocolChain, ProtocolInfo};

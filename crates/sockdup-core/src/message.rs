@@ -1,0 +1,236 @@
+//! The messages between a source and a target's inbox, as bytes.
+//!
+//! Each is one `SOCK_SEQPACKET` message of little-endian `u32` words. A request carries its
+//! descriptors in `SCM_RIGHTS`; the inbox answers every request with one reply.
+//!
+//! ```text
+//! request: MAGIC, op (PUSH | CANCEL), count, then for CANCEL `count` tickets
+//! reply:   MAGIC, status (0 or a Winsock code), inbox pid, inbox nonce, count, `count` tickets,
+//!          then, when status != 0, a UTF-8 message
+//! ```
+
+use crate::error::Error;
+
+/// `"SDP1"`, the first word of every message.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"SDP1");
+/// Linux's `SCM_MAX_FD`: the most descriptors one message may carry.
+pub const MAX_FDS_PER_MESSAGE: usize = 253;
+/// The largest message either side sends.
+pub const MAX_MESSAGE: usize = 4096;
+/// The longest error text a reply carries, in bytes.
+const MAX_TEXT: usize = MAX_MESSAGE - 5 * 4 - MAX_FDS_PER_MESSAGE * 4;
+
+/// What a source asks of an inbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Keep the `count` descriptors attached to this message and give each a ticket.
+    Push {
+        /// How many descriptors the `SCM_RIGHTS` message carries.
+        count: u32,
+    },
+    /// Withdraw tickets this source was given (closing their descriptors).
+    Cancel {
+        /// The tickets.
+        tickets: Vec<u32>,
+    },
+}
+
+const OP_PUSH: u32 = 1;
+const OP_CANCEL: u32 = 2;
+
+/// An inbox's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// 0, or the Winsock code of the failure.
+    pub status: i32,
+    /// The inbox's process id, as it sees itself.
+    pub pid: u32,
+    /// The inbox's run nonce.
+    pub nonce: u32,
+    /// For a successful push, one ticket per descriptor, in order.
+    pub tickets: Vec<u32>,
+    /// For a failure, what went wrong.
+    pub text: String,
+}
+
+fn words(bytes: &[u8]) -> Option<Vec<u32>> {
+    (bytes.len() % 4 == 0).then(|| {
+        bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    })
+}
+
+fn put(out: &mut Vec<u8>, w: u32) {
+    out.extend_from_slice(&w.to_le_bytes());
+}
+
+fn malformed(what: &str) -> Error {
+    Error::new(
+        crate::error::WSAENETDOWN,
+        format!(
+            "received a malformed sockdup {what}: the peer is not a compatible sockdup inbox or source"
+        ),
+    )
+}
+
+impl Request {
+    /// The request as bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        put(&mut out, MAGIC);
+        match self {
+            Self::Push { count } => {
+                put(&mut out, OP_PUSH);
+                put(&mut out, *count);
+            }
+            Self::Cancel { tickets } => {
+                put(&mut out, OP_CANCEL);
+                put(&mut out, tickets.len() as u32);
+                tickets.iter().for_each(|&t| put(&mut out, t));
+            }
+        }
+        out
+    }
+
+    /// Parses a request.
+    ///
+    /// # Errors
+    /// `WSAENETDOWN` if the bytes are not a sockdup request.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        let w = words(bytes).ok_or_else(|| malformed("request"))?;
+        match w.as_slice() {
+            [MAGIC, OP_PUSH, count] => Ok(Self::Push { count: *count }),
+            [MAGIC, OP_CANCEL, count, tickets @ ..] if *count as usize == tickets.len() => {
+                Ok(Self::Cancel {
+                    tickets: tickets.to_vec(),
+                })
+            }
+            _ => Err(malformed("request")),
+        }
+    }
+}
+
+impl Reply {
+    /// The reply as bytes; an over-long text is cut at a character boundary.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20 + 4 * self.tickets.len());
+        for w in [
+            MAGIC,
+            self.status as u32,
+            self.pid,
+            self.nonce,
+            self.tickets.len() as u32,
+        ] {
+            put(&mut out, w);
+        }
+        self.tickets.iter().for_each(|&t| put(&mut out, t));
+        let mut end = self.text.len().min(MAX_TEXT);
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.extend_from_slice(&self.text.as_bytes()[..end]);
+        out
+    }
+
+    /// Parses a reply.
+    ///
+    /// # Errors
+    /// `WSAENETDOWN` if the bytes are not a sockdup reply.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        let head = bytes
+            .get(..20)
+            .and_then(words)
+            .ok_or_else(|| malformed("reply"))?;
+        let [magic, status, pid, nonce, count] = head[..] else {
+            return Err(malformed("reply"));
+        };
+        if magic != MAGIC || count as usize > MAX_FDS_PER_MESSAGE {
+            return Err(malformed("reply"));
+        }
+        let end = 20 + 4 * count as usize;
+        let tickets = bytes
+            .get(20..end)
+            .and_then(words)
+            .ok_or_else(|| malformed("reply"))?;
+        let text = String::from_utf8_lossy(&bytes[end..]).into_owned();
+        Ok(Self {
+            status: status as i32,
+            pid,
+            nonce,
+            tickets,
+            text,
+        })
+    }
+
+    /// The reply as a result: its tickets, or the inbox's error.
+    ///
+    /// # Errors
+    /// The error the inbox reported, with its code and text.
+    pub fn into_result(self) -> Result<Self, Error> {
+        if self.status == 0 {
+            Ok(self)
+        } else {
+            Err(Error::new(self.status, self.text))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trips() {
+        for r in [
+            Request::Push { count: 253 },
+            Request::Cancel {
+                tickets: vec![1, 2, 3],
+            },
+            Request::Cancel { tickets: vec![] },
+        ] {
+            assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        }
+        let r = Reply {
+            status: 0,
+            pid: 9,
+            nonce: 7,
+            tickets: vec![5; 253],
+            text: String::new(),
+        };
+        assert_eq!(Reply::decode(&r.encode()).unwrap(), r);
+        let r = Reply {
+            status: 10055,
+            pid: 9,
+            nonce: 7,
+            tickets: vec![],
+            text: "full é".into(),
+        };
+        let back = Reply::decode(&r.encode()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.into_result().unwrap_err().code(), 10055);
+        let long = Reply {
+            text: "é".repeat(MAX_MESSAGE),
+            ..r
+        };
+        assert!(long.encode().len() <= MAX_MESSAGE);
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        assert!(Request::decode(b"").is_err());
+        assert!(Request::decode(b"SDP1\x01\0\0\0").is_err());
+        assert!(Request::decode(&Request::Cancel { tickets: vec![1] }.encode()[..12]).is_err());
+        assert!(Reply::decode(b"SDP1").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let _ = Request::decode(&bytes);
+            let _ = Reply::decode(&bytes);
+        }
+    }
+}
