@@ -1,0 +1,253 @@
+//! A process for the tests to drive: one command per line on stdin, one answer per line on
+//! stdout, `ok [VALUE...]` or `err CODE MESSAGE`. Descriptors it holds are named by index.
+//!
+//! Commands: `startup [ttl=S] [capacity=N] [allow=A]`, `cleanup`, `pid`, `tcp-listen`,
+//! `tcp-connect ADDR`, `udp-bind`, `unix-pair`, `pipe`, `dup IDX PID`, `dup-many IDX,IDX PID`,
+//! `redeem RECORD`, `close IDX`, `write IDX TEXT`, `read IDX`, `accept IDX`, `keepalive IDX`,
+//! `nonblock IDX`, `fdcount`, `cloexec`, `squat PID`, `exit`.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
+
+struct Peer {
+    fds: HashMap<usize, OwnedFd>,
+    next: usize,
+    guard: Option<sockdup::Startup>,
+    squat: Option<OwnedFd>,
+}
+
+type Answer = Result<String, String>;
+
+fn err(e: sockdup::Error) -> String {
+    format!("{} {}", e.code(), e)
+}
+
+fn io(e: std::io::Error) -> String {
+    format!("0 {e}")
+}
+
+impl Peer {
+    fn keep(&mut self, fd: impl Into<OwnedFd>) -> usize {
+        self.next += 1;
+        self.fds.insert(self.next, fd.into());
+        self.next
+    }
+
+    fn fd(&self, arg: Option<&str>) -> Result<&OwnedFd, String> {
+        let idx: usize = arg
+            .and_then(|a| a.parse().ok())
+            .ok_or("0 missing descriptor index")?;
+        self.fds
+            .get(&idx)
+            .ok_or_else(|| format!("0 no descriptor {idx}"))
+    }
+
+    fn run(&mut self, line: &str) -> Answer {
+        let mut words = line.split_whitespace();
+        let cmd = words.next().unwrap_or("");
+        let a = words.next();
+        let b = words.next();
+        match cmd {
+            "startup" => {
+                let mut o = sockdup::Options::from_env().map_err(err)?;
+                for opt in line.split_whitespace().skip(1) {
+                    match opt.split_once('=') {
+                        Some(("ttl", v)) => {
+                            o = o.ttl(Duration::from_secs_f64(v.parse().map_err(|_| "0 bad ttl")?))
+                        }
+                        Some(("capacity", v)) => {
+                            o = o.capacity(v.parse().map_err(|_| "0 bad capacity")?)
+                        }
+                        Some(("allow", "any")) => o = o.allow(sockdup::Allow::AnyUser),
+                        Some(("allow", "nobody")) => o = o.allow(sockdup::Allow::Uids(vec![])),
+                        _ => return Err(format!("0 unknown option {opt}")),
+                    }
+                }
+                self.guard = Some(o.startup().map_err(err)?);
+                Ok(String::new())
+            }
+            "cleanup" => {
+                self.guard = None;
+                Ok(String::new())
+            }
+            "pid" => Ok(std::process::id().to_string()),
+            "tcp-listen" => {
+                let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
+                let addr = l.local_addr().map_err(io)?;
+                Ok(format!("{} {addr}", self.keep(l)))
+            }
+            "tcp-connect" => {
+                let s = TcpStream::connect(a.ok_or("0 missing address")?).map_err(io)?;
+                Ok(self.keep(s).to_string())
+            }
+            "udp-bind" => {
+                let s = UdpSocket::bind("127.0.0.1:0").map_err(io)?;
+                let addr = s.local_addr().map_err(io)?;
+                Ok(format!("{} {addr}", self.keep(s)))
+            }
+            "unix-pair" => {
+                let (x, y) = UnixStream::pair().map_err(io)?;
+                Ok(format!("{} {}", self.keep(x), self.keep(y)))
+            }
+            "pipe" => {
+                let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(|e| io(e.into()))?;
+                Ok(format!("{} {}", self.keep(r), self.keep(w)))
+            }
+            "dup" => {
+                let pid = b.and_then(|p| p.parse().ok()).ok_or("0 missing pid")?;
+                Ok(sockdup::duplicate_socket(self.fd(a)?, pid)
+                    .map_err(err)?
+                    .to_string())
+            }
+            "dup-many" => {
+                let pid = b.and_then(|p| p.parse().ok()).ok_or("0 missing pid")?;
+                let mut socks = Vec::new();
+                for i in a.unwrap_or("").split(',') {
+                    socks.push(self.fd(Some(i))?.as_fd());
+                }
+                let records = sockdup::duplicate_sockets(&socks, pid).map_err(err)?;
+                Ok(records
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "))
+            }
+            "redeem" => {
+                let info: sockdup::ProtocolInfo = a.unwrap_or("").parse().map_err(err)?;
+                let fd = sockdup::socket_from_info(&info).map_err(err)?;
+                Ok(self.keep(fd).to_string())
+            }
+            "close" => {
+                let idx: usize = a.and_then(|x| x.parse().ok()).ok_or("0 missing index")?;
+                self.fds.remove(&idx).ok_or("0 no such descriptor")?;
+                Ok(String::new())
+            }
+            "write" => {
+                let fd = self.fd(a)?;
+                let text = line.splitn(3, ' ').nth(2).unwrap_or("");
+                rustix::io::write(fd, text.as_bytes()).map_err(|e| io(e.into()))?;
+                Ok(String::new())
+            }
+            "read" => {
+                let fd = self.fd(a)?;
+                let mut buf = [0u8; 4096];
+                let n = rustix::io::read(fd, &mut buf).map_err(|e| io(e.into()))?;
+                Ok(if n == 0 {
+                    "<eof>".into()
+                } else {
+                    String::from_utf8_lossy(&buf[..n]).into_owned()
+                })
+            }
+            "accept" => {
+                let fd = self.fd(a)?;
+                let c =
+                    rustix::net::accept_with(fd, SocketFlags::CLOEXEC).map_err(|e| io(e.into()))?;
+                Ok(self.keep(c).to_string())
+            }
+            "keepalive" => Ok(sockopt::socket_keepalive(self.fd(a)?)
+                .map_err(|e| io(e.into()))?
+                .to_string()),
+            "nonblock" => {
+                let fl = rustix::fs::fcntl_getfl(self.fd(a)?).map_err(|e| io(e.into()))?;
+                Ok(fl.contains(rustix::fs::OFlags::NONBLOCK).to_string())
+            }
+            "fdcount" => Ok(std::fs::read_dir("/proc/self/fd")
+                .map_err(io)?
+                .count()
+                .saturating_sub(1)
+                .to_string()),
+            "cloexec" => {
+                let mut bad = Vec::new();
+                for entry in std::fs::read_dir("/proc/self/fd").map_err(io)? {
+                    let n: i32 = entry
+                        .map_err(io)?
+                        .file_name()
+                        .to_string_lossy()
+                        .parse()
+                        .unwrap_or(-1);
+                    if n <= 2 {
+                        continue;
+                    }
+                    // The directory iterator's own descriptor disappears before we look: skip it.
+                    let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{n}")) else {
+                        continue;
+                    };
+                    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}"))
+                        .unwrap_or_default();
+                    // flags are octal; O_CLOEXEC is 02000000.
+                    let flags = fdinfo
+                        .lines()
+                        .find_map(|l| l.strip_prefix("flags:"))
+                        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                        .unwrap_or(0);
+                    if flags & 0o2000000 == 0 {
+                        bad.push(format!("{n}->{}", target.display()));
+                    }
+                }
+                if bad.is_empty() {
+                    Ok(String::new())
+                } else {
+                    Err(format!("0 not close-on-exec: {}", bad.join(",")))
+                }
+            }
+            "squat" => {
+                let pid: u32 = a.and_then(|p| p.parse().ok()).ok_or("0 missing pid")?;
+                let fd = rustix::net::socket_with(
+                    AddressFamily::UNIX,
+                    SocketType::SEQPACKET,
+                    SocketFlags::CLOEXEC,
+                    None,
+                )
+                .map_err(|e| io(e.into()))?;
+                let name = match sockdup::inbox_address(pid) {
+                    sockdup::InboxAddress::Abstract(n) => n,
+                    other => return Err(format!("0 cannot squat on {other}")),
+                };
+                let addr =
+                    SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(|e| io(e.into()))?;
+                rustix::net::bind(&fd, &addr).map_err(|e| io(e.into()))?;
+                rustix::net::listen(&fd, 16).map_err(|e| io(e.into()))?;
+                self.squat = Some(fd);
+                Ok(String::new())
+            }
+            "exit" => std::process::exit(0),
+            "" => Ok(String::new()),
+            other => Err(format!("0 unknown command {other}")),
+        }
+    }
+}
+
+fn main() {
+    let mut peer = Peer {
+        fds: HashMap::new(),
+        next: 0,
+        guard: None,
+        squat: None,
+    };
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let answer = match peer.run(line.trim()) {
+            Ok(v) if v.is_empty() => "ok".to_owned(),
+            Ok(v) => format!("ok {v}"),
+            Err(e) => format!("err {}", e.replace('\n', " ")),
+        };
+        if writeln!(out, "{answer}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    // stdin closed: exit, dropping everything (the inbox closes unredeemed duplicates).
+    let _ = std::io::stdin().read(&mut [0u8; 1]);
+}

@@ -1,0 +1,259 @@
+//! The inbox thread: accepts sources, receives their descriptors into the table, answers with
+//! tickets, and closes what expires.
+//!
+//! One thread per process, one `epoll` set: the listening socket, one connection per source
+//! process (sources keep their connection for later duplicates), and an `eventfd` that stops
+//! the thread. All decisions are made by the core's [`Inbox`]; this file moves bytes and
+//! descriptors.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use rustix::event::epoll;
+use sockdup_core::error::{Error, WSAEINVAL, WSAEMFILE, WSAENETDOWN};
+use sockdup_core::inbox::Inbox;
+use sockdup_core::message::{MAX_MESSAGE, Reply, Request};
+
+use crate::startup::{Allow, lock};
+use crate::sys;
+
+const LISTENER: u64 = 0;
+const WAKER: u64 = 1;
+
+/// The running inbox thread.
+pub(crate) struct InboxThread {
+    waker: OwnedFd,
+    handle: JoinHandle<()>,
+}
+
+impl InboxThread {
+    pub(crate) fn spawn(
+        listener: OwnedFd,
+        table: Arc<Mutex<Inbox<OwnedFd>>>,
+        allow: Allow,
+        own_uid: u32,
+    ) -> Result<Self, Error> {
+        let waker =
+            sys::waker().map_err(|e| Error::from_errno(e, "creating the inbox's eventfd"))?;
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC)
+            .map_err(|e| Error::from_errno(e.into(), "creating the inbox's epoll"))?;
+        for (fd, key) in [(listener.as_fd(), LISTENER), (waker.as_fd(), WAKER)] {
+            epoll::add(
+                &ep,
+                fd,
+                epoll::EventData::new_u64(key),
+                epoll::EventFlags::IN,
+            )
+            .map_err(|e| Error::from_errno(e.into(), "registering the inbox with epoll"))?;
+        }
+        let state = Serve {
+            ep,
+            listener,
+            table,
+            allow,
+            own_uid,
+            conns: HashMap::new(),
+            next_key: 2,
+        };
+        let handle = std::thread::Builder::new()
+            .name("sockdup-inbox".into())
+            .spawn(move || state.run())
+            .map_err(|e| Error::from_errno(e, "starting the inbox thread"))?;
+        Ok(Self { waker, handle })
+    }
+
+    /// Stops the thread and waits for it; the connections close with it.
+    pub(crate) fn stop(self) {
+        if sys::wake(self.waker.as_fd()).is_ok() {
+            let _ = self.handle.join();
+        }
+    }
+}
+
+struct Peer {
+    fd: OwnedFd,
+    pid: u32,
+    uid: u32,
+}
+
+struct Serve {
+    ep: OwnedFd,
+    listener: OwnedFd,
+    table: Arc<Mutex<Inbox<OwnedFd>>>,
+    allow: Allow,
+    own_uid: u32,
+    conns: HashMap<u64, Peer>,
+    next_key: u64,
+}
+
+impl Serve {
+    fn run(mut self) {
+        let mut events = Vec::with_capacity(64);
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            let timeout = lock(&self.table).poll_timeout().map(|deadline| {
+                let d = deadline.saturating_duration_since(Instant::now());
+                // Round up so we never wake a hair early and spin.
+                rustix::time::Timespec {
+                    tv_sec: d.as_secs() as i64,
+                    tv_nsec: i64::from(d.subsec_nanos()) + 1_000_000,
+                }
+            });
+            events.clear();
+            match epoll::wait(
+                &self.ep,
+                rustix::buffer::spare_capacity(&mut events),
+                timeout.as_ref(),
+            ) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "sockdup inbox: epoll_wait failed; the inbox stops");
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                match ev.data.u64() {
+                    WAKER => return,
+                    LISTENER => self.accept_all(),
+                    key => self.serve(key, &mut buf),
+                }
+            }
+            let expired = lock(&self.table).handle_timeout(Instant::now());
+            if !expired.is_empty() {
+                tracing::debug!(
+                    count = expired.len(),
+                    "sockdup inbox: closing expired duplicates"
+                );
+            }
+            drop(expired);
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match sys::accept(self.listener.as_fd()) {
+                Ok(Some(fd)) => {
+                    let Ok((pid, uid)) = sys::peer_cred(fd.as_fd()) else {
+                        continue;
+                    };
+                    let key = self.next_key;
+                    self.next_key += 1;
+                    if epoll::add(
+                        &self.ep,
+                        &fd,
+                        epoll::EventData::new_u64(key),
+                        epoll::EventFlags::IN,
+                    )
+                    .is_ok()
+                    {
+                        self.conns.insert(key, Peer { fd, pid, uid });
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // Out of descriptors: leave the connection in the backlog and try again
+                    // shortly rather than spin.
+                    tracing::warn!(error = %e, "sockdup inbox: accept failed");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn serve(&mut self, key: u64, buf: &mut [u8]) {
+        loop {
+            let Some(peer) = self.conns.get(&key) else {
+                return;
+            };
+            let received = match sys::recv_with_fds(peer.fd.as_fd(), buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.conns.remove(&key);
+                    return;
+                }
+            };
+            if received.len == 0 && received.fds.is_empty() {
+                self.conns.remove(&key);
+                return;
+            }
+            let reply = self.handle(peer, &buf[..received.len], received.fds, received.truncated);
+            if sys::send_with_fds(peer.fd.as_fd(), &reply.encode(), &[]).is_err() {
+                self.conns.remove(&key);
+                return;
+            }
+        }
+    }
+
+    fn handle(&self, peer: &Peer, bytes: &[u8], fds: Vec<OwnedFd>, truncated: bool) -> Reply {
+        let (pid, nonce) = {
+            let t = lock(&self.table);
+            (t.pid(), t.nonce())
+        };
+        let fail = |e: Error| Reply {
+            status: e.code(),
+            pid,
+            nonce,
+            tickets: Vec::new(),
+            text: e.message().to_owned(),
+        };
+        if !self.allow.permits(self.own_uid, peer.uid) {
+            return fail(Error::new(
+                WSAEINVAL,
+                format!(
+                    "process {pid} refuses descriptors from process {} (uid {}): its policy ({:?}) does not allow that user; \
+                     start the target with SOCKDUP_ALLOW naming that uid",
+                    peer.pid, peer.uid, self.allow
+                ),
+            ));
+        }
+        if truncated {
+            return fail(Error::new(
+                WSAEMFILE,
+                format!(
+                    "process {pid} could not receive all the descriptors (MSG_CTRUNC: it is out of descriptors); \
+                     it must close some or raise its limit (ulimit -n)"
+                ),
+            ));
+        }
+        match Request::decode(bytes) {
+            Ok(Request::Push { count }) if count as usize == fds.len() => {
+                let result = lock(&self.table).handle_push(Instant::now(), peer.pid, fds);
+                match result {
+                    Ok(tickets) => Reply {
+                        status: 0,
+                        pid,
+                        nonce,
+                        tickets,
+                        text: String::new(),
+                    },
+                    Err((e, fds)) => {
+                        drop(fds);
+                        fail(e)
+                    }
+                }
+            }
+            Ok(Request::Cancel { tickets }) if fds.is_empty() => {
+                let cancelled = lock(&self.table).handle_cancel(peer.pid, &tickets);
+                drop(cancelled);
+                Reply {
+                    status: 0,
+                    pid,
+                    nonce,
+                    tickets: Vec::new(),
+                    text: String::new(),
+                }
+            }
+            Ok(_) => fail(Error::new(
+                WSAENETDOWN,
+                "the request's descriptor count does not match what arrived",
+            )),
+            Err(e) => fail(e),
+        }
+    }
+}

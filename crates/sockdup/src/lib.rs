@@ -1,0 +1,258 @@
+//! Windows Sockets 2 socket duplication for Linux.
+//!
+//! A source process turns a socket into a 628-byte record bound to one target process
+//! ([`duplicate_socket`], `WSPDuplicateSocket`); the record travels through any IPC (a pipe, a
+//! file, an environment variable, an HTTP body; [`ProtocolInfo`] has a one-line text form); the
+//! target turns it into its own descriptor of the same socket ([`socket_from_info`], `WSPSocket`
+//! with a protocol info), once, and nobody else can.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), sockdup::Error> {
+//! // In the source, with the target's pid learned over some IPC:
+//! let _guard = sockdup::startup()?;
+//! # let target_pid = 1234;
+//! let stream = std::net::TcpStream::connect("127.0.0.1:8080").expect("connect");
+//! let record = sockdup::duplicate_socket(&stream, target_pid)?;
+//! println!("{record}"); // one line: send it to the target any way you like
+//! drop(stream); // the target already holds its descriptor
+//!
+//! // In the target:
+//! let _guard = sockdup::startup()?;
+//! # let line = String::new();
+//! let record: sockdup::ProtocolInfo = line.parse()?;
+//! let fd = sockdup::socket_from_info(&record)?;
+//! let stream = std::net::TcpStream::from(fd);
+//! # drop(stream); Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
+//! [`startup`] opens this process's *inbox*: an `AF_UNIX` `SOCK_SEQPACKET` socket at an address
+//! derived from the pid ([`InboxAddress`]), served by one background thread. [`duplicate_socket`]
+//! connects to the target's inbox (and keeps the connection), checks with `SO_PEERCRED` and a
+//! pidfd that the target itself listens there, sends the descriptor with `SCM_RIGHTS`, and waits
+//! for the ticket the inbox assigns. The record is the base catalog entry for the socket's real
+//! family, type and protocol, with the target's pid in `dwServiceFlags3`, the inbox run's nonce in
+//! `dwServiceFlags4` and the ticket in `dwProviderReserved`. [`socket_from_info`] takes the
+//! ticket's descriptor out of this process's table, once. A duplicate nobody redeems is closed
+//! when its time-to-live ends, or when the target stops sockdup or exits.
+//!
+//! All descriptors of a duplicated socket share one socket: options, non-blocking mode, data;
+//! it stays open until the last one closes, in whatever process. Every descriptor sockdup creates
+//! is close-on-exec.
+//!
+//! # Errors
+//!
+//! Every function returns [`Error`]; [`Error::code`] is the Winsock number:
+//!
+//! | Code | Name | When sockdup returns it |
+//! |-----:|------|-------------------------|
+//! | 10014 | `WSAEFAULT` | a caller's buffer is too small for a record ([`ProtocolInfo::write_to`]); `EFAULT` from the kernel |
+//! | 10022 | `WSAEINVAL` | an argument is invalid: target pid 0, a pid that names no process, a process that never called [`startup`], a refusal by the target's policy ([`Allow`]), a squatter on the target's inbox address; a record that is malformed, not made by sockdup, made for another process or for an earlier run of this one, already redeemed, expired or cancelled |
+//! | 10024 | `WSAEMFILE` | no descriptor is left (`EMFILE`, `ENFILE`), in this process, or in the target while it receives (`MSG_CTRUNC`) |
+//! | 10036 | `WSAEINPROGRESS` | a blocking call was interrupted (`EINTR`) or would block (`EAGAIN`): retry |
+//! | 10038 | `WSAENOTSOCK` | the descriptor is not a socket (`ENOTSOCK`), or not open (`EBADF`) |
+//! | 10047 | `WSAEAFNOSUPPORT` | the socket's family/type/protocol has no base catalog entry (only TCP and UDP over IPv4 and IPv6, and Unix stream, datagram and seqpacket sockets have one) |
+//! | 10048 | `WSAEADDRINUSE` | another process holds this process's inbox address at [`startup`] |
+//! | 10050 | `WSAENETDOWN` | the transport to the target failed: its inbox closed the connection, did not answer within the acknowledgement timeout, or answered something that is not a sockdup reply; any other unexpected OS error |
+//! | 10055 | `WSAENOBUFS` | the target's inbox is full (its capacity of unredeemed duplicates is reached); `ENOBUFS`, `ENOMEM` |
+//! | 10093 | `WSANOTINITIALISED` | this process has no live [`Startup`] guard, or inherited one through `fork()` |
+//!
+//! The message ([`Display`](std::fmt::Display)) says what went wrong and what to do.
+
+mod client;
+mod inbox;
+mod startup;
+mod sys;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+pub use sockdup_core::error::{self, Error};
+use sockdup_core::error::{WSAEAFNOSUPPORT, WSAENETDOWN, WSAENOTSOCK};
+use sockdup_core::message::{MAX_FDS_PER_MESSAGE, Request};
+pub use sockdup_core::wire::{self, Guid, ProtocolChain, ProtocolInfo};
+pub use sockdup_core::{catalog, flags};
+pub use startup::{Allow, Options, Startup, startup};
+pub use sys::{InboxAddress, is_cloexec};
+
+use startup::{Runtime, lock};
+
+/// The base catalog entry for `fd`'s real family, type and protocol.
+fn entry_for(fd: BorrowedFd<'_>) -> Result<ProtocolInfo, Error> {
+    let (family, kind, protocol) = sys::socket_triple(fd).map_err(|e| {
+        if e.raw_os_error() == Some(rustix::io::Errno::NOTSOCK.raw_os_error()) {
+            Error::new(
+                WSAENOTSOCK,
+                format!("descriptor {fd:?} is not a socket: only sockets can be duplicated"),
+            )
+            .with_source(e)
+        } else {
+            Error::from_errno(e, "reading the socket's family, type and protocol")
+        }
+    })?;
+    catalog::base_entry_for(family, kind, protocol).ok_or_else(|| {
+        Error::new(
+            WSAEAFNOSUPPORT,
+            format!(
+                "sockets of family {family}, type {kind}, protocol {protocol} have no entry in sockdup's base catalog: \
+                 only TCP and UDP over IPv4 and IPv6, and Unix stream, datagram and seqpacket sockets can be duplicated"
+            ),
+        )
+    })
+}
+
+fn check_pid(pid: u32) -> Result<(), Error> {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return Err(Error::invalid(format!(
+            "pid {pid} names no process: pass the target process's id"
+        )));
+    }
+    Ok(())
+}
+
+/// Duplicates `socket` for process `target_pid` (`WSPDuplicateSocket`): when this returns, the
+/// target holds a descriptor of the same socket, which it claims with [`socket_from_info`] and
+/// the returned record. This process may close its own descriptor, or exit, at once.
+///
+/// The target must run sockdup ([`startup`]) and allow this process's user; a target equal to
+/// this process works without IPC.
+///
+/// # Errors
+/// `WSANOTINITIALISED` without [`startup`]; `WSAENOTSOCK` if `socket` is not a socket;
+/// `WSAEINVAL` for pid 0, a pid that names no process, one that has not called [`startup`], a
+/// squatter on its inbox address, or a refusal by its policy; `WSAENOBUFS` if the target's inbox
+/// is full; `WSAEMFILE` if a side is out of descriptors; `WSAENETDOWN` if the target does not
+/// answer. See the [crate docs](crate#errors).
+#[doc(
+    alias = "WSPDuplicateSocket",
+    alias = "WSADuplicateSocketW",
+    alias = "WSADuplicateSocket"
+)]
+pub fn duplicate_socket<S: AsFd>(socket: &S, target_pid: u32) -> Result<ProtocolInfo, Error> {
+    let mut records = duplicate_sockets(std::slice::from_ref(socket), target_pid)?;
+    records
+        .pop()
+        .ok_or_else(|| Error::new(WSAENETDOWN, "the target's inbox answered with no ticket"))
+}
+
+/// Duplicates many sockets for one target in as few messages as possible (253 descriptors per
+/// message, Linux's `SCM_MAX_FD`); returns one record per socket, in order.
+///
+/// All or nothing: if a later message fails, the duplicates already delivered are withdrawn
+/// from the target before the error returns.
+///
+/// # Errors
+/// As [`duplicate_socket`]; every socket is checked before any is sent.
+#[doc(alias = "WSPDuplicateSocket")]
+pub fn duplicate_sockets<S: AsFd>(
+    sockets: &[S],
+    target_pid: u32,
+) -> Result<Vec<ProtocolInfo>, Error> {
+    let rt = Runtime::current()?;
+    check_pid(target_pid)?;
+    let mut records = sockets
+        .iter()
+        .map(|s| entry_for(s.as_fd()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut tickets = Vec::with_capacity(sockets.len());
+    let (pid, nonce);
+    if target_pid == rt.pid {
+        let fds = sockets
+            .iter()
+            .map(|s| sys::dup_cloexec(s.as_fd()))
+            .collect::<Result<Vec<OwnedFd>, _>>()
+            .map_err(|e| Error::from_errno(e, "duplicating the descriptor within this process"))?;
+        let mut table = lock(&rt.table);
+        (pid, nonce) = (table.pid(), table.nonce());
+        tickets = table
+            .handle_push(Instant::now(), rt.pid, fds)
+            .map_err(|(e, _fds)| e)?;
+    } else {
+        let mut seen = (target_pid, 0);
+        for chunk in sockets.chunks(MAX_FDS_PER_MESSAGE) {
+            let fds: Vec<BorrowedFd<'_>> = chunk.iter().map(AsFd::as_fd).collect();
+            let request = Request::Push {
+                count: fds.len() as u32,
+            };
+            let outcome = client::request(&rt, target_pid, &request, &fds).and_then(|reply| {
+                if reply.tickets.len() != fds.len()
+                    || (!tickets.is_empty() && (reply.pid, reply.nonce) != seen)
+                {
+                    Err(Error::new(
+                        WSAENETDOWN,
+                        format!(
+                            "process {target_pid}'s inbox answered a push with the wrong tickets"
+                        ),
+                    ))
+                } else {
+                    Ok(reply)
+                }
+            });
+            match outcome {
+                Ok(reply) => {
+                    seen = (reply.pid, reply.nonce);
+                    tickets.extend(reply.tickets);
+                }
+                Err(e) => {
+                    if !tickets.is_empty() {
+                        // Best effort: if this fails too, the duplicates expire with their TTL.
+                        for part in tickets.chunks(MAX_FDS_PER_MESSAGE) {
+                            let _ = client::request(
+                                &rt,
+                                target_pid,
+                                &Request::Cancel {
+                                    tickets: part.to_vec(),
+                                },
+                                &[],
+                            );
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        (pid, nonce) = seen;
+    }
+    for (record, ticket) in records.iter_mut().zip(tickets) {
+        record.service_flags3 = pid;
+        record.service_flags4 = nonce;
+        record.provider_reserved = ticket;
+    }
+    tracing::debug!(target_pid, count = records.len(), "duplicated sockets");
+    Ok(records)
+}
+
+/// Redeems a record made by [`duplicate_socket`] for this process (`WSPSocket` with a
+/// protocol info): returns this process's new descriptor of the same socket, close-on-exec.
+/// Each record works once.
+///
+/// # Errors
+/// `WSANOTINITIALISED` without [`startup`]; `WSAEINVAL`, with a message that says which, if the
+/// record was not made by sockdup, was made for another process or for an earlier run of this
+/// one, was already redeemed, or expired. A failed attempt changes nothing: the real target can
+/// still redeem the record.
+#[doc(alias = "WSPSocket", alias = "WSASocketW", alias = "WSASocket")]
+pub fn socket_from_info(info: &ProtocolInfo) -> Result<OwnedFd, Error> {
+    let rt = Runtime::current()?;
+    let fd = lock(&rt.table).claim(Instant::now(), info)?;
+    tracing::debug!(ticket = info.provider_reserved, "redeemed a duplicate");
+    Ok(fd)
+}
+
+/// Where process `pid`'s inbox listens, given the runtime directory this process uses
+/// (`SOCKDUP_RUNTIME_DIR`), for diagnostics.
+pub fn inbox_address(pid: u32) -> InboxAddress {
+    let dir = std::env::var_os("SOCKDUP_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from);
+    InboxAddress::for_pid(pid, dir.as_deref())
+}
+
+/// How many duplicates wait in this process's inbox, not yet redeemed.
+///
+/// # Errors
+/// `WSANOTINITIALISED` without [`startup`].
+pub fn pending() -> Result<usize, Error> {
+    Ok(lock(&Runtime::current()?.table).len())
+}

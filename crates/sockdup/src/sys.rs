@@ -1,0 +1,252 @@
+//! The Linux layer: every system call sockdup makes, through rustix (no `unsafe` here).
+//!
+//! What the rest of the crate needs from the OS, and nothing more: the inbox's `AF_UNIX`
+//! `SOCK_SEQPACKET` socket and its address, `SCM_RIGHTS` send and receive (always with
+//! `MSG_CMSG_CLOEXEC`, truncation reported, unclaimed descriptors closed), peer credentials,
+//! pidfds, and reading a socket's family, type and protocol. Every descriptor created here is
+//! close-on-exec.
+
+use std::fmt;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{
+    self, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    sockopt,
+};
+use rustix::process::{Pid, PidfdFlags};
+use sockdup_core::message::MAX_FDS_PER_MESSAGE;
+
+/// Where a process's inbox listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InboxAddress {
+    /// A name in the abstract `AF_UNIX` namespace of the network namespace (the default).
+    Abstract(String),
+    /// A socket file, for processes in different network namespaces or containers
+    /// (`SOCKDUP_RUNTIME_DIR`).
+    Path(PathBuf),
+}
+
+impl InboxAddress {
+    /// The address of process `pid`'s inbox: in `runtime_dir` if given, else abstract.
+    pub fn for_pid(pid: u32, runtime_dir: Option<&Path>) -> Self {
+        match runtime_dir {
+            Some(dir) => Self::Path(dir.join(format!("sockdup-{pid}.sock"))),
+            None => Self::Abstract(format!("sockdup/v1/{pid}")),
+        }
+    }
+
+    fn to_sockaddr(&self) -> io::Result<SocketAddrUnix> {
+        match self {
+            Self::Abstract(name) => Ok(SocketAddrUnix::new_abstract_name(name.as_bytes())?),
+            Self::Path(path) => Ok(SocketAddrUnix::new(path.as_path())?),
+        }
+    }
+}
+
+impl fmt::Display for InboxAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Abstract(name) => write!(f, "@{name}"),
+            Self::Path(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// This process's id.
+pub(crate) fn getpid() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
+}
+
+/// This process's real user id.
+pub(crate) fn getuid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+/// 32 random bits from the kernel (`getrandom`), for nonces and ticket numbering.
+pub(crate) fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // getrandom on a 4-byte buffer does not return short; if the call fails, fall back to
+    // a mix of time and pid: these values need to be unlikely to repeat, not secret.
+    if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).is_ok() {
+        u32::from_le_bytes(b)
+    } else {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        t.subsec_nanos() ^ getpid().rotate_left(16)
+    }
+}
+
+fn seqpacket(flags: SocketFlags) -> io::Result<OwnedFd> {
+    Ok(net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | flags,
+        None,
+    )?)
+}
+
+/// A non-blocking listening inbox socket bound at `addr`. A stale socket file left by a dead
+/// process with the same pid is replaced.
+pub(crate) fn listen_inbox(addr: &InboxAddress) -> io::Result<OwnedFd> {
+    let fd = seqpacket(SocketFlags::NONBLOCK)?;
+    if let InboxAddress::Path(path) = addr {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    net::bind(&fd, &addr.to_sockaddr()?)?;
+    net::listen(&fd, 128)?;
+    Ok(fd)
+}
+
+/// Accepts one connection, non-blocking and close-on-exec; `Ok(None)` when none is waiting.
+pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    match net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::AGAIN) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A blocking connection to the inbox at `addr`; replies that take longer than `timeout` fail
+/// with `EAGAIN`.
+pub(crate) fn connect_inbox(addr: &InboxAddress, timeout: Duration) -> io::Result<OwnedFd> {
+    let fd = seqpacket(SocketFlags::empty())?;
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, Some(timeout))?;
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(timeout))?;
+    net::connect(&fd, &addr.to_sockaddr()?)?;
+    Ok(fd)
+}
+
+/// The kernel-verified pid and uid of the process at the other end (`SO_PEERCRED`): for a
+/// connecting client, the process that called `listen`; for the listener, the one that
+/// called `connect`.
+pub(crate) fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    let cred = sockopt::socket_peercred(fd)?;
+    Ok((cred.pid.as_raw_nonzero().get() as u32, cred.uid.as_raw()))
+}
+
+/// Sends one message with `fds` attached (`SCM_RIGHTS`); never raises `SIGPIPE`.
+pub(crate) fn send_with_fds(
+    fd: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    debug_assert!(fds.len() <= MAX_FDS_PER_MESSAGE);
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::from_raw_os_error(
+            rustix::io::Errno::NOBUFS.raw_os_error(),
+        ));
+    }
+    net::sendmsg(
+        fd,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
+}
+
+/// One received message.
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// Bytes of payload (0 with no descriptors: the peer closed).
+    pub(crate) len: usize,
+    /// The descriptors that arrived, each close-on-exec.
+    pub(crate) fds: Vec<OwnedFd>,
+    /// `MSG_CTRUNC`: some descriptors did not arrive (the receiver is out of descriptors, or
+    /// more came than one message may carry). Those that did are in `fds`, to be closed.
+    pub(crate) truncated: bool,
+}
+
+/// Receives one message and up to 253 descriptors, with `MSG_CMSG_CLOEXEC`.
+pub(crate) fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = net::recvmsg(
+        fd,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    let truncated = msg
+        .flags
+        .intersects(ReturnFlags::CTRUNC | ReturnFlags::TRUNC);
+    Ok(Received {
+        len: msg.bytes,
+        fds,
+        truncated,
+    })
+}
+
+/// The socket's family, type and protocol as the kernel reports them (`SO_DOMAIN`, `SO_TYPE`,
+/// `SO_PROTOCOL`). Fails with `ENOTSOCK` for anything that is not a socket.
+pub(crate) fn socket_triple(fd: BorrowedFd<'_>) -> io::Result<(i32, i32, i32)> {
+    let family = sockopt::socket_domain(fd)?;
+    let kind = sockopt::socket_type(fd)?;
+    let protocol = sockopt::socket_protocol(fd)?;
+    Ok((
+        i32::from(family.as_raw()),
+        kind.as_raw() as i32,
+        protocol.map_or(0, |p| p.as_raw().get() as i32),
+    ))
+}
+
+/// A new close-on-exec descriptor of the same open file (`F_DUPFD_CLOEXEC`).
+pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)
+}
+
+/// A pidfd for `pid` (`pidfd_open`); `ESRCH` if no such process exists.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::from_raw_os_error(rustix::io::Errno::SRCH.raw_os_error()))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+}
+
+/// Whether the process behind `pidfd` has exited (its pidfd polls readable).
+pub(crate) fn has_exited(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    Ok(rustix::event::poll(&mut fds, Some(&zero))? > 0)
+}
+
+/// An `eventfd` used to wake the inbox thread.
+pub(crate) fn waker() -> io::Result<OwnedFd> {
+    Ok(rustix::event::eventfd(
+        0,
+        rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+    )?)
+}
+
+/// Wakes whoever polls `waker`.
+pub(crate) fn wake(waker: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::io::write(waker, &1u64.to_ne_bytes())?;
+    Ok(())
+}
+
+/// Whether `fd` is close-on-exec.
+pub fn is_cloexec<Fd: AsFd>(fd: Fd) -> io::Result<bool> {
+    Ok(rustix::io::fcntl_getfd(fd)?.contains(rustix::io::FdFlags::CLOEXEC))
+}
