@@ -1,0 +1,2 @@
+//! Benchmarks of sockdup (see `benches/`).
+#![forbid(unsafe_code)]

@@ -1,0 +1,4 @@
+//! The `sockdup` command.
+#![forbid(unsafe_code)]
+
+fn main() {}
