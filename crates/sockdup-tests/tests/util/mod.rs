@@ -30,7 +30,20 @@ impl Peer {
 
     #[track_caller]
     pub fn spawn_with_env(startup: Option<&str>, env: &[(&str, &str)]) -> Self {
+        Self::spawn_from(Command::new(env!("CARGO_BIN_EXE_peer")), startup, env)
+    }
+
+    /// Spawns a peer running as user `uid` (the test process must be root).
+    #[track_caller]
+    pub fn spawn_as(uid: u32, startup: Option<&str>) -> Self {
+        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer"));
+        cmd.uid(uid).gid(uid);
+        Self::spawn_from(cmd, startup, &[])
+    }
+
+    #[track_caller]
+    fn spawn_from(mut cmd: Command, startup: Option<&str>, env: &[(&str, &str)]) -> Self {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -117,6 +130,11 @@ impl Drop for Peer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether this process runs as root (needed to start peers as another user).
+pub fn is_root() -> bool {
+    rustix::process::getuid().is_root()
 }
 
 /// Descriptors open in this process.

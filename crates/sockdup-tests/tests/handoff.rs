@@ -1,0 +1,455 @@
+//! Duplicate and redeem between real processes, over real TCP, UDP and Unix sockets.
+//!
+//! The `peer` helper plays the source, the target and bystanders; the test process plays the
+//! remote end of the connections (so it can watch for EOF with a bounded wait).
+
+mod util;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use util::{Peer, wait_for};
+
+/// A listener in the test process, a connection from `source` to it, and the accepted end.
+fn connected(source: &mut Peer) -> (String, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let idx = source.ok(&format!("tcp-connect {}", listener.local_addr().unwrap()));
+    let (remote, _) = listener.accept().unwrap();
+    remote
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    (idx, remote)
+}
+
+fn read_some(s: &mut TcpStream) -> String {
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Whether the remote end sees EOF now (false if nothing arrives within `wait`).
+fn sees_eof(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 64];
+    let eof = match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(n) => panic!("unexpected data: {:?}", &buf[..n]),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+        Err(e) => panic!("read failed: {e}"),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    eof
+}
+
+#[test]
+fn connected_tcp_carries_data_both_ways_after_the_handoff() {
+    let mut source = Peer::spawn(Some(""));
+    let mut target = Peer::spawn(Some(""));
+    let (c, mut remote) = connected(&mut source);
+    let record = source.ok(&format!("dup {c} {}", target.pid));
+    // The source closes before the target redeems: the target already holds the socket.
+    source.ok(&format!("close {c}"));
+    let t = target.ok(&format!("redeem {record}"));
+    target.ok(&format!("write {t} from-target"));
+    assert_eq!(read_some(&mut remote), "from-target");
+    remote.write_all(b"to-target").unwrap();
+    assert_eq!(target.ok(&format!("read {t}")), "to-target");
+}
+
+#[test]
+fn a_tcp_listener_is_handed_off_and_the_target_accepts() {
+    let mut source = Peer::spawn(Some(""));
+    let mut target = Peer::spawn(Some(""));
+    let out = source.ok("tcp-listen");
+    let (l, addr) = out.split_once(' ').unwrap();
+    let record = source.ok(&format!("dup {l} {}", target.pid));
+    source.ok(&format!("close {l}"));
+    let tl = target.ok(&format!("redeem {record}"));
+    let mut client = TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let conn = target.ok(&format!("accept {tl}"));
+    target.ok(&format!("write {conn} accepted-by-target"));
+    assert_eq!(read_some(&mut client), "accepted-by-target");
+}
+
+#[test]
+fn a_udp_socket_is_handed_off() {
+    let mut source = Peer::spawn(Some(""));
+    let mut target = Peer::spawn(Some(""));
+    let remote = UdpSocket::bind("127.0.0.1:0").unwrap();
+    remote
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let out = source.ok(&format!("udp-connect {}", remote.local_addr().unwrap()));
+    let (u, local) = out.split_once(' ').unwrap();
+    let record = source.ok(&format!("dup {u} {}", target.pid));
+    let t = target.ok(&format!("redeem {record}"));
+    target.ok(&format!("write {t} datagram-from-target"));
+    let mut buf = [0u8; 64];
+    let (n, from) = remote.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"datagram-from-target");
+    assert_eq!(from.to_string(), local);
+    remote.send_to(b"datagram-to-target", local).unwrap();
+    assert_eq!(target.ok(&format!("read {t}")), "datagram-to-target");
+}
+
+#[test]
+fn a_unix_stream_is_handed_off() {
+    let mut source = Peer::spawn(Some(""));
+    let mut target = Peer::spawn(Some(""));
+    let out = source.ok("unix-pair");
+    let (mine, theirs) = out.split_once(' ').unwrap();
+    let record = source.ok(&format!("dup {theirs} {}", target.pid));
+    source.ok(&format!("close {theirs}"));
+    let t = target.ok(&format!("redeem {record}"));
+    target.ok(&format!("write {t} over-unix"));
+    assert_eq!(source.ok(&format!("read {mine}")), "over-unix");
+    source.ok(&format!("write {mine} back-over-unix"));
+    assert_eq!(target.ok(&format!("read {t}")), "back-over-unix");
+}
+
+#[test]
+fn the_source_may_exit_before_the_target_redeems() {
+    let mut source = Peer::spawn(Some(""));
+    let mut target = Peer::spawn(Some(""));
+    let (c, mut remote) = connected(&mut source);
+    let record = source.ok(&format!("dup {c} {}", target.pid));
+    source.exit();
+    assert!(
+        !sees_eof(&mut remote, Duration::from_millis(200)),
+        "the socket must outlive its source"
+    );
+    let t = target.ok(&format!("redeem {record}"));
+    remote.write_all(b"still-here").unwrap();
+    assert_eq!(target.ok(&format!("read {t}")), "still-here");
+}
+
+#[test]
+fn a_record_redeems_once() {
+    let mut source = Peer::spawn(Some(""));
+    let mut target = Peer::spawn(Some(""));
+    let (c, _remote) = connected(&mut source);
+    let record = source.ok(&format!("dup {c} {}", target.pid));
+    target.ok(&format!("redeem {record}"));
+    let e = target.fails(&format!("redeem {record}"));
+    assert_eq!(e.code, 10022);
+    assert!(e.message.contains("already redeemed"), "{}", e.message);
+}
+
+#[test]
+fn only_the_target_can_redeem_and_a_failed_attempt_changes_nothing() {
+    let mut source = Peer::spawn(Some(""));
+    let mut target = Peer::spawn(Some(""));
+    let mut third = Peer::spawn(Some(""));
+    let (c, mut remote) = connected(&mut source);
+    let record = source.ok(&format!("dup {c} {}", target.pid));
+    // The third process also has a duplicate pending, with whatever ticket its inbox gave it:
+    // the foreign record must never yield it.
+    let (c3, _r3) = connected(&mut source);
+    let _pending_in_third = source.ok(&format!("dup {c3} {}", third.pid));
+    for (who, p) in [("third", &mut third), ("source", &mut source)] {
+        let e = p.fails(&format!("redeem {record}"));
+        assert_eq!(e.code, 10022, "{who}");
+        assert!(
+            e.message
+                .contains(&format!("made for process {}", target.pid)),
+            "{who}: {}",
+            e.message
+        );
+    }
+    let t = target.ok(&format!("redeem {record}"));
+    remote.write_all(b"target-got-it").unwrap();
+    assert_eq!(target.ok(&format!("read {t}")), "target-got-it");
+}
+
+#[test]
+fn bad_targets_are_einval_with_a_reason() {
+    let mut source = Peer::spawn(Some(""));
+    let (c, _remote) = connected(&mut source);
+
+    let e = source.fails(&format!("dup {c} 0"));
+    assert_eq!(e.code, 10022);
+    assert!(e.message.contains("pid 0"), "{}", e.message);
+
+    // A pid that exists no more: a child we reaped.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let e = source.fails(&format!("dup {c} {gone_pid}"));
+    assert_eq!(e.code, 10022);
+    assert!(e.message.contains("no process with pid"), "{}", e.message);
+
+    let mut never_started = Peer::spawn(None);
+    let e = source.fails(&format!("dup {c} {}", never_started.pid));
+    assert_eq!(e.code, 10022);
+    assert!(
+        e.message.contains("has not called sockdup::startup()"),
+        "{}",
+        e.message
+    );
+    never_started.ok("pid");
+}
+
+#[test]
+fn a_pipe_is_not_a_socket() {
+    let mut source = Peer::spawn(Some(""));
+    let target = Peer::spawn(Some(""));
+    let out = source.ok("pipe");
+    let (r, _w) = out.split_once(' ').unwrap();
+    let e = source.fails(&format!("dup {r} {}", target.pid));
+    assert_eq!(e.code, 10038, "{}", e.message);
+    assert!(e.message.contains("not a socket"), "{}", e.message);
+}
+
+#[test]
+fn malformed_records_are_einval_and_nothing_panics() {
+    let mut target = Peer::spawn(Some(""));
+    let mut source = Peer::spawn(Some(""));
+    let (c, _remote) = connected(&mut source);
+    let good = source.ok(&format!("dup {c} {}", target.pid));
+    let truncated = &good[..good.len() / 2];
+    let oversized = format!("{good}{}", "A".repeat(900));
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut random = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut bad: Vec<String> = vec![
+        truncated.to_owned(),
+        oversized,
+        "sockdup1:".into(),
+        "garbage".into(),
+        "sockdup1:!!".into(),
+    ];
+    for _ in 0..50 {
+        let len = (random() % 900) as usize;
+        let body: String = (0..len)
+            .map(|_| {
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+                    [(random() % 64) as usize] as char
+            })
+            .collect();
+        bad.push(format!("sockdup1:{body}"));
+    }
+    for record in &bad {
+        let e = target.fails(&format!("redeem {record}"));
+        assert_eq!(e.code, 10022, "{record}: {}", e.message);
+    }
+    // Random raw bytes, decoded in this process: never a panic, only Ok or WSAEINVAL.
+    for _ in 0..2000 {
+        let bytes: Vec<u8> = (0..628).map(|_| random() as u8).collect();
+        if let Err(e) = sockdup::ProtocolInfo::from_bytes(&bytes) {
+            assert_eq!(e.code(), 10022);
+        }
+    }
+    // The good record still works after all that.
+    target.ok(&format!("redeem {good}"));
+}
+
+#[test]
+fn options_and_nonblocking_mode_are_shared() {
+    let mut source = Peer::spawn(Some(""));
+    let mut target = Peer::spawn(Some(""));
+    let (c, _remote) = connected(&mut source);
+    let record = source.ok(&format!("dup {c} {}", target.pid));
+    let t = target.ok(&format!("redeem {record}"));
+    assert_eq!(target.ok(&format!("keepalive {t}")), "false");
+    source.ok(&format!("set-keepalive {c}"));
+    assert_eq!(target.ok(&format!("keepalive {t}")), "true");
+    assert_eq!(source.ok(&format!("nonblock {c}")), "false");
+    target.ok(&format!("set-nonblock {t}"));
+    assert_eq!(source.ok(&format!("nonblock {c}")), "true");
+}
+
+#[test]
+fn the_remote_end_sees_eof_only_after_the_last_descriptor_closes() {
+    let mut source = Peer::spawn(Some(""));
+    let mut target = Peer::spawn(Some(""));
+    let (c, mut remote) = connected(&mut source);
+    let record = source.ok(&format!("dup {c} {}", target.pid));
+    let t = target.ok(&format!("redeem {record}"));
+    source.ok(&format!("close {c}"));
+    assert!(!sees_eof(&mut remote, Duration::from_millis(200)));
+    target.ok(&format!("close {t}"));
+    assert!(sees_eof(&mut remote, Duration::from_secs(10)));
+}
+
+#[test]
+fn an_unredeemed_duplicate_closes_at_its_ttl() {
+    let mut source = Peer::spawn(Some(""));
+    let mut target = Peer::spawn(Some("ttl=0.5"));
+    let (c, mut remote) = connected(&mut source);
+    let record = source.ok(&format!("dup {c} {}", target.pid));
+    source.ok(&format!("close {c}"));
+    let start = Instant::now();
+    assert!(
+        sees_eof(&mut remote, Duration::from_secs(10)),
+        "the expired duplicate must be closed"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "closed too early: {:?}",
+        start.elapsed()
+    );
+    let e = target.fails(&format!("redeem {record}"));
+    assert_eq!(e.code, 10022);
+    assert!(e.message.contains("expired"), "{}", e.message);
+}
+
+#[test]
+fn an_unredeemed_duplicate_closes_when_the_target_exits() {
+    let mut source = Peer::spawn(Some(""));
+    let target = Peer::spawn(Some(""));
+    let (c, mut remote) = connected(&mut source);
+    source.ok(&format!("dup {c} {}", target.pid));
+    source.ok(&format!("close {c}"));
+    target.exit();
+    assert!(sees_eof(&mut remote, Duration::from_secs(10)));
+}
+
+#[test]
+fn a_restarted_target_refuses_records_of_its_earlier_run() {
+    let mut source = Peer::spawn(Some(""));
+    let mut target = Peer::spawn(Some(""));
+    let (c, mut remote) = connected(&mut source);
+    let record = source.ok(&format!("dup {c} {}", target.pid));
+    source.ok(&format!("close {c}"));
+    target.ok("cleanup");
+    assert!(
+        sees_eof(&mut remote, Duration::from_secs(10)),
+        "cleanup closes unredeemed duplicates"
+    );
+    target.ok("startup");
+    let e = target.fails(&format!("redeem {record}"));
+    assert_eq!(e.code, 10022);
+    assert!(e.message.contains("earlier run"), "{}", e.message);
+    // The source's kept connection to the old inbox is stale; the next duplicate still works.
+    let (c2, mut remote2) = connected(&mut source);
+    let record2 = source.ok(&format!("dup {c2} {}", target.pid));
+    let t = target.ok(&format!("redeem {record2}"));
+    remote2.write_all(b"new-run").unwrap();
+    assert_eq!(target.ok(&format!("read {t}")), "new-run");
+}
+
+#[test]
+fn a_squatter_on_the_targets_inbox_address_is_refused() {
+    let mut source = Peer::spawn(Some(""));
+    let victim = Peer::spawn(None);
+    let mut squatter = Peer::spawn(None);
+    squatter.ok(&format!("squat {}", victim.pid));
+    let (c, _remote) = connected(&mut source);
+    let e = source.fails(&format!("dup {c} {}", victim.pid));
+    assert_eq!(e.code, 10022);
+    assert!(
+        e.message
+            .contains(&format!("held by process {}", squatter.pid)),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn a_full_inbox_is_enobufs() {
+    let mut source = Peer::spawn(Some(""));
+    let mut target = Peer::spawn(Some("capacity=2"));
+    let (c, _remote) = connected(&mut source);
+    source.ok(&format!("dup {c} {}", target.pid));
+    let r2 = source.ok(&format!("dup {c} {}", target.pid));
+    let e = source.fails(&format!("dup {c} {}", target.pid));
+    assert_eq!(e.code, 10055);
+    assert!(e.message.contains("capacity 2"), "{}", e.message);
+    target.ok(&format!("redeem {r2}"));
+    source.ok(&format!("dup {c} {}", target.pid));
+}
+
+#[test]
+fn the_targets_policy_refuses_other_users_unless_allowed() {
+    if !util::is_root() {
+        eprintln!("skipped: starting a peer as another user needs root");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let mut stranger = Peer::spawn_as(NOBODY, Some(""));
+    let strict = Peer::spawn(Some(""));
+    let open = Peer::spawn(Some("allow=any"));
+    let (c, _remote) = connected(&mut stranger);
+    let e = stranger.fails(&format!("dup {c} {}", strict.pid));
+    assert_eq!(e.code, 10022);
+    assert!(
+        e.message.contains(&format!(
+            "refuses descriptors from process {}",
+            stranger.pid
+        )),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("uid 65534"), "{}", e.message);
+    stranger.ok(&format!("dup {c} {}", open.pid));
+    // Root may push into anyone's inbox by default.
+    let mut root_source = Peer::spawn(Some(""));
+    let (c2, _remote2) = connected(&mut root_source);
+    root_source.ok(&format!("dup {c2} {}", stranger.pid));
+}
+
+#[test]
+fn batches_larger_than_one_message_arrive_whole() {
+    let mut source = Peer::spawn(Some(""));
+    let mut target = Peer::spawn(Some(""));
+    let out = source.ok("udp-bind");
+    let (u, _) = out.split_once(' ').unwrap();
+    let many = vec![u; 300].join(",");
+    let records = source.ok(&format!("dup-many {many} {}", target.pid));
+    let records: Vec<&str> = records.split(' ').collect();
+    assert_eq!(records.len(), 300);
+    let before = target.fdcount();
+    for r in &records {
+        let t = target.ok(&format!("redeem {r}"));
+        target.ok(&format!("close {t}"));
+    }
+    assert_eq!(
+        target.fdcount(),
+        before - 300,
+        "the 300 pending duplicates were redeemed and closed"
+    );
+}
+
+#[test]
+fn calls_without_startup_are_not_initialised() {
+    let mut loner = Peer::spawn(None);
+    let target = Peer::spawn(Some(""));
+    let out = loner.ok("udp-bind");
+    let (u, _) = out.split_once(' ').unwrap();
+    let e = loner.fails(&format!("dup {u} {}", target.pid));
+    assert_eq!(e.code, 10093, "{}", e.message);
+    let e = loner.fails("redeem sockdup1:AAAA");
+    assert_eq!(e.code, 10093, "{}", e.message);
+}
+
+#[test]
+fn many_sources_at_once() {
+    let mut target = Peer::spawn(Some(""));
+    let mut sources: Vec<Peer> = (0..4).map(|_| Peer::spawn(Some(""))).collect();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut records = Vec::new();
+    for s in &mut sources {
+        for _ in 0..5 {
+            let c = s.ok(&format!("tcp-connect {addr}"));
+            records.push(s.ok(&format!("dup {c} {}", target.pid)));
+            s.ok(&format!("close {c}"));
+        }
+    }
+    let remotes: Vec<TcpStream> = (0..records.len())
+        .map(|_| listener.accept().unwrap().0)
+        .collect();
+    for r in &records {
+        target.ok(&format!("redeem {r}"));
+    }
+    wait_for(Duration::from_secs(1), || Some(()));
+    assert_eq!(remotes.len(), 20);
+}
