@@ -15,7 +15,7 @@
 //! restart, or for an earlier process with the same pid, are recognised), and `provider_reserved`
 //! the ticket.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::catalog;
@@ -68,8 +68,8 @@ pub struct Inbox<F> {
     limits: Limits,
     next_ticket: u32,
     pending: HashMap<u32, Slot<F>>,
-    /// Deadlines in push order: with one TTL and a clock that never goes back, this is sorted.
-    deadlines: VecDeque<(Instant, u32)>,
+    /// `(deadline, ticket)` of every pending duplicate that has a deadline.
+    deadlines: BTreeSet<(Instant, u32)>,
     spent: HashMap<u32, Spent>,
     spent_order: VecDeque<u32>,
 }
@@ -96,7 +96,7 @@ impl<F> Inbox<F> {
             limits,
             next_ticket: first_ticket,
             pending: HashMap::new(),
-            deadlines: VecDeque::new(),
+            deadlines: BTreeSet::new(),
             spent: HashMap::new(),
             spent_order: VecDeque::new(),
         }
@@ -147,6 +147,16 @@ impl<F> Inbox<F> {
         self.spent_order.push_back(ticket);
     }
 
+    /// Takes a pending ticket out of the table, with its deadline, and remembers why.
+    fn take(&mut self, ticket: u32, why: Spent) -> Option<F> {
+        let slot = self.pending.remove(&ticket)?;
+        if let Some(d) = slot.deadline {
+            self.deadlines.remove(&(d, ticket));
+        }
+        self.remember(ticket, why);
+        Some(slot.fd)
+    }
+
     /// Descriptors arrived from process `source_pid`: store them all and return their tickets, in
     /// order, or store none.
     ///
@@ -187,7 +197,7 @@ impl<F> Inbox<F> {
                 },
             );
             if let Some(d) = deadline {
-                self.deadlines.push_back((d, ticket));
+                self.deadlines.insert((d, ticket));
             }
             tickets.push(ticket);
         }
@@ -204,10 +214,9 @@ impl<F> Inbox<F> {
                 .pending
                 .get(&t)
                 .is_some_and(|s| s.source_pid == source_pid)
-                && let Some(slot) = self.pending.remove(&t)
+                && let Some(fd) = self.take(t, Spent::Cancelled)
             {
-                self.remember(t, Spent::Cancelled);
-                out.push(slot.fd);
+                out.push(fd);
             }
         }
         out
@@ -217,30 +226,18 @@ impl<F> Inbox<F> {
     /// descriptors (dropping an `OwnedFd` closes it).
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<F> {
         let mut out = Vec::new();
-        while let Some(&(deadline, ticket)) = self.deadlines.front() {
+        while let Some(&(deadline, ticket)) = self.deadlines.first() {
             if deadline > now {
                 break;
             }
-            self.deadlines.pop_front();
-            if self
-                .pending
-                .get(&ticket)
-                .is_some_and(|s| s.deadline == Some(deadline))
-                && let Some(slot) = self.pending.remove(&ticket)
-            {
-                self.remember(ticket, Spent::Expired);
-                out.push(slot.fd);
-            }
+            out.extend(self.take(ticket, Spent::Expired));
         }
         out
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines
-            .iter()
-            .find(|(d, t)| self.pending.get(t).is_some_and(|s| s.deadline == Some(*d)))
-            .map(|(d, _)| *d)
+        self.deadlines.first().map(|&(d, _)| d)
     }
 
     /// Redeems `info` (`WSPSocket` with a duplicate's protocol info): hands out its descriptor
@@ -281,12 +278,10 @@ impl<F> Inbox<F> {
         let expired =
             matches!(self.pending.get(&ticket), Some(s) if s.deadline.is_some_and(|d| d <= now));
         if expired {
-            drop(self.pending.remove(&ticket));
-            self.remember(ticket, Spent::Expired);
+            drop(self.take(ticket, Spent::Expired));
         }
-        if let Some(slot) = self.pending.remove(&ticket) {
-            self.remember(ticket, Spent::Redeemed);
-            return Ok(slot.fd);
+        if let Some(fd) = self.take(ticket, Spent::Redeemed) {
+            return Ok(fd);
         }
         Err(Error::invalid(match self.spent.get(&ticket) {
             Some(Spent::Redeemed) => format!(

@@ -50,10 +50,16 @@ impl InboxThread {
             )
             .map_err(|e| Error::from_errno(e.into(), "registering the inbox with epoll"))?;
         }
+        let (pid, nonce) = {
+            let t = lock(&table);
+            (t.pid(), t.nonce())
+        };
         let state = Serve {
             ep,
             listener,
             table,
+            pid,
+            nonce,
             allow,
             own_uid,
             conns: HashMap::new(),
@@ -88,6 +94,9 @@ struct Serve {
     own_uid: u32,
     conns: HashMap<u64, Peer>,
     next_key: u64,
+    /// The table's pid and nonce, fixed for the run, copied here to answer without its lock.
+    pid: u32,
+    nonce: u32,
 }
 
 impl Serve {
@@ -191,10 +200,7 @@ impl Serve {
     }
 
     fn handle(&self, peer: &Peer, bytes: &[u8], fds: Vec<OwnedFd>, truncated: bool) -> Reply {
-        let (pid, nonce) = {
-            let t = lock(&self.table);
-            (t.pid(), t.nonce())
-        };
+        let (pid, nonce) = (self.pid, self.nonce);
         let fail = |e: Error| Reply {
             status: e.code(),
             pid,
