@@ -453,3 +453,67 @@ fn many_sources_at_once() {
     wait_for(Duration::from_secs(1), || Some(()));
     assert_eq!(remotes.len(), 20);
 }
+
+#[test]
+fn a_stopped_target_times_out_as_enetdown() {
+    let mut source = Peer::spawn(Some("ack=0.3"));
+    let target = Peer::spawn(Some(""));
+    let (c, _remote) = connected(&mut source);
+    source.ok(&format!("dup {c} {}", target.pid));
+    let pid = rustix::process::Pid::from_raw(target.pid as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let start = Instant::now();
+    let e = source.fails(&format!("dup {c} {}", target.pid));
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    assert_eq!(e.code, 10050, "{}", e.message);
+    assert!(e.message.contains("did not answer"), "{}", e.message);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // Once it runs again, duplicates work again (on a fresh connection).
+    source.ok(&format!("dup {c} {}", target.pid));
+}
+
+#[test]
+fn inboxes_can_live_in_a_runtime_directory() {
+    let dir = std::env::temp_dir().join(format!("sockdup-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = [("SOCKDUP_RUNTIME_DIR", dir.to_str().unwrap())];
+    let mut source = Peer::spawn_with_env(Some(""), &env);
+    let mut target = Peer::spawn_with_env(Some(""), &env);
+    let socket_file = dir.join(format!("sockdup-{}.sock", target.pid));
+    assert!(socket_file.exists(), "{} missing", socket_file.display());
+    let (c, mut remote) = connected(&mut source);
+    let record = source.ok(&format!("dup {c} {}", target.pid));
+    let t = target.ok(&format!("redeem {record}"));
+    remote.write_all(b"via-runtime-dir").unwrap();
+    assert_eq!(target.ok(&format!("read {t}")), "via-runtime-dir");
+    // A source looking in the abstract namespace does not find it.
+    let mut elsewhere = Peer::spawn(Some(""));
+    let (c2, _r2) = connected(&mut elsewhere);
+    let e = elsewhere.fails(&format!("dup {c2} {}", target.pid));
+    assert!(
+        e.message.contains("has not called sockdup::startup()"),
+        "{}",
+        e.message
+    );
+    target.ok("cleanup");
+    assert!(!socket_file.exists(), "cleanup removes the socket file");
+    // A directory that does not exist is a clear startup error.
+    let mut lost = Peer::spawn_with_env(None, &[("SOCKDUP_RUNTIME_DIR", "/nonexistent/sockdup")]);
+    let e = lost.fails("startup");
+    assert!(e.message.contains("/nonexistent/sockdup"), "{}", e.message);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_settings_in_the_environment_are_einval_naming_the_variable() {
+    for (var, value) in [
+        ("SOCKDUP_TTL", "soon"),
+        ("SOCKDUP_CAPACITY", "0"),
+        ("SOCKDUP_ALLOW", "everyone"),
+    ] {
+        let mut p = Peer::spawn_with_env(None, &[(var, value)]);
+        let e = p.fails("startup");
+        assert_eq!(e.code, 10022);
+        assert!(e.message.contains(var), "{}", e.message);
+    }
+}

@@ -1,7 +1,7 @@
 //! A process for the tests to drive: one command per line on stdin, one answer per line on
 //! stdout, `ok [VALUE...]` or `err CODE MESSAGE`. Descriptors it holds are named by index.
 //!
-//! Commands: `startup [ttl=S] [capacity=N] [allow=A]`, `cleanup`, `pid`, `tcp-listen`,
+//! Commands: `startup [ttl=S] [capacity=N] [ack=S] [allow=any|nobody]`, `cleanup`, `pid`, `tcp-listen`,
 //! `tcp-connect ADDR`, `udp-bind`, `unix-pair`, `pipe`, `dup IDX PID`, `dup-many IDX,IDX PID`,
 //! `redeem RECORD`, `close IDX`, `write IDX TEXT`, `read IDX`, `accept IDX`, `keepalive IDX`,
 //! `set-keepalive IDX`, `nonblock IDX`, `set-nonblock IDX`, `udp-connect ADDR`, `fdcount`,
@@ -65,6 +65,11 @@ impl Peer {
                         }
                         Some(("capacity", v)) => {
                             o = o.capacity(v.parse().map_err(|_| "0 bad capacity")?)
+                        }
+                        Some(("ack", v)) => {
+                            o = o.ack_timeout(Duration::from_secs_f64(
+                                v.parse().map_err(|_| "0 bad ack")?,
+                            ))
                         }
                         Some(("allow", "any")) => o = o.allow(sockdup::Allow::AnyUser),
                         Some(("allow", "nobody")) => o = o.allow(sockdup::Allow::Uids(vec![])),
