@@ -3,22 +3,10 @@
 //! Every failure in sockdup is an [`Error`]: its [`code`](Error::code) is the number a Windows
 //! program would see from `WSAGetLastError()` for the same condition, and its message is a sentence
 //! that says what went wrong and what to do about it. Operating-system errors are turned into an
-//! [`Error`] in one place ([`Error::from_errno`]), so the mapping below is the whole story.
+//! [`Error`] in one place ([`Error::from_errno`]).
 //!
-//! | Code | Name | When sockdup returns it |
-//! |-----:|------|-------------------------|
-//! | 10014 | `WSAEFAULT` | a caller's buffer is too small for a record ([`ProtocolInfo::write_to`](crate::ProtocolInfo::write_to)); `EFAULT` from the kernel |
-//! | 10022 | `WSAEINVAL` | an argument is invalid: target pid 0, a pid that names no process, a process that never called `startup()`, a refusal by the target's policy, a squatter on the target's inbox address; a record that is malformed, not made by sockdup, made for another process or an earlier run of this one, already redeemed, expired or cancelled |
-//! | 10024 | `WSAEMFILE` | no descriptor is left (`EMFILE`, `ENFILE`), in this process or in the target while it receives |
-//! | 10036 | `WSAEINPROGRESS` | a blocking call was interrupted (`EINTR`) or would block (`EAGAIN`) and may be retried |
-//! | 10038 | `WSAENOTSOCK` | the descriptor is not a socket (`ENOTSOCK`), or is not open (`EBADF`) |
-//! | 10047 | `WSAEAFNOSUPPORT` | the socket's family/type/protocol has no entry in the base catalog |
-//! | 10048 | `WSAEADDRINUSE` | another process holds this process's inbox address at `startup()` |
-//! | 10050 | `WSAENETDOWN` | the transport to the target failed: its inbox closed the connection, did not answer in time, or answered something that is not a sockdup reply; any other unexpected OS error |
-//! | 10055 | `WSAENOBUFS` | the target's inbox is full (its capacity of unredeemed duplicates is reached); `ENOBUFS`, `ENOMEM` |
-//! | 10093 | `WSANOTINITIALISED` | this process has no live [`Startup`] guard (call `sockdup::startup()` first) |
-//!
-//! [`Startup`]: https://docs.rs/sockdup/latest/sockdup/struct.Startup.html
+//! The table of which condition gives which code is in the `sockdup` crate's documentation
+//! (section "Errors"), next to the functions that return them.
 
 use std::fmt;
 use std::io;
