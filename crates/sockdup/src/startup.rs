@@ -325,3 +325,38 @@ impl Drop for Runtime {
         tracing::debug!(pid = self.pid, "sockdup inbox stopped");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_policies() {
+        assert!(Allow::SameUser.permits(1000, 1000));
+        assert!(Allow::SameUser.permits(1000, 0));
+        assert!(!Allow::SameUser.permits(1000, 1001));
+        assert!(Allow::AnyUser.permits(1000, 1001));
+        let some = Allow::Uids(vec![1001]);
+        assert!(some.permits(1000, 1001) && some.permits(1000, 1000));
+        assert!(!some.permits(1000, 0) && !some.permits(1000, 1002));
+    }
+
+    #[test]
+    fn allow_parses_the_environment_forms() {
+        assert_eq!(Allow::parse("same-user").unwrap(), Allow::SameUser);
+        assert_eq!(Allow::parse(" any ").unwrap(), Allow::AnyUser);
+        assert_eq!(
+            Allow::parse("1000, 1001").unwrap(),
+            Allow::Uids(vec![1000, 1001])
+        );
+        let e = Allow::parse("root").unwrap_err();
+        assert_eq!(e.code(), 10022);
+        assert!(e.message().contains("SOCKDUP_ALLOW"));
+    }
+
+    #[test]
+    fn zero_ttl_means_until_exit() {
+        assert_eq!(Options::new().ttl(Duration::ZERO).limits.ttl, None);
+        assert_eq!(Options::new().capacity(0).limits.capacity, 1);
+    }
+}
