@@ -249,11 +249,13 @@ impl<F> Inbox<F> {
     /// already redeemed, expired, was cancelled, or was never issued. A failed claim changes
     /// nothing, so the real target can still redeem a record someone else tried.
     pub fn claim(&mut self, now: Instant, info: &ProtocolInfo) -> Result<F, Error> {
-        if catalog::base_entry(info.catalog_entry_id).is_none() {
+        if catalog::base_entry(info.catalog_entry_id).is_none()
+            || info.provider_id != catalog::BASE_PROVIDER_ID
+        {
             return Err(Error::invalid(format!(
-                "the record names catalog entry {}, which is not in this process's catalog: it was not made by sockdup's \
-                 duplicate_socket (records from Windows or Wine can be inspected but not redeemed here)",
-                info.catalog_entry_id
+                "the record names catalog entry {} of provider {}, which is not in this process's catalog: it was not \
+                 made by sockdup's duplicate_socket (records from Windows or Wine can be inspected but not redeemed here)",
+                info.catalog_entry_id, info.provider_id
             )));
         }
         let (target, nonce, ticket) = (
@@ -285,10 +287,10 @@ impl<F> Inbox<F> {
         }
         Err(Error::invalid(match self.spent.get(&ticket) {
             Some(Spent::Redeemed) => format!(
-                "ticket {ticket} was already redeemed: a duplicate's record can be used only once; duplicate the socket again for another descriptor"
+                "ticket {ticket:#010x} was already redeemed: a duplicate's record can be used only once; duplicate the socket again for another descriptor"
             ),
             Some(Spent::Expired) => format!(
-                "ticket {ticket} expired before it was redeemed (time-to-live {}) and its descriptor was closed: redeem sooner, \
+                "ticket {ticket:#010x} expired before it was redeemed (time-to-live {}) and its descriptor was closed: redeem sooner, \
                  or start the target with a longer time-to-live (SOCKDUP_TTL)",
                 self.limits
                     .ttl
@@ -296,11 +298,11 @@ impl<F> Inbox<F> {
             ),
             Some(Spent::Cancelled) => {
                 format!(
-                    "ticket {ticket} was cancelled by its source (its batch failed) and its descriptor was closed"
+                    "ticket {ticket:#010x} was cancelled by its source (its batch failed) and its descriptor was closed"
                 )
             }
             None => format!(
-                "ticket {ticket} was never issued by this process's inbox (or was spent long ago): the record is not a \
+                "ticket {ticket:#010x} was never issued by this process's inbox (or was spent long ago): the record is not a \
                  duplicate made for this process"
             ),
         }))
@@ -387,6 +389,14 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.message().contains("catalog entry 9"), "{e}");
+        // Wine writes catalog id 1001 too, but with Microsoft's provider GUID.
+        let msafd: crate::Guid = "e70f1aa0-ab8b-11cf-8ca3-00805f48a192".parse().unwrap();
+        let wine = ProtocolInfo {
+            provider_id: msafd,
+            ..record(PID, NONCE, t)
+        };
+        let e = inbox.claim(t0, &wine).unwrap_err();
+        assert!(e.message().contains("not made by sockdup"), "{e}");
         assert_eq!(inbox.claim(t0, &record(PID, NONCE, t)).unwrap().0, 0);
     }
 

@@ -382,10 +382,10 @@ impl ProtocolInfo {
     /// # Errors
     /// As [`from_bytes`](Self::from_bytes) and [`FromStr`].
     pub fn from_raw_or_text(input: &[u8]) -> Result<Self, Error> {
-        if input.len() == Self::LEN {
-            return Self::from_bytes(input);
-        }
+        // Text first when it looks like text: a text record can be exactly 628 bytes long too.
         match std::str::from_utf8(input) {
+            Ok(text) if text.trim_start().starts_with(TEXT_PREFIX) => text.parse(),
+            _ if input.len() == Self::LEN => Self::from_bytes(input),
             Ok(text) => text.parse(),
             Err(_) => Self::from_bytes(input),
         }
@@ -593,6 +593,21 @@ mod tests {
             ProtocolInfo::from_raw_or_text(text.as_bytes()).unwrap(),
             info
         );
+        // A text record that happens to be 628 bytes long is still read as text.
+        let mut long = info.clone();
+        let mut seen = false;
+        for n in 0..255 {
+            long.protocol_name = "x".repeat(n);
+            let line = format!("{long}\n");
+            if line.len() == ProtocolInfo::LEN {
+                assert_eq!(
+                    ProtocolInfo::from_raw_or_text(line.as_bytes()).unwrap(),
+                    long
+                );
+                seen = true;
+            }
+        }
+        assert!(seen, "no name length gives a 628-byte text record");
         assert_eq!(ProtocolInfo::default().to_string(), "sockdup1:");
         assert_eq!(
             "sockdup1:".parse::<ProtocolInfo>().unwrap(),

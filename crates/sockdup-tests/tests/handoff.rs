@@ -462,6 +462,16 @@ fn a_stopped_target_times_out_as_enetdown() {
     source.ok(&format!("dup {c} {}", target.pid));
     let pid = rustix::process::Pid::from_raw(target.pid as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // SIGSTOP takes effect asynchronously: wait until every thread of the target has stopped.
+    wait_for(Duration::from_secs(5), || {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", target.pid)).ok()?;
+        tasks
+            .map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+            .all(|stat| {
+                stat.is_some_and(|s| s.rsplit(") ").next().is_some_and(|r| r.starts_with('T')))
+            })
+            .then_some(())
+    });
     let start = Instant::now();
     let e = source.fails(&format!("dup {c} {}", target.pid));
     rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
@@ -500,6 +510,7 @@ fn inboxes_can_live_in_a_runtime_directory() {
     // A directory that does not exist is a clear startup error.
     let mut lost = Peer::spawn_with_env(None, &[("SOCKDUP_RUNTIME_DIR", "/nonexistent/sockdup")]);
     let e = lost.fails("startup");
+    assert_eq!(e.code, 10022, "{}", e.message);
     assert!(e.message.contains("/nonexistent/sockdup"), "{}", e.message);
     let _ = std::fs::remove_dir_all(&dir);
 }

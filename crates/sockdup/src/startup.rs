@@ -254,6 +254,15 @@ pub(crate) struct Runtime {
 impl Runtime {
     fn start(options: &Options) -> Result<Self, Error> {
         let pid = sys::getpid();
+        if let Some(dir) = &options.runtime_dir
+            && !dir.is_dir()
+        {
+            return Err(Error::invalid(format!(
+                "the runtime directory {} (SOCKDUP_RUNTIME_DIR) does not exist or is not a directory: create it, \
+                 or unset SOCKDUP_RUNTIME_DIR to use the abstract namespace",
+                dir.display()
+            )));
+        }
         let address = InboxAddress::for_pid(pid, options.runtime_dir.as_deref());
         let listener = sys::listen_inbox(&address).map_err(|e| {
             let in_use = e.raw_os_error() == Some(rustix::io::Errno::ADDRINUSE.raw_os_error());
