@@ -1,4 +1,155 @@
-//! The `sockdup` command.
+//! The `sockdup` command: runs the Winsock handoff scenario between two real processes
+//! (`sockdup demo`) and decodes `WSAPROTOCOL_INFOW` records (`sockdup inspect`).
+//!
+//! The command is a thin layer over the `sockdup` library:
+//!
+//! - `demo` ([`demo`]) walks the ten steps of the handoff table in the `WSPDuplicateSocket`
+//!   specification with this process as the source and a second copy of this executable (the
+//!   hidden `demo-target` subcommand) as the target, and checks every step.
+//! - `inspect` ([`inspect`]) decodes a record given as text, as a file of 628 raw bytes, or on
+//!   stdin, and prints its fields with their Winsock names, as JSON ([`record::to_json`]), or
+//!   as raw bytes.
+//!
+//! Exit status: 0 on success, 1 when a step or a decode fails (the message, with the Winsock
+//! error code, goes to stderr), 2 for a usage error.
 #![forbid(unsafe_code)]
 
-fn main() {}
+mod demo;
+mod inspect;
+mod record;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Windows Sockets 2 socket duplication for Linux.
+///
+/// A source process turns a socket into a 628-byte WSAPROTOCOL_INFOW record bound to one target
+/// process (WSADuplicateSocketW / WSPDuplicateSocket); the record travels through any IPC; the
+/// target turns it into its own descriptor of the same socket, once (WSASocketW with the
+/// record, FROM_PROTOCOL_INFO).
+#[derive(Debug, Parser)]
+#[command(name = "sockdup", version, propagate_version = true)]
+#[command(
+    after_help = "Exit status: 0 on success, 1 if a step or a decode fails (the error, \
+    with its Winsock code, is printed on stderr), 2 for a usage error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Hand a connected TCP socket from this process to another one, step by step.
+    ///
+    /// Runs the "handoff mode" scenario of the WSPDuplicateSocket specification with two real
+    /// processes: this process (the source) connects a TCP socket to a peer it serves itself,
+    /// starts a second copy of this program (the target), asks it for its process id over a
+    /// pipe, duplicates the socket for it (sockdup::duplicate_socket, i.e.
+    /// WSADuplicateSocketW / WSPDuplicateSocket) and sends the record as one line; the target
+    /// turns the record into its own descriptor (sockdup::socket_from_info, i.e. WSASocketW
+    /// with FROM_PROTOCOL_INFO) and exchanges data with the peer. Both close their
+    /// descriptors; the peer must see end-of-file only after the last one closes.
+    ///
+    /// Every step is printed as one line naming the process that did it, and checked. Any
+    /// failure is reported on stderr, with its Winsock error code, and the exit status is 1.
+    /// No step waits more than 10 seconds.
+    Demo,
+
+    /// The target side of `sockdup demo` (spawned by the demo; not for direct use).
+    #[command(name = "demo-target", hide = true)]
+    DemoTarget,
+
+    /// Decode a WSAPROTOCOL_INFOW record and print its fields.
+    ///
+    /// The record may be the one-line text form printed by a source (it starts with
+    /// "sockdup1:"), a file holding the 628 raw bytes that WSADuplicateSocketW /
+    /// WSPDuplicateSocket fill in (written by sockdup, Windows or Wine) or the text form, or
+    /// standard input in either form ("-" or no argument).
+    ///
+    /// Without options every field is printed, one per line, with the names of its flags and
+    /// values (XP1_*, PFL_*, AF_*, SOCK_*, IPPROTO_*) and, for a sockdup duplicate, what its
+    /// reserved fields hold (target process id, inbox run nonce, ticket): the record WSASocketW /
+    /// sockdup::socket_from_info redeems in the target.
+    #[command(after_long_help = "Examples:\n  \
+        sockdup inspect sockdup1:ZgACAAAA...        decode a record given as text\n  \
+        sockdup inspect record.bin --json | jq .service_flags3\n  \
+        some-source | sockdup inspect --raw > record.bin")]
+    Inspect(inspect::Args),
+}
+
+/// How a command failed; printed on stderr by `main`.
+#[derive(Debug)]
+pub(crate) enum CliError {
+    /// A sockdup call failed; `context` says what the command was doing.
+    Sockdup {
+        /// What the command was doing, e.g. "decoding the record".
+        context: String,
+        /// The library's error, whose `Display` ends with the Winsock name and number.
+        error: sockdup::Error,
+    },
+    /// The command line or its input cannot be used (exit status 2).
+    Usage(String),
+    /// Anything else: an I/O failure, a check of the demo that did not hold.
+    Failed(String),
+}
+
+impl CliError {
+    /// A sockdup error, with what the command was doing.
+    pub(crate) fn sockdup(context: impl Into<String>, error: sockdup::Error) -> Self {
+        Self::Sockdup {
+            context: context.into(),
+            error,
+        }
+    }
+
+    /// A failure described by `message`.
+    pub(crate) fn failed(message: impl Into<String>) -> Self {
+        Self::Failed(message.into())
+    }
+
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            Self::Sockdup { .. } | Self::Failed(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sockdup { context, error } => write!(f, "{context}: {error}"),
+            Self::Usage(message) | Self::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version land here too; clap knows which stream and status to use.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let outcome = match cli.command {
+        Command::Demo => demo::run_source(),
+        // The target reports its failures to the source, over its stdout.
+        Command::DemoTarget => return demo::run_target(),
+        Command::Inspect(args) => inspect::run(&args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "sockdup: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

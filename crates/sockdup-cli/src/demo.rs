@@ -1,0 +1,775 @@
+//! `sockdup demo`: the "handoff mode" scenario of the `WSPDuplicateSocket` specification, with
+//! two real processes.
+//!
+//! | Step | Who | What |
+//! |-----:|-----|------|
+//! | 1 | source | creates a TCP socket and connects it to the peer (a thread of the source) |
+//! | 2 | source | starts the target and asks it for its process id over its stdin pipe |
+//! | 3 | target | receives the request and answers |
+//! | 4 | source | receives the process id |
+//! | 5 | source | `sockdup::duplicate_socket` (`WSPDuplicateSocket`) |
+//! | 6 | source | sends the record as one text line |
+//! | 7 | target | receives the record |
+//! | 8 | target | `sockdup::socket_from_info` (`WSPSocket`), once |
+//! | 9 | target, peer | exchange data both ways |
+//! | 10 | source, target | close; the peer sees EOF only after the last close |
+//!
+//! The pipes carry lines. Source to target (the target's stdin): `pid?`, `record <text>`,
+//! `send <step> <text>`, `expect <step> <text>`, `close`, `quit`. Target to source (its
+//! stdout): `log <line>` (printed by the source as it is, so the output stays in order),
+//! `ok <result>` and `err <message>`, one answer per request. Every wait is bounded by
+//! [`TIMEOUT`].
+
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sockdup::ProtocolInfo;
+
+use crate::CliError;
+
+/// The longest the demo waits for anything: a line from the target, the peer, data, an exit.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the peer watches for a premature EOF after the source closes its descriptor.
+const NO_EOF_WATCH: Duration = Duration::from_millis(300);
+
+/// Prints one line of the demo; a closed stdout is ignored (the checks decide the exit status,
+/// not the printing).
+fn say(label: &str, text: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "[{label}] {text}");
+    let _ = out.flush();
+}
+
+/// A closure that turns an I/O error into a failure saying what was being done.
+fn io_failed(doing: &str) -> impl FnOnce(io::Error) -> CliError + '_ {
+    move |e| CliError::failed(format!("{doing} failed: {e}"))
+}
+
+/// The first `n` characters of `s`, with an ellipsis if it is longer.
+fn abbreviate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        s.chars().take(n).chain(['…']).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The source
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the source side of the demo (this process), starting the target and the peer.
+pub(crate) fn run_source() -> Result<(), CliError> {
+    let me = std::process::id();
+    let src = format!("source {me}");
+    let _guard = sockdup::startup().map_err(|e| {
+        CliError::sockdup(
+            "starting sockdup in the source (sockdup::startup, WSAStartup)",
+            e,
+        )
+    })?;
+
+    // 1) LPWSPSocket, LPWSPConnect.
+    let mut peer = Peer::start()?;
+    let stream = TcpStream::connect(peer.addr).map_err(io_failed("connecting to the peer"))?;
+    let local = stream
+        .local_addr()
+        .map_err(io_failed("reading the socket's address"))?;
+    say(
+        &src,
+        &format!(
+            "1) socket + connect: TCP socket fd {} connected from {local} to the peer at {} \
+             (a thread of the source)",
+            stream.as_raw_fd(),
+            peer.addr
+        ),
+    );
+    let accepted = peer.ask(PeerCmd::Accept)?;
+    if accepted != local.to_string() {
+        return Err(CliError::failed(format!(
+            "the peer accepted a connection from {accepted}, not from the source's socket {local}"
+        )));
+    }
+
+    // 2) Request the target's process identifier.
+    let mut target = Target::spawn()?;
+    say(
+        &src,
+        "2) started the target (a copy of this program) and asks for its process id over its \
+         stdin pipe: \"pid?\"",
+    );
+    let answer = target.request("pid?")?;
+
+    // 4) Receive the process identifier.
+    let pid: u32 = answer.trim().parse().map_err(|_| {
+        CliError::failed(format!(
+            "the target answered {answer:?} instead of a process id"
+        ))
+    })?;
+    if pid != target.child.id() {
+        return Err(CliError::failed(format!(
+            "the target says its process id is {pid}, but the source started process {}",
+            target.child.id()
+        )));
+    }
+    say(&src, &format!("4) received the target's process id: {pid}"));
+
+    // 5) WSPDuplicateSocket.
+    let record = sockdup::duplicate_socket(&stream, pid).map_err(|e| {
+        CliError::sockdup(
+            format!("duplicating the socket for process {pid} (sockdup::duplicate_socket)"),
+            e,
+        )
+    })?;
+    if record.service_flags3 != pid {
+        return Err(CliError::failed(format!(
+            "duplicate_socket returned a record for process {}, not {pid}",
+            record.service_flags3
+        )));
+    }
+    say(
+        &src,
+        &format!(
+            "5) duplicate_socket -> record for pid {pid} (catalog entry {}, ticket {:#010x}); \
+             the target already holds the descriptor",
+            record.catalog_entry_id, record.provider_reserved
+        ),
+    );
+
+    // 6) Send the WSAPROTOCOL_INFO structure to the target.
+    let line = record.to_string();
+    target.send(&format!("record {line}"))?;
+    say(
+        &src,
+        &format!(
+            "6) sent the record to the target as one line of {} characters: {}",
+            line.len(),
+            abbreviate(&line, 40)
+        ),
+    );
+    // 7) and 8) happen in the target, which answers with its socket's addresses.
+    let addrs = target.reply()?;
+    let expected = format!(
+        "{local} {}",
+        stream
+            .peer_addr()
+            .map_err(io_failed("reading the socket's peer address"))?
+    );
+    if addrs != expected {
+        return Err(CliError::failed(format!(
+            "the target's socket has addresses {addrs}, but the source's has {expected}: not the same socket"
+        )));
+    }
+
+    // 9) Data exchange, both ways.
+    let to_peer = format!("hello peer, from target {pid}");
+    let to_target = "hello target, from the peer";
+    exchange(&mut target, &mut peer, "9", &to_peer, to_target)?;
+
+    // 10) LPWSPCloseSocket, in the source first.
+    let fd = stream.as_raw_fd();
+    drop(stream);
+    say(
+        &src,
+        &format!(
+            "10) closed its descriptor (fd {fd}); the socket stays open: the target holds another"
+        ),
+    );
+    peer.ask(PeerCmd::NoEofWithin(NO_EOF_WATCH))?;
+    exchange(
+        &mut target,
+        &mut peer,
+        "10",
+        "still connected after the source closed",
+        "acknowledged",
+    )?;
+    target.request("close")?;
+    peer.ask(PeerCmd::ExpectEof)?;
+    target.finish()?;
+    say(
+        &src,
+        &format!("the target (pid {pid}) exited with status 0; all 10 steps checked out"),
+    );
+    Ok(())
+}
+
+/// The target sends `to_peer` and the peer checks it; the peer sends `to_target` and the
+/// target checks it.
+fn exchange(
+    target: &mut Target,
+    peer: &mut Peer,
+    step: &str,
+    to_peer: &str,
+    to_target: &str,
+) -> Result<(), CliError> {
+    target.request(&format!("send {step} {to_peer}"))?;
+    peer.ask(PeerCmd::Expect(step.to_owned(), to_peer.to_owned()))?;
+    peer.ask(PeerCmd::Send(step.to_owned(), to_target.to_owned()))?;
+    target.request(&format!("expect {step} {to_target}"))?;
+    Ok(())
+}
+
+/// The target process, seen from the source: its pipes and, through a reader thread, the lines
+/// it writes.
+struct Target {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<io::Result<String>>,
+}
+
+impl Target {
+    /// Starts `<this executable> demo-target` with piped stdin and stdout.
+    fn spawn() -> Result<Self, CliError> {
+        let exe = std::env::current_exe().map_err(io_failed("finding this program's path"))?;
+        let mut child = Command::new(&exe)
+            .arg("demo-target")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(io_failed(&format!(
+                "starting the target ({} demo-target)",
+                exe.display()
+            )))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let (tx, lines) = mpsc::channel();
+        let target = Self {
+            child,
+            stdin,
+            lines,
+        };
+        let Some(stdout) = stdout else {
+            return Err(CliError::failed("the target's stdout is not a pipe"));
+        };
+        thread::Builder::new()
+            .name("demo-target-reader".into())
+            .spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(io_failed("starting the thread that reads the target"))?;
+        Ok(target)
+    }
+
+    /// Writes one line to the target's stdin.
+    fn send(&mut self, line: &str) -> Result<(), CliError> {
+        let pid = self.child.id();
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| CliError::failed("the pipe to the target is already closed"))?;
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .map_err(io_failed(&format!(
+                "writing to the target's (pid {pid}) stdin"
+            )))
+    }
+
+    /// Waits for the target's answer, printing its log lines on the way.
+    fn reply(&mut self) -> Result<String, CliError> {
+        let pid = self.child.id();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(wait) {
+                Ok(Ok(line)) => line,
+                Ok(Err(e)) => {
+                    return Err(CliError::failed(format!(
+                        "reading from the target (pid {pid}) failed: {e}"
+                    )));
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(CliError::failed(format!(
+                        "the target (pid {pid}) did not answer within {} s",
+                        TIMEOUT.as_secs()
+                    )));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.reap(Duration::from_secs(1));
+                    return Err(CliError::failed(format!(
+                        "the target (pid {pid}) closed its stdout without answering ({status})"
+                    )));
+                }
+            };
+            let (kind, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+            match kind {
+                "log" => {
+                    let mut out = io::stdout().lock();
+                    let _ = writeln!(out, "{rest}");
+                    let _ = out.flush();
+                }
+                "ok" => return Ok(rest.to_owned()),
+                "err" => {
+                    return Err(CliError::failed(format!(
+                        "the target (pid {pid}) failed: {rest}"
+                    )));
+                }
+                _ => {
+                    return Err(CliError::failed(format!(
+                        "the target (pid {pid}) wrote {:?}, which is not a demo protocol line",
+                        abbreviate(&line, 80)
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Sends `line` and waits for the answer.
+    fn request(&mut self, line: &str) -> Result<String, CliError> {
+        self.send(line)?;
+        self.reply()
+    }
+
+    /// Tells the target to quit, closes its stdin and checks that it exits with status 0.
+    fn finish(mut self) -> Result<(), CliError> {
+        let pid = self.child.id();
+        self.send("quit")?;
+        self.stdin = None;
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => {
+                    return Err(CliError::failed(format!(
+                        "the target (pid {pid}) exited with {status}"
+                    )));
+                }
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+                Ok(None) => {
+                    return Err(CliError::failed(format!(
+                        "the target (pid {pid}) did not exit within {} s of being told to quit",
+                        TIMEOUT.as_secs()
+                    )));
+                }
+                Err(e) => {
+                    return Err(CliError::failed(format!(
+                        "waiting for the target (pid {pid}) failed: {e}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Closes the target's stdin, gives it `grace` to exit, kills it if it has not, and reaps
+    /// it; says how it ended.
+    fn reap(&mut self, grace: Duration) -> String {
+        self.stdin = None;
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.to_string(),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+                Ok(None) | Err(_) => {
+                    let _ = self.child.kill();
+                    return match self.child.wait() {
+                        Ok(status) => format!("killed: {status}"),
+                        Err(e) => format!("could not be reaped: {e}"),
+                    };
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Target {
+    /// Never leaves a zombie or a stray target behind, whatever step failed.
+    fn drop(&mut self) {
+        self.reap(Duration::from_secs(1));
+    }
+}
+
+/// What the source asks of the peer thread.
+#[derive(Debug)]
+enum PeerCmd {
+    /// Accept the source's connection; answer with the address it came from.
+    Accept,
+    /// Read exactly this text (step label, text).
+    Expect(String, String),
+    /// Write this text (step label, text).
+    Send(String, String),
+    /// Check that nothing, in particular no EOF, arrives within this time.
+    NoEofWithin(Duration),
+    /// Check that the next read is EOF.
+    ExpectEof,
+}
+
+/// The remote end of the connection: a listener on 127.0.0.1 served by a thread of the source.
+struct Peer {
+    addr: SocketAddr,
+    commands: Sender<PeerCmd>,
+    answers: Receiver<Result<String, String>>,
+}
+
+impl Peer {
+    /// Binds a listener on an ephemeral port of 127.0.0.1 and starts the thread serving it.
+    fn start() -> Result<Self, CliError> {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").map_err(io_failed("binding the peer's listener"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io_failed("reading the peer's address"))?;
+        let (commands, rx) = mpsc::channel();
+        let (tx, answers) = mpsc::channel();
+        thread::Builder::new()
+            .name("demo-peer".into())
+            .spawn(move || serve_peer(&listener, &rx, &tx))
+            .map_err(io_failed("starting the peer thread"))?;
+        Ok(Self {
+            addr,
+            commands,
+            answers,
+        })
+    }
+
+    /// Has the peer thread do `cmd`, and waits for the outcome.
+    fn ask(&mut self, cmd: PeerCmd) -> Result<String, CliError> {
+        self.commands
+            .send(cmd)
+            .map_err(|_| CliError::failed("the peer thread has stopped"))?;
+        match self.answers.recv_timeout(TIMEOUT + Duration::from_secs(1)) {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(message)) => Err(CliError::failed(format!("the peer: {message}"))),
+            Err(RecvTimeoutError::Timeout) => Err(CliError::failed(format!(
+                "the peer did not finish within {} s",
+                TIMEOUT.as_secs()
+            ))),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(CliError::failed("the peer thread has stopped"))
+            }
+        }
+    }
+}
+
+/// The peer thread: accepts one connection and carries out the source's commands on it,
+/// printing what it saw before it answers (so the output stays in order).
+fn serve_peer(
+    listener: &TcpListener,
+    commands: &Receiver<PeerCmd>,
+    answers: &Sender<Result<String, String>>,
+) {
+    let label = "peer";
+    let mut conn: Option<TcpStream> = None;
+    for cmd in commands {
+        let outcome = match (cmd, conn.as_mut()) {
+            (PeerCmd::Accept, _) => accept(listener).map(|(stream, from)| {
+                say(
+                    label,
+                    &format!("1) accepted the connection from {from} (the source's socket)"),
+                );
+                conn = Some(stream);
+                from.to_string()
+            }),
+            (_, None) => Err("no connection was accepted".to_owned()),
+            (PeerCmd::Expect(step, text), Some(c)) => expect(c, &text).map(|()| {
+                say(label, &format!("{step}) received {text:?}: as sent"));
+                String::new()
+            }),
+            (PeerCmd::Send(step, text), Some(c)) => c
+                .write_all(text.as_bytes())
+                .map(|()| {
+                    say(label, &format!("{step}) sent {text:?}"));
+                    String::new()
+                })
+                .map_err(|e| format!("writing {text:?} failed: {e}")),
+            (PeerCmd::NoEofWithin(wait), Some(c)) => no_eof_within(c, wait).map(|()| {
+                say(
+                    label,
+                    &format!(
+                        "10) no EOF within {} ms of the source's close: the socket is still open",
+                        wait.as_millis()
+                    ),
+                );
+                String::new()
+            }),
+            (PeerCmd::ExpectEof, Some(c)) => expect_eof(c).map(|()| {
+                say(
+                    label,
+                    "10) read EOF: the socket closed with its last descriptor, the target's",
+                );
+                String::new()
+            }),
+        };
+        if answers.send(outcome).is_err() {
+            return;
+        }
+    }
+}
+
+/// Accepts one connection within [`TIMEOUT`].
+fn accept(listener: &TcpListener) -> Result<(TcpStream, SocketAddr), String> {
+    let deadline = Instant::now() + TIMEOUT;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("setting up the listener failed: {e}"))?;
+    loop {
+        match listener.accept() {
+            Ok((stream, from)) => {
+                stream
+                    .set_nonblocking(false)
+                    .and_then(|()| stream.set_read_timeout(Some(TIMEOUT)))
+                    .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
+                    .map_err(|e| format!("setting up the connection failed: {e}"))?;
+                return Ok((stream, from));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                return Err(format!(
+                    "no connection arrived within {} s",
+                    TIMEOUT.as_secs()
+                ));
+            }
+            Err(e) => return Err(format!("accept failed: {e}")),
+        }
+    }
+}
+
+/// Reads exactly `text` from `stream` (within the stream's read timeout).
+fn expect(stream: &mut TcpStream, text: &str) -> Result<(), String> {
+    let mut buf = vec![0u8; text.len()];
+    stream.read_exact(&mut buf).map_err(|e| match e.kind() {
+        ErrorKind::UnexpectedEof => format!("the connection closed (EOF) before {text:?} arrived"),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+            format!("{text:?} did not arrive within {} s", TIMEOUT.as_secs())
+        }
+        _ => format!("reading {text:?} failed: {e}"),
+    })?;
+    if buf == text.as_bytes() {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected {text:?}, received {:?}",
+            String::from_utf8_lossy(&buf)
+        ))
+    }
+}
+
+/// Checks that nothing arrives on `stream` within `wait`: no data, no EOF.
+fn no_eof_within(stream: &mut TcpStream, wait: Duration) -> Result<(), String> {
+    let set = |s: &TcpStream, t| {
+        s.set_read_timeout(Some(t))
+            .map_err(|e| format!("setting a read timeout failed: {e}"))
+    };
+    set(stream, wait)?;
+    let mut byte = [0u8; 1];
+    let outcome = match stream.read(&mut byte) {
+        Ok(0) => Err(
+            "EOF arrived right after the source closed its descriptor: the socket \
+                      closed although the target still holds one"
+                .to_owned(),
+        ),
+        Ok(_) => Err(format!("unexpected data arrived: {:?}", byte[0] as char)),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(()),
+        Err(e) => Err(format!("reading failed: {e}")),
+    };
+    set(stream, TIMEOUT)?;
+    outcome
+}
+
+/// Checks that the next read on `stream` is EOF (within the stream's read timeout).
+fn expect_eof(stream: &mut TcpStream) -> Result<(), String> {
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(format!(
+            "expected EOF, received {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        )),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err(format!(
+            "no EOF within {} s of the last close: a descriptor of the socket is still open somewhere",
+            TIMEOUT.as_secs()
+        )),
+        Err(e) => Err(format!("reading failed while waiting for EOF: {e}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The target
+// ---------------------------------------------------------------------------------------------
+
+/// The target's side of the pipe to the source: its stdout.
+struct ToSource {
+    label: String,
+}
+
+impl ToSource {
+    fn line(&self, kind: &str, text: &str) -> Result<(), CliError> {
+        let mut out = io::stdout().lock();
+        // One line per message: a record or a message never holds a newline, but make sure.
+        let text = text.replace('\n', " ");
+        writeln!(out, "{kind} {text}")
+            .and_then(|()| out.flush())
+            .map_err(io_failed("writing to the source over stdout"))
+    }
+
+    /// A log line, printed by the source as `[target <pid>] <text>`.
+    fn log(&self, text: &str) -> Result<(), CliError> {
+        self.line("log", &format!("[{}] {text}", self.label))
+    }
+
+    /// The answer to the current request.
+    fn ok(&self, text: &str) -> Result<(), CliError> {
+        self.line("ok", text)
+    }
+}
+
+/// Runs the target side of the demo (`sockdup demo-target`): answers the source's requests on
+/// stdin until `quit` or end of input. A failure is reported to the source as an `err` line
+/// (and on stderr only if the source cannot be told).
+pub(crate) fn run_target() -> ExitCode {
+    let to_source = ToSource {
+        label: format!("target {}", std::process::id()),
+    };
+    match serve_target(&to_source) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if to_source.line("err", &e.to_string()).is_err() {
+                let _ = writeln!(io::stderr(), "sockdup demo-target: error: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve_target(to_source: &ToSource) -> Result<(), CliError> {
+    let me = std::process::id();
+    let guard = sockdup::startup().map_err(|e| {
+        CliError::sockdup(
+            "starting sockdup in the target (sockdup::startup, WSAStartup)",
+            e,
+        )
+    })?;
+    let mut stream: Option<TcpStream> = None;
+    for line in io::stdin().lock().lines() {
+        let line = line.map_err(io_failed("reading the source's request from stdin"))?;
+        let (cmd, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        match (cmd, stream.as_mut()) {
+            ("pid?", _) => {
+                // 3) Receive the process identifier request and respond.
+                to_source.log(&format!(
+                    "3) received the process-id request; answers {me} (its sockdup inbox \
+                     listens at {})",
+                    guard.inbox_address()
+                ))?;
+                to_source.ok(&me.to_string())?;
+            }
+            ("record", _) => {
+                let (new_stream, addrs) = redeem(to_source, me, arg)?;
+                stream = Some(new_stream);
+                to_source.ok(&addrs)?;
+            }
+            ("send", Some(s)) => {
+                let (step, text) = arg.split_once(' ').unwrap_or((arg, ""));
+                s.write_all(text.as_bytes())
+                    .map_err(io_failed("writing to the peer over the shared socket"))?;
+                to_source.log(&format!("{step}) sent {text:?} to the peer"))?;
+                to_source.ok("")?;
+            }
+            ("expect", Some(s)) => {
+                let (step, text) = arg.split_once(' ').unwrap_or((arg, ""));
+                expect(s, text).map_err(|e| {
+                    CliError::failed(format!("reading from the peer over the shared socket: {e}"))
+                })?;
+                to_source.log(&format!("{step}) received {text:?} from the peer: as sent"))?;
+                to_source.ok("")?;
+            }
+            ("close", Some(_)) => {
+                let fd = stream.take().map_or(-1, |s| s.as_raw_fd());
+                to_source.log(&format!(
+                    "10) closed its descriptor (fd {fd}), the socket's last one"
+                ))?;
+                to_source.ok("")?;
+            }
+            ("quit", _) => return Ok(()),
+            ("send" | "expect" | "close", None) => {
+                return Err(CliError::failed(format!(
+                    "the source asked for {cmd:?} before the target holds a socket"
+                )));
+            }
+            _ => {
+                return Err(CliError::failed(format!(
+                    "{:?} is not a demo request",
+                    abbreviate(&line, 80)
+                )));
+            }
+        }
+    }
+    // The source closed the pipe: nothing more to do.
+    Ok(())
+}
+
+/// Steps 7 and 8: decodes the record, redeems it, and checks that it works once only. Returns
+/// the stream and its addresses ("local peer") for the source to compare with its own.
+fn redeem(to_source: &ToSource, me: u32, text: &str) -> Result<(TcpStream, String), CliError> {
+    // 7) Receive the WSAPROTOCOL_INFO structure.
+    let record: ProtocolInfo = text
+        .parse()
+        .map_err(|e| CliError::sockdup("decoding the record received from the source", e))?;
+    if record.service_flags3 != me {
+        return Err(CliError::failed(format!(
+            "the record was made for process {}, not for this target ({me})",
+            record.service_flags3
+        )));
+    }
+    to_source.log(&format!(
+        "7) received the record ({} characters): catalog entry {} {:?}, made for pid {me}, \
+         ticket {:#010x}",
+        text.len(),
+        record.catalog_entry_id,
+        record.protocol_name,
+        record.provider_reserved
+    ))?;
+
+    // 8) WSPSocket with the record: the shared socket's descriptor.
+    let fd = sockdup::socket_from_info(&record).map_err(|e| {
+        CliError::sockdup(
+            "redeeming the record (sockdup::socket_from_info, WSASocketW with FROM_PROTOCOL_INFO)",
+            e,
+        )
+    })?;
+    let cloexec = sockdup::is_cloexec(fd.as_fd())
+        .map_err(io_failed("reading the descriptor's close-on-exec flag"))?;
+    if !cloexec {
+        return Err(CliError::failed(
+            "socket_from_info returned a descriptor without close-on-exec",
+        ));
+    }
+    let raw = fd.as_raw_fd();
+    let stream = TcpStream::from(fd);
+    let local = stream
+        .local_addr()
+        .map_err(io_failed("reading the redeemed socket's address"))?;
+    let peer = stream
+        .peer_addr()
+        .map_err(io_failed("reading the redeemed socket's peer address"))?;
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
+        .map_err(io_failed("setting timeouts on the redeemed socket"))?;
+    to_source.log(&format!(
+        "8) socket_from_info -> fd {raw} (close-on-exec): a TCP socket connected from {local} \
+         to {peer}, the source's socket"
+    ))?;
+    match sockdup::socket_from_info(&record) {
+        Ok(_) => {
+            return Err(CliError::failed(
+                "the record was redeemed a second time: it must work once only",
+            ));
+        }
+        Err(e) => to_source.log(&format!(
+            "8) the same record again -> refused, as it must be: {e}"
+        ))?,
+    }
+    Ok((stream, format!("{local} {peer}")))
+}
