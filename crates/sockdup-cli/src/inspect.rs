@@ -7,13 +7,10 @@ use std::path::Path;
 
 use sockdup::ProtocolInfo;
 use sockdup::flags::{provider_flag_names, service_flag_names};
-use sockdup::wire::{BASE_PROTOCOL, LAYERED_PROTOCOL};
+use sockdup::wire::{BASE_PROTOCOL, LAYERED_PROTOCOL, TEXT_PREFIX};
 
 use crate::CliError;
 use crate::record::{self, Origin};
-
-/// The prefix of a record's text form.
-const TEXT_PREFIX: &str = "sockdup1:";
 
 /// The most input read from a file or stdin: a record's text form is well under 1 KiB.
 const MAX_INPUT: u64 = 64 * 1024;
@@ -131,35 +128,8 @@ fn read_limited(source: impl Read, what: &str) -> Result<Vec<u8>, CliError> {
 }
 
 /// Decodes `bytes` in either form ([`ProtocolInfo::from_raw_or_text`]).
-///
-/// Input that starts with `sockdup1:` is parsed as text first, even when it happens to be 628
-/// bytes long (a text record with a long protocol name and a newline can be): the library's
-/// `from_raw_or_text` would take any 628 bytes for the raw form.
 fn decode(bytes: &[u8], what: &str) -> Result<ProtocolInfo, CliError> {
-    let text = std::str::from_utf8(bytes)
-        .ok()
-        .filter(|t| t.trim_start().starts_with(TEXT_PREFIX));
-    let decoded = match text {
-        Some(t) => t.parse::<ProtocolInfo>().or_else(|e| {
-            if bytes.len() == ProtocolInfo::LEN {
-                ProtocolInfo::from_bytes(bytes).map_err(|_| e)
-            } else {
-                Err(e)
-            }
-        }),
-        None => ProtocolInfo::from_raw_or_text(bytes),
-    };
-    decoded.map_err(|e| {
-        // Binary input of the wrong length: the raw-form error (about the 628 bytes) says more
-        // than the text-form one would.
-        let looks_like_text = bytes
-            .iter()
-            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
-        let e = if looks_like_text || bytes.len() == ProtocolInfo::LEN {
-            e
-        } else {
-            ProtocolInfo::from_bytes(bytes).err().unwrap_or(e)
-        };
+    ProtocolInfo::from_raw_or_text(bytes).map_err(|e| {
         CliError::sockdup(
             format!("decoding the record in {what} ({} bytes)", bytes.len()),
             e,

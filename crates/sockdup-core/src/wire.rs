@@ -231,7 +231,8 @@ pub struct ProtocolInfo {
     pub protocol_name: String,
 }
 
-const TEXT_PREFIX: &str = "sockdup1:";
+/// How the text form of a record begins.
+pub const TEXT_PREFIX: &str = "sockdup1:";
 
 fn rd_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
@@ -379,15 +380,25 @@ impl ProtocolInfo {
 
     /// Decodes either form: 628 raw bytes, or the text form (surrounding whitespace allowed).
     ///
+    /// Input made of printable ASCII and whitespace is read as text (a text record can be 628
+    /// bytes long too), falling back to the raw form for exactly 628 bytes; anything else is
+    /// read as the raw form, so binary input of the wrong length gets the error about length.
+    ///
     /// # Errors
     /// As [`from_bytes`](Self::from_bytes) and [`FromStr`].
     pub fn from_raw_or_text(input: &[u8]) -> Result<Self, Error> {
-        // Text first when it looks like text: a text record can be exactly 628 bytes long too.
+        let printable = input
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
         match std::str::from_utf8(input) {
-            Ok(text) if text.trim_start().starts_with(TEXT_PREFIX) => text.parse(),
-            _ if input.len() == Self::LEN => Self::from_bytes(input),
-            Ok(text) => text.parse(),
-            Err(_) => Self::from_bytes(input),
+            Ok(text) if printable => text.parse().or_else(|e| {
+                if input.len() == Self::LEN {
+                    Self::from_bytes(input).map_err(|_| e)
+                } else {
+                    Err(e)
+                }
+            }),
+            _ => Self::from_bytes(input),
         }
     }
 }
