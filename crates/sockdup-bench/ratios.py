@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Print sockdup / raw-twin ratios from the `handoff` benchmark's criterion estimates.
+
+Reads <criterion dir>/<group>/<bench>/new/estimates.json, where the criterion dir is
+$CRITERION_HOME if set, else $CARGO_TARGET_DIR/criterion, else ./target/criterion (and, failing
+that, the workspace's target/criterion next to this script). A directory given as the first
+argument is taken as the target dir instead.
+
+  single:  sockdup time / raw time           goal <= 2.0
+  batch64: sockdup fds/s / raw fds/s         goal >= 0.5
+
+The ratios depend on where the benchmark ran its processes (SOCKDUP_BENCH_PIN, printed by the
+benchmark as it starts): `same` (default) measures CPU work, `split` cross-CPU wake-up latency.
+
+Exit status: 0 when every estimate was found (1 with --strict and any MISS), 2 if one is missing.
+Python 3 standard library only.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def criterion_dir(args):
+    if args:
+        return Path(args[0]) / "criterion"
+    if os.environ.get("CRITERION_HOME"):
+        return Path(os.environ["CRITERION_HOME"])
+    if os.environ.get("CARGO_TARGET_DIR"):
+        return Path(os.environ["CARGO_TARGET_DIR"]) / "criterion"
+    local = Path("target") / "criterion"
+    if local.is_dir():
+        return local
+    return Path(__file__).resolve().parent.parent.parent / "target" / "criterion"
+
+
+def load(root, group, bench):
+    """Mean time per iteration (ns), its 95% interval, and the elements per iteration."""
+    new = root / group / bench / "new"
+    path = new / "estimates.json"
+    try:
+        with open(path) as f:
+            mean = json.load(f)["mean"]
+    except FileNotFoundError:
+        print(
+            f"ratios.py: {path} not found: run "
+            "`cargo bench -p sockdup-bench --bench handoff` first (with the same CARGO_TARGET_DIR)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    elements = 1
+    try:
+        with open(new / "benchmark.json") as f:
+            throughput = json.load(f).get("throughput") or {}
+        elements = throughput.get("Elements", elements)
+    except FileNotFoundError:
+        pass
+    ci = mean["confidence_interval"]
+    return mean["point_estimate"], ci["lower_bound"], ci["upper_bound"], elements
+
+
+def fmt_time(ns):
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if ns >= scale:
+            return f"{ns / scale:.3f} {unit}"
+    return f"{ns:.1f} ns"
+
+
+def fmt_rate(per_s):
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if per_s >= scale:
+            return f"{per_s / scale:.3f} {unit}fds/s"
+    return f"{per_s:.1f} fds/s"
+
+
+def main(argv):
+    strict = "--strict" in argv
+    args = [a for a in argv if a != "--strict"]
+    root = criterion_dir(args)
+    print(f"criterion estimates from {root}")
+    missed = False
+
+    s_mean, s_lo, s_hi, _ = load(root, "single", "sockdup")
+    r_mean, r_lo, r_hi, _ = load(root, "single", "raw")
+    ratio = s_mean / r_mean
+    ok = ratio <= 2.0
+    missed |= not ok
+    print("single   (one duplicate + redeem vs. one SCM_RIGHTS round trip; mean time, 95% CI)")
+    print(f"  sockdup  {fmt_time(s_mean):>12}  [{fmt_time(s_lo)} .. {fmt_time(s_hi)}]")
+    print(f"  raw      {fmt_time(r_mean):>12}  [{fmt_time(r_lo)} .. {fmt_time(r_hi)}]")
+    print(f"  ratio    sockdup/raw time = {ratio:.2f}  (goal <= 2.0)  {'PASS' if ok else 'MISS'}")
+
+    s_mean, s_lo, s_hi, s_n = load(root, "batch64", "sockdup")
+    r_mean, r_lo, r_hi, r_n = load(root, "batch64", "raw")
+    s_rate, r_rate = s_n / s_mean * 1e9, r_n / r_mean * 1e9
+    ratio = s_rate / r_rate
+    ok = ratio >= 0.5
+    missed |= not ok
+    print(f"batch64  ({s_n} fds per iteration; throughput from the mean time)")
+    print(f"  sockdup  {fmt_rate(s_rate):>16}  (mean {fmt_time(s_mean)} per batch)")
+    print(f"  raw      {fmt_rate(r_rate):>16}  (mean {fmt_time(r_mean)} per batch)")
+    print(f"  ratio    sockdup/raw fds/s = {ratio:.2f}  (goal >= 0.5)  {'PASS' if ok else 'MISS'}")
+
+    return 1 if strict and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,116 @@
+//! The target process of the `handoff` benchmark: starts sockdup, then serves the control
+//! protocol of [`sockdup_bench`] on its standard input (a `SOCK_SEQPACKET` socket from the
+//! benchmark): closes raw-twin descriptors and acknowledges, redeems sockdup records, and
+//! reports how many it redeemed at the end of each timed run.
+//!
+//! Not meant to be run by hand: the benchmark spawns it (`env!("CARGO_BIN_EXE_bench-target")`).
+#![forbid(unsafe_code)]
+
+use std::io::IoSliceMut;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::process::ExitCode;
+
+use rustix::io::Errno;
+use rustix::net::{
+    self, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags,
+};
+use sockdup_bench::{ACK, FINISH, MAX_FDS, MAX_RECORDS_PER_MESSAGE, RAW, READY, RECORD_LEN};
+
+fn send(ctl: BorrowedFd<'_>, bytes: &[u8]) -> Result<(), String> {
+    net::send(ctl, bytes, SendFlags::NOSIGNAL)
+        .map(drop)
+        .map_err(|e| format!("answering the benchmark: {e}"))
+}
+
+fn redeem(records: &[u8]) -> Result<u64, String> {
+    let mut count = 0;
+    for bytes in records.chunks_exact(RECORD_LEN) {
+        let info =
+            sockdup::ProtocolInfo::from_bytes(bytes).map_err(|e| format!("decoding: {e}"))?;
+        let fd = sockdup::socket_from_info(&info).map_err(|e| format!("redeeming: {e}"))?;
+        drop(fd);
+        count += 1;
+    }
+    Ok(count)
+}
+
+fn serve(ctl: BorrowedFd<'_>) -> Result<(), String> {
+    let mut buf = vec![0u8; MAX_RECORDS_PER_MESSAGE * RECORD_LEN + 1];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut redeemed: u64 = 0;
+    loop {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let msg = match net::recvmsg(
+            ctl,
+            &mut [IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(m) => m,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(format!("receiving from the benchmark: {e}")),
+        };
+        // Close every descriptor that came (the raw twin's work), as the buffer drains.
+        let mut fds = 0usize;
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = m {
+                fds += rights.count();
+            }
+        }
+        if msg
+            .flags
+            .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC)
+        {
+            return Err("a control message was truncated".into());
+        }
+        match &buf[..msg.bytes] {
+            [] if fds == 0 => return Ok(()), // the benchmark went away
+            [RAW] => send(ctl, &[ACK])?,
+            [FINISH] => {
+                send(ctl, &redeemed.to_le_bytes())?;
+                redeemed = 0;
+            }
+            records if fds == 0 && !records.is_empty() && records.len() % RECORD_LEN == 0 => {
+                redeemed += redeem(records)?;
+            }
+            other => {
+                return Err(format!(
+                    "unexpected control message: {} bytes, {fds} descriptors",
+                    other.len()
+                ));
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // Die with the benchmark even if it is killed outright.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    // Pin before startup(), so the inbox thread inherits the CPU.
+    if let Some(cpu) = std::env::var(sockdup_bench::TARGET_CPU_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        && let Err(e) = sockdup_bench::pin_to(cpu)
+    {
+        eprintln!("bench-target: pinning to CPU {cpu}: {e}");
+        return ExitCode::FAILURE;
+    }
+    let stdin = std::io::stdin();
+    let ctl = stdin.as_fd();
+    let _guard = match sockdup::startup() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("bench-target: sockdup::startup: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = send(ctl, &[READY]).and_then(|()| serve(ctl));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-target: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
