@@ -247,8 +247,53 @@ impl<F> Inbox<F> {
     /// `WSAEINVAL` with a message that says which: the record names no sockdup catalog entry,
     /// was made for another process, or for an earlier run of this one; or its ticket was
     /// already redeemed, expired, was cancelled, or was never issued. A failed claim changes
-    /// nothing, so the real target can still redeem a record someone else tried.
+    /// nothing (but closing what has expired), so the real target can still redeem a record
+    /// someone else tried.
     pub fn claim(&mut self, now: Instant, info: &ProtocolInfo) -> Result<F, Error> {
+        let ticket = self
+            .verify(now, info)
+            .inspect_err(|_| drop(self.handle_timeout(now)))?;
+        self.take(ticket, Spent::Redeemed)
+            .ok_or_else(|| self.not_pending(ticket))
+    }
+
+    /// Redeems many records at once, all or nothing: if any cannot be redeemed, none is, and
+    /// the error names the first such record by its index.
+    ///
+    /// # Errors
+    /// As [`claim`](Self::claim), and `WSAEINVAL` if the batch holds the same record twice.
+    pub fn claim_all(&mut self, now: Instant, infos: &[ProtocolInfo]) -> Result<Vec<F>, Error> {
+        let mut tickets = Vec::with_capacity(infos.len());
+        let mut seen = std::collections::HashSet::with_capacity(infos.len());
+        for (i, info) in infos.iter().enumerate() {
+            let checked = self.verify(now, info).and_then(|t| {
+                if seen.insert(t) {
+                    Ok(t)
+                } else {
+                    Err(Error::invalid(format!(
+                        "ticket {t:#010x} appears twice in the batch: a duplicate's record can be used only once"
+                    )))
+                }
+            });
+            match checked {
+                Ok(t) => tickets.push(t),
+                Err(e) => {
+                    drop(self.handle_timeout(now));
+                    return Err(Error::new(
+                        e.code(),
+                        format!("record {i} of the batch: {}", e.message()),
+                    ));
+                }
+            }
+        }
+        Ok(tickets
+            .into_iter()
+            .filter_map(|t| self.take(t, Spent::Redeemed))
+            .collect())
+    }
+
+    /// Checks that `info` is a record this inbox can redeem now, and returns its ticket.
+    fn verify(&self, now: Instant, info: &ProtocolInfo) -> Result<u32, Error> {
         if catalog::base_entry(info.catalog_entry_id).is_none()
             || info.provider_id != catalog::BASE_PROVIDER_ID
         {
@@ -277,35 +322,42 @@ impl<F> Inbox<F> {
                 self.pid
             )));
         }
-        let expired =
-            matches!(self.pending.get(&ticket), Some(s) if s.deadline.is_some_and(|d| d <= now));
-        if expired {
-            drop(self.take(ticket, Spent::Expired));
+        match self.pending.get(&ticket) {
+            Some(slot) if slot.deadline.is_some_and(|d| d <= now) => {
+                Err(self.spent_error(ticket, Spent::Expired))
+            }
+            Some(_) => Ok(ticket),
+            None => Err(self.not_pending(ticket)),
         }
-        if let Some(fd) = self.take(ticket, Spent::Redeemed) {
-            return Ok(fd);
+    }
+
+    /// Why `ticket`, which is not pending, cannot be redeemed.
+    fn not_pending(&self, ticket: u32) -> Error {
+        match self.spent.get(&ticket) {
+            Some(&why) => self.spent_error(ticket, why),
+            None => Error::invalid(format!(
+                "ticket {ticket:#010x} was never issued by this process's inbox (or was spent long ago): the record is not a \
+                 duplicate made for this process"
+            )),
         }
-        Err(Error::invalid(match self.spent.get(&ticket) {
-            Some(Spent::Redeemed) => format!(
+    }
+
+    fn spent_error(&self, ticket: u32, why: Spent) -> Error {
+        Error::invalid(match why {
+            Spent::Redeemed => format!(
                 "ticket {ticket:#010x} was already redeemed: a duplicate's record can be used only once; duplicate the socket again for another descriptor"
             ),
-            Some(Spent::Expired) => format!(
+            Spent::Expired => format!(
                 "ticket {ticket:#010x} expired before it was redeemed (time-to-live {}) and its descriptor was closed: redeem sooner, \
                  or start the target with a longer time-to-live (SOCKDUP_TTL)",
                 self.limits
                     .ttl
                     .map_or_else(|| "none".to_owned(), |t| format!("{} s", t.as_secs_f64()))
             ),
-            Some(Spent::Cancelled) => {
-                format!(
-                    "ticket {ticket:#010x} was cancelled by its source (its batch failed) and its descriptor was closed"
-                )
-            }
-            None => format!(
-                "ticket {ticket:#010x} was never issued by this process's inbox (or was spent long ago): the record is not a \
-                 duplicate made for this process"
+            Spent::Cancelled => format!(
+                "ticket {ticket:#010x} was cancelled by its source (its batch failed) and its descriptor was closed"
             ),
-        }))
+        })
     }
 }
 
@@ -501,6 +553,39 @@ mod tests {
         inbox.next_ticket = u32::MAX;
         let ts2 = inbox.handle_push(t0, 1, vec![3]).map_err(|e| e.0).unwrap();
         assert_eq!(ts2, [2]);
+    }
+
+    #[test]
+    fn claim_all_is_all_or_nothing() {
+        let (mut inbox, closed, t0) = setup(Limits::default());
+        let ts = inbox
+            .handle_push(t0, 1, tokens(&closed, 0..3))
+            .map_err(|e| e.0)
+            .unwrap();
+        let good: Vec<ProtocolInfo> = ts.iter().map(|&t| record(PID, NONCE, t)).collect();
+        let mut bad = good.clone();
+        bad[2].service_flags3 = PID + 1;
+        let e = inbox.claim_all(t0, &bad).unwrap_err();
+        assert!(e.message().starts_with("record 2 of the batch: "), "{e}");
+        let twice = vec![good[0].clone(), good[0].clone()];
+        assert!(
+            inbox
+                .claim_all(t0, &twice)
+                .unwrap_err()
+                .message()
+                .contains("twice")
+        );
+        assert_eq!(inbox.len(), 3);
+        let fds = inbox.claim_all(t0, &good).unwrap();
+        assert_eq!(fds.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(inbox.is_empty());
+        assert!(
+            inbox
+                .claim_all(t0, &good[..1])
+                .unwrap_err()
+                .message()
+                .contains("already redeemed")
+        );
     }
 
     #[test]

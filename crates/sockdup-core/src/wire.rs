@@ -335,20 +335,21 @@ impl ProtocolInfo {
         for (i, e) in entries.iter_mut().enumerate() {
             *e = rd_u32(b, field::CHAIN_ENTRIES + 4 * i);
         }
-        let units: Vec<u16> = b[field::SZ_PROTOCOL]
+        let units = b[field::SZ_PROTOCOL]
             .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        let Some(nul) = units.iter().position(|&u| u == 0) else {
+            .map(|c| u16::from_le_bytes([c[0], c[1]]));
+        let Some(nul) = units.clone().position(|u| u == 0) else {
             return Err(Error::invalid(
                 "field protocol_name (szProtocol) has no NUL terminator within its 256 UTF-16 units: the record is corrupt",
             ));
         };
-        let protocol_name = String::from_utf16(&units[..nul]).map_err(|_| {
-            Error::invalid(
-                "field protocol_name (szProtocol) is not valid UTF-16: the record is corrupt",
-            )
-        })?;
+        let protocol_name = char::decode_utf16(units.take(nul))
+            .collect::<Result<String, _>>()
+            .map_err(|_| {
+                Error::invalid(
+                    "field protocol_name (szProtocol) is not valid UTF-16: the record is corrupt",
+                )
+            })?;
         let mut id = [0u8; 16];
         id.copy_from_slice(&b[field::PROVIDER_ID]);
         Ok(Self {

@@ -407,8 +407,19 @@ fn batches_larger_than_one_message_arrive_whole() {
     let records: Vec<&str> = records.split(' ').collect();
     assert_eq!(records.len(), 300);
     let before = target.fdcount();
-    for r in &records {
+    for r in &records[..150] {
         let t = target.ok(&format!("redeem {r}"));
+        target.ok(&format!("close {t}"));
+    }
+    // The rest at once; a batch with one spent record in it redeems nothing.
+    let e = target.fails(&format!("redeem-many {} {}", records[150], records[0]));
+    assert!(
+        e.message.contains("record 1 of the batch") && e.message.contains("already redeemed"),
+        "{}",
+        e.message
+    );
+    let fds = target.ok(&format!("redeem-many {}", records[150..].join(" ")));
+    for t in fds.split(' ') {
         target.ok(&format!("close {t}"));
     }
     assert_eq!(

@@ -174,28 +174,35 @@ impl Serve {
         }
     }
 
+    /// Answers one request on connection `key`. The epoll set is level-triggered, so a
+    /// further queued request brings the thread straight back; not draining here saves a
+    /// `recvmsg` that would fail with `EAGAIN` after every request.
     fn serve(&mut self, key: u64, buf: &mut [u8]) {
-        loop {
-            let Some(peer) = self.conns.get(&key) else {
+        let Some(peer) = self.conns.get(&key) else {
+            return;
+        };
+        let received = match sys::recv_with_fds(peer.fd.as_fd(), buf) {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
                 return;
-            };
-            let received = match sys::recv_with_fds(peer.fd.as_fd(), buf) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => {
-                    self.conns.remove(&key);
-                    return;
-                }
-            };
-            if received.len == 0 && received.fds.is_empty() {
+            }
+            Err(_) => {
                 self.conns.remove(&key);
                 return;
             }
-            let reply = self.handle(peer, &buf[..received.len], received.fds, received.truncated);
-            if sys::send_with_fds(peer.fd.as_fd(), &reply.encode(), &[]).is_err() {
-                self.conns.remove(&key);
-                return;
-            }
+        };
+        if received.len == 0 && received.fds.is_empty() {
+            self.conns.remove(&key);
+            return;
+        }
+        let reply = self.handle(peer, &buf[..received.len], received.fds, received.truncated);
+        if sys::send_with_fds(peer.fd.as_fd(), &reply.encode(), &[]).is_err() {
+            self.conns.remove(&key);
         }
     }
 

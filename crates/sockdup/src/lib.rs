@@ -240,6 +240,20 @@ pub fn socket_from_info(info: &ProtocolInfo) -> Result<OwnedFd, Error> {
     Ok(fd)
 }
 
+/// Redeems many records at once (`WSPSocket` for each), all or nothing, under one lock: the
+/// descriptors come back in the order of `infos`.
+///
+/// # Errors
+/// As [`socket_from_info`]; the message names the first record that cannot be redeemed, by
+/// its index, and then none is redeemed.
+#[doc(alias = "WSPSocket")]
+pub fn sockets_from_info(infos: &[ProtocolInfo]) -> Result<Vec<OwnedFd>, Error> {
+    let rt = Runtime::current()?;
+    let fds = lock(&rt.table).claim_all(Instant::now(), infos)?;
+    tracing::debug!(count = fds.len(), "redeemed duplicates");
+    Ok(fds)
+}
+
 /// Where process `pid`'s inbox listens, given the runtime directory this process uses
 /// (`SOCKDUP_RUNTIME_DIR`), for diagnostics.
 pub fn inbox_address(pid: u32) -> InboxAddress {

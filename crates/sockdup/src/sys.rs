@@ -141,7 +141,7 @@ pub(crate) fn send_with_fds(
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
     debug_assert!(fds.len() <= MAX_FDS_PER_MESSAGE);
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::from_raw_os_error(

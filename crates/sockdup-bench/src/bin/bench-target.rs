@@ -24,15 +24,21 @@ fn send(ctl: BorrowedFd<'_>, bytes: &[u8]) -> Result<(), String> {
 }
 
 fn redeem(records: &[u8]) -> Result<u64, String> {
-    let mut count = 0;
-    for bytes in records.chunks_exact(RECORD_LEN) {
-        let info =
-            sockdup::ProtocolInfo::from_bytes(bytes).map_err(|e| format!("decoding: {e}"))?;
-        let fd = sockdup::socket_from_info(&info).map_err(|e| format!("redeeming: {e}"))?;
-        drop(fd);
-        count += 1;
-    }
-    Ok(count)
+    let infos = records
+        .chunks_exact(RECORD_LEN)
+        .map(sockdup::ProtocolInfo::from_bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("decoding: {e}"))?;
+    // One record: socket_from_info; a batch: sockets_from_info, one lock for all of them.
+    let count = if let [info] = infos.as_slice() {
+        drop(sockdup::socket_from_info(info).map_err(|e| format!("redeeming: {e}"))?);
+        1
+    } else {
+        sockdup::sockets_from_info(&infos)
+            .map_err(|e| format!("redeeming: {e}"))?
+            .len()
+    };
+    Ok(count as u64)
 }
 
 fn serve(ctl: BorrowedFd<'_>) -> Result<(), String> {

@@ -3,7 +3,7 @@
 //!
 //! Commands: `startup [ttl=S] [capacity=N] [ack=S] [allow=any|nobody]`, `cleanup`, `pid`, `tcp-listen`,
 //! `tcp-connect ADDR`, `udp-bind`, `unix-pair`, `pipe`, `dup IDX PID`, `dup-many IDX,IDX PID`,
-//! `redeem RECORD`, `close IDX`, `write IDX TEXT`, `read IDX`, `accept IDX`, `keepalive IDX`,
+//! `redeem RECORD`, `redeem-many RECORD...`, `close IDX`, `write IDX TEXT`, `read IDX`, `accept IDX`, `keepalive IDX`,
 //! `set-keepalive IDX`, `nonblock IDX`, `set-nonblock IDX`, `udp-connect ADDR`, `fdcount`,
 //! `cloexec` (lists descriptors above 2 that are not close-on-exec), `squat PID`, `exit`.
 #![forbid(unsafe_code)]
@@ -130,6 +130,20 @@ impl Peer {
                 let info: sockdup::ProtocolInfo = a.unwrap_or("").parse().map_err(err)?;
                 let fd = sockdup::socket_from_info(&info).map_err(err)?;
                 Ok(self.keep(fd).to_string())
+            }
+            "redeem-many" => {
+                let infos = line
+                    .split_whitespace()
+                    .skip(1)
+                    .map(str::parse::<sockdup::ProtocolInfo>)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(err)?;
+                let fds = sockdup::sockets_from_info(&infos).map_err(err)?;
+                Ok(fds
+                    .into_iter()
+                    .map(|fd| self.keep(fd).to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "))
             }
             "close" => {
                 let idx: usize = a.and_then(|x| x.parse().ok()).ok_or("0 missing index")?;
