@@ -121,6 +121,18 @@ impl Drop for Target {
     }
 }
 
+/// The raw twin: `iters` bare `SCM_RIGHTS` round trips of `fds`, timed like the sockdup side.
+fn raw_twin(target: &Target, fds: &[BorrowedFd<'_>], iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        target.raw_round_trip(fds);
+    }
+    let redeemed = target.finish();
+    let elapsed = start.elapsed();
+    assert_eq!(redeemed, 0);
+    elapsed
+}
+
 fn udp_socket() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").expect("binding a UDP socket")
 }
@@ -142,17 +154,7 @@ fn single(c: &mut Criterion, target: &Target) {
         });
     });
     g.bench_function("raw", |b| {
-        let fds = [sock.as_fd()];
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                target.raw_round_trip(&fds);
-            }
-            let redeemed = target.finish();
-            let elapsed = start.elapsed();
-            assert_eq!(redeemed, 0);
-            elapsed
-        });
+        b.iter_custom(|iters| raw_twin(target, &[sock.as_fd()], iters));
     });
     g.finish();
 }
@@ -185,16 +187,7 @@ fn batch64(c: &mut Criterion, target: &Target) {
     });
     g.bench_function("raw", |b| {
         let fds: Vec<BorrowedFd<'_>> = socks.iter().map(AsFd::as_fd).collect();
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                target.raw_round_trip(&fds);
-            }
-            let redeemed = target.finish();
-            let elapsed = start.elapsed();
-            assert_eq!(redeemed, 0);
-            elapsed
-        });
+        b.iter_custom(|iters| raw_twin(target, &fds, iters));
     });
     g.finish();
 }

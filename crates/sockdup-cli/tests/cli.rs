@@ -125,32 +125,11 @@ fn real_record() -> ProtocolInfo {
     sockdup::duplicate_socket(&stream, std::process::id()).expect("duplicate to self")
 }
 
-/// A record as Wine's `WSADuplicateSocket` writes it for TCP/IPv4, built byte by byte from the
-/// offsets of the Windows header: catalog id 1001, MSAFD Tcpip's GUID, handle 0x1234 in
-/// dwServiceFlags3 and the magic 0xff00ff00 in dwServiceFlags4.
+/// A record as Wine's `WSADuplicateSocket` writes it for TCP/IPv4 (catalog id 1001, MSAFD
+/// Tcpip's GUID, handle 0x1234 in dwServiceFlags3, the magic 0xff00ff00 in dwServiceFlags4);
+/// the core's unit tests check it byte by byte against the Windows header's offsets.
 fn wine_bytes() -> Vec<u8> {
-    let mut b = vec![0u8; 628];
-    let mut put = |at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    put(0, 0x0002_0066);
-    put(8, 0x1234);
-    put(12, 0xff00_ff00);
-    put(16, 0x08);
-    put(36, 1001);
-    put(40, 1);
-    put(72, 2);
-    put(76, 2);
-    put(80, 16);
-    put(84, 16);
-    put(88, 1);
-    put(92, 6);
-    b[20..36].copy_from_slice(&[
-        0xa0, 0x1a, 0x0f, 0xe7, 0x8b, 0xab, 0xcf, 0x11, 0x8c, 0xa3, 0x00, 0x80, 0x5f, 0x48, 0xa1,
-        0x92,
-    ]);
-    for (i, u) in "TCP/IP".encode_utf16().enumerate() {
-        b[116 + 2 * i..118 + 2 * i].copy_from_slice(&u.to_le_bytes());
-    }
-    b
+    include_bytes!("../../sockdup-core/testdata/wine-tcp-ipv4.bin").to_vec()
 }
 
 /// Runs `inspect --json` on `record`'s text form and parses the output.

@@ -475,6 +475,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_wine_fixture_is_this_record() {
+        // testdata/wine-tcp-ipv4.bin serves other crates' tests (sockdup inspect); it must stay
+        // the record built above from the header's offsets.
+        assert_eq!(
+            include_bytes!("../testdata/wine-tcp-ipv4.bin").as_slice(),
+            wine_tcp_record().as_slice()
+        );
+    }
+
+    #[test]
     fn decodes_a_wine_record_field_for_field() {
         let bytes = wine_tcp_record();
         let info = ProtocolInfo::from_bytes(&bytes).unwrap();
