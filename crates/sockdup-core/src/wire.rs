@@ -158,6 +158,21 @@ impl FromStr for Guid {
     }
 }
 
+/// A GUID is stored in text (catalog files) in its canonical form.
+impl serde::Serialize for Guid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Guid {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|e: Error| serde::de::Error::custom(e.message()))
+    }
+}
+
 /// `WSAPROTOCOLCHAIN`: `ChainLen` and seven `ChainEntries`.
 ///
 /// `len` 0 is a layered provider's own entry, 1 a base provider, more a chain listed top layer

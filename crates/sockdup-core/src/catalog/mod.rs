@@ -1,8 +1,13 @@
-//! The base provider's built-in catalog entries.
+//! The catalog: the base provider's built-in entries, and ([`Catalog`]) the layers and protocol
+//! chains installed over them.
 //!
 //! Like Windows's MSAFD entries, each names one (family, type, protocol) triple the Linux base
 //! provider serves. Catalog ids start at 1001, as in `ws2_32`. Families, types and protocols use
 //! the host's numbering (`AF_INET6` is 10 here, not Windows's 23).
+
+mod installed;
+
+pub use installed::{Catalog, Chain, FIRST_INSTALLED_ID, LAYER_KINDS, Layer};
 
 use crate::flags::*;
 use crate::wire::{BASE_PROTOCOL, Guid, MAX_PROTOCOL_CHAIN, ProtocolChain, ProtocolInfo};
