@@ -60,6 +60,7 @@
 //!
 //! The message ([`Display`](std::fmt::Display)) says what went wrong and what to do.
 
+mod catalog_file;
 mod client;
 mod inbox;
 mod startup;
@@ -68,6 +69,7 @@ mod sys;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
+pub use catalog_file::{catalog_path, load_catalog, load_catalog_from, save_catalog_to};
 pub use sockdup_core::error::{self, Error};
 use sockdup_core::error::{WSAEAFNOSUPPORT, WSAENETDOWN, WSAENOTSOCK};
 use sockdup_core::message::{MAX_FDS_PER_MESSAGE, Request};

@@ -1,0 +1,118 @@
+//! Where the catalog file lives, reading it, and replacing it atomically.
+//!
+//! The path is `SOCKDUP_CATALOG` if set, else `$XDG_CONFIG_HOME/sockdup/catalog.json`, else
+//! `$HOME/.config/sockdup/catalog.json`. A missing file means the built-in base entries only.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use sockdup_core::catalog::Catalog;
+use sockdup_core::error::Error;
+
+/// The catalog file this process uses (it need not exist).
+pub fn catalog_path() -> Option<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("SOCKDUP_CATALOG")
+        .or_else(|| var("XDG_CONFIG_HOME").map(|d| d.join("sockdup/catalog.json")))
+        .or_else(|| var("HOME").map(|d| d.join(".config/sockdup/catalog.json")))
+}
+
+/// Reads this process's catalog ([`catalog_path`]); built-in entries only if there is no file.
+///
+/// # Errors
+/// As [`load_catalog_from`].
+pub fn load_catalog() -> Result<Catalog, Error> {
+    match catalog_path() {
+        Some(path) => load_catalog_from(&path),
+        None => Ok(Catalog::builtin()),
+    }
+}
+
+/// Reads the catalog file at `path`; built-in entries only if it does not exist.
+///
+/// # Errors
+/// `WSAEINVAL` naming the file and the entry at fault if it is invalid (see
+/// [`Catalog::from_json`]); an OS error if it cannot be read.
+pub fn load_catalog_from(path: &Path) -> Result<Catalog, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Catalog::from_json(&text).map_err(|e| {
+            Error::new(
+                e.code(),
+                format!(
+                    "{}: {} (fix the file, or `sockdup catalog reset` to start over)",
+                    path.display(),
+                    e.message()
+                ),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Catalog::builtin()),
+        Err(e) => Err(Error::from_errno(
+            e,
+            &format!("reading the catalog file {}", path.display()),
+        )),
+    }
+}
+
+/// Replaces the catalog file at `path` atomically: the new contents go to a temporary file in
+/// the same directory, are flushed to disk, and are renamed over the old file, so a crash
+/// leaves either the old catalog or the new one, never a mix.
+///
+/// # Errors
+/// An OS error (with its Winsock mapping) if the directory cannot be created or written.
+pub fn save_catalog_to(path: &Path, catalog: &Catalog) -> Result<(), Error> {
+    let fail = |e: io::Error| {
+        Error::from_errno(e, &format!("writing the catalog file {}", path.display()))
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map_or("catalog".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(catalog.to_json().as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn save_then_load_and_missing_is_builtin() {
+        let dir = std::env::temp_dir().join(format!("sockdup-catalog-unit-{}", std::process::id()));
+        let path = dir.join("nested/catalog.json");
+        assert_eq!(load_catalog_from(&path).unwrap(), Catalog::builtin());
+        let mut c = Catalog::builtin();
+        c.install("trace", "t", true, BTreeMap::new(), &[1001])
+            .unwrap();
+        save_catalog_to(&path, &c).unwrap();
+        assert_eq!(load_catalog_from(&path).unwrap(), c);
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+        std::fs::write(&path, "{ not json").unwrap();
+        let e = load_catalog_from(&path).unwrap_err();
+        assert_eq!(e.code(), 10022);
+        assert!(e.message().contains("catalog.json"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
