@@ -63,6 +63,7 @@
 mod catalog_file;
 mod client;
 mod inbox;
+pub mod spi;
 mod startup;
 mod sys;
 
@@ -227,16 +228,22 @@ pub fn duplicate_sockets<S: AsFd>(
 
 /// Redeems a record made by [`duplicate_socket`] for this process (`WSPSocket` with a
 /// protocol info): returns this process's new descriptor of the same socket, close-on-exec.
-/// Each record works once.
+/// Each record works once. A record of a protocol chain ([`spi::Socket::duplicate`]) is
+/// redeemed through the same chain of this process's catalog, so each layer sees it.
 ///
 /// # Errors
 /// `WSANOTINITIALISED` without [`startup`]; `WSAEINVAL`, with a message that says which, if the
-/// record was not made by sockdup, was made for another process or for an earlier run of this
+/// record names an entry this process's catalog lacks, a chain with a non-IFS layer (use
+/// [`spi::Socket::from_info`]), was not made by sockdup, was made for another process or for an earlier run of this
 /// one, was already redeemed, or expired. A failed attempt changes nothing: the real target can
 /// still redeem the record.
 #[doc(alias = "WSPSocket", alias = "WSASocketW", alias = "WSASocket")]
 pub fn socket_from_info(info: &ProtocolInfo) -> Result<OwnedFd, Error> {
     let rt = Runtime::current()?;
+    if catalog::base_entry(info.catalog_entry_id).is_none() {
+        // A chain's record: through its layers, as the source's duplicate went.
+        return spi::redeem_fd(info);
+    }
     let fd = lock(&rt.table).claim(Instant::now(), info)?;
     tracing::debug!(ticket = info.provider_reserved, "redeemed a duplicate");
     Ok(fd)

@@ -248,6 +248,8 @@ pub(crate) struct Runtime {
     pub(crate) address: InboxAddress,
     pub(crate) table: Arc<Mutex<Inbox<std::os::fd::OwnedFd>>>,
     pub(crate) connections: Mutex<HashMap<u32, Arc<Mutex<Connection>>>>,
+    /// The provider dispatcher, built on first use of the SPI (it loads the catalog file).
+    pub(crate) ws2: Mutex<Option<Arc<crate::spi::Ws2>>>,
     thread: Option<InboxThread>,
 }
 
@@ -295,6 +297,7 @@ impl Runtime {
             address,
             table,
             connections: Mutex::new(HashMap::new()),
+            ws2: Mutex::new(None),
             thread: Some(thread),
         })
     }

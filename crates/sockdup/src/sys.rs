@@ -250,3 +250,92 @@ pub(crate) fn wake(waker: BorrowedFd<'_>) -> io::Result<()> {
 pub fn is_cloexec<Fd: AsFd>(fd: Fd) -> io::Result<bool> {
     Ok(rustix::io::fcntl_getfd(fd)?.contains(rustix::io::FdFlags::CLOEXEC))
 }
+
+/// Socket calls of the base provider, one syscall each.
+pub(crate) mod socket {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::os::fd::{BorrowedFd, OwnedFd};
+
+    use rustix::net::{self, AddressFamily, Protocol, SendFlags, SocketFlags, SocketType, sockopt};
+
+    /// `socket(family, type | SOCK_CLOEXEC, protocol)`.
+    pub(crate) fn open(family: i32, socket_type: i32, protocol: i32) -> io::Result<OwnedFd> {
+        let family = AddressFamily::from_raw(
+            u16::try_from(family).map_err(|_| io::Error::from_raw_os_error(97))?,
+        );
+        let kind = SocketType::from_raw(
+            u32::try_from(socket_type).map_err(|_| io::Error::from_raw_os_error(22))?,
+        );
+        let protocol = u32::try_from(protocol)
+            .ok()
+            .and_then(std::num::NonZeroU32::new)
+            .map(Protocol::from_raw);
+        Ok(net::socket_with(
+            family,
+            kind,
+            SocketFlags::CLOEXEC,
+            protocol,
+        )?)
+    }
+
+    /// `connect(2)`.
+    pub(crate) fn connect(fd: BorrowedFd<'_>, addr: &SocketAddr) -> io::Result<()> {
+        Ok(net::connect(fd, addr)?)
+    }
+
+    /// `bind(2)`.
+    pub(crate) fn bind(fd: BorrowedFd<'_>, addr: &SocketAddr) -> io::Result<()> {
+        Ok(net::bind(fd, addr)?)
+    }
+
+    /// `listen(2)`.
+    pub(crate) fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+        Ok(net::listen(fd, backlog)?)
+    }
+
+    /// `accept4(2)` with `SOCK_CLOEXEC`.
+    pub(crate) fn accept(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+        Ok(net::accept_with(fd, SocketFlags::CLOEXEC)?)
+    }
+
+    /// `send(2)` with `MSG_NOSIGNAL`.
+    pub(crate) fn send(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+        Ok(net::send(fd, data, SendFlags::NOSIGNAL)?)
+    }
+
+    /// `read(2)` (a `recv` without flags).
+    pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+        Ok(rustix::io::read(fd, buf)?)
+    }
+
+    /// The option's value as an integer.
+    pub(crate) fn get_opt(fd: BorrowedFd<'_>, opt: crate::spi::SockOpt) -> io::Result<i64> {
+        use crate::spi::SockOpt::*;
+        Ok(match opt {
+            KeepAlive => i64::from(sockopt::socket_keepalive(fd)?),
+            ReuseAddr => i64::from(sockopt::socket_reuseaddr(fd)?),
+            NoDelay => i64::from(sockopt::tcp_nodelay(fd)?),
+            RecvBufferSize => sockopt::socket_recv_buffer_size(fd)? as i64,
+            SendBufferSize => sockopt::socket_send_buffer_size(fd)? as i64,
+        })
+    }
+
+    /// Sets the option from an integer.
+    pub(crate) fn set_opt(
+        fd: BorrowedFd<'_>,
+        opt: crate::spi::SockOpt,
+        value: i64,
+    ) -> io::Result<()> {
+        use crate::spi::SockOpt::*;
+        let size = || usize::try_from(value).map_err(|_| io::Error::from_raw_os_error(22));
+        match opt {
+            KeepAlive => sockopt::set_socket_keepalive(fd, value != 0)?,
+            ReuseAddr => sockopt::set_socket_reuseaddr(fd, value != 0)?,
+            NoDelay => sockopt::set_tcp_nodelay(fd, value != 0)?,
+            RecvBufferSize => sockopt::set_socket_recv_buffer_size(fd, size()?)?,
+            SendBufferSize => sockopt::set_socket_send_buffer_size(fd, size()?)?,
+        }
+        Ok(())
+    }
+}

@@ -5,7 +5,10 @@
 //! `tcp-connect ADDR`, `udp-bind`, `unix-pair`, `pipe`, `dup IDX PID`, `dup-many IDX,IDX PID`,
 //! `redeem RECORD`, `redeem-many RECORD...`, `close IDX`, `write IDX TEXT`, `read IDX`, `accept IDX`, `keepalive IDX`,
 //! `set-keepalive IDX`, `nonblock IDX`, `set-nonblock IDX`, `udp-connect ADDR`, `fdcount`,
-//! `cloexec` (lists descriptors above 2 that are not close-on-exec), `squat PID`, `exit`.
+//! `cloexec` (lists descriptors above 2 that are not close-on-exec), `squat PID`, `exit`; through the
+//! catalog's chains: `spi-tcp-connect ADDR` (answers `IDX CATALOG_ID HANDLE`), `spi-dup IDX PID`,
+//! `spi-redeem RECORD`, `spi-send IDX TEXT`, `spi-recv IDX`, `spi-close IDX`, `spi-into-fd IDX`,
+//! `addr2str ADDR`, `str2addr TEXT`, `trace` (the trace layers' reports).
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -19,6 +22,7 @@ use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockop
 
 struct Peer {
     fds: HashMap<usize, OwnedFd>,
+    socks: HashMap<usize, sockdup::spi::Socket>,
     next: usize,
     guard: Option<sockdup::Startup>,
     squat: Option<OwnedFd>,
@@ -39,6 +43,27 @@ impl Peer {
         self.next += 1;
         self.fds.insert(self.next, fd.into());
         self.next
+    }
+
+    fn keep_spi(&mut self, sock: sockdup::spi::Socket) -> String {
+        self.next += 1;
+        let out = format!(
+            "{} {} {}",
+            self.next,
+            sock.catalog_entry().catalog_entry_id,
+            sock.handle().raw()
+        );
+        self.socks.insert(self.next, sock);
+        out
+    }
+
+    fn spi(&self, arg: Option<&str>) -> Result<&sockdup::spi::Socket, String> {
+        let idx: usize = arg
+            .and_then(|a| a.parse().ok())
+            .ok_or("0 missing socket index")?;
+        self.socks
+            .get(&idx)
+            .ok_or_else(|| format!("0 no socket {idx}"))
     }
 
     fn fd(&self, arg: Option<&str>) -> Result<&OwnedFd, String> {
@@ -251,6 +276,66 @@ impl Peer {
                 self.squat = Some(fd);
                 Ok(String::new())
             }
+            "spi-tcp-connect" => {
+                let addr: std::net::SocketAddr = a.and_then(|x| x.parse().ok()).ok_or("0 missing address")?;
+                let family = if addr.is_ipv4() { 2 } else { 10 };
+                let sock = sockdup::spi::Socket::new(family, 1, 0).map_err(err)?;
+                sock.connect(&addr).map_err(err)?;
+                Ok(self.keep_spi(sock))
+            }
+            "spi-dup" => {
+                let pid = b.and_then(|p| p.parse().ok()).ok_or("0 missing pid")?;
+                Ok(self.spi(a)?.duplicate(pid).map_err(err)?.to_string())
+            }
+            "spi-redeem" => {
+                let info: sockdup::ProtocolInfo = a.unwrap_or("").parse().map_err(err)?;
+                let sock = sockdup::spi::Socket::from_info(&info).map_err(err)?;
+                Ok(self.keep_spi(sock))
+            }
+            "spi-send" => {
+                let text = line.splitn(3, ' ').nth(2).unwrap_or("");
+                Ok(self.spi(a)?.send(text.as_bytes()).map_err(err)?.to_string())
+            }
+            "spi-recv" => {
+                let mut buf = [0u8; 4096];
+                let n = self.spi(a)?.recv(&mut buf).map_err(err)?;
+                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+            }
+            "spi-close" => {
+                let idx: usize = a.and_then(|x| x.parse().ok()).ok_or("0 missing index")?;
+                self.socks.remove(&idx).ok_or("0 no such socket")?.close().map_err(err)?;
+                Ok(String::new())
+            }
+            "spi-into-fd" => {
+                let idx: usize = a.and_then(|x| x.parse().ok()).ok_or("0 missing index")?;
+                let sock = self.socks.remove(&idx).ok_or("0 no such socket")?;
+                let fd = sock.into_fd().map_err(err)?;
+                Ok(self.keep(fd).to_string())
+            }
+            "addr2str" => {
+                let addr: std::net::SocketAddr = a.and_then(|x| x.parse().ok()).ok_or("0 missing address")?;
+                sockdup::spi::address_to_string(&addr, None).map_err(err)
+            }
+            "str2addr" => Ok(sockdup::spi::string_to_address(a.unwrap_or(""), 2, None).map_err(err)?.to_string()),
+            "trace" => Ok(sockdup::spi::layers::trace_reports()
+                .iter()
+                .map(|r| {
+                    let calls: Vec<String> = r.totals.calls.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                    let seen: Vec<String> = r.entries_seen.iter().map(u32::to_string).collect();
+                    format!(
+                        "layer={} chain={} seen={} calls={} sent={} received={} errors={} sockets={}",
+                        r.layer_id,
+                        r.chain_id,
+                        seen.join(","),
+                        calls.join(","),
+                        r.totals.bytes_sent,
+                        r.totals.bytes_received,
+                        r.totals.errors,
+                        r.sockets.len()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" | ")),
             "exit" => std::process::exit(0),
             "" => Ok(String::new()),
             other => Err(format!("0 unknown command {other}")),
@@ -261,6 +346,7 @@ impl Peer {
 fn main() {
     let mut peer = Peer {
         fds: HashMap::new(),
+        socks: HashMap::new(),
         next: 0,
         guard: None,
         squat: None,

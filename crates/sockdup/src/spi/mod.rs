@@ -1,0 +1,281 @@
+//! The service-provider interface: Winsock's `WSPPROC_TABLE` as the [`Provider`] trait, its
+//! upcall table (`WPU*`) as [`Upcall`], the Linux base provider, the built-in layered
+//! providers, and the dispatcher that routes sockets through protocol chains ([`Socket`]).
+//!
+//! | Winsock | here |
+//! |---|---|
+//! | `ws2_32.dll`: catalog, routing by `dwCatalogEntryId` | [`Socket`] and the dispatcher |
+//! | `WSPPROC_TABLE` | [`Provider`] |
+//! | `WSPUPCALLTABLE` | [`Upcall`] |
+//! | MSAFD (base provider, IFS) | the Linux base provider (real descriptors) |
+//! | layered service providers | the `trace`, `policy` and `fault` layers ([`layers`]) |
+//!
+//! The propagation rule: a layer passes the record it was given, unmodified, to a next layer,
+//! and the base provider's own catalog entry to the base provider (with `dwProviderReserved`
+//! and the reserved service flags of the record it was given); on the way back up it restores
+//! the chain's entry and keeps those provider fields. The base provider refuses any record that
+//! is not one of its own entries, so a layer that breaks the rule fails loudly.
+
+mod base;
+pub mod layers;
+mod ws2;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use sockdup_core::error::{Error, WSAENOTSOCK};
+use sockdup_core::wire::ProtocolInfo;
+
+pub(crate) use base::BaseProvider;
+pub use ws2::{Socket, address_to_string, string_to_address};
+pub(crate) use ws2::{Ws2, redeem_fd};
+
+use crate::startup::lock;
+
+/// A socket descriptor as the dispatcher hands it out: a real file descriptor for IFS
+/// providers, or an entry of the [`Upcall`] handle table for non-IFS ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Handle(u64);
+
+/// Non-IFS handles start here, above any file descriptor.
+const NON_IFS_BASE: u64 = 1 << 32;
+
+impl Handle {
+    /// The handle's number (a file descriptor for IFS handles).
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// Whether this handle is a real file descriptor.
+    pub fn is_ifs(self) -> bool {
+        self.0 < NON_IFS_BASE
+    }
+}
+
+/// The socket options a provider can get and set (a typed subset of `SOL_SOCKET`/`IPPROTO_TCP`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SockOpt {
+    /// `SO_KEEPALIVE` (0 or 1).
+    KeepAlive,
+    /// `SO_REUSEADDR` (0 or 1).
+    ReuseAddr,
+    /// `TCP_NODELAY` (0 or 1).
+    NoDelay,
+    /// `SO_RCVBUF`, in bytes.
+    RecvBufferSize,
+    /// `SO_SNDBUF`, in bytes.
+    SendBufferSize,
+}
+
+/// `FD_READ`: `WSAEventSelect` network event bits.
+pub const FD_READ: u32 = 0x01;
+/// `FD_WRITE`
+pub const FD_WRITE: u32 = 0x02;
+/// `FD_ACCEPT`
+pub const FD_ACCEPT: u32 = 0x08;
+/// `FD_CONNECT`
+pub const FD_CONNECT: u32 = 0x10;
+/// `FD_CLOSE`
+pub const FD_CLOSE: u32 = 0x20;
+
+/// `WSPPROC_TABLE`: what a provider implements. `info` arguments follow the propagation rule
+/// (see the [module docs](self)).
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// `WSPStartup`: the provider is loaded for catalog entry `info`, with the upcall table.
+    #[doc(alias = "WSPStartup")]
+    fn startup(&self, upcall: &Arc<Upcall>, info: &ProtocolInfo) -> Result<(), Error>;
+    /// `WSPCleanup`.
+    #[doc(alias = "WSPCleanup")]
+    fn cleanup(&self) -> Result<(), Error>;
+    /// `WSPSocket` without a duplicate record: a new socket.
+    #[doc(alias = "WSPSocket")]
+    fn socket(
+        &self,
+        family: i32,
+        socket_type: i32,
+        protocol: i32,
+        info: &ProtocolInfo,
+    ) -> Result<Handle, Error>;
+    /// `WSPSocket` with a duplicate's record: this process's descriptor of the shared socket.
+    #[doc(alias = "WSPSocket")]
+    fn socket_from_info(&self, info: &ProtocolInfo) -> Result<Handle, Error>;
+    /// `WSPConnect`.
+    #[doc(alias = "WSPConnect")]
+    fn connect(&self, s: Handle, addr: &SocketAddr) -> Result<(), Error>;
+    /// `WSPBind`.
+    #[doc(alias = "WSPBind")]
+    fn bind(&self, s: Handle, addr: &SocketAddr) -> Result<(), Error>;
+    /// `WSPListen`.
+    #[doc(alias = "WSPListen")]
+    fn listen(&self, s: Handle, backlog: i32) -> Result<(), Error>;
+    /// `WSPAccept`.
+    #[doc(alias = "WSPAccept")]
+    fn accept(&self, s: Handle) -> Result<Handle, Error>;
+    /// `WSPSend`.
+    #[doc(alias = "WSPSend")]
+    fn send(&self, s: Handle, data: &[u8]) -> Result<usize, Error>;
+    /// `WSPRecv`.
+    #[doc(alias = "WSPRecv")]
+    fn recv(&self, s: Handle, buf: &mut [u8]) -> Result<usize, Error>;
+    /// `WSPCloseSocket`: this descriptor goes; the socket lives while others remain.
+    #[doc(alias = "WSPCloseSocket")]
+    fn close_socket(&self, s: Handle) -> Result<(), Error>;
+    /// `WSPDuplicateSocket`.
+    #[doc(alias = "WSPDuplicateSocket")]
+    fn duplicate_socket(
+        &self,
+        s: Handle,
+        target_pid: u32,
+        info: &ProtocolInfo,
+    ) -> Result<ProtocolInfo, Error>;
+    /// `WSPGetSockOpt`.
+    #[doc(alias = "WSPGetSockOpt")]
+    fn get_sock_opt(&self, s: Handle, opt: SockOpt) -> Result<i64, Error>;
+    /// `WSPSetSockOpt`.
+    #[doc(alias = "WSPSetSockOpt")]
+    fn set_sock_opt(&self, s: Handle, opt: SockOpt, value: i64) -> Result<(), Error>;
+    /// `WSPEventSelect`: the network events (`FD_*`) of interest; replaces any earlier
+    /// registration for the socket, whichever descriptor made it.
+    #[doc(alias = "WSPEventSelect", alias = "WSPAsyncSelect")]
+    fn event_select(&self, s: Handle, events: u32) -> Result<(), Error>;
+    /// `WSPAddressToString`.
+    #[doc(alias = "WSPAddressToString")]
+    fn address_to_string(&self, addr: &SocketAddr, info: &ProtocolInfo) -> Result<String, Error>;
+    /// `WSPStringToAddress`.
+    #[doc(alias = "WSPStringToAddress")]
+    fn string_to_address(&self, text: &str, info: &ProtocolInfo) -> Result<SocketAddr, Error>;
+}
+
+#[derive(Debug)]
+enum Entry {
+    /// A real descriptor, owned by the table, registered to a catalog entry.
+    Ifs { catalog_id: u32, fd: Arc<OwnedFd> },
+    /// A non-IFS provider's handle with its context value.
+    NonIfs { catalog_id: u32, context: u64 },
+}
+
+/// `WSPUPCALLTABLE`: the services the dispatcher offers providers. It owns every descriptor and
+/// handle it hands out until they are closed.
+#[derive(Debug, Default)]
+pub struct Upcall {
+    table: Mutex<UpcallTable>,
+}
+
+#[derive(Debug, Default)]
+struct UpcallTable {
+    entries: HashMap<u64, Entry>,
+    next_non_ifs: u64,
+}
+
+fn not_a_handle(h: Handle) -> Error {
+    Error::new(
+        WSAENOTSOCK,
+        format!(
+            "handle {} is not a socket handle of this process (closed already?)",
+            h.0
+        ),
+    )
+}
+
+impl Upcall {
+    /// `WPUModifyIFSHandle`: takes ownership of a real descriptor for catalog entry
+    /// `catalog_id`; the handle is the descriptor's number.
+    #[doc(alias = "WPUModifyIFSHandle")]
+    pub fn modify_ifs_handle(&self, catalog_id: u32, fd: OwnedFd) -> Handle {
+        use std::os::fd::AsRawFd;
+        let h = fd.as_raw_fd() as u64;
+        lock(&self.table).entries.insert(
+            h,
+            Entry::Ifs {
+                catalog_id,
+                fd: Arc::new(fd),
+            },
+        );
+        Handle(h)
+    }
+
+    /// `WPUCreateSocketHandle`: a new non-IFS handle for catalog entry `catalog_id`, carrying
+    /// `context` (typically the lower provider's handle).
+    #[doc(alias = "WPUCreateSocketHandle")]
+    pub fn create_socket_handle(&self, catalog_id: u32, context: u64) -> Handle {
+        let mut t = lock(&self.table);
+        let h = NON_IFS_BASE + t.next_non_ifs;
+        t.next_non_ifs += 1;
+        t.entries.insert(
+            h,
+            Entry::NonIfs {
+                catalog_id,
+                context,
+            },
+        );
+        Handle(h)
+    }
+
+    /// `WPUQuerySocketHandleContext`: the context of a non-IFS handle.
+    ///
+    /// # Errors
+    /// `WSAENOTSOCK` for a handle not made by [`create_socket_handle`](Self::create_socket_handle).
+    #[doc(alias = "WPUQuerySocketHandleContext")]
+    pub fn query_socket_handle_context(&self, h: Handle) -> Result<u64, Error> {
+        match lock(&self.table).entries.get(&h.0) {
+            Some(Entry::NonIfs { context, .. }) => Ok(*context),
+            _ => Err(not_a_handle(h)),
+        }
+    }
+
+    /// The catalog entry a handle is registered to.
+    pub fn owner(&self, h: Handle) -> Option<u32> {
+        lock(&self.table).entries.get(&h.0).map(|e| match e {
+            Entry::Ifs { catalog_id, .. } | Entry::NonIfs { catalog_id, .. } => *catalog_id,
+        })
+    }
+
+    /// `WPUCloseSocketHandle`: forgets a handle; an IFS handle's descriptor closes.
+    ///
+    /// # Errors
+    /// `WSAENOTSOCK` for an unknown handle.
+    #[doc(alias = "WPUCloseSocketHandle")]
+    pub fn close_socket_handle(&self, h: Handle) -> Result<(), Error> {
+        let entry = lock(&self.table)
+            .entries
+            .remove(&h.0)
+            .ok_or_else(|| not_a_handle(h))?;
+        drop(entry);
+        Ok(())
+    }
+
+    /// Takes an IFS handle's descriptor out of the table.
+    pub(crate) fn take_fd(&self, h: Handle) -> Result<OwnedFd, Error> {
+        let mut t = lock(&self.table);
+        match t.entries.remove(&h.0) {
+            Some(Entry::Ifs { fd, .. }) => Arc::try_unwrap(fd)
+                .or_else(|shared| crate::sys::dup_cloexec(shared.as_fd()))
+                .map_err(|e| Error::from_errno(e, "taking a socket handle's descriptor")),
+            Some(other) => {
+                t.entries.insert(h.0, other);
+                Err(Error::invalid(format!(
+                    "handle {} belongs to a non-IFS layer and has no descriptor of its own: use it through sockdup::spi::Socket",
+                    h.0
+                )))
+            }
+            None => Err(not_a_handle(h)),
+        }
+    }
+
+    /// Runs `f` with an IFS handle's descriptor, borrowed; the table's lock is not held
+    /// during the call.
+    pub(crate) fn with_fd<T>(
+        &self,
+        h: Handle,
+        f: impl FnOnce(BorrowedFd<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let fd = match lock(&self.table).entries.get(&h.0) {
+            Some(Entry::Ifs { fd, .. }) => fd.clone(),
+            _ => return Err(not_a_handle(h)),
+        };
+        f(fd.as_fd())
+    }
+}

@@ -1,0 +1,359 @@
+//! The dispatcher (`ws2_32`'s role): loads the catalog, builds each chain's providers on first
+//! use, and routes calls by catalog entry; [`Socket`] is what applications hold.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use sockdup_core::catalog::{Catalog, SOCK_STREAM};
+use sockdup_core::error::{Error, WSAEAFNOSUPPORT};
+use sockdup_core::wire::ProtocolInfo;
+
+use super::layers::Layered;
+use super::{BaseProvider, Handle, Provider, SockOpt, Upcall};
+use crate::startup::{Runtime, lock};
+
+/// One run's dispatcher: the catalog it loaded, the upcall table, and the providers built so far.
+#[derive(Debug)]
+pub(crate) struct Ws2 {
+    catalog: Catalog,
+    upcall: Arc<Upcall>,
+    base: Arc<BaseProvider>,
+    stacks: Mutex<HashMap<u32, Arc<dyn Provider>>>,
+}
+
+impl Ws2 {
+    pub(crate) fn new(catalog: Catalog) -> Result<Self, Error> {
+        let upcall = Arc::new(Upcall::default());
+        let base = Arc::new(BaseProvider::default());
+        let first = sockdup_core::catalog::base_entries().remove(0);
+        base.startup(&upcall, &first)?;
+        Ok(Self {
+            catalog,
+            upcall,
+            base,
+            stacks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The provider that serves catalog entry `id` (the top of its chain), and the entry.
+    fn provider(&self, id: u32) -> Result<(Arc<dyn Provider>, ProtocolInfo), Error> {
+        let entry = self.catalog.entry(id);
+        if let Some(p) = lock(&self.stacks).get(&id) {
+            return Ok((p.clone(), entry.unwrap_or_default()));
+        }
+        let (layers, base_info) = self.catalog.resolve(id)?;
+        let entry = entry.ok_or_else(|| Error::invalid(format!("catalog entry {id} vanished")))?;
+        let mut next: Arc<dyn Provider> = self.base.clone();
+        let mut next_is_base = true;
+        for layer in layers.iter().rev() {
+            next = Arc::new(Layered::new(
+                (*layer).clone(),
+                id,
+                base_info.clone(),
+                next,
+                next_is_base,
+            )?);
+            next_is_base = false;
+        }
+        if !layers.is_empty() {
+            next.startup(&self.upcall, &entry)?;
+        }
+        lock(&self.stacks).insert(id, next.clone());
+        Ok((next, entry))
+    }
+}
+
+/// The dispatcher of this process's current run (loading the catalog on first use).
+fn ws2() -> Result<(Arc<Runtime>, Arc<Ws2>), Error> {
+    let rt = Runtime::current()?;
+    let ws2 = {
+        let mut slot = lock(&rt.ws2);
+        match slot.as_ref() {
+            Some(w) => w.clone(),
+            None => {
+                let w = Arc::new(Ws2::new(crate::load_catalog()?)?);
+                *slot = Some(w.clone());
+                w
+            }
+        }
+    };
+    Ok((rt, ws2))
+}
+
+/// A socket created or redeemed through the catalog: every call goes through the provider
+/// chain of its catalog entry. Dropping it closes this descriptor (`WSPCloseSocket`).
+#[derive(Debug)]
+pub struct Socket {
+    handle: Handle,
+    entry: ProtocolInfo,
+    provider: Arc<dyn Provider>,
+    ws2: Arc<Ws2>,
+    closed: bool,
+}
+
+impl Socket {
+    /// `WSASocketW` without a protocol info: a new socket from the first visible catalog entry
+    /// that matches (a chain, when one is installed over the base entry). Protocol 0 matches
+    /// entries flagged `PFL_MATCHES_PROTOCOL_ZERO`.
+    ///
+    /// # Errors
+    /// `WSANOTINITIALISED` without `startup()`; `WSAEINVAL` for an invalid catalog file;
+    /// `WSAEAFNOSUPPORT` if no entry matches; errors of the providers.
+    #[doc(alias = "WSASocketW", alias = "WSPSocket")]
+    pub fn new(family: i32, socket_type: i32, protocol: i32) -> Result<Self, Error> {
+        let (_, ws2) = ws2()?;
+        let entry = ws2.catalog.entry_for_socket(family, socket_type, protocol).ok_or_else(|| {
+            Error::new(
+                WSAEAFNOSUPPORT,
+                format!("no catalog entry serves family {family}, type {socket_type}, protocol {protocol} (see `sockdup catalog`)"),
+            )
+        })?;
+        let (provider, entry) = ws2.provider(entry.catalog_entry_id)?;
+        let handle = provider.socket(family, socket_type, protocol, &entry)?;
+        Ok(Self {
+            handle,
+            entry,
+            provider,
+            ws2,
+            closed: false,
+        })
+    }
+
+    /// `WSASocketW` with a duplicate's record: routes by its `dwCatalogEntryId` through the
+    /// same chain as in the source, so each layer makes its state for the new descriptor.
+    ///
+    /// # Errors
+    /// `WSAEINVAL` if this process's catalog has no such entry, or the record cannot be
+    /// redeemed (see [`crate::socket_from_info`]).
+    #[doc(alias = "WSASocketW", alias = "WSPSocket")]
+    pub fn from_info(info: &ProtocolInfo) -> Result<Self, Error> {
+        let (_, ws2) = ws2()?;
+        let (provider, entry) = ws2.provider(info.catalog_entry_id)?;
+        let handle = provider.socket_from_info(info)?;
+        Ok(Self {
+            handle,
+            entry,
+            provider,
+            ws2,
+            closed: false,
+        })
+    }
+
+    /// The catalog entry this socket belongs to.
+    pub fn catalog_entry(&self) -> &ProtocolInfo {
+        &self.entry
+    }
+
+    /// The handle the top provider gave out (a descriptor number for IFS chains).
+    pub fn handle(&self) -> Handle {
+        self.handle
+    }
+
+    /// `WSAConnect`.
+    ///
+    /// # Errors
+    /// The providers' errors (a policy layer's refusal is `WSAEACCES`).
+    #[doc(alias = "WSAConnect", alias = "WSPConnect")]
+    pub fn connect(&self, addr: &SocketAddr) -> Result<(), Error> {
+        self.provider.connect(self.handle, addr)
+    }
+
+    /// `bind`.
+    ///
+    /// # Errors
+    /// The providers' errors.
+    #[doc(alias = "WSPBind")]
+    pub fn bind(&self, addr: &SocketAddr) -> Result<(), Error> {
+        self.provider.bind(self.handle, addr)
+    }
+
+    /// `listen`.
+    ///
+    /// # Errors
+    /// The providers' errors.
+    #[doc(alias = "WSPListen")]
+    pub fn listen(&self, backlog: i32) -> Result<(), Error> {
+        self.provider.listen(self.handle, backlog)
+    }
+
+    /// `WSAAccept`: the accepted connection, through the same chain.
+    ///
+    /// # Errors
+    /// The providers' errors.
+    #[doc(alias = "WSAAccept", alias = "WSPAccept")]
+    pub fn accept(&self) -> Result<Self, Error> {
+        let handle = self.provider.accept(self.handle)?;
+        Ok(Self {
+            handle,
+            entry: self.entry.clone(),
+            provider: self.provider.clone(),
+            ws2: self.ws2.clone(),
+            closed: false,
+        })
+    }
+
+    /// `WSASend`.
+    ///
+    /// # Errors
+    /// The providers' errors.
+    #[doc(alias = "WSASend", alias = "WSPSend")]
+    pub fn send(&self, data: &[u8]) -> Result<usize, Error> {
+        self.provider.send(self.handle, data)
+    }
+
+    /// `WSARecv`.
+    ///
+    /// # Errors
+    /// The providers' errors.
+    #[doc(alias = "WSARecv", alias = "WSPRecv")]
+    pub fn recv(&self, buf: &mut [u8]) -> Result<usize, Error> {
+        self.provider.recv(self.handle, buf)
+    }
+
+    /// `WSADuplicateSocketW` through the chain: the record carries the chain's catalog entry,
+    /// with the base provider's ticket in `dwProviderReserved`.
+    ///
+    /// # Errors
+    /// As [`crate::duplicate_socket`], and a policy layer's refusal (`WSAEACCES`).
+    #[doc(alias = "WSADuplicateSocketW", alias = "WSPDuplicateSocket")]
+    pub fn duplicate(&self, target_pid: u32) -> Result<ProtocolInfo, Error> {
+        self.provider
+            .duplicate_socket(self.handle, target_pid, &self.entry)
+    }
+
+    /// `getsockopt`.
+    ///
+    /// # Errors
+    /// The providers' errors.
+    #[doc(alias = "WSPGetSockOpt")]
+    pub fn get_opt(&self, opt: SockOpt) -> Result<i64, Error> {
+        self.provider.get_sock_opt(self.handle, opt)
+    }
+
+    /// `setsockopt`.
+    ///
+    /// # Errors
+    /// The providers' errors.
+    #[doc(alias = "WSPSetSockOpt")]
+    pub fn set_opt(&self, opt: SockOpt, value: i64) -> Result<(), Error> {
+        self.provider.set_sock_opt(self.handle, opt, value)
+    }
+
+    /// `WSAEventSelect` with the `FD_*` events of interest (0 cancels).
+    ///
+    /// # Errors
+    /// The providers' errors.
+    #[doc(alias = "WSAEventSelect", alias = "WSPEventSelect")]
+    pub fn event_select(&self, events: u32) -> Result<(), Error> {
+        self.provider.event_select(self.handle, events)
+    }
+
+    /// `closesocket`, reporting errors (dropping closes too, silently).
+    ///
+    /// # Errors
+    /// The providers' errors.
+    #[doc(alias = "closesocket", alias = "WSPCloseSocket")]
+    pub fn close(mut self) -> Result<(), Error> {
+        self.closed = true;
+        self.provider.close_socket(self.handle)
+    }
+
+    /// This socket's descriptor, for an IFS handle. The socket's layers forget it (as after
+    /// a close); the descriptor is the caller's.
+    ///
+    /// # Errors
+    /// `WSAEINVAL` for a non-IFS handle, which has no descriptor of its own.
+    pub fn into_fd(mut self) -> Result<OwnedFd, Error> {
+        if !self.handle.is_ifs() {
+            return Err(Error::invalid(format!(
+                "the socket of catalog entry {} has a non-IFS handle (a layer hands out its own): use it through sockdup::spi::Socket",
+                self.entry.catalog_entry_id
+            )));
+        }
+        let fd = self.ws2.upcall.take_fd(self.handle)?;
+        self.closed = true;
+        Ok(fd)
+    }
+}
+
+/// `socket_from_info` for a chain's record: through the chain, keeping only the descriptor.
+/// A chain with a non-IFS layer has none to give, which is refused before anything is redeemed.
+pub(crate) fn redeem_fd(info: &ProtocolInfo) -> Result<OwnedFd, Error> {
+    let (_, ws2) = ws2()?;
+    let (provider, entry) = ws2.provider(info.catalog_entry_id)?;
+    if entry.service_flags1 & sockdup_core::flags::XP1_IFS_HANDLES == 0 {
+        return Err(Error::invalid(format!(
+            "the record names catalog entry {}, a chain with a non-IFS layer, whose sockets have no descriptor of \
+             their own: redeem it with sockdup::spi::Socket::from_info",
+            info.catalog_entry_id
+        )));
+    }
+    let handle = provider.socket_from_info(info)?;
+    Socket {
+        handle,
+        entry,
+        provider,
+        ws2,
+        closed: false,
+    }
+    .into_fd()
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if !self.closed {
+            let _ = self.provider.close_socket(self.handle);
+        }
+    }
+}
+
+fn entry_for(family: i32, info: Option<&ProtocolInfo>, ws2: &Ws2) -> Result<u32, Error> {
+    match info {
+        Some(info) => Ok(info.catalog_entry_id),
+        None => ws2
+            .catalog
+            .entry_for_socket(family, SOCK_STREAM, 0)
+            .map(|e| e.catalog_entry_id)
+            .ok_or_else(|| {
+                Error::new(
+                    WSAEAFNOSUPPORT,
+                    format!("no catalog entry serves address family {family}"),
+                )
+            }),
+    }
+}
+
+/// `WSAAddressToStringW`: through the chain of `info`'s entry, or of the first stream entry of
+/// the address's family.
+///
+/// # Errors
+/// The providers' errors.
+#[doc(alias = "WSAAddressToStringW", alias = "WSPAddressToString")]
+pub fn address_to_string(addr: &SocketAddr, info: Option<&ProtocolInfo>) -> Result<String, Error> {
+    let (_, ws2) = ws2()?;
+    let family = if addr.is_ipv4() {
+        sockdup_core::catalog::AF_INET
+    } else {
+        sockdup_core::catalog::AF_INET6
+    };
+    let (provider, entry) = ws2.provider(entry_for(family, info, &ws2)?)?;
+    provider.address_to_string(addr, &entry)
+}
+
+/// `WSAStringToAddressW`: through the chain of `info`'s entry, or of the first stream entry of
+/// `family`.
+///
+/// # Errors
+/// `WSAEINVAL` if `text` is not an address; the providers' errors.
+#[doc(alias = "WSAStringToAddressW", alias = "WSPStringToAddress")]
+pub fn string_to_address(
+    text: &str,
+    family: i32,
+    info: Option<&ProtocolInfo>,
+) -> Result<SocketAddr, Error> {
+    let (_, ws2) = ws2()?;
+    let (provider, entry) = ws2.provider(entry_for(family, info, &ws2)?)?;
+    provider.string_to_address(text, &entry)
+}
