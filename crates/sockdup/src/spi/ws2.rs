@@ -121,6 +121,20 @@ impl Socket {
         })
     }
 
+    /// `WSASocketW` with a catalog entry (not a duplicate's record): a new socket of that
+    /// entry's family, type and protocol, through that entry's chain, whatever comes first in
+    /// the catalog.
+    ///
+    /// # Errors
+    /// `WSAEINVAL` if this process's catalog has no such entry; errors of the providers.
+    #[doc(alias = "WSASocketW", alias = "WSPSocket")]
+    pub fn for_entry(entry: &ProtocolInfo) -> Result<Self, Error> {
+        let (_, ws2) = ws2()?;
+        let (provider, entry) = ws2.provider(entry.catalog_entry_id)?;
+        let handle = provider.socket(entry.address_family, entry.socket_type, entry.protocol, &entry)?;
+        Ok(Self { handle, entry, provider, ws2, closed: false })
+    }
+
     /// `WSASocketW` with a duplicate's record: routes by its `dwCatalogEntryId` through the
     /// same chain as in the source, so each layer makes its state for the new descriptor.
     ///
