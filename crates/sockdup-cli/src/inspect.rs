@@ -10,7 +10,7 @@ use sockdup::flags::{provider_flag_names, service_flag_names};
 use sockdup::wire::{BASE_PROTOCOL, LAYERED_PROTOCOL, TEXT_PREFIX};
 
 use crate::CliError;
-use crate::record::{self, Origin};
+use crate::record::{self, Origin, flag_list, hex, named};
 
 /// The most input read from a file or stdin: a record's text form is well under 1 KiB.
 const MAX_INPUT: u64 = 64 * 1024;
@@ -135,20 +135,6 @@ fn decode(bytes: &[u8], what: &str) -> Result<ProtocolInfo, CliError> {
             e,
         )
     })
-}
-
-/// `0x` and eight hex digits.
-fn hex(v: u32) -> String {
-    format!("{v:#010x}")
-}
-
-/// Flag names joined with `|`, or "none".
-fn flag_list(names: &[String]) -> String {
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.join(" | ")
-    }
 }
 
 /// A catalog id, with the name of sockdup's base entry if it is one.
@@ -357,14 +343,6 @@ fn wrap(text: &str, width: usize) -> String {
     }
     out.push('\n');
     out
-}
-
-/// `value  NAME`, or just the value when it has no name.
-fn named(value: i32, name: Option<&str>) -> String {
-    match name {
-        Some(name) => format!("{value}  {name}"),
-        None => value.to_string(),
-    }
 }
 
 /// What the record is, in a sentence or two.

@@ -1,5 +1,6 @@
 //! The `sockdup` command: runs the Winsock handoff scenario between two real processes
-//! (`sockdup demo`) and decodes `WSAPROTOCOL_INFOW` records (`sockdup inspect`).
+//! (`sockdup demo`), decodes `WSAPROTOCOL_INFOW` records (`sockdup inspect`) and manages the
+//! installed catalog of layered providers and protocol chains (`sockdup catalog`).
 //!
 //! The command is a thin layer over the `sockdup` library:
 //!
@@ -9,11 +10,14 @@
 //! - `inspect` ([`inspect`]) decodes a record given as text, as a file of 628 raw bytes, or on
 //!   stdin, and prints its fields with their Winsock names, as JSON ([`record::to_json`]), or
 //!   as raw bytes.
+//! - `catalog` ([`catalog`]) lists every catalog entry (`WSCEnumProtocols` order), installs a
+//!   layer over entries, removes a chain or a layer, and resets the catalog file.
 //!
 //! Exit status: 0 on success, 1 when a step or a decode fails (the message, with the Winsock
 //! error code, goes to stderr), 2 for a usage error.
 #![forbid(unsafe_code)]
 
+mod catalog;
 mod demo;
 mod inspect;
 mod record;
@@ -80,6 +84,26 @@ enum Command {
         sockdup inspect record.bin --json | jq .service_flags3\n  \
         some-source | sockdup inspect --raw > record.bin")]
     Inspect(inspect::Args),
+
+    /// List the catalog, or install and remove layered providers in it.
+    ///
+    /// Without a subcommand, every catalog entry is printed in WSCEnumProtocols order (as
+    /// `netsh winsock show catalog` does): protocol chains (newest first), the built-in base
+    /// entries (1001-1007), then the hidden entries of the layers. For each: its catalog id,
+    /// its protocol chain, provider, service flags (XP1_*), provider flags (PFL_*), address
+    /// family, socket type and protocol, and whether it is hidden.
+    ///
+    /// The catalog file is SOCKDUP_CATALOG if set, else $XDG_CONFIG_HOME/sockdup/catalog.json,
+    /// else $HOME/.config/sockdup/catalog.json; without it only the built-in entries exist.
+    /// Changes replace the file atomically; a change that fails leaves it as it was.
+    #[command(args_conflicts_with_subcommands = true)]
+    #[command(after_long_help = "Examples:\n  \
+        sockdup catalog                                 list every entry\n  \
+        sockdup catalog --json | jq '.[].catalog_entry_id'\n  \
+        sockdup catalog install trace --over 1001 1003  layer over TCP/IPv4 and TCP/IPv6\n  \
+        sockdup catalog remove 1101                     remove a layer and its chains\n  \
+        sockdup catalog reset                           back to the built-in entries")]
+    Catalog(catalog::Args),
 }
 
 /// How a command failed; printed on stderr by `main`.
@@ -144,6 +168,7 @@ fn main() -> ExitCode {
         // The target reports its failures to the source, over its stdout.
         Command::DemoTarget => return demo::run_target(),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Catalog(args) => catalog::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

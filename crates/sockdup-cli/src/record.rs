@@ -61,6 +61,28 @@ pub(crate) fn to_json(info: &ProtocolInfo) -> Value {
     })
 }
 
+/// `0x` and eight hex digits.
+pub(crate) fn hex(v: u32) -> String {
+    format!("{v:#010x}")
+}
+
+/// Flag names joined with `|`, or "none".
+pub(crate) fn flag_list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(" | ")
+    }
+}
+
+/// `value  NAME`, or just the value when it has no name.
+pub(crate) fn named(value: i32, name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("{value}  {name}"),
+        None => value.to_string(),
+    }
+}
+
 /// The value Wine's `WSADuplicateSocket` writes into `dwServiceFlags4` (its "magic").
 pub(crate) const WINE_DUPLICATE_MAGIC: u32 = 0xff00_ff00;
 

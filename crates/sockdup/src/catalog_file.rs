@@ -50,6 +50,10 @@ pub fn load_catalog_from(path: &Path) -> Result<Catalog, Error> {
             )
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Catalog::builtin()),
+        Err(e) if e.kind() == io::ErrorKind::IsADirectory => Err(Error::invalid(format!(
+            "the catalog path {} is a directory: point SOCKDUP_CATALOG at a file",
+            path.display()
+        ))),
         Err(e) => Err(Error::from_errno(
             e,
             &format!("reading the catalog file {}", path.display()),
@@ -73,10 +77,11 @@ pub fn save_catalog_to(path: &Path, catalog: &Catalog) -> Result<(), Error> {
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(fail)?;
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}-{:08x}.tmp",
         path.file_name()
             .map_or("catalog".into(), |n| n.to_string_lossy()),
-        std::process::id()
+        std::process::id(),
+        crate::sys::random_u32()
     ));
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -90,6 +95,43 @@ pub fn save_catalog_to(path: &Path, catalog: &Catalog) -> Result<(), Error> {
         let _ = std::fs::remove_file(&tmp);
     }
     written.map_err(fail)
+}
+
+/// Loads the catalog at `path`, lets `change` modify it, and saves it, holding an exclusive
+/// lock (`flock` on `PATH.lock`) throughout, so concurrent changes do not overwrite each other.
+/// Nothing is written if `change` fails.
+///
+/// # Errors
+/// As [`load_catalog_from`] and [`save_catalog_to`], or `change`'s error.
+pub fn update_catalog_at<T>(
+    path: &Path,
+    change: impl FnOnce(&mut Catalog) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let lock_path = path.with_file_name(format!(
+        "{}.lock",
+        path.file_name()
+            .map_or("catalog".into(), |n| n.to_string_lossy())
+    ));
+    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::from_errno(e, &format!("creating {}", dir.display())))?;
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            Error::from_errno(
+                e,
+                &format!("opening the catalog lock {}", lock_path.display()),
+            )
+        })?;
+    crate::sys::lock_exclusive(&lock).map_err(|e| Error::from_errno(e, "locking the catalog"))?;
+    let mut catalog = load_catalog_from(path)?;
+    let out = change(&mut catalog)?;
+    save_catalog_to(path, &catalog)?;
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -70,7 +70,9 @@ mod sys;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
-pub use catalog_file::{catalog_path, load_catalog, load_catalog_from, save_catalog_to};
+pub use catalog_file::{
+    catalog_path, load_catalog, load_catalog_from, save_catalog_to, update_catalog_at,
+};
 pub use sockdup_core::error::{self, Error};
 use sockdup_core::error::{WSAEAFNOSUPPORT, WSAENETDOWN, WSAENOTSOCK};
 use sockdup_core::message::{MAX_FDS_PER_MESSAGE, Request};

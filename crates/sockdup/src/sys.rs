@@ -246,6 +246,16 @@ pub(crate) fn wake(waker: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Blocks until this process holds an exclusive `flock` on `file` (released when it closes).
+pub(crate) fn lock_exclusive(file: &std::fs::File) -> io::Result<()> {
+    loop {
+        match rustix::fs::flock(file, rustix::fs::FlockOperation::LockExclusive) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Whether `fd` is close-on-exec.
 pub fn is_cloexec<Fd: AsFd>(fd: Fd) -> io::Result<bool> {
     Ok(rustix::io::fcntl_getfd(fd)?.contains(rustix::io::FdFlags::CLOEXEC))

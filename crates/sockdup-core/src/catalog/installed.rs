@@ -63,11 +63,27 @@ struct Stored {
     chains: Vec<Chain>,
 }
 
-/// The whole catalog. See the [module docs](self).
+/// The whole catalog: built-in base entries, installed layers and chains (see the
+/// [`catalog`](crate::catalog) module).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Catalog {
     layers: Vec<Layer>,
     chains: Vec<Chain>,
+}
+
+/// The longest layer name, in characters (it becomes part of a 255-unit `szProtocol`).
+pub const MAX_LAYER_NAME: usize = 100;
+
+fn check_name(name: &str) -> Result<(), Error> {
+    if name.is_empty()
+        || name.chars().count() > MAX_LAYER_NAME
+        || name.chars().any(char::is_control)
+    {
+        return Err(Error::invalid(format!(
+            "layer name {name:?} must be 1 to {MAX_LAYER_NAME} characters without control characters"
+        )));
+    }
+    Ok(())
 }
 
 /// The layer kinds sockdup implements.
@@ -142,6 +158,9 @@ impl Catalog {
                     LAYER_KINDS.join(", ")
                 )));
             }
+            check_name(&layer.name).map_err(|e| {
+                Error::invalid(format!("catalog entry {}: {}", layer.id, e.message()))
+            })?;
             if base_entry(layer.id).is_some() || !ids.insert(layer.id) {
                 return Err(Error::invalid(format!(
                     "catalog entry {} (layer {:?}) reuses an id",
@@ -264,6 +283,30 @@ impl Catalog {
                 "a layer must be installed over at least one catalog entry",
             ));
         }
+        if !LAYER_KINDS.contains(&kind) {
+            return Err(Error::invalid(format!(
+                "there is no layer kind {kind:?}; the kinds are {}",
+                LAYER_KINDS.join(", ")
+            )));
+        }
+        check_name(name)?;
+        if let Some(dup) = over
+            .iter()
+            .enumerate()
+            .find_map(|(i, id)| over[..i].contains(id).then_some(id))
+        {
+            return Err(Error::invalid(format!(
+                "entry {dup} is named twice: a layer goes over each entry once"
+            )));
+        }
+        for &id in over {
+            let n = self.lower_entries(id)?.len() + 1;
+            if n > MAX_PROTOCOL_CHAIN {
+                return Err(Error::invalid(format!(
+                    "a layer over entry {id} would make a chain of {n} entries, more than MAX_PROTOCOL_CHAIN (7)"
+                )));
+            }
+        }
         let mut next = self.next_id();
         let layer_id = next;
         next += 1;
@@ -305,15 +348,19 @@ impl Catalog {
         if self.layer(id).is_some() {
             self.layers.retain(|l| l.id != id);
             self.chains.retain(|c| !c.entries.contains(&id));
-            return Ok(());
+        } else {
+            let before = self.chains.len();
+            self.chains.retain(|c| c.id != id);
+            if self.chains.len() == before {
+                return Err(Error::invalid(format!(
+                    "the catalog has no entry {id} (see `sockdup catalog`)"
+                )));
+            }
         }
-        let before = self.chains.len();
-        self.chains.retain(|c| c.id != id);
-        if self.chains.len() == before {
-            return Err(Error::invalid(format!(
-                "the catalog has no entry {id} (see `sockdup catalog`)"
-            )));
-        }
+        // A layer left in no chain serves nothing: it goes too, as an uninstaller would.
+        let chains = &self.chains;
+        self.layers
+            .retain(|l| chains.iter().any(|c| c.entries.contains(&l.id)));
         Ok(())
     }
 
@@ -497,7 +544,23 @@ mod tests {
         let e = c
             .install("trace", "x", true, BTreeMap::new(), &[top])
             .unwrap_err();
-        assert!(e.message().contains("more than MAX_PROTOCOL_CHAIN"), "{e}");
+        assert!(
+            e.message()
+                .contains(&format!("over entry {top} would make a chain of 8")),
+            "{e}"
+        );
+        let e = c
+            .install("magic", "x", true, BTreeMap::new(), &[1001])
+            .unwrap_err();
+        assert!(e.message().contains("no layer kind \"magic\""), "{e}");
+        let e = c
+            .install("trace", "x", true, BTreeMap::new(), &[1001, 1001])
+            .unwrap_err();
+        assert!(e.message().contains("named twice"), "{e}");
+        let e = c
+            .install("trace", "a\u{0}b", true, BTreeMap::new(), &[1001])
+            .unwrap_err();
+        assert!(e.message().contains("control characters"), "{e}");
         assert_eq!(c, before);
     }
 
@@ -508,6 +571,10 @@ mod tests {
         let (_, over) = install(&mut c, "fault", &[chains[0]]);
         c.remove(trace).unwrap();
         assert!(c.chains().is_empty(), "{:?}", c.chains());
+        assert!(
+            c.layers().is_empty(),
+            "the fault layer, now in no chain, went too"
+        );
         assert!(c.entry(over[0]).is_none());
         assert!(c.remove(1001).unwrap_err().message().contains("built-in"));
         assert!(

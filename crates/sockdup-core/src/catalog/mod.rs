@@ -7,7 +7,7 @@
 
 mod installed;
 
-pub use installed::{Catalog, Chain, FIRST_INSTALLED_ID, LAYER_KINDS, Layer};
+pub use installed::{Catalog, Chain, FIRST_INSTALLED_ID, LAYER_KINDS, Layer, MAX_LAYER_NAME};
 
 use crate::flags::*;
 use crate::wire::{BASE_PROTOCOL, Guid, MAX_PROTOCOL_CHAIN, ProtocolChain, ProtocolInfo};

@@ -131,8 +131,19 @@ impl Socket {
     pub fn for_entry(entry: &ProtocolInfo) -> Result<Self, Error> {
         let (_, ws2) = ws2()?;
         let (provider, entry) = ws2.provider(entry.catalog_entry_id)?;
-        let handle = provider.socket(entry.address_family, entry.socket_type, entry.protocol, &entry)?;
-        Ok(Self { handle, entry, provider, ws2, closed: false })
+        let handle = provider.socket(
+            entry.address_family,
+            entry.socket_type,
+            entry.protocol,
+            &entry,
+        )?;
+        Ok(Self {
+            handle,
+            entry,
+            provider,
+            ws2,
+            closed: false,
+        })
     }
 
     /// `WSASocketW` with a duplicate's record: routes by its `dwCatalogEntryId` through the

@@ -1,0 +1,439 @@
+//! `sockdup catalog`: list the installed catalog, install and remove layered providers, reset.
+//!
+//! The catalog lives in one JSON file ([`sockdup::catalog_path`]); every change reads it,
+//! changes it in memory ([`Catalog::install`], [`Catalog::remove`]) and replaces it atomically
+//! ([`sockdup::save_catalog_to`]), so a failed change leaves the file as it was.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use sockdup::ProtocolInfo;
+use sockdup::catalog::{Catalog, Layer};
+use sockdup::flags::{PFL_HIDDEN, provider_flag_names, service_flag_names};
+use sockdup::wire::{BASE_PROTOCOL, LAYERED_PROTOCOL, MAX_PROTOCOL_CHAIN};
+
+use crate::CliError;
+use crate::record::{self, flag_list, hex, named};
+
+/// The arguments of `sockdup catalog`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Print one JSON array holding every entry, each an object with the keys of
+    /// `sockdup inspect --json` (the field names of sockdup::ProtocolInfo).
+    #[arg(long)]
+    json: bool,
+
+    #[command(subcommand)]
+    action: Option<Action>,
+}
+
+/// What `sockdup catalog` does besides listing.
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// Install a layered provider over catalog entries (like WSCInstallProvider and an LSP
+    /// installer).
+    ///
+    /// The layer gets one hidden entry of its own (ChainLen 0, PFL_HIDDEN) and, for each entry
+    /// it goes over, one protocol chain entry (the layer on top of that entry's providers),
+    /// placed first in the catalog so that new sockets pick it. Prints the new ids.
+    #[command(after_long_help = "Examples:\n  \
+        sockdup catalog install trace --over 1001 1003\n  \
+        sockdup catalog install fault --over 1102 --name flaky --set fail=connect")]
+    #[command(override_usage = "sockdup catalog install <LAYER> --over <ID>... [OPTIONS]")]
+    Install(InstallArgs),
+
+    /// Remove a protocol chain entry, or a layer with every chain that holds it (like
+    /// WSCDeinstallProvider). Built-in base entries cannot be removed.
+    Remove {
+        /// The catalog id of the chain or of the layer's own entry (see `sockdup catalog`).
+        #[arg(value_name = "ID")]
+        id: u32,
+    },
+
+    /// Delete the catalog file: only the built-in base entries remain.
+    Reset,
+}
+
+/// The arguments of `sockdup catalog install`.
+#[derive(Debug, clap::Args)]
+struct InstallArgs {
+    /// The layer implementation: trace, policy or fault.
+    #[arg(value_name = "LAYER")]
+    kind: String,
+
+    /// The catalog ids of the entries to go over: base entries (1001-1007) or protocol chains.
+    #[arg(long, value_name = "ID", num_args = 1.., value_delimiter = ',', required = true)]
+    over: Vec<u32>,
+
+    /// A name for people; it shows in the protocol name of the layer's entries [default: the
+    /// layer kind].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+
+    /// The layer hands out handles of its own instead of the base provider's descriptors
+    /// (its chains lose XP1_IFS_HANDLES).
+    #[arg(long)]
+    non_ifs: bool,
+
+    /// A setting of the layer, kept in its config map; may be repeated.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
+}
+
+/// Splits `KEY=VALUE` at the first `=`.
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, _)) if key.trim().is_empty() => {
+            Err(format!("{text:?} has an empty key: write KEY=VALUE"))
+        }
+        Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
+        None => Err(format!("{text:?} has no '=': write KEY=VALUE")),
+    }
+}
+
+/// Runs `sockdup catalog`.
+pub(crate) fn run(args: &Args) -> Result<(), CliError> {
+    match &args.action {
+        None => list(args.json),
+        Some(Action::Install(install_args)) => install(install_args),
+        Some(Action::Remove { id }) => remove(*id),
+        Some(Action::Reset) => reset(),
+    }
+}
+
+/// The catalog file that install, remove and reset change.
+fn path_to_change() -> Result<PathBuf, CliError> {
+    sockdup::catalog_path().ok_or_else(|| {
+        CliError::failed(
+            "there is no catalog file to change: SOCKDUP_CATALOG, XDG_CONFIG_HOME and HOME are \
+             all unset; set SOCKDUP_CATALOG to the path of the catalog file",
+        )
+    })
+}
+
+/// Reads the catalog file at `path`.
+fn load(path: &Path) -> Result<Catalog, CliError> {
+    sockdup::load_catalog_from(path).map_err(|e| CliError::sockdup("reading the catalog", e))
+}
+
+/// Writes `text` to standard output; a reader that stopped early (`| head`) is not an error.
+fn print(text: &str) -> Result<(), CliError> {
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::failed(format!(
+            "writing to standard output failed: {e}"
+        ))),
+    }
+}
+
+/// `sockdup catalog [--json]`.
+fn list(json: bool) -> Result<(), CliError> {
+    let path = sockdup::catalog_path();
+    let catalog = match &path {
+        Some(path) => load(path)?,
+        None => Catalog::builtin(),
+    };
+    let entries = catalog.all_entries();
+    if json {
+        let array: Vec<_> = entries.iter().map(record::to_json).collect();
+        return print(&format!("{}\n", serde_json::Value::Array(array)));
+    }
+    let mut s = String::new();
+    match &path {
+        Some(path) => {
+            let state = match path.try_exists() {
+                Ok(true) => "exists",
+                Ok(false) => "does not exist: built-in base entries only",
+                Err(_) => "cannot be checked",
+            };
+            let _ = writeln!(s, "Catalog file: {} ({state})", path.display());
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "Catalog file: none (SOCKDUP_CATALOG, XDG_CONFIG_HOME and HOME are unset): \
+                 built-in base entries only"
+            );
+        }
+    }
+    let chains = catalog.chains().len();
+    let layers = catalog.layers().len();
+    let _ = writeln!(
+        s,
+        "{} entries, in WSCEnumProtocols order: {chains} protocol chain{} (newest first), {} base \
+         entries, {layers} hidden layer entr{}",
+        entries.len(),
+        if chains == 1 { "" } else { "s" },
+        entries.len().saturating_sub(chains + layers),
+        if layers == 1 { "y" } else { "ies" },
+    );
+    for info in &entries {
+        s.push('\n');
+        describe(&mut s, &catalog, info);
+    }
+    print(&s)
+}
+
+/// What a protocol chain says about its entry: "chain N: [...]", "base" or "layered".
+fn chain_summary(info: &ProtocolInfo) -> String {
+    let chain = &info.protocol_chain;
+    let hidden = info.provider_flags & PFL_HIDDEN != 0;
+    match chain.len {
+        LAYERED_PROTOCOL if hidden => "layered (hidden)".to_owned(),
+        LAYERED_PROTOCOL => "layered".to_owned(),
+        BASE_PROTOCOL => "base".to_owned(),
+        n if n > 1 && n as usize <= MAX_PROTOCOL_CHAIN => {
+            let ids: Vec<String> = chain.used().iter().map(u32::to_string).collect();
+            format!("chain {n}: [{}]", ids.join(", "))
+        }
+        n => format!("invalid chain length {n}"),
+    }
+}
+
+/// A layer as people know it: `trace "name"`.
+fn layer_label(layer: &Layer) -> String {
+    format!("{} {:?}", layer.kind, layer.name)
+}
+
+/// The human-readable description of one entry, appended to `s`.
+fn describe(s: &mut String, catalog: &Catalog, info: &ProtocolInfo) {
+    let id = info.catalog_entry_id;
+    let layered = info.protocol_chain.len == LAYERED_PROTOCOL;
+    let hidden = info.provider_flags & PFL_HIDDEN != 0;
+    let _ = writeln!(s, "Catalog entry {id}");
+    let mut field = |name: &str, value: String| {
+        let _ = writeln!(s, "  {name:<16}{value}");
+    };
+    field("chain", chain_summary(info));
+    if info.protocol_chain.len > 1 {
+        if let Some((base, layers)) = info.protocol_chain.used().split_last() {
+            let layers: Vec<String> = layers
+                .iter()
+                .map(|id| match catalog.layer(*id) {
+                    Some(layer) => format!("{id} {}", layer_label(layer)),
+                    None => id.to_string(),
+                })
+                .collect();
+            field(
+                "layers",
+                format!("{} (top first), over base entry {base}", layers.join(", ")),
+            );
+        }
+    }
+    if let Some(layer) = catalog.layer(id).filter(|_| layered) {
+        let config = if layer.config.is_empty() {
+            "no settings".to_owned()
+        } else {
+            layer
+                .config
+                .iter()
+                .map(|(k, v)| format!("{}={v:?}", k.escape_debug()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        field(
+            "layer",
+            format!(
+                "{}, {}, {config}",
+                layer_label(layer),
+                if layer.ifs {
+                    "IFS (hands out the base provider's descriptors)"
+                } else {
+                    "non-IFS (hands out handles of its own)"
+                }
+            ),
+        );
+    }
+    field(
+        "provider",
+        format!("{:?}  {}", info.protocol_name, info.provider_id),
+    );
+    field(
+        "service flags",
+        format!(
+            "{}  {}",
+            hex(info.service_flags1),
+            flag_list(&service_flag_names(info.service_flags1))
+        ),
+    );
+    field(
+        "provider flags",
+        format!(
+            "{}  {}",
+            hex(info.provider_flags),
+            flag_list(&provider_flag_names(info.provider_flags))
+        ),
+    );
+    field(
+        "family",
+        named(
+            info.address_family,
+            record::family_name(info.address_family),
+        ),
+    );
+    field(
+        "type",
+        named(info.socket_type, record::socket_type_name(info.socket_type)),
+    );
+    field(
+        "protocol",
+        if layered {
+            format!("{}  none (a layer's own entry)", info.protocol)
+        } else {
+            named(
+                info.protocol,
+                record::protocol_name(info.address_family, info.protocol),
+            )
+        },
+    );
+    field(
+        "hidden",
+        if hidden {
+            "yes (PFL_HIDDEN: WSAEnumProtocols does not list it; sockets never use it)".to_owned()
+        } else {
+            "no".to_owned()
+        },
+    );
+}
+
+/// Checks a layer's name: it goes into `szProtocol`, so no control characters (NUL would end
+/// the name).
+fn check_name(name: &str) -> Result<(), CliError> {
+    if name.trim().is_empty() {
+        return Err(CliError::Usage(
+            "--name is empty: give the layer a name people will recognize".to_owned(),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(CliError::Usage(format!(
+            "--name {name:?} holds control characters: use printable text"
+        )));
+    }
+    Ok(())
+}
+
+/// `sockdup catalog install`.
+fn install(args: &InstallArgs) -> Result<(), CliError> {
+    let name = args.name.as_deref().unwrap_or(&args.kind);
+    check_name(name)?;
+    let mut config = BTreeMap::new();
+    for (key, value) in &args.settings {
+        if config.insert(key.clone(), value.clone()).is_some() {
+            return Err(CliError::Usage(format!(
+                "--set gives {key:?} more than once: give each setting once"
+            )));
+        }
+    }
+    for (i, id) in args.over.iter().enumerate() {
+        if args.over[..i].contains(id) {
+            return Err(CliError::Usage(format!(
+                "--over names {id} more than once: a layer goes over each entry once"
+            )));
+        }
+    }
+    let over = args
+        .over
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let context = format!("installing a {:?} layer over {over}", args.kind);
+    let path = path_to_change()?;
+    let (catalog, (layer_id, chain_ids)) = sockdup::update_catalog_at(&path, |c| {
+        let ids = c.install(&args.kind, name, !args.non_ifs, config, &args.over)?;
+        Ok((c.clone(), ids))
+    })
+    .map_err(|e| CliError::sockdup(context, e))?;
+
+    let mut s = format!(
+        "Installed layer {layer_id} ({} {name:?}, {}) in {}\n",
+        args.kind,
+        if args.non_ifs { "non-IFS" } else { "IFS" },
+        path.display()
+    );
+    for (chain_id, over_id) in chain_ids.iter().zip(&args.over) {
+        let summary = catalog
+            .entry(*chain_id)
+            .map(|info| format!("{}  {:?}", chain_summary(&info), info.protocol_name))
+            .unwrap_or_default();
+        let _ = writeln!(s, "  chain {chain_id} over {over_id}: {summary}");
+    }
+    print(&s)
+}
+
+/// `sockdup catalog remove`.
+fn remove(id: u32) -> Result<(), CliError> {
+    let path = path_to_change()?;
+    let (before, catalog) = sockdup::update_catalog_at(&path, |c| {
+        let before = c.clone();
+        c.remove(id)?;
+        Ok((before, c.clone()))
+    })
+    .map_err(|e| CliError::sockdup(format!("removing catalog entry {id}"), e))?;
+
+    let mut s = match before.layer(id) {
+        Some(layer) => {
+            let gone: Vec<String> = before
+                .chains()
+                .iter()
+                .filter(|c| c.entries.contains(&id))
+                .map(|c| c.id.to_string())
+                .collect();
+            format!(
+                "Removed layer {id} ({}) and {} from {}\n",
+                layer_label(layer),
+                if gone.is_empty() {
+                    "no chains".to_owned()
+                } else {
+                    format!(
+                        "its chain{} {}",
+                        if gone.len() == 1 { "" } else { "s" },
+                        gone.join(", ")
+                    )
+                },
+                path.display()
+            )
+        }
+        None => format!("Removed chain {id} from {}\n", path.display()),
+    };
+    for layer in before.layers() {
+        if layer.id != id && catalog.layer(layer.id).is_none() {
+            let _ = writeln!(
+                s,
+                "Removed layer {} ({}) too: it is in no chain now",
+                layer.id,
+                layer_label(layer)
+            );
+        }
+    }
+    print(&s)
+}
+
+/// `sockdup catalog reset`.
+fn reset() -> Result<(), CliError> {
+    let path = path_to_change()?;
+    let s = match std::fs::remove_file(&path) {
+        Ok(()) => format!(
+            "Removed {}: only the built-in base entries remain\n",
+            path.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => format!(
+            "There is no catalog file {}: only the built-in base entries are installed\n",
+            path.display()
+        ),
+        Err(e) => {
+            return Err(CliError::failed(format!(
+                "removing the catalog file {} failed: {e}",
+                path.display()
+            )));
+        }
+    };
+    print(&s)
+}
