@@ -11,6 +11,8 @@
 use std::fmt;
 use std::io;
 
+/// `WSAEACCES`: permission denied (a policy layer refused the call).
+pub const WSAEACCES: i32 = 10013;
 /// `WSAEFAULT`: a buffer supplied by the caller is not valid or too small.
 pub const WSAEFAULT: i32 = 10014;
 /// `WSAEINVAL`: an argument is invalid.
@@ -36,6 +38,7 @@ pub const WSANOTINITIALISED: i32 = 10093;
 /// does not use.
 pub fn code_name(code: i32) -> Option<&'static str> {
     Some(match code {
+        WSAEACCES => "WSAEACCES",
         WSAEFAULT => "WSAEFAULT",
         WSAEINVAL => "WSAEINVAL",
         WSAEMFILE => "WSAEMFILE",

@@ -47,6 +47,7 @@
 //!
 //! | Code | Name | When sockdup returns it |
 //! |-----:|------|-------------------------|
+//! | 10013 | `WSAEACCES` | a `policy` layer refused the call (the message names the rule) |
 //! | 10014 | `WSAEFAULT` | a caller's buffer is too small for a record ([`ProtocolInfo::write_to`]); `EFAULT` from the kernel |
 //! | 10022 | `WSAEINVAL` | an argument is invalid: target pid 0, a pid that names no process, a process that never called [`startup`], a refusal by the target's policy ([`Allow`]), a squatter on the target's inbox address; a record that is malformed, not made by sockdup, made for another process or for an earlier run of this one, already redeemed, expired or cancelled |
 //! | 10024 | `WSAEMFILE` | no descriptor is left (`EMFILE`, `ENFILE`), in this process, or in the target while it receives (`MSG_CTRUNC`) |

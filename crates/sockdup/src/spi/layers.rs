@@ -18,14 +18,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use sockdup_core::catalog::Layer;
-use sockdup_core::error::{Error, code_name};
+use sockdup_core::error::{Error, WSAEACCES, code_name};
 use sockdup_core::wire::ProtocolInfo;
 
 use super::{Handle, Provider, SockOpt, Upcall};
 use crate::startup::lock;
-
-/// `WSAEACCES`: a policy layer refused the call.
-pub const WSAEACCES: i32 = 10013;
 
 /// Counters of one socket, or of a whole layer instance.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
