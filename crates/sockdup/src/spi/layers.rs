@@ -690,6 +690,213 @@ impl Provider for Layered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sockdup_core::catalog::{Catalog, base_entry};
+
+    /// A base provider stand-in that records the records it is handed and answers
+    /// duplicates with a ticket.
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<(&'static str, ProtocolInfo)>>);
+
+    impl Recorder {
+        fn saw(&self, call: &'static str, info: &ProtocolInfo) {
+            lock(&self.0).push((call, info.clone()));
+        }
+    }
+
+    impl Provider for Recorder {
+        fn startup(&self, _: &Arc<Upcall>, info: &ProtocolInfo) -> Result<(), Error> {
+            self.saw("startup", info);
+            Ok(())
+        }
+        fn cleanup(&self) -> Result<(), Error> {
+            Ok(())
+        }
+        fn socket(&self, _: i32, _: i32, _: i32, info: &ProtocolInfo) -> Result<Handle, Error> {
+            self.saw("socket", info);
+            Ok(Handle(7))
+        }
+        fn socket_from_info(&self, info: &ProtocolInfo) -> Result<Handle, Error> {
+            self.saw("socket_from_info", info);
+            Ok(Handle(8))
+        }
+        fn connect(&self, _: Handle, _: &SocketAddr) -> Result<(), Error> {
+            Ok(())
+        }
+        fn bind(&self, _: Handle, _: &SocketAddr) -> Result<(), Error> {
+            Ok(())
+        }
+        fn listen(&self, _: Handle, _: i32) -> Result<(), Error> {
+            Ok(())
+        }
+        fn accept(&self, s: Handle) -> Result<Handle, Error> {
+            Ok(s)
+        }
+        fn send(&self, _: Handle, data: &[u8]) -> Result<usize, Error> {
+            Ok(data.len())
+        }
+        fn recv(&self, _: Handle, _: &mut [u8]) -> Result<usize, Error> {
+            Ok(0)
+        }
+        fn close_socket(&self, _: Handle) -> Result<(), Error> {
+            Ok(())
+        }
+        fn duplicate_socket(
+            &self,
+            _: Handle,
+            pid: u32,
+            info: &ProtocolInfo,
+        ) -> Result<ProtocolInfo, Error> {
+            self.saw("duplicate", info);
+            Ok(ProtocolInfo {
+                provider_reserved: 0xfeed,
+                service_flags3: pid,
+                service_flags4: 0xabc,
+                ..info.clone()
+            })
+        }
+        fn get_sock_opt(&self, _: Handle, _: SockOpt) -> Result<i64, Error> {
+            Ok(0)
+        }
+        fn set_sock_opt(&self, _: Handle, _: SockOpt, _: i64) -> Result<(), Error> {
+            Ok(())
+        }
+        fn event_select(&self, _: Handle, _: u32) -> Result<(), Error> {
+            Ok(())
+        }
+        fn address_to_string(
+            &self,
+            addr: &SocketAddr,
+            info: &ProtocolInfo,
+        ) -> Result<String, Error> {
+            self.saw("address_to_string", info);
+            Ok(addr.to_string())
+        }
+        fn string_to_address(&self, text: &str, info: &ProtocolInfo) -> Result<SocketAddr, Error> {
+            self.saw("string_to_address", info);
+            text.parse().map_err(|_| Error::invalid("bad"))
+        }
+    }
+
+    /// Builds the providers of `chain` the way the dispatcher does, over a recorder.
+    fn stack(catalog: &Catalog, chain: u32, base: &Arc<Recorder>) -> Arc<dyn Provider> {
+        let (layers, base_info) = catalog.resolve(chain).unwrap();
+        let mut next: Arc<dyn Provider> = base.clone();
+        let mut next_is_base = true;
+        for layer in layers.iter().rev() {
+            next = Arc::new(
+                Layered::new(
+                    (*layer).clone(),
+                    chain,
+                    base_info.clone(),
+                    next,
+                    next_is_base,
+                )
+                .unwrap(),
+            );
+            next_is_base = false;
+        }
+        next
+    }
+
+    #[test]
+    fn the_propagation_rule_through_seven_entries() {
+        let mut c = Catalog::builtin();
+        let mut top = 1003;
+        for i in 0..6 {
+            top = c
+                .install(
+                    ["trace", "policy", "fault"][i % 3],
+                    "l",
+                    i % 2 == 0,
+                    BTreeMap::new(),
+                    &[top],
+                )
+                .unwrap()
+                .1[0];
+        }
+        let chain = c.entry(top).unwrap();
+        assert_eq!(chain.protocol_chain.len, 7);
+        let base = Arc::new(Recorder::default());
+        let top_provider = stack(&c, top, &base);
+        let upcall = Arc::new(Upcall::default());
+        top_provider.startup(&upcall, &chain).unwrap();
+        let s = top_provider.socket(10, 1, 0, &chain).unwrap();
+        let record = top_provider.duplicate_socket(s, 4242, &chain).unwrap();
+        // Up: the chain's own entry, with the base provider's fields kept.
+        assert_eq!(record.catalog_entry_id, top);
+        assert_eq!(record.protocol_chain, chain.protocol_chain);
+        assert_eq!(
+            (
+                record.provider_reserved,
+                record.service_flags3,
+                record.service_flags4
+            ),
+            (0xfeed, 4242, 0xabc)
+        );
+        // Down, in the target: the base gets its own entry with the ticket.
+        top_provider.socket_from_info(&record).unwrap();
+        let addr: SocketAddr = "[::1]:80".parse().unwrap();
+        top_provider.address_to_string(&addr, &chain).unwrap();
+        top_provider.string_to_address("[::1]:80", &chain).unwrap();
+        let seen = lock(&base.0).clone();
+        let calls: Vec<&str> = seen.iter().map(|(c, _)| *c).collect();
+        assert_eq!(
+            calls,
+            [
+                "startup",
+                "socket",
+                "duplicate",
+                "socket_from_info",
+                "address_to_string",
+                "string_to_address"
+            ]
+        );
+        let own = base_entry(1003).unwrap();
+        for (call, info) in &seen {
+            let mut expected = own.clone();
+            keep_provider_fields(&mut expected, info);
+            assert_eq!(info, &expected, "{call}: the base must get its own entry");
+        }
+        assert_eq!(
+            seen[3].1.provider_reserved, 0xfeed,
+            "socket_from_info carries the ticket down"
+        );
+        // Every trace instance in the stack was handed the chain's record, unmodified.
+        for report in trace_reports().iter().filter(|r| r.chain_id == top) {
+            assert!(
+                report.entries_seen.iter().all(|&id| id == top),
+                "{report:?}"
+            );
+            assert!(!report.entries_seen.is_empty());
+        }
+    }
+
+    #[test]
+    fn non_ifs_layers_wrap_and_unwrap_handles() {
+        let mut c = Catalog::builtin();
+        let (_, chains) = c
+            .install("trace", "wrap", false, BTreeMap::new(), &[1001])
+            .unwrap();
+        let base = Arc::new(Recorder::default());
+        let p = stack(&c, chains[0], &base);
+        let upcall = Arc::new(Upcall::default());
+        let chain = c.entry(chains[0]).unwrap();
+        p.startup(&upcall, &chain).unwrap();
+        let s = p.socket(2, 1, 0, &chain).unwrap();
+        assert!(!s.is_ifs());
+        assert_eq!(
+            upcall.query_socket_handle_context(s).unwrap(),
+            7,
+            "the context is the lower handle"
+        );
+        assert_eq!(upcall.owner(s), Some(chains[0] - 1));
+        assert_eq!(p.send(s, b"abc").unwrap(), 3);
+        p.close_socket(s).unwrap();
+        assert_eq!(
+            upcall.query_socket_handle_context(s).unwrap_err().code(),
+            10038
+        );
+    }
 
     #[test]
     fn policy_networks() {
