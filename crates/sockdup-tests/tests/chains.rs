@@ -356,3 +356,32 @@ fn addresses_convert_through_the_chain() {
         "{report:?}"
     );
 }
+
+#[test]
+fn no_descriptor_or_handle_leaks_through_chains() {
+    let mut c = Catalog::builtin();
+    let (_, ifs) = c
+        .install("trace", "ifs", true, BTreeMap::new(), &[1001])
+        .unwrap();
+    c.install("trace", "wrapper", false, BTreeMap::new(), &[ifs[0]])
+        .unwrap();
+    let file = CatalogFile::new("leaks", &c);
+    let mut source = file.peer();
+    let mut target = file.peer();
+    let (l, addr) = listener();
+    let out = source.ok(&format!("spi-tcp-connect {addr}"));
+    let s = out.split(' ').next().unwrap();
+    let _remote = accept(&l);
+    let cycle = |source: &mut Peer, target: &mut Peer| {
+        let record = source.ok(&format!("spi-dup {s} {}", target.pid));
+        let t = target.ok(&format!("spi-redeem {record}"));
+        target.ok(&format!("spi-close {}", t.split(' ').next().unwrap()));
+    };
+    cycle(&mut source, &mut target);
+    let (ours, theirs) = (source.fdcount(), target.fdcount());
+    for _ in 0..500 {
+        cycle(&mut source, &mut target);
+    }
+    assert_eq!(source.fdcount(), ours, "the source leaked descriptors");
+    assert_eq!(target.fdcount(), theirs, "the target leaked descriptors");
+}

@@ -58,7 +58,8 @@ pub struct TraceReport {
     pub chain_id: u32,
     /// Totals over every socket.
     pub totals: Counters,
-    /// Per socket, by this layer's handle number.
+    /// Per open socket, by this layer's handle number (a socket's entry goes when it closes;
+    /// its counts stay in `totals`).
     pub sockets: BTreeMap<u64, Counters>,
     /// `dwCatalogEntryId` of every record handed to this layer, in order (the last 256).
     pub entries_seen: Vec<u32>,
@@ -332,7 +333,13 @@ impl Behaviour {
             let mut r = lock(report);
             r.totals.count(call, outcome);
             if let Some(s) = s {
-                r.sockets.entry(s.raw()).or_default().count(call, outcome);
+                if call == "close" {
+                    // A closed socket's counters live on in the totals only, so a long-running
+                    // process does not collect one entry per socket it ever had.
+                    r.sockets.remove(&s.raw());
+                } else {
+                    r.sockets.entry(s.raw()).or_default().count(call, outcome);
+                }
             }
             tracing::debug!(
                 layer = spec.id,
