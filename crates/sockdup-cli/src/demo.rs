@@ -15,14 +15,25 @@
 //! | 10 | source, target | close; the peer sees EOF only after the last close |
 //!
 //! The pipes carry lines. Source to target (the target's stdin): `pid?`, `record <text>`,
-//! `send <step> <text>`, `expect <step> <text>`, `close`, `quit`. Target to source (its
-//! stdout): `log <line>` (printed by the source as it is, so the output stays in order),
+//! `send <step> <text>`, `expect <step> <text>`, `close`, `report`, `quit`. Target to source
+//! (its stdout): `log <line>` (printed by the source as it is, so the output stays in order),
 //! `ok <result>` and `err <message>`, one answer per request. Every wait is bounded by
 //! [`TIMEOUT`].
+//!
+//! `sockdup demo --chain LAYER[,LAYER...]` runs the same scenario through a layered protocol
+//! chain ([`chain`]): only how the sockets are made, duplicated, redeemed, used and closed
+//! differs ([`SourceSocket`], [`Held`]), and each process ends with what each layer saw (the
+//! `report` request). The source then runs in a process of its own (the hidden `demo-source`
+//! subcommand), started with `SOCKDUP_CATALOG` naming the chain's temporary catalog, since a
+//! process reads its catalog at its first use of the SPI; the target (`demo-target --spi`) is
+//! started with the same catalog.
+
+mod chain;
 
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
@@ -30,7 +41,36 @@ use std::time::{Duration, Instant};
 
 use sockdup::ProtocolInfo;
 
+pub(crate) use chain::run as run_chain;
+
 use crate::CliError;
+
+/// The arguments of `sockdup demo`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Run the demo through a protocol chain of these layers (trace, policy or fault; at most
+    /// 6), the first listed on top, installed over TCP/IPv4 (entry 1001) in a temporary
+    /// catalog.
+    #[arg(long, value_name = "LAYER[,LAYER...]", value_parser = chain::ChainSpec::parse)]
+    pub(crate) chain: Option<chain::ChainSpec>,
+}
+
+/// The arguments of the hidden `sockdup demo-source`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SourceArgs {
+    /// The layers of the chain the catalog named by SOCKDUP_CATALOG must hold on top.
+    #[arg(long, value_name = "LAYER[,LAYER...]", value_parser = chain::ChainSpec::parse)]
+    pub(crate) chain: chain::ChainSpec,
+}
+
+/// The arguments of the hidden `sockdup demo-target`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TargetArgs {
+    /// Redeem the record with sockdup::spi::Socket::from_info and use the socket through its
+    /// chain (the catalog named by SOCKDUP_CATALOG).
+    #[arg(long)]
+    pub(crate) spi: bool,
+}
 
 /// The longest the demo waits for anything: a line from the target, the peer, data, an exit.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,8 +104,109 @@ fn abbreviate(s: &str, n: usize) -> String {
 // The source
 // ---------------------------------------------------------------------------------------------
 
-/// Runs the source side of the demo (this process), starting the target and the peer.
-pub(crate) fn run_source() -> Result<(), CliError> {
+/// The source's socket: how it is made, duplicated and closed is all that differs between the
+/// plain demo and the chain variant.
+enum SourceSocket {
+    /// The plain demo: a std `TcpStream`, duplicated with `sockdup::duplicate_socket`; `None`
+    /// once closed.
+    Stream(Option<TcpStream>),
+    /// The chain variant: a `sockdup::spi::Socket` of the chain.
+    Chain(Box<chain::Source>),
+}
+
+impl SourceSocket {
+    /// Step 1: a TCP socket connected to `to`; through `chain` if there is one.
+    fn connect(chain: Option<chain::Chain>, to: SocketAddr) -> Result<Self, CliError> {
+        match chain {
+            None => TcpStream::connect(to)
+                .map(|stream| Self::Stream(Some(stream)))
+                .map_err(io_failed("connecting to the peer")),
+            Some(chain) => chain::Source::connect(chain, to).map(|c| Self::Chain(Box::new(c))),
+        }
+    }
+
+    /// The socket's local and remote addresses.
+    fn addrs(&self) -> Result<(SocketAddr, SocketAddr), CliError> {
+        match self {
+            Self::Stream(Some(stream)) => Ok((
+                stream
+                    .local_addr()
+                    .map_err(io_failed("reading the socket's address"))?,
+                stream
+                    .peer_addr()
+                    .map_err(io_failed("reading the socket's peer address"))?,
+            )),
+            Self::Stream(None) => Err(CliError::failed("the source's socket is closed already")),
+            Self::Chain(c) => c.addrs(),
+        }
+    }
+
+    /// What step 1 made, for its line: `<socket> connected from <local> to the peer at <to>`.
+    fn connected(&self, local: SocketAddr, to: SocketAddr) -> String {
+        let socket = match self {
+            Self::Stream(stream) => {
+                format!(
+                    "TCP socket fd {}",
+                    stream.as_ref().map_or(-1, |s| s.as_raw_fd())
+                )
+            }
+            Self::Chain(c) => c.describe(),
+        };
+        format!("{socket} connected from {local} to the peer at {to} (a thread of the source)")
+    }
+
+    /// Step 5: duplicates the socket for process `pid`; returns the record and the name of the
+    /// call that made it.
+    fn duplicate(&mut self, pid: u32) -> Result<(ProtocolInfo, &'static str), CliError> {
+        match self {
+            Self::Stream(Some(stream)) => sockdup::duplicate_socket(stream, pid)
+                .map(|record| (record, "duplicate_socket"))
+                .map_err(|e| {
+                    CliError::sockdup(
+                        format!(
+                            "duplicating the socket for process {pid} (sockdup::duplicate_socket)"
+                        ),
+                        e,
+                    )
+                }),
+            Self::Stream(None) => Err(CliError::failed("the source's socket is closed already")),
+            Self::Chain(c) => c.duplicate(pid).map(|record| (record, "Socket::duplicate")),
+        }
+    }
+
+    /// What the record says about its protocol chain, for step 5's line (nothing in the plain
+    /// demo, whose record is a base entry's).
+    fn chain_note(&self, record: &ProtocolInfo) -> String {
+        match self {
+            Self::Stream(_) => String::new(),
+            Self::Chain(_) => format!(", chain {}", chain::ids(record.protocol_chain.used())),
+        }
+    }
+
+    /// Step 10: closes the source's descriptor; says which one, and how.
+    fn close(&mut self) -> Result<String, CliError> {
+        match self {
+            Self::Stream(stream) => Ok(format!(
+                "fd {}",
+                stream.take().map_or(-1, |s| s.as_raw_fd())
+            )),
+            Self::Chain(c) => c.close(),
+        }
+    }
+
+    /// The catalog file of the chain variant, which the target must use too.
+    fn catalog(&self) -> Option<&Path> {
+        match self {
+            Self::Stream(_) => None,
+            Self::Chain(c) => Some(c.catalog()),
+        }
+    }
+}
+
+/// Runs the source side of the demo (this process), starting the target and the peer: the
+/// plain demo, or with `chain`, the chain variant in a process started with the chain's
+/// catalog (`sockdup demo-source`).
+pub(crate) fn run_source(chain: Option<&chain::ChainSpec>) -> Result<(), CliError> {
     let me = std::process::id();
     let src = format!("source {me}");
     let _guard = sockdup::startup().map_err(|e| {
@@ -74,20 +215,20 @@ pub(crate) fn run_source() -> Result<(), CliError> {
             e,
         )
     })?;
+    let chain = chain.map(chain::Chain::for_source).transpose()?;
+    if let Some(chain) = &chain {
+        say(&src, &chain.introduce());
+    }
 
     // 1) LPWSPSocket, LPWSPConnect.
     let mut peer = Peer::start()?;
-    let stream = TcpStream::connect(peer.addr).map_err(io_failed("connecting to the peer"))?;
-    let local = stream
-        .local_addr()
-        .map_err(io_failed("reading the socket's address"))?;
+    let mut socket = SourceSocket::connect(chain, peer.addr)?;
+    let (local, remote) = socket.addrs()?;
     say(
         &src,
         &format!(
-            "1) socket + connect: TCP socket fd {} connected from {local} to the peer at {} \
-             (a thread of the source)",
-            stream.as_raw_fd(),
-            peer.addr
+            "1) socket + connect: {}",
+            socket.connected(local, peer.addr)
         ),
     );
     let accepted = peer.ask(PeerCmd::Accept)?;
@@ -98,11 +239,18 @@ pub(crate) fn run_source() -> Result<(), CliError> {
     }
 
     // 2) Request the target's process identifier.
-    let mut target = Target::spawn()?;
+    let mut target = Target::spawn(socket.catalog())?;
     say(
         &src,
-        "2) started the target (a copy of this program) and asks for its process id over its \
-         stdin pipe: \"pid?\"",
+        &format!(
+            "2) started the target (a copy of this program{}) and asks for its process id over \
+             its stdin pipe: \"pid?\"",
+            if socket.catalog().is_some() {
+                ", with the same SOCKDUP_CATALOG"
+            } else {
+                ""
+            }
+        ),
     );
     let answer = target.request("pid?")?;
 
@@ -121,24 +269,21 @@ pub(crate) fn run_source() -> Result<(), CliError> {
     say(&src, &format!("4) received the target's process id: {pid}"));
 
     // 5) WSPDuplicateSocket.
-    let record = sockdup::duplicate_socket(&stream, pid).map_err(|e| {
-        CliError::sockdup(
-            format!("duplicating the socket for process {pid} (sockdup::duplicate_socket)"),
-            e,
-        )
-    })?;
+    let (record, call) = socket.duplicate(pid)?;
     if record.service_flags3 != pid {
         return Err(CliError::failed(format!(
-            "duplicate_socket returned a record for process {}, not {pid}",
+            "{call} returned a record for process {}, not {pid}",
             record.service_flags3
         )));
     }
     say(
         &src,
         &format!(
-            "5) duplicate_socket -> record for pid {pid} (catalog entry {}, ticket {:#010x}); \
+            "5) {call} -> record for pid {pid} (catalog entry {}{}, ticket {:#010x}); \
              the target already holds the descriptor",
-            record.catalog_entry_id, record.provider_reserved
+            record.catalog_entry_id,
+            socket.chain_note(&record),
+            record.provider_reserved
         ),
     );
 
@@ -155,12 +300,7 @@ pub(crate) fn run_source() -> Result<(), CliError> {
     );
     // 7) and 8) happen in the target, which answers with its socket's addresses.
     let addrs = target.reply()?;
-    let expected = format!(
-        "{local} {}",
-        stream
-            .peer_addr()
-            .map_err(io_failed("reading the socket's peer address"))?
-    );
+    let expected = format!("{local} {remote}");
     if addrs != expected {
         return Err(CliError::failed(format!(
             "the target's socket has addresses {addrs}, but the source's has {expected}: not the same socket"
@@ -173,12 +313,11 @@ pub(crate) fn run_source() -> Result<(), CliError> {
     exchange(&mut target, &mut peer, "9", &to_peer, to_target)?;
 
     // 10) LPWSPCloseSocket, in the source first.
-    let fd = stream.as_raw_fd();
-    drop(stream);
+    let closed = socket.close()?;
     say(
         &src,
         &format!(
-            "10) closed its descriptor (fd {fd}); the socket stays open: the target holds another"
+            "10) closed its descriptor ({closed}); the socket stays open: the target holds another"
         ),
     );
     peer.ask(PeerCmd::NoEofWithin(NO_EOF_WATCH))?;
@@ -191,6 +330,14 @@ pub(crate) fn run_source() -> Result<(), CliError> {
     )?;
     target.request("close")?;
     peer.ask(PeerCmd::ExpectEof)?;
+
+    // The chain variant: what each layer saw, in the target, then in the source.
+    if let SourceSocket::Chain(c) = &socket {
+        target.request("report")?;
+        for line in c.report()? {
+            say(&src, &line);
+        }
+    }
     target.finish()?;
     say(
         &src,
@@ -224,11 +371,16 @@ struct Target {
 }
 
 impl Target {
-    /// Starts `<this executable> demo-target` with piped stdin and stdout.
-    fn spawn() -> Result<Self, CliError> {
+    /// Starts `<this executable> demo-target` with piped stdin and stdout; with `catalog`,
+    /// as `demo-target --spi` with `SOCKDUP_CATALOG` naming it.
+    fn spawn(catalog: Option<&Path>) -> Result<Self, CliError> {
         let exe = std::env::current_exe().map_err(io_failed("finding this program's path"))?;
-        let mut child = Command::new(&exe)
-            .arg("demo-target")
+        let mut command = Command::new(&exe);
+        command.arg("demo-target");
+        if let Some(path) = catalog {
+            command.arg("--spi").env(chain::CATALOG_VAR, path);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -537,14 +689,41 @@ fn accept(listener: &TcpListener) -> Result<(TcpStream, SocketAddr), String> {
 
 /// Reads exactly `text` from `stream` (within the stream's read timeout).
 fn expect(stream: &mut TcpStream, text: &str) -> Result<(), String> {
-    let mut buf = vec![0u8; text.len()];
-    stream.read_exact(&mut buf).map_err(|e| match e.kind() {
-        ErrorKind::UnexpectedEof => format!("the connection closed (EOF) before {text:?} arrived"),
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
-            format!("{text:?} did not arrive within {} s", TIMEOUT.as_secs())
+    expect_with(text, |buf| {
+        loop {
+            match stream.read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(format!(
+                        "{text:?} did not arrive within {} s",
+                        TIMEOUT.as_secs()
+                    ));
+                }
+                Err(e) => return Err(format!("reading {text:?} failed: {e}")),
+            }
         }
-        _ => format!("reading {text:?} failed: {e}"),
-    })?;
+    })
+}
+
+/// Reads as many bytes as `text` has with `read` (which returns 0 at EOF, like `read(2)`) and
+/// checks that they are `text`.
+fn expect_with(
+    text: &str,
+    mut read: impl FnMut(&mut [u8]) -> Result<usize, String>,
+) -> Result<(), String> {
+    let mut buf = vec![0u8; text.len()];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match read(&mut buf[filled..])? {
+            0 => {
+                return Err(format!(
+                    "the connection closed (EOF) before {text:?} arrived"
+                ));
+            }
+            n => filled += n.min(buf.len() - filled),
+        }
+    }
     if buf == text.as_bytes() {
         Ok(())
     } else {
@@ -627,11 +806,11 @@ impl ToSource {
 /// Runs the target side of the demo (`sockdup demo-target`): answers the source's requests on
 /// stdin until `quit` or end of input. A failure is reported to the source as an `err` line
 /// (and on stderr only if the source cannot be told).
-pub(crate) fn run_target() -> ExitCode {
+pub(crate) fn run_target(args: &TargetArgs) -> ExitCode {
     let to_source = ToSource {
         label: format!("target {}", std::process::id()),
     };
-    match serve_target(&to_source) {
+    match serve_target(&to_source, args.spi) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if to_source.line("err", &e.to_string()).is_err() {
@@ -642,7 +821,78 @@ pub(crate) fn run_target() -> ExitCode {
     }
 }
 
-fn serve_target(to_source: &ToSource) -> Result<(), CliError> {
+/// What the target holds of the shared socket: how it redeems, uses and closes it is all that
+/// differs between the plain demo and the chain variant.
+enum Held {
+    /// The plain demo: the `TcpStream` from `sockdup::socket_from_info`, once redeemed.
+    Stream(Option<TcpStream>),
+    /// The chain variant (`--spi`): a `sockdup::spi::Socket` of the record's chain.
+    Chain(Box<chain::Target>),
+}
+
+impl Held {
+    fn holds_socket(&self) -> bool {
+        match self {
+            Self::Stream(stream) => stream.is_some(),
+            Self::Chain(c) => c.holds_socket(),
+        }
+    }
+
+    /// Steps 7 and 8; returns the socket's addresses ("local peer").
+    fn redeem(&mut self, to_source: &ToSource, me: u32, text: &str) -> Result<String, CliError> {
+        match self {
+            Self::Stream(slot) => {
+                let (stream, addrs) = redeem(to_source, me, text)?;
+                *slot = Some(stream);
+                Ok(addrs)
+            }
+            Self::Chain(c) => c.redeem(to_source, me, text),
+        }
+    }
+
+    fn send_all(&mut self, text: &str) -> Result<(), CliError> {
+        match self {
+            Self::Stream(Some(s)) => s
+                .write_all(text.as_bytes())
+                .map_err(io_failed("writing to the peer over the shared socket")),
+            Self::Stream(None) => Err(CliError::failed("the target holds no socket")),
+            Self::Chain(c) => c.send_all(text),
+        }
+    }
+
+    fn expect(&mut self, text: &str) -> Result<(), CliError> {
+        match self {
+            Self::Stream(Some(s)) => expect(s, text).map_err(|e| {
+                CliError::failed(format!("reading from the peer over the shared socket: {e}"))
+            }),
+            Self::Stream(None) => Err(CliError::failed("the target holds no socket")),
+            Self::Chain(c) => c.expect(text),
+        }
+    }
+
+    /// Closes the target's descriptor; says which one, and how.
+    fn close(&mut self) -> Result<String, CliError> {
+        match self {
+            Self::Stream(stream) => Ok(format!(
+                "fd {}",
+                stream.take().map_or(-1, |s| s.as_raw_fd())
+            )),
+            Self::Chain(c) => c.close(),
+        }
+    }
+
+    /// The lines of the per-layer report (the chain variant only).
+    fn report(&self) -> Result<Vec<String>, CliError> {
+        match self {
+            Self::Stream(_) => Err(CliError::failed(
+                "the source asked for a layer report, but the plain demo uses no layers",
+            )),
+            Self::Chain(c) => c.report(),
+        }
+    }
+}
+
+fn serve_target(to_source: &ToSource, spi: bool) -> Result<(), CliError> {
     let me = std::process::id();
     let guard = sockdup::startup().map_err(|e| {
         CliError::sockdup(
@@ -650,12 +900,16 @@ fn serve_target(to_source: &ToSource) -> Result<(), CliError> {
             e,
         )
     })?;
-    let mut stream: Option<TcpStream> = None;
+    let mut held = if spi {
+        Held::Chain(Box::default())
+    } else {
+        Held::Stream(None)
+    };
     for line in io::stdin().lock().lines() {
         let line = line.map_err(io_failed("reading the source's request from stdin"))?;
         let (cmd, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-        match (cmd, stream.as_mut()) {
-            ("pid?", _) => {
+        match cmd {
+            "pid?" => {
                 // 3) Receive the process identifier request and respond.
                 to_source.log(&format!(
                     "3) received the process-id request; answers {me} (its sockdup inbox \
@@ -664,39 +918,41 @@ fn serve_target(to_source: &ToSource) -> Result<(), CliError> {
                 ))?;
                 to_source.ok(&me.to_string())?;
             }
-            ("record", _) => {
-                let (new_stream, addrs) = redeem(to_source, me, arg)?;
-                stream = Some(new_stream);
+            "record" => {
+                let addrs = held.redeem(to_source, me, arg)?;
                 to_source.ok(&addrs)?;
             }
-            ("send", Some(s)) => {
-                let (step, text) = arg.split_once(' ').unwrap_or((arg, ""));
-                s.write_all(text.as_bytes())
-                    .map_err(io_failed("writing to the peer over the shared socket"))?;
-                to_source.log(&format!("{step}) sent {text:?} to the peer"))?;
-                to_source.ok("")?;
-            }
-            ("expect", Some(s)) => {
-                let (step, text) = arg.split_once(' ').unwrap_or((arg, ""));
-                expect(s, text).map_err(|e| {
-                    CliError::failed(format!("reading from the peer over the shared socket: {e}"))
-                })?;
-                to_source.log(&format!("{step}) received {text:?} from the peer: as sent"))?;
-                to_source.ok("")?;
-            }
-            ("close", Some(_)) => {
-                let fd = stream.take().map_or(-1, |s| s.as_raw_fd());
-                to_source.log(&format!(
-                    "10) closed its descriptor (fd {fd}), the socket's last one"
-                ))?;
-                to_source.ok("")?;
-            }
-            ("quit", _) => return Ok(()),
-            ("send" | "expect" | "close", None) => {
+            "send" | "expect" | "close" if !held.holds_socket() => {
                 return Err(CliError::failed(format!(
                     "the source asked for {cmd:?} before the target holds a socket"
                 )));
             }
+            "send" => {
+                let (step, text) = arg.split_once(' ').unwrap_or((arg, ""));
+                held.send_all(text)?;
+                to_source.log(&format!("{step}) sent {text:?} to the peer"))?;
+                to_source.ok("")?;
+            }
+            "expect" => {
+                let (step, text) = arg.split_once(' ').unwrap_or((arg, ""));
+                held.expect(text)?;
+                to_source.log(&format!("{step}) received {text:?} from the peer: as sent"))?;
+                to_source.ok("")?;
+            }
+            "close" => {
+                let closed = held.close()?;
+                to_source.log(&format!(
+                    "10) closed its descriptor ({closed}), the socket's last one"
+                ))?;
+                to_source.ok("")?;
+            }
+            "report" => {
+                for line in held.report()? {
+                    to_source.log(&line)?;
+                }
+                to_source.ok("")?;
+            }
+            "quit" => return Ok(()),
             _ => {
                 return Err(CliError::failed(format!(
                     "{:?} is not a demo request",
@@ -709,9 +965,14 @@ fn serve_target(to_source: &ToSource) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Steps 7 and 8: decodes the record, redeems it, and checks that it works once only. Returns
-/// the stream and its addresses ("local peer") for the source to compare with its own.
-fn redeem(to_source: &ToSource, me: u32, text: &str) -> Result<(TcpStream, String), CliError> {
+/// Step 7: decodes the record and checks that it was made for this process (`me`); with
+/// `show_chain`, its protocol chain is part of the line.
+fn receive_record(
+    to_source: &ToSource,
+    me: u32,
+    text: &str,
+    show_chain: bool,
+) -> Result<ProtocolInfo, CliError> {
     // 7) Receive the WSAPROTOCOL_INFO structure.
     let record: ProtocolInfo = text
         .parse()
@@ -723,13 +984,25 @@ fn redeem(to_source: &ToSource, me: u32, text: &str) -> Result<(TcpStream, Strin
         )));
     }
     to_source.log(&format!(
-        "7) received the record ({} characters): catalog entry {} {:?}, made for pid {me}, \
+        "7) received the record ({} characters): catalog entry {} {:?}{}, made for pid {me}, \
          ticket {:#010x}",
         text.len(),
         record.catalog_entry_id,
         record.protocol_name,
+        if show_chain {
+            format!(" (chain {})", chain::ids(record.protocol_chain.used()))
+        } else {
+            String::new()
+        },
         record.provider_reserved
     ))?;
+    Ok(record)
+}
+
+/// Steps 7 and 8: decodes the record, redeems it, and checks that it works once only. Returns
+/// the stream and its addresses ("local peer") for the source to compare with its own.
+fn redeem(to_source: &ToSource, me: u32, text: &str) -> Result<(TcpStream, String), CliError> {
+    let record = receive_record(to_source, me, text, false)?;
 
     // 8) WSPSocket with the record: the shared socket's descriptor.
     let fd = sockdup::socket_from_info(&record).map_err(|e| {

@@ -6,7 +6,9 @@
 //!
 //! - `demo` ([`demo`]) walks the ten steps of the handoff table in the `WSPDuplicateSocket`
 //!   specification with this process as the source and a second copy of this executable (the
-//!   hidden `demo-target` subcommand) as the target, and checks every step.
+//!   hidden `demo-target` subcommand) as the target, and checks every step; `demo --chain`
+//!   walks them through a layered protocol chain of a temporary catalog, with the source in a
+//!   process started with that catalog (the hidden `demo-source` subcommand).
 //! - `inspect` ([`inspect`]) decodes a record given as text, as a file of 628 raw bytes, or on
 //!   stdin, and prints its fields with their Winsock names, as JSON ([`record::to_json`]), or
 //!   as raw bytes.
@@ -62,11 +64,28 @@ enum Command {
     /// Every step is printed as one line naming the process that did it, and checked. Any
     /// failure is reported on stderr, with its Winsock error code, and the exit status is 1.
     /// No step waits more than 10 seconds.
-    Demo,
+    ///
+    /// With --chain, the same steps run through a layered protocol chain: a temporary catalog
+    /// (removed at the end) gets the listed layers installed over TCP/IPv4 (entry 1001), the
+    /// first listed on top; the source creates its socket with sockdup::spi::Socket::new
+    /// (WSASocketW, which picks the chain), duplicates it with Socket::duplicate, and the
+    /// target redeems the record with Socket::from_info, so every call goes through every
+    /// layer, in both processes. At the end each process prints what each layer saw (the
+    /// trace layers' counters, checked against the calls the process made).
+    #[command(after_long_help = "Examples:\n  \
+        sockdup demo                        the plain handoff, on a std TcpStream\n  \
+        sockdup demo --chain trace          through a trace layer over TCP/IPv4\n  \
+        sockdup demo --chain policy,trace   a policy layer on top of a trace layer")]
+    Demo(demo::Args),
+
+    /// The source side of `sockdup demo --chain` (started by the demo with SOCKDUP_CATALOG
+    /// naming its temporary catalog; not for direct use).
+    #[command(name = "demo-source", hide = true)]
+    DemoSource(demo::SourceArgs),
 
     /// The target side of `sockdup demo` (spawned by the demo; not for direct use).
     #[command(name = "demo-target", hide = true)]
-    DemoTarget,
+    DemoTarget(demo::TargetArgs),
 
     /// Decode a WSAPROTOCOL_INFOW record and print its fields.
     ///
@@ -164,9 +183,18 @@ fn main() -> ExitCode {
         }
     };
     let outcome = match cli.command {
-        Command::Demo => demo::run_source(),
+        Command::Demo(args) => match args.chain {
+            None => demo::run_source(None),
+            // The source runs in a process started with the chain's catalog; its status,
+            // and its error message if any, are the demo's.
+            Some(chain) => match demo::run_chain(&chain) {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            },
+        },
+        Command::DemoSource(args) => demo::run_source(Some(&args.chain)),
         // The target reports its failures to the source, over its stdout.
-        Command::DemoTarget => return demo::run_target(),
+        Command::DemoTarget(args) => return demo::run_target(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Catalog(args) => catalog::run(&args),
     };
