@@ -385,3 +385,40 @@ fn no_descriptor_or_handle_leaks_through_chains() {
     assert_eq!(source.fdcount(), ours, "the source leaked descriptors");
     assert_eq!(target.fdcount(), theirs, "the target leaked descriptors");
 }
+
+#[test]
+fn the_policy_layer_checks_the_targets_executable() {
+    let peer_exe = env!("CARGO_BIN_EXE_peer");
+    let (_l, addr) = listener();
+    for (rule, allowed) in [
+        (peer_exe.to_owned(), true),
+        ("/nonexistent/".to_owned(), false),
+    ] {
+        let mut c = Catalog::builtin();
+        c.install(
+            "policy",
+            "exe",
+            true,
+            config(&[("target_exe", &rule)]),
+            &[1001],
+        )
+        .unwrap();
+        let file = CatalogFile::new(if allowed { "exe-ok" } else { "exe-no" }, &c);
+        let mut source = file.peer();
+        let target = file.peer();
+        let out = source.ok(&format!("spi-tcp-connect {addr}"));
+        let s = out.split(' ').next().unwrap();
+        match source.cmd(&format!("spi-dup {s} {}", target.pid)) {
+            Ok(_) => assert!(allowed, "{rule} should have refused"),
+            Err(e) => {
+                assert!(!allowed, "{rule} refused: {}", e.message);
+                assert_eq!(e.code, 10013);
+                assert!(
+                    e.message.contains("rule target_exe=/nonexistent/"),
+                    "{}",
+                    e.message
+                );
+            }
+        }
+    }
+}
