@@ -8,6 +8,8 @@ argument is taken as the target dir instead.
 
   single:  sockdup time / raw time           goal <= 2.0
   batch64: sockdup fds/s / raw fds/s         goal >= 0.5
+  chain3:  layered time / base time          goal <= 1.10
+           (Socket::duplicate + Socket::from_info through a 3-layer chain vs. the base entry)
 
 The ratios depend on where the benchmark ran its processes (SOCKDUP_BENCH_PIN, printed by the
 benchmark as it starts): `same` (default) measures CPU work, `split` cross-CPU wake-up latency.
@@ -101,6 +103,16 @@ def main(argv):
     print(f"  sockdup  {fmt_rate(s_rate):>16}  (mean {fmt_time(s_mean)} per batch)")
     print(f"  raw      {fmt_rate(r_rate):>16}  (mean {fmt_time(r_mean)} per batch)")
     print(f"  ratio    sockdup/raw fds/s = {ratio:.2f}  (goal >= 0.5)  {'PASS' if ok else 'MISS'}")
+
+    l_mean, l_lo, l_hi, _ = load(root, "chain3", "layered")
+    b_mean, b_lo, b_hi, _ = load(root, "chain3", "base")
+    ratio = l_mean / b_mean
+    ok = ratio <= 1.10
+    missed |= not ok
+    print("chain3   (SPI duplicate + redeem: 3-layer chain vs. its base entry; mean time, 95% CI)")
+    print(f"  layered  {fmt_time(l_mean):>12}  [{fmt_time(l_lo)} .. {fmt_time(l_hi)}]")
+    print(f"  base     {fmt_time(b_mean):>12}  [{fmt_time(b_lo)} .. {fmt_time(b_hi)}]")
+    print(f"  ratio    layered/base time = {ratio:.3f}  (goal <= 1.10)  {'PASS' if ok else 'MISS'}")
 
     return 1 if strict and missed else 0
 

@@ -9,6 +9,13 @@
 //! - `batch64/sockdup`: `duplicate_sockets` of 64 UDP sockets, 64 records in one message, the
 //!   target redeems all 64. `batch64/raw`: one `sendmsg` carrying the 64 descriptors, and the
 //!   one-byte answer. Throughput in descriptors per second.
+//! - `chain3/base`: one unconnected TCP/IPv4 socket made with `spi::Socket::for_entry` of base
+//!   entry 1001, duplicated with `Socket::duplicate`; its record goes one-way ([`SPI`]) to the
+//!   target's main thread, which redeems it with `Socket::from_info` and closes it.
+//!   `chain3/layered`: the same through a chain of three IFS layers installed over 1001 (`trace`
+//!   over `fault` over `policy`, the last two without settings), in both processes: every
+//!   duplicate, redeem and close passes each layer (the trace layer's counters included).
+//!   `ratios.py` prints layered/base.
 //!
 //! Every measurement of `N` iterations ends only when the target has answered a final
 //! [`FINISH`] (after redeeming all the records it was sent), so the target's redeem work is
@@ -18,15 +25,29 @@
 //! The target is the `bench-target` binary of this crate, a separate process; it is killed when
 //! the benchmark ends (and dies by itself if the benchmark dies).
 //!
+//! # The catalog
+//!
+//! The chain lives in a catalog file that both processes must read, and each process reads
+//! `SOCKDUP_CATALOG` once, at its first SPI use. Setting it for the target is a `Command::env`;
+//! setting it for this process would need `std::env::set_var`, which is `unsafe` in edition 2024
+//! (forbidden here). So `main` writes the catalog to a fresh temporary directory and re-executes
+//! this benchmark with the same arguments and `SOCKDUP_CATALOG` (and [`CHILD_ENV`]) set, waits for
+//! it, removes the directory and exits with its status. Neither the user's catalog
+//! (`~/.config/sockdup`) nor a `SOCKDUP_CATALOG` of the caller is read or written; the child
+//! checks that the catalog it loads is the one it expects.
+//!
 //! Both processes are pinned to one CPU unless `SOCKDUP_BENCH_PIN` says otherwise (`split`: one
 //! CPU each; `none`): see the library's [Placement](sockdup_bench#placement) section for why.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::net::UdpSocket;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
@@ -34,14 +55,24 @@ use rustix::net::{
     self, AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
     SocketFlags, SocketType, sockopt,
 };
+use sockdup::catalog::Catalog;
+use sockdup::spi::Socket;
 use sockdup_bench::{
-    ACK, FINISH, MAX_FDS, MAX_RECORDS_PER_MESSAGE, Placement, RAW, READY, RECORD_LEN,
-    TARGET_CPU_ENV,
+    ACK, FINISH, MAX_FDS, MAX_RECORDS_PER_MESSAGE, Placement, RAW, READY, RECORD_LEN, SPI,
+    SPI_MESSAGE_LEN, TARGET_CPU_ENV,
 };
 
 /// Sockets duplicated per `batch64` iteration.
 const BATCH: usize = 64;
 const _: () = assert!(BATCH <= MAX_RECORDS_PER_MESSAGE);
+
+/// The base catalog entry `chain3` stands on: TCP/IPv4.
+const BASE_ENTRY: u32 = 1001;
+/// The variable the library reads its catalog file's path from.
+const CATALOG_ENV: &str = "SOCKDUP_CATALOG";
+/// Set (to `1`) in the re-executed benchmark, which runs the measurements (see
+/// [the catalog](self#the-catalog)).
+const CHILD_ENV: &str = "SOCKDUP_BENCH_CHILD";
 
 /// The target process and the source's end of its control socket.
 struct Target {
@@ -51,8 +82,9 @@ struct Target {
 }
 
 impl Target {
-    /// Starts the target, pinned to `cpu` if given, and waits until its inbox is open.
-    fn spawn(cpu: Option<usize>) -> Self {
+    /// Starts the target, pinned to `cpu` if given, reading the catalog file `catalog`, and
+    /// waits until its inbox is open.
+    fn spawn(cpu: Option<usize>, catalog: &Path) -> Self {
         let (ctl, theirs) = net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -64,7 +96,9 @@ impl Target {
         sockopt::set_socket_timeout(&ctl, sockopt::Timeout::Recv, Some(Duration::from_secs(30)))
             .expect("SO_RCVTIMEO");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bench-target"));
-        cmd.stdin(Stdio::from(theirs)).env_remove(TARGET_CPU_ENV);
+        cmd.stdin(Stdio::from(theirs))
+            .env_remove(TARGET_CPU_ENV)
+            .env(CATALOG_ENV, catalog);
         if let Some(cpu) = cpu {
             cmd.env(TARGET_CPU_ENV, cpu.to_string());
         }
@@ -87,6 +121,14 @@ impl Target {
     /// One-way: the records, 628 bytes each, in one message.
     fn send_records(&self, bytes: &[u8]) {
         net::send(&self.ctl, bytes, SendFlags::NOSIGNAL).expect("sending records");
+    }
+
+    /// One-way: one record for the target to redeem through the SPI dispatcher.
+    fn send_spi(&self, record: &sockdup::ProtocolInfo) {
+        let mut msg = [0u8; SPI_MESSAGE_LEN];
+        msg[0] = SPI;
+        msg[1..].copy_from_slice(&record.to_bytes());
+        net::send(&self.ctl, &msg, SendFlags::NOSIGNAL).expect("sending an SPI record");
     }
 
     /// The raw twin: `fds` in one `SCM_RIGHTS` message, then the target's one-byte answer.
@@ -192,6 +234,61 @@ fn batch64(c: &mut Criterion, target: &Target) {
     g.finish();
 }
 
+/// The catalog of `chain3`: three IFS layers over [`BASE_ENTRY`], `trace` over `fault` over
+/// `policy`, the last two without settings (so they check and pass everything). Returns it with
+/// the id of the top chain. Deterministic: the same ids on every call.
+fn chain3_catalog() -> (Catalog, u32) {
+    let mut catalog = Catalog::builtin();
+    let mut top = BASE_ENTRY;
+    for kind in ["policy", "fault", "trace"] {
+        let (_, chains) = catalog
+            .install(
+                kind,
+                &format!("bench {kind}"),
+                true,
+                BTreeMap::new(),
+                &[top],
+            )
+            .unwrap_or_else(|e| panic!("installing a {kind} layer: {e}"));
+        top = chains[0];
+    }
+    (catalog, top)
+}
+
+/// `chain3/base` and `chain3/layered`; `chain_info` is the chain's entry of [`chain3_catalog`].
+fn chain3(c: &mut Criterion, target: &Target, chain_info: &sockdup::ProtocolInfo) {
+    let chain_id = chain_info.catalog_entry_id;
+    assert_eq!(
+        chain_info.protocol_chain.len, 4,
+        "three layers over the base"
+    );
+    let base_info = sockdup::catalog::base_entry(BASE_ENTRY).expect("base entry 1001");
+    let base = Socket::for_entry(&base_info).expect("a TCP socket of entry 1001");
+    let layered = Socket::for_entry(chain_info).expect("a TCP socket of the chain");
+    let mut g = c.benchmark_group("chain3");
+    for (name, sock, entry) in [("base", &base, BASE_ENTRY), ("layered", &layered, chain_id)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let record = sock.duplicate(target.pid).expect("duplicate");
+                    target.send_spi(&record);
+                }
+                let redeemed = target.finish();
+                let elapsed = start.elapsed();
+                assert_eq!(redeemed, iters, "the target redeemed every record");
+                elapsed
+            });
+        });
+        // What the target redeemed went through the entry measured.
+        let record = sock.duplicate(target.pid).expect("duplicate");
+        assert_eq!(record.catalog_entry_id, entry);
+        target.send_spi(&record);
+        assert_eq!(target.finish(), 1);
+    }
+    g.finish();
+}
+
 /// Pins this (the source's only) thread as `SOCKDUP_BENCH_PIN` asks, before anything else
 /// starts, and returns the CPU for the target.
 fn place() -> Result<Option<usize>, String> {
@@ -220,7 +317,66 @@ fn place() -> Result<Option<usize>, String> {
     Ok(target)
 }
 
-fn main() {
+/// Writes the `chain3` catalog to a fresh temporary directory, runs this benchmark again with
+/// the same arguments and `SOCKDUP_CATALOG` naming it, removes the directory, and returns the
+/// run's exit status (128 + the signal if a signal ended it).
+fn reexec_with_catalog() -> ExitCode {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("sockdup-bench-{}-{nanos:09}", std::process::id()));
+    let path = dir.join("catalog.json");
+    let run = || -> Result<std::process::ExitStatus, String> {
+        sockdup::save_catalog_to(&path, &chain3_catalog().0).map_err(|e| e.to_string())?;
+        let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
+        Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env(CATALOG_ENV, &path)
+            .env(CHILD_ENV, "1")
+            .status()
+            .map_err(|e| format!("re-executing the benchmark: {e}"))
+    };
+    // A new directory of this process's own: create_dir fails on anything already there.
+    let status = match std::fs::create_dir(&dir) {
+        Ok(()) => {
+            let status = run();
+            let _ = std::fs::remove_dir_all(&dir);
+            status
+        }
+        Err(e) => Err(format!("creating {}: {e}", dir.display())),
+    };
+    match status {
+        Ok(s) => {
+            let code = s
+                .code()
+                .or_else(|| s.signal().map(|n| 128 + n))
+                .unwrap_or(1);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+        Err(e) => {
+            eprintln!("handoff: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let Some(catalog) = std::env::var_os(CHILD_ENV)
+        .and_then(|_| std::env::var_os(CATALOG_ENV))
+        .map(PathBuf::from)
+    else {
+        return reexec_with_catalog();
+    };
+    // Die with the parent that waits for this run (and removes the catalog file).
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    let (expected, chain_id) = chain3_catalog();
+    let loaded = sockdup::load_catalog_from(&catalog).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        loaded,
+        expected,
+        "{} is not the benchmark's catalog",
+        catalog.display()
+    );
     // Modest defaults so the whole run stays well under two minutes; the command line
     // (`-- --measurement-time 10` and so on) still overrides them.
     let mut c = Criterion::default()
@@ -230,10 +386,13 @@ fn main() {
         .configure_from_args();
     let target_cpu = place().unwrap_or_else(|e| panic!("{e}"));
     let guard = sockdup::startup().expect("sockdup::startup in the benchmark");
-    let target = Target::spawn(target_cpu);
+    let target = Target::spawn(target_cpu, &catalog);
     single(&mut c, &target);
     batch64(&mut c, &target);
+    let chain_info = loaded.entry(chain_id).expect("the chain's entry");
+    chain3(&mut c, &target, &chain_info);
     drop(target);
     drop(guard);
     c.final_summary();
+    ExitCode::SUCCESS
 }

@@ -10,7 +10,11 @@
 //! |-------------|---------|-----------------|
 //! | raw twin | [`RAW`] with descriptors in `SCM_RIGHTS` | closes them, answers [`ACK`] (1 byte) |
 //! | sockdup records | `k * 628` bytes: `k` [`ProtocolInfo::to_bytes`](sockdup::ProtocolInfo::to_bytes) records | redeems each with `socket_from_info` and closes it; no answer |
+//! | one SPI record | [`SPI`], then one 628-byte record | redeems it with [`sockdup::spi::Socket::from_info`] (through the chain of its catalog entry) and closes it; no answer |
 //! | end of a timed run | [`FINISH`] | how many records it redeemed since the last [`FINISH`], `u64` little-endian |
+//!
+//! Records of protocol chains name catalog entries that only exist in the catalog file both
+//! processes read (`SOCKDUP_CATALOG`, which the benchmark sets for itself and the target).
 //!
 //! At start the target sends [`READY`] once its inbox is open (`sockdup::startup()`). It exits
 //! when the control socket reaches end-of-file (the source went away), on any error, and (through
@@ -44,6 +48,12 @@ pub const RAW: u8 = b'F';
 pub const ACK: u8 = b'a';
 /// End of a timed run: the target answers with its redeemed count.
 pub const FINISH: u8 = b'E';
+/// Leads a message of one record that the target redeems through the SPI dispatcher
+/// ([`sockdup::spi::Socket::from_info`]) rather than with `socket_from_info`. Such a message is
+/// `1 + 628` bytes, never a multiple of 628, so it cannot be mistaken for a batch of records.
+pub const SPI: u8 = b'S';
+/// Bytes of an [`SPI`] message.
+pub const SPI_MESSAGE_LEN: usize = 1 + RECORD_LEN;
 /// Bytes of one record on the control socket.
 pub const RECORD_LEN: usize = sockdup::ProtocolInfo::LEN;
 /// The most records one control message may carry.

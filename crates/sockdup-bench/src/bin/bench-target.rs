@@ -1,7 +1,11 @@
 //! The target process of the `handoff` benchmark: starts sockdup, then serves the control
 //! protocol of [`sockdup_bench`] on its standard input (a `SOCK_SEQPACKET` socket from the
-//! benchmark): closes raw-twin descriptors and acknowledges, redeems sockdup records, and
-//! reports how many it redeemed at the end of each timed run.
+//! benchmark): closes raw-twin descriptors and acknowledges, redeems sockdup records (with
+//! `socket_from_info`, or through the SPI dispatcher for [`SPI`] messages), and reports how many
+//! it redeemed at the end of each timed run.
+//!
+//! The catalog the SPI dispatcher routes by is the file `SOCKDUP_CATALOG` names, set by the
+//! benchmark.
 //!
 //! Not meant to be run by hand: the benchmark spawns it (`env!("CARGO_BIN_EXE_bench-target")`).
 #![forbid(unsafe_code)]
@@ -15,7 +19,9 @@ use rustix::io::Errno;
 use rustix::net::{
     self, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags,
 };
-use sockdup_bench::{ACK, FINISH, MAX_FDS, MAX_RECORDS_PER_MESSAGE, RAW, READY, RECORD_LEN};
+use sockdup_bench::{
+    ACK, FINISH, MAX_FDS, MAX_RECORDS_PER_MESSAGE, RAW, READY, RECORD_LEN, SPI, SPI_MESSAGE_LEN,
+};
 
 fn send(ctl: BorrowedFd<'_>, bytes: &[u8]) -> Result<(), String> {
     net::send(ctl, bytes, SendFlags::NOSIGNAL)
@@ -39,6 +45,18 @@ fn redeem(records: &[u8]) -> Result<u64, String> {
             .len()
     };
     Ok(count as u64)
+}
+
+/// One record through the SPI dispatcher: `Socket::from_info` routes it by its catalog entry
+/// (through every layer of a chain), then the socket closes through the same chain. `close`
+/// does the work of dropping it, but reports an error instead of ignoring it.
+fn redeem_spi(record: &[u8]) -> Result<u64, String> {
+    let info = sockdup::ProtocolInfo::from_bytes(record).map_err(|e| format!("decoding: {e}"))?;
+    sockdup::spi::Socket::from_info(&info)
+        .map_err(|e| format!("redeeming through the SPI: {e}"))?
+        .close()
+        .map_err(|e| format!("closing through the SPI: {e}"))?;
+    Ok(1)
 }
 
 fn serve(ctl: BorrowedFd<'_>) -> Result<(), String> {
@@ -76,6 +94,9 @@ fn serve(ctl: BorrowedFd<'_>) -> Result<(), String> {
             [FINISH] => {
                 send(ctl, &redeemed.to_le_bytes())?;
                 redeemed = 0;
+            }
+            [SPI, record @ ..] if fds == 0 && record.len() + 1 == SPI_MESSAGE_LEN => {
+                redeemed += redeem_spi(record)?;
             }
             records if fds == 0 && !records.is_empty() && records.len() % RECORD_LEN == 0 => {
                 redeemed += redeem(records)?;
