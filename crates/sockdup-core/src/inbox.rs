@@ -294,7 +294,7 @@ impl<F> Inbox<F> {
 
     /// Checks that `info` is a record this inbox can redeem now, and returns its ticket.
     fn verify(&self, now: Instant, info: &ProtocolInfo) -> Result<u32, Error> {
-        if catalog::base_entry(info.catalog_entry_id).is_none()
+        if !catalog::is_base_id(info.catalog_entry_id)
             || info.provider_id != catalog::BASE_PROVIDER_ID
         {
             return Err(Error::invalid(format!(

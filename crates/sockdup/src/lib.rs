@@ -243,7 +243,7 @@ pub fn duplicate_sockets<S: AsFd>(
 #[doc(alias = "WSPSocket", alias = "WSASocketW", alias = "WSASocket")]
 pub fn socket_from_info(info: &ProtocolInfo) -> Result<OwnedFd, Error> {
     let rt = Runtime::current()?;
-    if catalog::base_entry(info.catalog_entry_id).is_none() {
+    if !catalog::is_base_id(info.catalog_entry_id) {
         // A chain's record: through its layers, as the source's duplicate went.
         return spi::redeem_fd(info);
     }

@@ -175,6 +175,12 @@ pub fn base_entry_for(family: i32, socket_type: i32, protocol: i32) -> Option<Pr
         .map(|(id, e)| entry_info(id, e))
 }
 
+/// Whether `id` is a built-in base entry's id (without building the entry).
+pub fn is_base_id(id: u32) -> bool {
+    id.checked_sub(FIRST_CATALOG_ID)
+        .is_some_and(|i| (i as usize) < BASE_ENTRIES.len())
+}
+
 /// The base entry with catalog id `id`, if there is one.
 pub fn base_entry(id: u32) -> Option<ProtocolInfo> {
     let index = usize::try_from(id.checked_sub(FIRST_CATALOG_ID)?).ok()?;

@@ -23,8 +23,7 @@ pub(crate) struct BaseProvider {
 /// The base provider only ever receives its own entries; anything else means a layer above
 /// broke the propagation rule.
 fn own_entry(info: &ProtocolInfo, call: &str) -> Result<(), Error> {
-    if info.provider_id == BASE_PROVIDER_ID && catalog::base_entry(info.catalog_entry_id).is_some()
-    {
+    if info.provider_id == BASE_PROVIDER_ID && catalog::is_base_id(info.catalog_entry_id) {
         return Ok(());
     }
     Err(Error::invalid(format!(

@@ -238,24 +238,10 @@ impl Behaviour {
         }
     }
 
-    fn before(
-        &self,
-        spec: &Layer,
-        call: &'static str,
-        info: Option<&ProtocolInfo>,
-        detail: &Detail<'_>,
-    ) -> Result<(), Error> {
+    fn before(&self, spec: &Layer, call: &'static str, detail: &Detail<'_>) -> Result<(), Error> {
         match self {
-            Self::Trace(report) => {
-                if let Some(info) = info {
-                    let mut r = lock(report);
-                    if r.entries_seen.len() == 256 {
-                        r.entries_seen.remove(0);
-                    }
-                    r.entries_seen.push(info.catalog_entry_id);
-                }
-                Ok(())
-            }
+            // Counted in `after`, under one lock per call.
+            Self::Trace(_) => Ok(()),
             Self::Policy {
                 target_uids,
                 target_exe,
@@ -328,9 +314,22 @@ impl Behaviour {
         }
     }
 
-    fn after(&self, spec: &Layer, call: &'static str, s: Option<Handle>, outcome: &Outcome) {
+    fn after(
+        &self,
+        spec: &Layer,
+        call: &'static str,
+        s: Option<Handle>,
+        info: Option<&ProtocolInfo>,
+        outcome: &Outcome,
+    ) {
         if let Self::Trace(report) = self {
             let mut r = lock(report);
+            if let Some(info) = info {
+                if r.entries_seen.len() == 256 {
+                    r.entries_seen.remove(0);
+                }
+                r.entries_seen.push(info.catalog_entry_id);
+            }
             r.totals.count(call, outcome);
             if let Some(s) = s {
                 if call == "close" {
@@ -446,13 +445,13 @@ impl Layered {
     ) -> Result<T, Error> {
         let result = self
             .behaviour
-            .before(&self.spec, name, info, &detail)
+            .before(&self.spec, name, &detail)
             .and_then(|()| f());
         let o = match &result {
             Ok(v) => outcome(v),
             Err(_) => Outcome::Failed,
         };
-        self.behaviour.after(&self.spec, name, s, &o);
+        self.behaviour.after(&self.spec, name, s, info, &o);
         result
     }
 }
@@ -630,6 +629,10 @@ impl Provider for Layered {
                     self.next
                         .duplicate_socket(self.lower(s)?, target_pid, &self.down(info))?;
                 // On the way up: the record this layer was given, with the provider's fields.
+                // A layer below already returned exactly that.
+                if !self.next_is_base {
+                    return Ok(below);
+                }
                 let mut up = info.clone();
                 keep_provider_fields(&mut up, &below);
                 Ok(up)

@@ -20,8 +20,11 @@ pub(crate) struct Ws2 {
     catalog: Catalog,
     upcall: Arc<Upcall>,
     base: Arc<BaseProvider>,
-    stacks: Mutex<HashMap<u32, Arc<dyn Provider>>>,
+    /// Each entry's top provider and the entry itself, built on first use.
+    stacks: Mutex<HashMap<u32, Stack>>,
 }
+
+type Stack = (Arc<dyn Provider>, Arc<ProtocolInfo>);
 
 impl Ws2 {
     pub(crate) fn new(catalog: Catalog) -> Result<Self, Error> {
@@ -38,13 +41,16 @@ impl Ws2 {
     }
 
     /// The provider that serves catalog entry `id` (the top of its chain), and the entry.
-    fn provider(&self, id: u32) -> Result<(Arc<dyn Provider>, ProtocolInfo), Error> {
-        let entry = self.catalog.entry(id);
-        if let Some(p) = lock(&self.stacks).get(&id) {
-            return Ok((p.clone(), entry.unwrap_or_default()));
+    fn provider(&self, id: u32) -> Result<Stack, Error> {
+        if let Some(stack) = lock(&self.stacks).get(&id) {
+            return Ok(stack.clone());
         }
         let (layers, base_info) = self.catalog.resolve(id)?;
-        let entry = entry.ok_or_else(|| Error::invalid(format!("catalog entry {id} vanished")))?;
+        let entry = Arc::new(
+            self.catalog
+                .entry(id)
+                .ok_or_else(|| Error::invalid(format!("catalog entry {id} vanished")))?,
+        );
         let mut next: Arc<dyn Provider> = self.base.clone();
         let mut next_is_base = true;
         for layer in layers.iter().rev() {
@@ -60,7 +66,7 @@ impl Ws2 {
         if !layers.is_empty() {
             next.startup(&self.upcall, &entry)?;
         }
-        lock(&self.stacks).insert(id, next.clone());
+        lock(&self.stacks).insert(id, (next.clone(), entry.clone()));
         Ok((next, entry))
     }
 }
@@ -87,7 +93,7 @@ fn ws2() -> Result<(Arc<Runtime>, Arc<Ws2>), Error> {
 #[derive(Debug)]
 pub struct Socket {
     handle: Handle,
-    entry: ProtocolInfo,
+    entry: Arc<ProtocolInfo>,
     provider: Arc<dyn Provider>,
     ws2: Arc<Ws2>,
     closed: bool,
