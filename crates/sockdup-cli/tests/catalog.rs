@@ -4,6 +4,9 @@
 //!
 //! Every test has its own catalog file, given to the spawned `sockdup` in `SOCKDUP_CATALOG`.
 
+mod util;
+use util::{assert_ok, stderr, stdout};
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -132,25 +135,6 @@ fn output(mut cmd: Command) -> Output {
     );
     assert_ne!(out.status.code(), None, "killed by a signal: {e}");
     out
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        stdout(out),
-        stderr(out)
-    );
 }
 
 /// Asserts a failure with exit status `code`, `needles` in stderr and nothing on stdout.

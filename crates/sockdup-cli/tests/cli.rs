@@ -2,6 +2,9 @@
 //! (made by this test process duplicating a socket to itself), on Wine-like records, and on bad
 //! input.
 
+mod util;
+use util::{assert_ok, stderr, stdout};
+
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -52,25 +55,6 @@ fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
     }
     drop(input);
     child.wait_with_output().expect("wait for sockdup")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        stdout(out),
-        stderr(out)
-    );
 }
 
 /// Asserts a clean failure: non-zero status, a message on stderr, no panic.

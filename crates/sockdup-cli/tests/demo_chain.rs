@@ -2,6 +2,9 @@
 //! temporary catalog, with the per-layer report of both processes; its refusal of bad layer
 //! lists; and its hidden helper subcommands used on their own.
 
+mod util;
+use util::{assert_ok, stderr, stdout};
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,25 +30,6 @@ fn run_with(args: &[&str], env: &[(&str, &Path)], stdin: &[u8]) -> Output {
 
 fn run(args: &[&str]) -> Output {
     run_with(args, &[], b"")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        stdout(out),
-        stderr(out)
-    );
 }
 
 /// Asserts a clean failure with `code`: a message on stderr, no panic, nothing on stdout.

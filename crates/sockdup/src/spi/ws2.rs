@@ -116,8 +116,19 @@ impl Socket {
                 format!("no catalog entry serves family {family}, type {socket_type}, protocol {protocol} (see `sockdup catalog`)"),
             )
         })?;
-        let (provider, entry) = ws2.provider(entry.catalog_entry_id)?;
-        let handle = provider.socket(family, socket_type, protocol, &entry)?;
+        Self::open(ws2, entry.catalog_entry_id, |p, e| {
+            p.socket(family, socket_type, protocol, e)
+        })
+    }
+
+    /// A socket of catalog entry `id`, whose top provider `make` asks for a handle.
+    fn open(
+        ws2: Arc<Ws2>,
+        id: u32,
+        make: impl FnOnce(&dyn Provider, &ProtocolInfo) -> Result<Handle, Error>,
+    ) -> Result<Self, Error> {
+        let (provider, entry) = ws2.provider(id)?;
+        let handle = make(provider.as_ref(), &entry)?;
         Ok(Self {
             handle,
             entry,
@@ -136,19 +147,8 @@ impl Socket {
     #[doc(alias = "WSASocketW", alias = "WSPSocket")]
     pub fn for_entry(entry: &ProtocolInfo) -> Result<Self, Error> {
         let (_, ws2) = ws2()?;
-        let (provider, entry) = ws2.provider(entry.catalog_entry_id)?;
-        let handle = provider.socket(
-            entry.address_family,
-            entry.socket_type,
-            entry.protocol,
-            &entry,
-        )?;
-        Ok(Self {
-            handle,
-            entry,
-            provider,
-            ws2,
-            closed: false,
+        Self::open(ws2, entry.catalog_entry_id, |p, e| {
+            p.socket(e.address_family, e.socket_type, e.protocol, e)
         })
     }
 
@@ -161,15 +161,7 @@ impl Socket {
     #[doc(alias = "WSASocketW", alias = "WSPSocket")]
     pub fn from_info(info: &ProtocolInfo) -> Result<Self, Error> {
         let (_, ws2) = ws2()?;
-        let (provider, entry) = ws2.provider(info.catalog_entry_id)?;
-        let handle = provider.socket_from_info(info)?;
-        Ok(Self {
-            handle,
-            entry,
-            provider,
-            ws2,
-            closed: false,
-        })
+        Self::open(ws2, info.catalog_entry_id, |p, _| p.socket_from_info(info))
     }
 
     /// The catalog entry this socket belongs to.
@@ -313,22 +305,16 @@ impl Socket {
 /// A chain with a non-IFS layer has none to give, which is refused before anything is redeemed.
 pub(crate) fn redeem_fd(info: &ProtocolInfo) -> Result<OwnedFd, Error> {
     let (_, ws2) = ws2()?;
-    let (provider, entry) = ws2.provider(info.catalog_entry_id)?;
-    if entry.service_flags1 & sockdup_core::flags::XP1_IFS_HANDLES == 0 {
-        return Err(Error::invalid(format!(
-            "the record names catalog entry {}, a chain with a non-IFS layer, whose sockets have no descriptor of \
-             their own: redeem it with sockdup::spi::Socket::from_info",
-            info.catalog_entry_id
-        )));
-    }
-    let handle = provider.socket_from_info(info)?;
-    Socket {
-        handle,
-        entry,
-        provider,
-        ws2,
-        closed: false,
-    }
+    Socket::open(ws2, info.catalog_entry_id, |p, entry| {
+        if entry.service_flags1 & sockdup_core::flags::XP1_IFS_HANDLES == 0 {
+            return Err(Error::invalid(format!(
+                "the record names catalog entry {}, a chain with a non-IFS layer, whose sockets have no \
+                 descriptor of their own: redeem it with sockdup::spi::Socket::from_info",
+                info.catalog_entry_id
+            )));
+        }
+        p.socket_from_info(info)
+    })?
     .into_fd()
 }
 
