@@ -63,6 +63,7 @@
 
 mod catalog_file;
 mod client;
+pub mod handoff;
 mod inbox;
 pub mod spi;
 mod startup;

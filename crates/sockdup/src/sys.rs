@@ -309,6 +309,37 @@ pub(crate) mod socket {
         Ok(net::accept_with(fd, SocketFlags::CLOEXEC)?)
     }
 
+    /// Waits up to `timeout` for a connection on a listener and accepts it (close-on-exec,
+    /// blocking); `Ok(None)` if none came. The listener is made non-blocking, so a connection
+    /// that vanishes between the wait and the accept cannot block the caller.
+    pub(crate) fn accept_timeout(
+        listener: BorrowedFd<'_>,
+        timeout: std::time::Duration,
+    ) -> io::Result<Option<OwnedFd>> {
+        use rustix::event::{PollFd, PollFlags};
+        let fl = rustix::fs::fcntl_getfl(listener)?;
+        if !fl.contains(rustix::fs::OFlags::NONBLOCK) {
+            rustix::fs::fcntl_setfl(listener, fl | rustix::fs::OFlags::NONBLOCK)?;
+        }
+        let ts = rustix::time::Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(&listener, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match net::accept_with(listener, SocketFlags::CLOEXEC) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(
+                rustix::io::Errno::AGAIN | rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED,
+            ) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// `send(2)` with `MSG_NOSIGNAL`.
     pub(crate) fn send(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
         Ok(net::send(fd, data, SendFlags::NOSIGNAL)?)
