@@ -371,7 +371,7 @@ impl Run<'_> {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            self.check_timeouts();
+            self.check_timeouts()?;
         }
         Ok(())
     }
@@ -428,15 +428,12 @@ impl Run<'_> {
             }
             (Ok(Line::Failed(id, code)), Some(pid)) => {
                 if let Some((fd, _)) = w.unconfirmed.remove(&id) {
-                    tracing::warn!(
-                        slot,
-                        pid,
-                        id,
-                        code,
-                        "sockdup acceptor: a worker could not redeem; giving the connection to another"
-                    );
                     self.summary.redispatched += 1;
                     self.queue.push_front((id, fd));
+                    self.replace(
+                        slot,
+                        &format!("(pid {pid}) could not redeem connection {id} (error {code}); it goes to another worker"),
+                    );
                 }
             }
             (Ok(Line::Done(_)), Some(_)) => {
@@ -470,19 +467,30 @@ impl Run<'_> {
         w.pid = None;
     }
 
-    fn check_timeouts(&mut self) {
+    fn check_timeouts(&mut self) -> Result<(), Error> {
         let limit = self.cfg.answer_timeout;
         for slot in 0..self.workers.len() {
-            let w = &self.workers[slot];
-            if w.child.is_none() {
+            let w = &mut self.workers[slot];
+            let Some(child) = w.child.as_mut() else {
+                continue;
+            };
+            // A worker that exited is gone even if something it started still holds its
+            // output open (so its output's end would come late).
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                self.worker_gone(slot)?;
+                self.dispatch_queue();
                 continue;
             }
-            let silent = w.pid.is_none() && w.stdin.is_some() && w.started.elapsed() > limit;
+            if w.stdin.is_none() {
+                continue; // already being replaced
+            }
+            let silent = w.pid.is_none() && w.started.elapsed() > limit;
             let stuck = w.unconfirmed.values().any(|(_, at)| at.elapsed() > limit);
             if silent || stuck {
                 self.replace(slot, &format!("did not answer within {limit:?}"));
             }
         }
+        Ok(())
     }
 
     /// A worker's output closed: reap it, give its unconfirmed connections to others, and
@@ -579,11 +587,16 @@ impl Run<'_> {
     /// them to exit within the drain deadline, and kills the rest.
     fn drain(&mut self, rx: &Receiver<Event>) {
         let deadline = Instant::now() + self.cfg.drain_deadline;
-        // Connections accepted but never handed off close with the acceptor.
-        self.queue.clear();
+        // What is already in the channel first: connections already accepted are still handed
+        // off (nothing new is accepted now), and confirmations already sent count.
+        while let Ok(event) = rx.try_recv() {
+            self.drain_event(event);
+        }
         loop {
+            self.dispatch_queue();
+            let nothing_left = self.queue.is_empty();
             for w in &mut self.workers {
-                if w.unconfirmed.is_empty() {
+                if w.unconfirmed.is_empty() && nothing_left {
                     w.stdin = None;
                 }
             }
@@ -591,22 +604,8 @@ impl Run<'_> {
                 break;
             }
             match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(Event::Output {
-                    slot,
-                    generation,
-                    line,
-                }) if self.workers[slot].generation == generation => {
-                    self.output(slot, line);
-                }
-                Ok(Event::Closed { slot, generation })
-                    if self.workers[slot].generation == generation =>
-                {
-                    let w = &mut self.workers[slot];
-                    if let Some(mut child) = w.child.take() {
-                        let _ = child.wait();
-                    }
-                }
-                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(event) => self.drain_event(event),
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
@@ -615,6 +614,39 @@ impl Run<'_> {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+    }
+
+    /// One event while draining: no restarts, workers that exit are just reaped.
+    fn drain_event(&mut self, event: Event) {
+        match event {
+            Event::Accepted(fd) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.queue.push_back((id, fd));
+            }
+            Event::Output {
+                slot,
+                generation,
+                line,
+            } if self.workers[slot].generation == generation => {
+                self.output(slot, line);
+            }
+            Event::Closed { slot, generation } if self.workers[slot].generation == generation => {
+                let w = &mut self.workers[slot];
+                if let Some(mut child) = w.child.take() {
+                    let _ = child.wait();
+                }
+                w.stdin = None;
+                let lost: Vec<(u64, OwnedFd)> = w
+                    .unconfirmed
+                    .drain()
+                    .map(|(id, (fd, _))| (id, fd))
+                    .collect();
+                self.summary.redispatched += lost.len() as u64;
+                self.queue.extend(lost);
+            }
+            Event::Output { .. } | Event::Closed { .. } => {}
         }
     }
 }
