@@ -14,6 +14,9 @@
 //!   as raw bytes.
 //! - `catalog` ([`catalog`]) lists every catalog entry (`WSCEnumProtocols` order), installs a
 //!   layer over entries, removes a chain or a layer, and resets the catalog file.
+//! - `serve` ([`serve`]) listens on TCP and Unix addresses and hands every connection to one of
+//!   N worker processes running a command ([`sockdup::handoff::Acceptor`]); `worker`
+//!   ([`worker`]) is such a worker, with a built-in app (`echo`, or `hello`: HTTP/1.1).
 //!
 //! Exit status: 0 on success, 1 when a step or a decode fails (the message, with the Winsock
 //! error code, goes to stderr), 2 for a usage error.
@@ -23,10 +26,12 @@ mod catalog;
 mod demo;
 mod inspect;
 mod record;
+mod serve;
+mod worker;
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -123,6 +128,46 @@ enum Command {
         sockdup catalog remove 1101                     remove a layer and its chains\n  \
         sockdup catalog reset                           back to the built-in entries")]
     Catalog(catalog::Args),
+
+    /// Listen on TCP and Unix addresses and hand every connection to one of N worker processes.
+    ///
+    /// Binds every --listen address, starts N workers running COMMAND, and hands each
+    /// accepted connection to a ready worker (round robin, or the one with the fewest
+    /// connections not yet done): the worker announces its pid on its stdout ("pid N"), this
+    /// process duplicates the connection for it (sockdup::duplicate_socket) and sends the
+    /// record on the worker's stdin; the worker redeems it and confirms. A worker that dies,
+    /// refuses or stops answering before confirming has its connections given to another;
+    /// dead workers are restarted; workers whose output is not the protocol are replaced.
+    /// Workers are built with sockdup::handoff::Worker; `sockdup worker` is one.
+    ///
+    /// One line goes to stderr once the listeners are bound: "sockdup serve: listening on
+    /// ADDR[, ADDR...] with N workers". SIGTERM or SIGINT shuts down gracefully: no new
+    /// connection is accepted (the listeners close), the workers' inputs close, and they get
+    /// --drain-deadline seconds to finish before they are killed; a second signal exits at
+    /// once (status 1). At exit a summary goes to stderr: connections per worker,
+    /// re-dispatches, restarts and replacements; the status is 0.
+    ///
+    /// Logs go to stderr; RUST_LOG sets their level (default warn): RUST_LOG=debug shows which
+    /// worker got which connection.
+    #[command(after_long_help = "Examples:\n  \
+        sockdup serve --listen 127.0.0.1:8080 --workers 2 -- sockdup worker --app hello\n  \
+        sockdup serve --listen [::1]:7007 --listen unix:/tmp/echo.sock --workers 4 --policy least \\\n      \
+        -- sockdup worker --app echo\n  \
+        sockdup serve --listen 127.0.0.1:0 --port-file port.txt --workers 2 -- ./my-worker")]
+    Serve(serve::Args),
+
+    /// A worker for `sockdup serve`: serve the connections an acceptor hands over.
+    ///
+    /// Announces this process on stdout, then redeems every connection the acceptor sends on
+    /// stdin and serves it on a thread of its own: `echo` sends back every byte until the
+    /// client closes; `hello` is a minimal HTTP/1.1 server answering every request with
+    /// "200 OK" and "hello from sockdup" (keep-alive, Connection: close, request bodies
+    /// discarded, 400 for a malformed request). Stdout carries only the handoff protocol;
+    /// logs go to stderr. When the acceptor closes stdin, the worker finishes its connections
+    /// and exits.
+    #[command(after_long_help = "Example:\n  \
+        sockdup serve --listen 127.0.0.1:8080 --workers 2 -- sockdup worker --app hello")]
+    Worker(worker::Args),
 }
 
 /// How a command failed; printed on stderr by `main`.
@@ -172,6 +217,20 @@ impl fmt::Display for CliError {
     }
 }
 
+/// Sends `tracing` events to stderr, filtered by `RUST_LOG` (default `warn`; an unusable
+/// directive is left out).
+pub(crate) fn init_logging() {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::WARN.into())
+        .from_env_lossy();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(io::stderr().is_terminal())
+        .with_writer(io::stderr)
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(args) {
@@ -197,6 +256,8 @@ fn main() -> ExitCode {
         Command::DemoTarget(args) => return demo::run_target(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Catalog(args) => catalog::run(&args),
+        Command::Serve(args) => serve::run(args),
+        Command::Worker(args) => worker::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,3 +24,19 @@ pub fn assert_ok(out: &Output) {
         stderr(out)
     );
 }
+
+/// Polls `f` every 10 ms until it returns `Some`, for at most `limit`.
+#[track_caller]
+pub fn wait_until<T>(limit: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -236,7 +236,7 @@ impl Acceptor {
     /// # Errors
     /// `WSANOTINITIALISED` without [`crate::startup`]; `WSAEINVAL` without listeners or if the
     /// worker program cannot be started.
-    pub fn run(self) -> Result<Summary, Error> {
+    pub fn run(mut self) -> Result<Summary, Error> {
         if self.listeners.is_empty() {
             return Err(Error::invalid("the acceptor has no listening socket"));
         }
@@ -246,11 +246,14 @@ impl Acceptor {
         slots.release(self.workers * self.max_outstanding);
         let stop_accepting = Arc::new(AtomicBool::new(false));
         let mut accept_threads = Vec::new();
-        for l in &self.listeners {
-            let fd = crate::sys::dup_cloexec(l.0.as_fd())
-                .map_err(|e| Error::from_errno(e, "sharing a listener"))?;
+        // Each accept thread owns its listener, so the listeners close when accepting stops:
+        // from then on, new connections are refused rather than left in a backlog nobody
+        // accepts from while the workers drain.
+        for l in std::mem::take(&mut self.listeners) {
             let (tx, slots, stop) = (tx.clone(), slots.clone(), stop_accepting.clone());
-            accept_threads.push(std::thread::spawn(move || accept_loop(fd, tx, slots, stop)));
+            accept_threads.push(std::thread::spawn(move || {
+                accept_loop(l.0, tx, slots, stop)
+            }));
         }
         let mut run = Run {
             cfg: &self,
@@ -265,11 +268,14 @@ impl Acceptor {
                 ..Summary::default()
             },
         };
-        for slot in 0..self.workers {
+        // A worker that cannot start ends the run, but the accept threads are stopped (and
+        // the listeners closed) first, as on every other way out.
+        let started = (0..self.workers).try_for_each(|slot| {
             let w = run.spawn(slot, 0)?;
             run.workers.push(w);
-        }
-        let result = run.serve(&rx);
+            Ok(())
+        });
+        let result = started.and_then(|()| run.serve(&rx));
         stop_accepting.store(true, Ordering::SeqCst);
         run.slots.release(usize::MAX / 2);
         for t in accept_threads {
@@ -278,6 +284,15 @@ impl Acceptor {
         result?;
         run.drain(&rx);
         Ok(run.summary)
+    }
+}
+
+/// Closes this process's kept connection to the inbox of `pid`, a worker that is gone: the
+/// connection cache would otherwise hold its descriptor for as long as sockdup runs, one more
+/// for every worker that ever exited.
+fn forget_inbox_connection(pid: u32) {
+    if let Ok(rt) = crate::startup::Runtime::current() {
+        lock(&rt.connections).remove(&pid);
     }
 }
 
@@ -454,11 +469,8 @@ impl Run<'_> {
     fn replace(&mut self, slot: usize, why: &str) {
         let w = &mut self.workers[slot];
         let pid = w.child.as_ref().map(Child::id);
-        tracing::error!(slot, ?pid, why, "sockdup acceptor: replacing a worker");
-        eprintln!(
-            "sockdup: worker {} (pid {pid:?}) {why}; replacing it",
-            slot + 1
-        );
+        let shown = pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        tracing::error!("worker {} (pid {shown}) {why}; replacing it", slot + 1);
         self.summary.replaced += 1;
         if let Some(child) = w.child.as_mut() {
             let _ = child.kill();
@@ -500,6 +512,7 @@ impl Run<'_> {
         if let Some(mut child) = w.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            forget_inbox_connection(child.id());
         }
         w.stdin = None;
         let lost: Vec<(u64, OwnedFd)> = w
@@ -613,6 +626,7 @@ impl Run<'_> {
             if let Some(mut child) = w.child.take() {
                 let _ = child.kill();
                 let _ = child.wait();
+                forget_inbox_connection(child.id());
             }
         }
     }
@@ -636,6 +650,7 @@ impl Run<'_> {
                 let w = &mut self.workers[slot];
                 if let Some(mut child) = w.child.take() {
                     let _ = child.wait();
+                    forget_inbox_connection(child.id());
                 }
                 w.stdin = None;
                 let lost: Vec<(u64, OwnedFd)> = w

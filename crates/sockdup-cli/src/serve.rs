@@ -1,0 +1,390 @@
+//! `sockdup serve`: an acceptor ([`sockdup::handoff::Acceptor`]) that listens on TCP and Unix
+//! stream addresses and hands every connection to one of N worker processes running a command.
+//!
+//! The steps: bind every `--listen` address (a stale Unix socket file nobody listens on is
+//! replaced), start sockdup in this process ([`sockdup::startup`]), turn SIGTERM and SIGINT
+//! into a graceful shutdown (a second one stops at once, status 1), write the bound addresses
+//! to `--port-file` if asked, print the `listening on` line on stderr, and run the acceptor
+//! until a shutdown. Then the summary goes to stderr, the Unix socket files this process
+//! created are removed, and the status is 0.
+//!
+//! Logs go to stderr through `tracing`, filtered by `RUST_LOG` (default `warn`);
+//! `RUST_LOG=debug` shows which worker got which connection.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io;
+use std::net::{TcpListener, ToSocketAddrs};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sockdup::handoff::{Acceptor, Listener, Policy, Summary};
+
+use crate::CliError;
+
+/// The arguments of `sockdup serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// An address to listen on (repeat for several): HOST:PORT for TCP (port 0 picks a free
+    /// port; see --port-file), or a path starting with / or ./, or unix:PATH, for a Unix
+    /// stream socket.
+    #[arg(long = "listen", value_name = "ADDR", required = true)]
+    pub(crate) listen: Vec<String>,
+
+    /// How many worker processes run COMMAND.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) workers: u32,
+
+    /// How a connection's worker is chosen: each ready worker in turn (rr), or the one with
+    /// the fewest connections not yet done (least).
+    #[arg(long, value_enum, default_value_t = PolicyArg::Rr)]
+    pub(crate) policy: PolicyArg,
+
+    /// The most connections a worker may have not yet done; when every worker has that many,
+    /// new connections wait in the listen backlog.
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) max_outstanding: u32,
+
+    /// Seconds a worker may take to announce itself or to confirm a connection before it is
+    /// replaced.
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_seconds)]
+    pub(crate) answer_timeout: Duration,
+
+    /// Seconds the workers may take to finish their connections at shutdown before they are
+    /// killed.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub(crate) drain_deadline: Duration,
+
+    /// Write the bound addresses to this file, one a line (HOST:PORT or unix:PATH, in --listen
+    /// order), before the "listening on" line; the file is replaced atomically.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) port_file: Option<PathBuf>,
+
+    /// The worker command and its arguments (after --), e.g. `sockdup worker --app hello`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<OsString>,
+}
+
+/// `--policy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PolicyArg {
+    /// Round robin over the ready workers.
+    Rr,
+    /// The ready worker with the fewest connections not yet done.
+    Least,
+}
+
+impl From<PolicyArg> for Policy {
+    fn from(p: PolicyArg) -> Self {
+        match p {
+            PolicyArg::Rr => Self::RoundRobin,
+            PolicyArg::Least => Self::LeastOutstanding,
+        }
+    }
+}
+
+/// The longest duration an option takes, in seconds (a day).
+const MAX_SECONDS: f64 = 86_400.0;
+
+/// Parses a number of seconds (fractions allowed), more than 0 and at most a day.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= MAX_SECONDS) {
+        return Err(format!(
+            "{text:?}: give more than 0 and at most {MAX_SECONDS} seconds"
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Where `--listen` asks to listen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ListenAddr {
+    /// HOST:PORT, as given (resolved when bound).
+    Tcp(String),
+    /// A Unix stream socket's path.
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    fn parse(text: &str) -> Result<Self, CliError> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(CliError::Usage(
+                    "--listen unix: needs a path, e.g. unix:/run/app.sock".into(),
+                ));
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        if text.starts_with('/') || text.starts_with("./") {
+            return Ok(Self::Unix(PathBuf::from(text)));
+        }
+        if text
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.is_empty())
+        {
+            return Err(CliError::Usage(format!(
+                "--listen {text:?}: give HOST:PORT for TCP, or a path starting with / or ./, or unix:PATH, for a Unix socket"
+            )));
+        }
+        Ok(Self::Tcp(text.to_owned()))
+    }
+}
+
+/// A bound listener, what to print for it, and the socket file to remove at the end.
+struct Bound {
+    listener: Listener,
+    shown: String,
+    socket_file: Option<SocketFile>,
+}
+
+/// A Unix socket file this process created: removed at the end if it is still the same file.
+#[derive(Clone)]
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn remove(&self) {
+        let same = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino);
+        if same {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn bind(addr: &ListenAddr) -> Result<Bound, CliError> {
+    match addr {
+        ListenAddr::Tcp(text) => {
+            let addrs: Vec<_> = text
+                .to_socket_addrs()
+                .map_err(|e| {
+                    if e.kind() == io::ErrorKind::InvalidInput {
+                        CliError::Usage(format!(
+                            "--listen {text:?} is not HOST:PORT ({e}); for a Unix socket give a path starting with / or ./, or unix:PATH"
+                        ))
+                    } else {
+                        CliError::failed(format!("resolving {text}: {e}"))
+                    }
+                })?
+                .collect();
+            let listener = TcpListener::bind(&addrs[..])
+                .map_err(|e| CliError::failed(format!("listening on {text}: {e}")))?;
+            let local = listener
+                .local_addr()
+                .map_err(|e| CliError::failed(format!("reading the address of {text}: {e}")))?;
+            Ok(Bound {
+                listener: listener.into(),
+                shown: local.to_string(),
+                socket_file: None,
+            })
+        }
+        ListenAddr::Unix(path) => {
+            let listener = bind_unix(path)?;
+            let meta = std::fs::symlink_metadata(path).map_err(|e| {
+                CliError::failed(format!("reading the socket file {}: {e}", path.display()))
+            })?;
+            Ok(Bound {
+                listener: listener.into(),
+                shown: format!("unix:{}", path.display()),
+                socket_file: Some(SocketFile {
+                    path: path.clone(),
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                }),
+            })
+        }
+    }
+}
+
+/// Binds a Unix stream listener at `path`, replacing a stale socket file (one nobody listens
+/// on, left by a process that did not remove it); anything else in the way is an error.
+fn bind_unix(path: &Path) -> Result<UnixListener, CliError> {
+    let failed = |e: io::Error| CliError::failed(format!("listening on {}: {e}", path.display()));
+    match UnixListener::bind(path) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            let is_socket =
+                std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+            let refused = is_socket
+                && UnixStream::connect(path)
+                    .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused);
+            if !refused {
+                return Err(failed(e));
+            }
+            tracing::info!(path = %path.display(), "replacing a stale socket file");
+            std::fs::remove_file(path).map_err(failed)?;
+            UnixListener::bind(path).map_err(failed)
+        }
+        Err(e) => Err(failed(e)),
+    }
+}
+
+/// Writes `lines` to `path` through a temporary file beside it and a rename.
+fn write_port_file(path: &Path, lines: &[String]) -> Result<(), CliError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            CliError::failed(format!("writing the port file {}: {e}", path.display()))
+        })
+}
+
+/// The summary printed at exit, one line: `sockdup serve: summary: connections T (worker 1:
+/// A, worker 2: B), re-dispatched R, restarts S, replaced P`.
+pub(crate) fn summary_line(s: &Summary) -> String {
+    let mut per = String::new();
+    for (i, n) in s.per_worker.iter().enumerate() {
+        if i > 0 {
+            per.push_str(", ");
+        }
+        let _ = write!(per, "worker {}: {n}", i + 1);
+    }
+    format!(
+        "sockdup serve: summary: connections {} ({per}), re-dispatched {}, restarts {}, replaced {}",
+        s.total(),
+        s.redispatched,
+        s.restarts,
+        s.replaced
+    )
+}
+
+/// Runs `sockdup serve`.
+pub(crate) fn run(args: Args) -> Result<(), CliError> {
+    crate::init_logging();
+    let addrs = args
+        .listen
+        .iter()
+        .map(|a| ListenAddr::parse(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some((program, rest)) = args.command.split_first() else {
+        return Err(CliError::Usage(
+            "give the worker command after --, e.g. -- sockdup worker --app hello".into(),
+        ));
+    };
+    let mut bound = Vec::with_capacity(addrs.len());
+    let mut files = Vec::new();
+    let outcome = (|| {
+        for addr in &addrs {
+            let b = bind(addr)?;
+            files.extend(b.socket_file.clone());
+            bound.push(b);
+        }
+        serve(&args, program, rest, bound)
+    })();
+    for f in &files {
+        f.remove();
+    }
+    outcome
+}
+
+fn serve(
+    args: &Args,
+    program: &OsString,
+    rest: &[OsString],
+    bound: Vec<Bound>,
+) -> Result<(), CliError> {
+    let _guard = sockdup::startup().map_err(|e| CliError::sockdup("starting sockdup", e))?;
+    let shown: Vec<String> = bound.iter().map(|b| b.shown.clone()).collect();
+    let workers = args.workers as usize;
+    let mut acceptor = Acceptor::new(program, rest)
+        .workers(workers)
+        .policy(args.policy.into())
+        .max_outstanding(args.max_outstanding as usize)
+        .answer_timeout(args.answer_timeout)
+        .drain_deadline(args.drain_deadline);
+    for b in bound {
+        acceptor = acceptor.listener(b.listener);
+    }
+    let flag = acceptor.shutdown_handle().flag();
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // The first signal asks for a graceful shutdown; a second one, with the flag already
+        // set, exits at once.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, flag.clone())
+            .and_then(|_| signal_hook::flag::register(signal, flag.clone()))
+            .map_err(|e| CliError::failed(format!("installing a signal handler: {e}")))?;
+    }
+    if let Some(path) = &args.port_file {
+        write_port_file(path, &shown)?;
+    }
+    eprintln!(
+        "sockdup serve: listening on {} with {workers} worker{}",
+        shown.join(", "),
+        if workers == 1 { "" } else { "s" }
+    );
+    let summary = acceptor
+        .run()
+        .map_err(|e| CliError::sockdup("running the acceptor", e))?;
+    eprintln!("{}", summary_line(&summary));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(
+            ListenAddr::parse("127.0.0.1:8080").ok(),
+            Some(ListenAddr::Tcp("127.0.0.1:8080".into()))
+        );
+        assert_eq!(
+            ListenAddr::parse("[::1]:0").ok(),
+            Some(ListenAddr::Tcp("[::1]:0".into()))
+        );
+        assert_eq!(
+            ListenAddr::parse("/run/a.sock").ok(),
+            Some(ListenAddr::Unix("/run/a.sock".into()))
+        );
+        assert_eq!(
+            ListenAddr::parse("./a.sock").ok(),
+            Some(ListenAddr::Unix("./a.sock".into()))
+        );
+        assert_eq!(
+            ListenAddr::parse("unix:a.sock").ok(),
+            Some(ListenAddr::Unix("a.sock".into()))
+        );
+        for bad in ["unix:", "8080", "localhost", "host:", ""] {
+            assert!(
+                matches!(ListenAddr::parse(bad), Err(CliError::Usage(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn seconds_parse_within_bounds() {
+        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["0", "-1", "nan", "inf", "1e300", "x", ""] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn summary_names_every_count() {
+        let s = Summary {
+            per_worker: vec![3, 4],
+            redispatched: 1,
+            restarts: 2,
+            replaced: 5,
+        };
+        assert_eq!(
+            summary_line(&s),
+            "sockdup serve: summary: connections 7 (worker 1: 3, worker 2: 4), re-dispatched 1, restarts 2, replaced 5"
+        );
+    }
+}

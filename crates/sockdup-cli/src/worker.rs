@@ -1,0 +1,118 @@
+//! `sockdup worker --app echo|hello`: a worker process for `sockdup serve`, built on
+//! [`sockdup::handoff::Worker`].
+//!
+//! The worker announces itself on stdout, then serves every connection the acceptor hands it
+//! on a thread of its own, with the chosen app: `echo` sends back every byte until the client
+//! closes; `hello` ([`hello`]) is a minimal HTTP/1.1 server. Standard output carries only the
+//! handoff protocol; logs go to stderr (`RUST_LOG`, default `warn`).
+//!
+//! When the acceptor closes the worker's input (its shutdown), no new connection comes; the
+//! worker waits for the ones it has (the `hello` app closes idle keep-alive connections and
+//! answers the requests in progress with `Connection: close`) and exits. Run by an acceptor
+//! (stdin not a terminal), the worker ignores SIGINT: a Ctrl-C in the terminal reaches the
+//! whole process group, and the acceptor, not the terminal, decides when its workers stop.
+
+mod hello;
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+
+use sockdup::handoff::{Connection, Stream, Worker};
+
+use crate::CliError;
+
+/// The arguments of `sockdup worker`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// What to serve on each connection: echo (every byte back, until the client closes) or
+    /// hello (HTTP/1.1, "hello from sockdup" for every request).
+    #[arg(long, value_enum)]
+    pub(crate) app: App,
+}
+
+/// `--app`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum App {
+    /// Echo every byte back until the client closes.
+    Echo,
+    /// A minimal HTTP/1.1 server answering "hello from sockdup".
+    Hello,
+}
+
+/// Runs `sockdup worker`.
+pub(crate) fn run(args: &Args) -> Result<(), CliError> {
+    crate::init_logging();
+    if !io::stdin().is_terminal() {
+        // A registered handler replaces the default action (terminate): SIGINT is ignored.
+        signal_hook::flag::register(
+            signal_hook::consts::SIGINT,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .map_err(|e| CliError::failed(format!("installing a signal handler: {e}")))?;
+    }
+    let worker = Worker::announce().map_err(|e| CliError::sockdup("announcing this worker", e))?;
+    let app = args.app;
+    let draining = Arc::new(AtomicBool::new(false));
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for conn in worker.incoming() {
+        threads.retain(|t| !t.is_finished());
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                // The acceptor was told, and gives the connection to another worker.
+                tracing::warn!(error = %e, "sockdup worker: could not redeem a connection");
+                continue;
+            }
+        };
+        let id = conn.id();
+        let flag = draining.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("conn-{id}"))
+            .spawn(move || serve_one(app, conn, &flag));
+        match spawned {
+            Ok(t) => threads.push(t),
+            // The closure, and with it the connection, is dropped: the acceptor hears it is
+            // done, and the client sees it closed.
+            Err(e) => tracing::error!(id, error = %e, "sockdup worker: no thread for a connection"),
+        }
+    }
+    threads.retain(|t| !t.is_finished());
+    tracing::debug!(
+        open = threads.len(),
+        "sockdup worker: the acceptor closed the channel; finishing"
+    );
+    draining.store(true, Ordering::SeqCst);
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn serve_one(app: App, mut conn: Connection, draining: &AtomicBool) {
+    let id = conn.id();
+    tracing::debug!(id, ?app, "sockdup worker: serving a connection");
+    let outcome = match app {
+        App::Echo => echo(conn.stream()),
+        App::Hello => hello::serve(conn.stream(), draining),
+    };
+    if let Err(e) = outcome {
+        tracing::debug!(id, error = %e, "sockdup worker: the connection ended with an error");
+    }
+    conn.finish();
+}
+
+/// Sends back every byte until the client closes its side.
+fn echo(stream: &mut Stream) -> io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        stream.write_all(&buf[..n])?;
+    }
+}

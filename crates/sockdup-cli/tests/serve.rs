@@ -1,0 +1,870 @@
+//! Tests of `sockdup serve` and `sockdup worker` with real processes: this test binary starts
+//! `sockdup serve` (the acceptor) with `sockdup worker --app echo|hello` as its workers, and
+//! talks to it over loopback with std clients.
+//!
+//! Free ports: every server listens on `127.0.0.1:0` and writes the address it got with
+//! `--port-file`, which the harness reads once the `listening on` line is on stderr. Worker
+//! pids are the serve process's children (`/proc/PID/task/*/children`). Signals are sent with
+//! `kill(2)`. Every wait is bounded; each test takes a few seconds.
+//!
+//! Covered: 1000 echo connections each served exactly once; a worker killed with SIGKILL in
+//! the middle of a steady stream of connections (no client loses its echo, the worker is
+//! restarted); both workers killed at once (service resumes); SIGTERM drains (new
+//! connections refused, open ones finish, exit 0); workers that write garbage or a pid that
+//! is not theirs are replaced; no descriptor leaked by the acceptor; the `hello` HTTP app
+//! (keep-alive, `Connection: close`, HTTP/1.0, bodies, malformed requests); a Unix listener;
+//! usage errors.
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sockdup");
+
+/// The longest any single wait in these tests may take.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A fresh directory for one test's files, removed at the end.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sockdup-serve-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The lines a process wrote on stderr so far, as they come.
+#[derive(Default)]
+struct Lines {
+    lines: Mutex<Vec<String>>,
+    cv: Condvar,
+}
+
+impl Lines {
+    /// Waits (at most `limit`) for a line containing `want`, and returns it.
+    #[track_caller]
+    fn wait_for(&self, want: &str, limit: Duration) -> String {
+        self.wait_for_all(&[want], limit)
+    }
+
+    /// Waits (at most `limit`) for a line containing all of `want`, and returns it.
+    #[track_caller]
+    fn wait_for_all(&self, want: &[&str], limit: Duration) -> String {
+        let until = Instant::now() + limit;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| want.iter().all(|w| l.contains(w))) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            assert!(
+                now < until,
+                "no stderr line with {want:?} within {limit:?}; stderr so far:\n{}",
+                lines.join("\n")
+            );
+            lines = self.cv.wait_timeout(lines, until - now).unwrap().0;
+        }
+    }
+
+    fn count(&self, want: &[&str]) -> usize {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| want.iter().all(|w| l.contains(w)))
+            .count()
+    }
+
+    fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+/// The summary line `sockdup serve` prints at exit, parsed.
+#[derive(Debug, PartialEq, Eq)]
+struct Summary {
+    total: u64,
+    per_worker: Vec<u64>,
+    redispatched: u64,
+    restarts: u64,
+    replaced: u64,
+}
+
+impl Summary {
+    /// Parses "sockdup serve: summary: connections T (worker 1: A, worker 2: B),
+    /// re-dispatched R, restarts S, replaced P".
+    fn parse(line: &str) -> Option<Self> {
+        let rest = line.split_once("sockdup serve: summary: connections ")?.1;
+        let (total, rest) = rest.split_once(" (")?;
+        let (per, rest) = rest.split_once("), ")?;
+        let per_worker = per
+            .split(", ")
+            .map(|w| w.split_once(": ")?.1.parse().ok())
+            .collect::<Option<Vec<u64>>>()?;
+        let mut counts = rest.split(", ").map(|c| c.rsplit_once(' ')?.1.parse().ok());
+        let (redispatched, restarts, replaced) =
+            (counts.next()??, counts.next()??, counts.next()??);
+        Some(Self {
+            total: total.parse().ok()?,
+            per_worker,
+            redispatched,
+            restarts,
+            replaced,
+        })
+    }
+}
+
+/// A running `sockdup serve`.
+struct Server {
+    child: Child,
+    pid: u32,
+    stderr: Arc<Lines>,
+    /// The bound addresses, as written to the port file.
+    addrs: Vec<String>,
+    _dir: TempDir,
+}
+
+impl Server {
+    /// Starts `sockdup serve --listen 127.0.0.1:0 ARGS -- WORKER...` and waits until it listens.
+    #[track_caller]
+    fn start(args: &[&str], worker: &[&str]) -> Self {
+        Self::start_listening(&["127.0.0.1:0"], args, worker)
+    }
+
+    /// Starts `sockdup serve` listening on `listen`, with `args` and the worker command.
+    #[track_caller]
+    fn start_listening(listen: &[&str], args: &[&str], worker: &[&str]) -> Self {
+        let dir = TempDir::new("srv");
+        let port_file = dir.path().join("ports");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve");
+        for l in listen {
+            cmd.args(["--listen", l]);
+        }
+        cmd.arg("--port-file")
+            .arg(&port_file)
+            .args(args)
+            .arg("--")
+            .args(worker)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn sockdup serve");
+        let pid = child.id();
+        let stderr = Arc::new(Lines::default());
+        let pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                sink.lines.lock().unwrap().push(line);
+                sink.cv.notify_all();
+            }
+        });
+        let mut server = Self {
+            child,
+            pid,
+            stderr,
+            addrs: Vec::new(),
+            _dir: dir,
+        };
+        let line = server.stderr.wait_for("sockdup serve: listening on", WAIT);
+        let text = std::fs::read_to_string(&port_file).expect("read the port file");
+        server.addrs = text.lines().map(str::to_owned).collect();
+        assert_eq!(server.addrs.len(), listen.len(), "port file: {text:?}");
+        for a in &server.addrs {
+            assert!(line.contains(a.as_str()), "{line:?} lacks {a}");
+        }
+        server
+    }
+
+    /// The first address, as a socket address (a TCP listener).
+    fn tcp(&self) -> SocketAddr {
+        self.addrs[0].parse().expect("a TCP address")
+    }
+
+    /// The pids of the worker processes (the serve process's children) right now.
+    fn workers(&self) -> BTreeSet<u32> {
+        children(self.pid)
+    }
+
+    /// Waits until `n` workers run, none of them in `not`, and returns them.
+    #[track_caller]
+    fn wait_workers(&self, n: usize, not: &BTreeSet<u32>) -> BTreeSet<u32> {
+        util::wait_until(WAIT, || {
+            let now = self.workers();
+            (now.len() == n && now.is_disjoint(not)).then_some(now)
+        })
+    }
+
+    /// Descriptors open in the serve process.
+    fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .expect("read the serve process's fds")
+            .count()
+    }
+
+    fn signal(&self, sig: Signal) {
+        signal(self.pid, sig);
+    }
+
+    /// Whether the serve process still runs.
+    fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits (at most `limit`) for the serve process to exit.
+    #[track_caller]
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let child = &mut self.child;
+        util::wait_until(limit, || child.try_wait().expect("try_wait"))
+    }
+
+    /// SIGTERM, a clean exit within `limit`, and the summary.
+    #[track_caller]
+    fn stop(&mut self, limit: Duration) -> Summary {
+        self.signal(Signal::TERM);
+        let status = self.wait_exit(limit);
+        assert!(
+            status.success(),
+            "serve exited with {status:?}; stderr:\n{}",
+            self.stderr.text()
+        );
+        self.summary()
+    }
+
+    /// The summary printed at exit.
+    #[track_caller]
+    fn summary(&self) -> Summary {
+        let line = self.stderr.wait_for("sockdup serve: summary:", WAIT);
+        let text = self.stderr.text();
+        assert!(!text.contains("panicked"), "a panic on stderr:\n{text}");
+        Summary::parse(&line).unwrap_or_else(|| panic!("cannot parse the summary {line:?}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.running() {
+            for w in self.workers() {
+                signal(w, Signal::KILL);
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, sig: Signal) {
+    let pid = Pid::from_raw(i32::try_from(pid).expect("pid")).expect("pid");
+    let _ = kill_process(pid, sig);
+}
+
+/// The children of process `pid`, from every one of its threads.
+fn children(pid: u32) -> BTreeSet<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return BTreeSet::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// `worker --app APP` of this build, as a worker command.
+fn worker(app: &str) -> [&str; 4] {
+    [BIN, "worker", "--app", app]
+}
+
+/// Connects to `addr` with bounded reads and writes.
+fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, WAIT)?;
+    s.set_read_timeout(Some(WAIT))?;
+    s.set_write_timeout(Some(WAIT))?;
+    Ok(s)
+}
+
+/// One echo connection: sends `token`, closes its write side, and expects exactly `token`
+/// back before the end of the stream.
+fn echo_once(addr: SocketAddr, token: &str) -> Result<(), String> {
+    let run = || -> io::Result<String> {
+        let mut s = connect(addr)?;
+        s.write_all(token.as_bytes())?;
+        s.shutdown(Shutdown::Write)?;
+        let mut got = String::new();
+        s.read_to_string(&mut got)?;
+        Ok(got)
+    };
+    match run() {
+        Ok(got) if got == token => Ok(()),
+        Ok(got) => Err(format!("{token}: got {got:?}")),
+        Err(e) => Err(format!("{token}: {e}")),
+    }
+}
+
+/// `threads` clients each making `per_thread` echo connections; returns the failures.
+fn echo_load(addr: SocketAddr, threads: usize, per_thread: usize, tag: &str) -> Vec<String> {
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let tag = tag.to_owned();
+            thread::spawn(move || {
+                (0..per_thread)
+                    .filter_map(|i| echo_once(addr, &format!("{tag}-{t}-{i}")).err())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("client thread"))
+        .collect()
+}
+
+/// Client threads making echo connections, with a pause between them, until stopped.
+struct SteadyLoad {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+    threads: Vec<thread::JoinHandle<Vec<String>>>,
+}
+
+impl SteadyLoad {
+    fn start(addr: SocketAddr, threads: usize, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let threads = (0..threads)
+            .map(|t| {
+                let (stop, done) = (stop.clone(), done.clone());
+                thread::spawn(move || {
+                    let mut failures = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        if let Err(e) = echo_once(addr, &format!("steady-{t}-{i}")) {
+                            failures.push(e);
+                        }
+                        done.fetch_add(1, Ordering::SeqCst);
+                        i += 1;
+                        thread::sleep(pause);
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            done,
+            threads,
+        }
+    }
+
+    fn done(&self) -> usize {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` more connections are done than now.
+    #[track_caller]
+    fn wait_more(&self, n: usize) {
+        let target = self.done() + n;
+        util::wait_until(WAIT, || (self.done() >= target).then_some(()));
+    }
+
+    /// Stops the clients; returns how many connections they made and the failures.
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let failures = self
+            .threads
+            .into_iter()
+            .flat_map(|h| h.join().expect("client thread"))
+            .collect();
+        (self.done.load(Ordering::SeqCst), failures)
+    }
+}
+
+#[test]
+fn a_thousand_echo_connections_are_each_served_once() {
+    let mut server = Server::start(&["--workers", "2"], &worker("echo"));
+    let failures = echo_load(server.tcp(), 8, 125, "k");
+    assert!(failures.is_empty(), "failed: {failures:?}");
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, 1000, "{summary:?}");
+    assert_eq!(summary.per_worker.len(), 2);
+    assert!(summary.per_worker.iter().all(|&n| n > 0), "{summary:?}");
+    assert_eq!(
+        (summary.redispatched, summary.restarts, summary.replaced),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn least_outstanding_policy_serves_too() {
+    let mut server = Server::start(
+        &[
+            "--workers",
+            "3",
+            "--policy",
+            "least",
+            "--max-outstanding",
+            "2",
+        ],
+        &worker("echo"),
+    );
+    let failures = echo_load(server.tcp(), 6, 30, "l");
+    assert!(failures.is_empty(), "failed: {failures:?}");
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, 180, "{summary:?}");
+    assert_eq!(summary.per_worker.len(), 3);
+}
+
+/// Waits until worker `pid` holds no connection: its descriptor count is back to `idle`.
+///
+/// A connection a worker has already redeemed is its own: if the worker is killed before it
+/// answers, that client loses its connection, whatever the acceptor does (nobody else holds
+/// the socket). What the acceptor guarantees is that no connection it still holds (queued,
+/// or sent to the worker and not yet confirmed) is lost. So the kill comes when the worker
+/// holds nothing, between two of its connections, while the clients keep connecting.
+fn wait_idle(pid: u32, idle: usize) {
+    util::wait_until(WAIT, || (fd_count(pid)? <= idle).then_some(()));
+}
+
+fn fd_count(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+#[test]
+fn a_worker_killed_mid_run_loses_no_connection() {
+    let mut server = Server::start(&["--workers", "2"], &worker("echo"));
+    let load = SteadyLoad::start(server.tcp(), 4, Duration::from_millis(3));
+    load.wait_more(100);
+    let before = server.workers();
+    assert_eq!(before.len(), 2, "workers: {before:?}");
+    let victim = *before.iter().next().expect("a worker");
+    // Its descriptors when it holds no connection: the fewest seen over a while.
+    let idle = (0..50)
+        .filter_map(|_| {
+            thread::sleep(Duration::from_millis(2));
+            fd_count(victim)
+        })
+        .min()
+        .expect("the worker's fds");
+    wait_idle(victim, idle);
+    signal(victim, Signal::KILL);
+    let after = server.wait_workers(2, &BTreeSet::from([victim]));
+    assert!(!after.contains(&victim));
+    load.wait_more(200);
+    let (made, failures) = load.finish();
+    assert!(failures.is_empty(), "failed: {failures:?}");
+    let summary = server.stop(WAIT);
+    assert!(summary.restarts >= 1, "{summary:?}");
+    assert_eq!(summary.total, made as u64, "{summary:?}");
+}
+
+#[test]
+fn both_workers_killed_at_once_are_restarted() {
+    let mut server = Server::start(&["--workers", "2"], &worker("echo"));
+    assert!(echo_load(server.tcp(), 2, 20, "a").is_empty());
+    let before = server.wait_workers(2, &BTreeSet::new());
+    for &w in &before {
+        signal(w, Signal::KILL);
+    }
+    // Connections made right away wait for the new workers.
+    let failures = echo_load(server.tcp(), 4, 25, "b");
+    assert!(failures.is_empty(), "failed: {failures:?}");
+    let after = server.wait_workers(2, &before);
+    assert!(after.is_disjoint(&before));
+    let summary = server.stop(WAIT);
+    assert!(summary.restarts >= 2, "{summary:?}");
+    assert_eq!(summary.total, 140, "{summary:?}");
+}
+
+/// Sends `text` and reads exactly as many bytes back.
+fn exchange(s: &mut TcpStream, text: &str) -> String {
+    s.write_all(text.as_bytes()).expect("send");
+    let mut got = vec![0u8; text.len()];
+    s.read_exact(&mut got).expect("read the echo");
+    String::from_utf8(got).expect("utf-8")
+}
+
+#[test]
+fn sigterm_refuses_new_connections_and_lets_open_ones_finish() {
+    let mut server = Server::start(
+        &["--workers", "2", "--drain-deadline", "8"],
+        &worker("echo"),
+    );
+    let addr = server.tcp();
+    let mut open: Vec<TcpStream> = (0..3).map(|_| connect(addr).expect("connect")).collect();
+    for (i, s) in open.iter_mut().enumerate() {
+        let msg = format!("first {i};");
+        assert_eq!(exchange(s, &msg), msg);
+    }
+    let t0 = Instant::now();
+    server.signal(Signal::TERM);
+    // New connections are refused once the acceptor stops accepting.
+    util::wait_until(Duration::from_secs(3), || match TcpStream::connect_timeout(
+        &addr,
+        Duration::from_secs(1),
+    ) {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Some(()),
+        _ => None,
+    });
+    assert!(
+        server.running(),
+        "serve exited before its connections finished"
+    );
+    // The open ones are still served, and finish.
+    for (i, s) in open.iter_mut().enumerate() {
+        let msg = format!("second {i}, after SIGTERM;");
+        assert_eq!(exchange(s, &msg), msg);
+        s.shutdown(Shutdown::Write).expect("shutdown");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).expect("read to the end");
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    let status = server.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{status:?}\n{}", server.stderr.text());
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let summary = server.summary();
+    assert!(summary.total >= 3, "{summary:?}");
+}
+
+#[test]
+fn workers_with_bad_output_are_replaced() {
+    for (script, complaint) in [
+        ("echo hello; sleep 5", "not the sockdup worker protocol"),
+        ("echo pid 1; sleep 5", "announced pid 1"),
+        ("sleep 5", "did not answer within"),
+    ] {
+        let mut server = Server::start(
+            &[
+                "--workers",
+                "1",
+                "--answer-timeout",
+                "0.5",
+                "--drain-deadline",
+                "1",
+            ],
+            &["sh", "-c", script],
+        );
+        // The acceptor's own report (beside its log event).
+        let report = ["worker 1 (pid", complaint, "replacing it"];
+        server.stderr.wait_for_all(&report, WAIT);
+        // Replaced again: serve goes on.
+        let deadline = Instant::now() + WAIT;
+        while server.stderr.count(&report) < 2 {
+            assert!(Instant::now() < deadline, "{}", server.stderr.text());
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(server.running(), "serve stopped:\n{}", server.stderr.text());
+        let summary = server.stop(WAIT);
+        assert!(summary.replaced >= 2, "{script}: {summary:?}");
+        assert_eq!(summary.total, 0);
+    }
+}
+
+#[test]
+fn the_acceptor_leaks_no_descriptor() {
+    let server = Server::start(&["--workers", "2"], &worker("echo"));
+    let addr = server.tcp();
+    // Warm up: both workers started, and the acceptor's connections to their inboxes made.
+    assert!(echo_load(addr, 2, 10, "w").is_empty());
+    // The count once it holds still, or once it is `want`.
+    let settled = |want: Option<usize>| {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let a = server.fd_count();
+            thread::sleep(Duration::from_millis(100));
+            let b = server.fd_count();
+            let done = match want {
+                Some(w) => b == w,
+                None => a == b,
+            };
+            if done || Instant::now() > until {
+                return b;
+            }
+        }
+    };
+    let before = settled(None);
+    let failures = echo_load(addr, 4, 100, "f");
+    assert!(failures.is_empty(), "failed: {failures:?}");
+    assert_eq!(settled(Some(before)), before, "after 400 connections");
+
+    // A worker killed and restarted leaves nothing behind either.
+    let workers = server.wait_workers(2, &BTreeSet::new());
+    let victim = *workers.iter().next().expect("a worker");
+    signal(victim, Signal::KILL);
+    server.wait_workers(2, &BTreeSet::from([victim]));
+    assert!(echo_load(addr, 2, 10, "r").is_empty());
+    assert_eq!(settled(Some(before)), before, "after a restart");
+}
+
+/// An HTTP response: status code, headers (lower-case names), body.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one response (framed by Content-Length; no body for HEAD).
+fn read_response(r: &mut impl BufRead, head_only: bool) -> Response {
+    let mut status_line = String::new();
+    r.read_line(&mut status_line).expect("read the status line");
+    let mut parts = status_line.split(' ');
+    assert_eq!(parts.next(), Some("HTTP/1.1"), "{status_line:?}");
+    let status = parts.next().and_then(|s| s.parse().ok()).expect("status");
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("read a header");
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        let (n, v) = line.split_once(':').expect("a header line");
+        headers.push((n.to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let mut resp = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if !head_only {
+        let len: usize = resp
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .expect("content-length");
+        resp.body = vec![0; len];
+        r.read_exact(&mut resp.body).expect("read the body");
+    }
+    resp
+}
+
+/// Whether the server closed the connection: the next read sees the end of the stream.
+fn closed(r: &mut impl Read) -> bool {
+    let mut b = [0u8; 1];
+    matches!(r.read(&mut b), Ok(0))
+}
+
+#[test]
+fn hello_keeps_alive_and_closes_on_request() {
+    let mut server = Server::start(&["--workers", "2"], &worker("hello"));
+    let s = connect(server.tcp()).expect("connect");
+    let mut w = s.try_clone().expect("clone");
+    let mut r = BufReader::new(s);
+    for i in 0..3 {
+        write!(w, "GET /{i} HTTP/1.1\r\nHost: test\r\n\r\n").expect("send");
+        let resp = read_response(&mut r, false);
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, b"hello from sockdup\n");
+        assert_eq!(resp.header("content-length"), Some("19"));
+        assert_eq!(resp.header("connection"), None);
+    }
+    // A body (Content-Length) is read and dropped, and the connection goes on.
+    w.write_all(b"POST /form HTTP/1.1\r\nHost: test\r\nContent-Length: 11\r\n\r\nhello=world")
+        .expect("send");
+    assert_eq!(read_response(&mut r, false).status, 200);
+    // Two pipelined requests, a chunked body and a HEAD.
+    w.write_all(
+        b"POST /c HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+          HEAD / HTTP/1.1\r\nHost: test\r\n\r\n",
+    )
+    .expect("send");
+    assert_eq!(read_response(&mut r, false).status, 200);
+    let head = read_response(&mut r, true);
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("19"))
+    );
+    // Connection: close: the response, then the end of the stream.
+    w.write_all(b"GET /last HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let resp = read_response(&mut r, false);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(closed(&mut r), "the server kept the connection open");
+
+    // HTTP/1.0 closes unless asked to keep alive.
+    let s = connect(server.tcp()).expect("connect");
+    let mut w = s.try_clone().expect("clone");
+    let mut r = BufReader::new(s);
+    w.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .expect("send");
+    let resp = read_response(&mut r, false);
+    assert_eq!(resp.header("connection"), Some("keep-alive"));
+    w.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("send");
+    assert_eq!(read_response(&mut r, false).status, 200);
+    assert!(closed(&mut r), "HTTP/1.0 without keep-alive stayed open");
+
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, 2, "{summary:?}");
+}
+
+#[test]
+fn hello_answers_malformed_requests_with_400_and_closes() {
+    let mut server = Server::start(&["--workers", "1"], &worker("hello"));
+    for bad in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\n\r\n", // no Host
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        &[b'A'; 20_000],
+    ] {
+        let s = connect(server.tcp()).expect("connect");
+        let mut w = s.try_clone().expect("clone");
+        let mut r = BufReader::new(s);
+        w.write_all(bad).expect("send");
+        let resp = read_response(&mut r, false);
+        assert_eq!(resp.status, 400, "{:?}", String::from_utf8_lossy(bad));
+        assert_eq!(resp.header("connection"), Some("close"));
+        assert!(closed(&mut r));
+    }
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, 6, "{summary:?}");
+}
+
+#[test]
+fn unix_and_tcp_listeners_side_by_side() {
+    let dir = TempDir::new("unix");
+    let path = dir.path().join("echo.sock");
+    let unix = format!("unix:{}", path.display());
+    let mut server = Server::start_listening(
+        &["127.0.0.1:0", &unix],
+        &["--workers", "2"],
+        &worker("echo"),
+    );
+    assert_eq!(server.addrs[1], unix);
+    assert!(echo_once(server.tcp(), "over tcp").is_ok());
+    for i in 0..20 {
+        let mut s = UnixStream::connect(&path).expect("connect over unix");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        let token = format!("over unix {i}");
+        s.write_all(token.as_bytes()).expect("send");
+        s.shutdown(Shutdown::Write).expect("shutdown");
+        let mut got = String::new();
+        s.read_to_string(&mut got).expect("read");
+        assert_eq!(got, token);
+    }
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, 21, "{summary:?}");
+    assert!(!path.exists(), "the socket file was left behind");
+}
+
+#[test]
+fn usage_errors_exit_2_without_panicking() {
+    for args in [
+        &["serve", "--listen", "127.0.0.1:0", "--", BIN][..],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "0",
+            "--",
+            BIN,
+        ],
+        &["serve", "--listen", "nonsense", "--workers", "1", "--", BIN],
+        &["serve", "--listen", "127.0.0.1:0", "--workers", "1"],
+        &["serve", "--listen", "unix:", "--workers", "1", "--", BIN],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--answer-timeout",
+            "-1",
+            "--",
+            BIN,
+        ],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--policy",
+            "random",
+            "--",
+            BIN,
+        ],
+        &["worker", "--app", "nope"],
+        &["worker"],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sockdup");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            util::stderr(&out)
+        );
+        assert!(!util::stderr(&out).contains("panicked"), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // A worker program that cannot start is an error, status 1.
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--",
+            "/nonexistent/worker",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sockdup");
+    assert_eq!(out.status.code(), Some(1), "{}", util::stderr(&out));
+    assert!(util::stderr(&out).contains("/nonexistent/worker"));
+}
