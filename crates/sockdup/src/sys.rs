@@ -309,17 +309,21 @@ pub(crate) mod socket {
         Ok(net::accept_with(fd, SocketFlags::CLOEXEC)?)
     }
 
-    /// Waits up to `timeout` for a connection on a listener and accepts it (close-on-exec,
-    /// blocking); `Ok(None)` if none came. The listener is made non-blocking, so a connection
-    /// that vanishes between the wait and the accept cannot block the caller.
+    /// Waits up to `timeout` for a connection on a non-blocking listener ([`set_nonblocking`])
+    /// and accepts it (close-on-exec, blocking); `Ok(None)` if none came.
     pub(crate) fn accept_timeout(
         listener: BorrowedFd<'_>,
         timeout: std::time::Duration,
     ) -> io::Result<Option<OwnedFd>> {
         use rustix::event::{PollFd, PollFlags};
-        let fl = rustix::fs::fcntl_getfl(listener)?;
-        if !fl.contains(rustix::fs::OFlags::NONBLOCK) {
-            rustix::fs::fcntl_setfl(listener, fl | rustix::fs::OFlags::NONBLOCK)?;
+        // Try first: under load a connection is usually waiting, and the poll is one syscall
+        // too many.
+        match net::accept_with(listener, SocketFlags::CLOEXEC) {
+            Ok(fd) => return Ok(Some(fd)),
+            Err(
+                rustix::io::Errno::AGAIN | rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED,
+            ) => {}
+            Err(e) => return Err(e.into()),
         }
         let ts = rustix::time::Timespec {
             tv_sec: timeout.as_secs() as i64,
@@ -338,6 +342,15 @@ pub(crate) mod socket {
             ) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Makes `fd` non-blocking (`O_NONBLOCK` on its open file description).
+    pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+        let fl = rustix::fs::fcntl_getfl(fd)?;
+        Ok(rustix::fs::fcntl_setfl(
+            fd,
+            fl | rustix::fs::OFlags::NONBLOCK,
+        )?)
     }
 
     /// `send(2)` with `MSG_NOSIGNAL`.

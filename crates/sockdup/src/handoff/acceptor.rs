@@ -298,6 +298,12 @@ fn forget_inbox_connection(pid: u32) {
 
 fn accept_loop(listener: OwnedFd, tx: Sender<Event>, slots: Arc<Slots>, stop: Arc<AtomicBool>) {
     let tick = Duration::from_millis(100);
+    // Non-blocking, so a connection that vanishes between the wait and the accept cannot
+    // block this thread past a shutdown.
+    if let Err(e) = crate::sys::socket::set_nonblocking(listener.as_fd()) {
+        tracing::error!(error = %e, "sockdup acceptor: cannot make the listener non-blocking");
+        return;
+    }
     while !stop.load(Ordering::SeqCst) {
         if !slots.acquire(tick) {
             continue;
@@ -380,13 +386,20 @@ impl Run<'_> {
     }
 
     fn serve(&mut self, rx: &Receiver<Event>) -> Result<(), Error> {
+        // Timeouts and exits are checked every tick, not after every event: under load that
+        // would be a wait4 per worker per connection.
+        let tick = Duration::from_millis(50);
+        let mut last_check = Instant::now();
         while !self.cfg.shutdown.requested() {
-            match rx.recv_timeout(Duration::from_millis(50)) {
+            match rx.recv_timeout(tick) {
                 Ok(event) => self.handle(event)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            self.check_timeouts()?;
+            if last_check.elapsed() >= tick {
+                self.check_timeouts()?;
+                last_check = Instant::now();
+            }
         }
         Ok(())
     }
