@@ -585,8 +585,9 @@ impl Run<'_> {
                     .stdin
                     .as_mut()
                     .ok_or_else(|| Error::invalid("the worker's input is closed"))?;
-                writeln!(stdin, "conn {id} {record}")
-                    .and_then(|()| stdin.flush())
+                // One write per line: a pipe is unbuffered, and writeln! would make several.
+                stdin
+                    .write_all(format!("conn {id} {record}\n").as_bytes())
                     .map_err(|e| Error::from_errno(e, "writing to the worker"))
             });
             match sent {

@@ -1,0 +1,516 @@
+#!/usr/bin/env python3
+"""handoff-bench.py: `sockdup serve` against its raw twin, the SO_REUSEPORT ceiling and Node.
+
+Usage (from anywhere; Python 3 standard library only):
+
+    scripts/handoff-bench.py [--rounds 3] [--duration 5] [--threads 2] [--connections 32]
+                             [--bin-dir DIR] [--no-build] [--port-base 18080]
+                             [--only sockdup,raw,reuseport,node]
+
+    BIN_DIR=/tmp/tgt-load/release scripts/handoff-bench.py --no-build   # prebuilt binaries
+
+What it does:
+
+1. Builds the release binaries (`cargo build --release -p sockdup-loadtest`, then
+   `-p sockdup-cli`) into $CARGO_TARGET_DIR (default <workspace>/target); the binaries are
+   taken from --bin-dir, else $BIN_DIR, else $CARGO_TARGET_DIR/release. A failed sockdup-cli
+   build only disables server (1).
+2. Installs wrk from the Debian packages if it is missing (apt-get update && apt-get install
+   -y wrk; nodejs likewise if `node` is missing).
+3. Runs INTERLEAVED rounds: every round starts, measures and kills each server in turn (the
+   order rotates from round to round), all on 127.0.0.1, each on its own port:
+     (1) sockdup   `sockdup serve --listen ADDR --workers 2 -- sockdup worker --app hello`
+     (2) raw       `raw-acceptor --listen ADDR --workers 2` (bare SCM_RIGHTS handoff)
+     (3) reuseport `reuseport-server --listen ADDR --workers 2` (no handoff: the ceiling)
+     (4) node      `node scripts/node-cluster-hello.js` (cluster, SCHED_RR, 2 workers)
+   For each: one request checks that the server answers sockdup's exact response (a warning
+   if not), a 1 s wrk warm-up (discarded), then `wrk --latency -H 'Connection: close'`
+   (-t2 -c32 -d5s by default): Requests/sec = connections/s, p50/p99 latency, and the
+   server's CPU per connection (utime+stime of every process in the server's session, from
+   /proc, before and after, divided by the requests wrk completed). "other CPU%" is the CPU
+   the machine spent on neither the server nor wrk during that run (other tenants: noise).
+   For (1) and (3) also a keep-alive run (no Connection: close): requests/s.
+4. Prints a table of medians over the rounds, and the ratios of (1) to the others, with the
+   goals: (1) >= 0.9x raw twin, (1) >= 2.5x node cluster; the ratio to the SO_REUSEPORT
+   ceiling is reported.
+
+Every server runs in a session of its own; after its run the leader gets SIGTERM, and 3 s
+later whatever is left in the session gets SIGKILL; the same happens on exit (normal, error,
+Ctrl-C, SIGTERM). Servers wait until their port accepts before wrk starts; a watchdog ends the script after 9.5 minutes in any case. Exit status: 0 if every
+server was measured, 1 if one could not be (e.g. `sockdup serve` does not exist yet: the other
+servers are still measured, and the failure is named at the end), 2 on a setup error.
+"""
+
+import argparse
+import atexit
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEADLINE = time.monotonic() + 570  # the whole script ends within 10 minutes
+# What every server answers a Connection: close request with (`sockdup worker --app hello`'s
+# bytes); the date varies.
+RESPONSE_CLOSE = re.compile(
+    rb"HTTP/1\.1 200 OK\r\nDate: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\n"
+    rb"Server: sockdup\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 19\r\n"
+    rb"Connection: close\r\n\r\nhello from sockdup\n"
+)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+RUNNING = {}  # pid -> name of every server session still alive
+RUNNING_WRK = set()  # pids of wrk runs in progress
+
+
+def machine_busy_seconds():
+    """CPU seconds all CPUs spent not idle (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def session_pids(sid):
+    """Every process in session `sid` (the servers are session leaders)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # rest[0] is field 3 (state); the session is field 6.
+        if int(rest[3]) == sid and rest[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def session_cpu_ticks(sid):
+    """utime+stime (clock ticks) of the live processes of session `sid`, threads included
+    (a process's counters include its exited threads)."""
+    total = 0
+    for pid in session_pids(sid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(rest[11]) + int(rest[12])  # fields 14 (utime) and 15 (stime)
+    return total
+
+
+def kill_session(sid, name):
+    """SIGTERM the session leader (the server shuts down as it would in production), then
+    SIGKILL every process left in the session; reap the leader."""
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
+        pids = session_pids(sid)
+        if sig == signal.SIGTERM:
+            pids = [p for p in pids if p == sid]
+        elif pids:
+            log(f"note: {name}: {len(pids)} processes still there 3 s after SIGTERM: SIGKILL")
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            try:
+                os.waitpid(sid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            if not session_pids(sid):
+                break
+            time.sleep(0.05)
+    try:
+        os.waitpid(sid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    RUNNING.pop(sid, None)
+    left = session_pids(sid)
+    if left:
+        log(f"warning: {name}: processes {left} survived SIGKILL")
+
+
+def cleanup():
+    for pid in list(RUNNING_WRK):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for sid, name in list(RUNNING.items()):
+        kill_session(sid, name)
+
+
+def on_signal(signum, _frame):
+    cleanup()
+    log(f"handoff-bench: stopped by signal {signum}")
+    os._exit(128 + signum)
+
+
+def port_accepts(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def check_response(port):
+    """The bytes the server answers a Connection: close request with."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        out = b""
+        while True:
+            d = s.recv(4096)
+            if not d:
+                return out
+            out += d
+
+
+class ServerFailed(Exception):
+    pass
+
+
+def start_server(name, argv, port, logdir):
+    if port_accepts(port):
+        raise ServerFailed(f"port {port} is already in use by something else")
+    errlog = open(os.path.join(logdir, f"{name}.log"), "ab")
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=errlog,
+        stderr=errlog,
+        start_new_session=True,
+        cwd=ROOT,
+    )
+    RUNNING[proc.pid] = name
+    end = time.monotonic() + 15
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            kill_session(proc.pid, name)
+            errlog.close()
+            tail = open(os.path.join(logdir, f"{name}.log"), "rb").read()[-600:]
+            raise ServerFailed(
+                f"exited with status {proc.returncode} before accepting: "
+                f"{tail.decode(errors='replace').strip()}"
+            )
+        if port_accepts(port):
+            errlog.close()
+            return proc
+        time.sleep(0.05)
+    kill_session(proc.pid, name)
+    errlog.close()
+    raise ServerFailed(f"port {port} did not accept within 15 s")
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def to_ms(text):
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text)
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def run_wrk(args, port, duration, close):
+    cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency"]
+    if close:
+        cmd += ["-H", "Connection: close"]
+    cmd.append(f"http://127.0.0.1:{port}/")
+    busy0 = machine_busy_seconds()
+    with tempfile.TemporaryFile(mode="w+") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        RUNNING_WRK.add(proc.pid)
+        end = time.monotonic() + duration + 30
+        while True:
+            pid, _status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > end:
+                proc.kill()
+                _pid, _status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+        proc.returncode = 0  # reaped by wait4
+        RUNNING_WRK.discard(proc.pid)
+        f.seek(0)
+        out = f.read()
+    res = {"raw": out, "busy": machine_busy_seconds() - busy0,
+           "wrk_cpu": usage.ru_utime + usage.ru_stime}
+    m = re.search(r"Requests/sec:\s*([0-9.]+)", out)
+    res["rps"] = float(m.group(1)) if m else 0.0
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = int(m.group(1)) if m else 0
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s*{pct}(?:\.000)?%\s+(\S+)", out, re.M)
+        res[f"p{pct}"] = to_ms(m.group(1)) if m else float("nan")
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    res["errors"] = errors
+    return res
+
+
+def measure(name, argv, port, args, keepalive, logdir):
+    proc = start_server(name, argv, port, logdir)
+    try:
+        got = check_response(port)
+        if not RESPONSE_CLOSE.fullmatch(got):
+            log(f"warning: {name} answers {got!r}, not the reference response")
+        run_wrk(args, port, 1, True)  # warm-up, discarded
+        sid = proc.pid
+        before = session_cpu_ticks(sid)
+        close = run_wrk(args, port, args.duration, True)
+        after = session_cpu_ticks(sid)
+        if close["requests"] == 0:
+            raise ServerFailed(f"wrk completed no request:\n{close['raw']}")
+        cpu_s = (after - before) / CLK_TCK
+        result = {
+            "cps": close["rps"],
+            "p50": close["p50"],
+            "p99": close["p99"],
+            "cpu_us": cpu_s / close["requests"] * 1e6,
+            "cpu_pct": cpu_s / args.duration * 100,
+            # CPU used by neither the server nor wrk during the run (other tenants), in % of
+            # one CPU: the noise.
+            "other_pct": max(0.0, close["busy"] - cpu_s - close["wrk_cpu"]) / args.duration * 100,
+            "errors": close["errors"],
+        }
+        if keepalive:
+            ka = run_wrk(args, port, args.duration, False)
+            result["ka_rps"] = ka["rps"]
+            result["errors"] += ka["errors"]
+        if proc.poll() is not None:
+            raise ServerFailed(f"died during the run (status {proc.returncode})")
+        return result
+    finally:
+        kill_session(proc.pid, name)
+
+
+def build(args, env):
+    if args.no_build:
+        return None
+    cargo = ["cargo", "build", "--release", "--quiet"]
+    log("building sockdup-loadtest (release) ...")
+    r = subprocess.run(cargo + ["-p", "sockdup-loadtest"], cwd=ROOT, env=env, check=False)
+    if r.returncode != 0:
+        die(f"`cargo build --release -p sockdup-loadtest` failed (status {r.returncode})")
+    log("building sockdup-cli (release) ...")
+    r = subprocess.run(cargo + ["-p", "sockdup-cli"], cwd=ROOT, env=env, check=False)
+    if r.returncode != 0:
+        return f"`cargo build --release -p sockdup-cli` failed (status {r.returncode})"
+    return None
+
+
+def die(msg):
+    """A setup error: exit status 2."""
+    log(f"handoff-bench: {msg}")
+    sys.exit(2)
+
+
+def ensure_tool(tool, package):
+    if shutil.which(tool):
+        return
+    log(f"{tool} is missing: installing the Debian package {package}")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    apt_env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        if subprocess.run(sudo + cmd, env=apt_env, check=False).returncode != 0:
+            die(f"`{' '.join(cmd)}` failed")
+    if not shutil.which(tool):
+        die(f"{tool} still missing after installing {package}")
+
+
+def sockdup_serve_problem(bindir):
+    exe = os.path.join(bindir, "sockdup")
+    if not os.access(exe, os.X_OK):
+        return f"{exe} does not exist"
+    for sub in (["serve", "--help"], ["worker", "--help"]):
+        r = subprocess.run([exe] + sub, capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            first = (r.stderr or r.stdout).strip().splitlines()[:1]
+            return f"`sockdup {sub[0]}` is not available yet ({' '.join(first)})"
+    return None
+
+
+def fmt(x, spec):
+    return "n/a" if x is None or x != x else format(x, spec)
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    p.add_argument("--threads", type=int, default=2, help="wrk -t")
+    p.add_argument("--connections", type=int, default=32, help="wrk -c")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--port-base", type=int, default=18080)
+    p.add_argument("--bin-dir", default=os.environ.get("BIN_DIR"))
+    p.add_argument("--no-build", action="store_true")
+    p.add_argument("--only", default="sockdup,raw,reuseport,node")
+    args = p.parse_args()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    signal.signal(signal.SIGALRM, on_signal)
+    signal.alarm(int(DEADLINE - time.monotonic()))  # watchdog
+    atexit.register(cleanup)
+
+    env = dict(os.environ)
+    target = env.setdefault("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    bindir = os.path.abspath(args.bin_dir or os.path.join(target, "release"))
+    build_problem = build(args, env)
+    ensure_tool("wrk", "wrk")
+    ensure_tool("node", "nodejs")
+    for exe in ("raw-acceptor", "reuseport-server"):
+        if not os.access(os.path.join(bindir, exe), os.X_OK):
+            die(f"{bindir}/{exe} missing (build sockdup-loadtest)")
+
+    sockdup = os.path.join(bindir, "sockdup")
+    addr = lambda i: f"127.0.0.1:{args.port_base + i}"  # noqa: E731
+    w = str(args.workers)
+    servers = [
+        # name, label, argv, port, keep-alive run
+        ("sockdup", "(1) sockdup serve",
+         [sockdup, "serve", "--listen", addr(0), "--workers", w, "--",
+          sockdup, "worker", "--app", "hello"], args.port_base + 0, True),
+        ("raw", "(2) raw SCM_RIGHTS twin",
+         [os.path.join(bindir, "raw-acceptor"), "--listen", addr(1), "--workers", w],
+         args.port_base + 1, False),
+        ("reuseport", "(3) SO_REUSEPORT ceiling",
+         [os.path.join(bindir, "reuseport-server"), "--listen", addr(2), "--workers", w],
+         args.port_base + 2, True),
+        ("node", "(4) node cluster SCHED_RR",
+         ["node", os.path.join(ROOT, "scripts", "node-cluster-hello.js"),
+          "--listen", addr(3), "--workers", w], args.port_base + 3, False),
+    ]
+    wanted = set(args.only.split(","))
+    servers = [s for s in servers if s[0] in wanted]
+
+    failures = {}
+    if "sockdup" in wanted:
+        problem = build_problem or sockdup_serve_problem(bindir)
+        if problem:
+            failures["sockdup"] = problem
+            log(f"FAILED (1) sockdup serve: {problem}; measuring the others")
+
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
+    wrk_version = (wrk_version.strip().splitlines() or ["wrk ?"])[0]
+    node_version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
+    print(f"# handoff-bench  {time.strftime('%Y-%m-%d %H:%M:%S')}  {platform.node()}")
+    print(f"# kernel {platform.release()}, {os.cpu_count()} CPUs, loadavg "
+          f"{' '.join(open('/proc/loadavg').read().split()[:3])}; {wrk_version}; "
+          f"node {node_version.strip()}")
+    print(f"# wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency, "
+          f"{args.rounds} interleaved rounds, {args.workers} workers per server, bins {bindir}")
+    sys.stdout.flush()
+
+    results = {s[0]: [] for s in servers}
+    logdir = tempfile.mkdtemp(prefix="handoff-bench-")
+    for rnd in range(args.rounds):
+        order = servers[rnd % len(servers):] + servers[: rnd % len(servers)]
+        for name, label, argv, port, keepalive in order:
+            if name in failures:
+                continue
+            if time.monotonic() > DEADLINE - 3 * args.duration - 20:
+                log("handoff-bench: time budget exhausted, stopping early")
+                break
+            try:
+                r = measure(name, argv, port, args, keepalive, logdir)
+            except (ServerFailed, subprocess.TimeoutExpired, OSError) as e:
+                failures[name] = str(e)
+                log(f"FAILED {label}: {e}")
+                continue
+            results[name].append(r)
+            ka = f", keep-alive {r['ka_rps']:.0f} req/s" if "ka_rps" in r else ""
+            log(f"round {rnd + 1} {label}: {r['cps']:.0f} conn/s, p50 {r['p50']:.2f} ms, "
+                f"p99 {r['p99']:.2f} ms, {r['cpu_us']:.1f} us CPU/conn "
+                f"({r['cpu_pct']:.0f}% CPU, others {r['other_pct']:.0f}%){ka}, errors {r['errors']}")
+
+    med = {}
+    for name, rs in results.items():
+        med[name] = {k: median([r.get(k) for r in rs]) for k in
+                     ("cps", "p50", "p99", "cpu_us", "cpu_pct", "other_pct", "ka_rps", "errors")}
+        med[name]["n"] = len(rs)
+
+    print()
+    print(f"{'server':<28}{'rounds':>7}{'conn/s':>10}{'spread':>8}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'CPU us/conn':>13}{'srv CPU%':>10}{'other CPU%':>12}{'keep-alive req/s':>18}"
+          f"{'(min-max)':>17}{'errors':>8}")
+    for name, label, *_ in servers:
+        m = med[name]
+        if m["n"] == 0:
+            print(f"{label:<28}{0:>7}   FAILED: {failures.get(name, 'not measured')}")
+            continue
+        cps = [r["cps"] for r in results[name]]
+        spread = f"{(max(cps) - min(cps)) / m['cps'] * 100:.0f}%" if m["cps"] else "n/a"
+        kas = [r["ka_rps"] for r in results[name] if "ka_rps" in r]
+        ka_range = f"({min(kas) / 1e3:.0f}k-{max(kas) / 1e3:.0f}k)" if kas else ""
+        print(f"{label:<28}{m['n']:>7}{fmt(m['cps'], '.0f'):>10}{spread:>8}"
+              f"{fmt(m['p50'], '.2f'):>9}{fmt(m['p99'], '.2f'):>9}{fmt(m['cpu_us'], '.1f'):>13}"
+              f"{fmt(m['cpu_pct'], '.0f'):>10}{fmt(m['other_pct'], '.0f'):>12}"
+              f"{fmt(m['ka_rps'], '.0f'):>18}{ka_range:>17}"
+              f"{fmt(m['errors'], '.0f'):>8}")
+    print("(medians over rounds; conn/s = wrk Requests/sec with Connection: close, spread ="
+          " (max-min)/median over rounds; CPU us/conn = utime+stime of the server's processes /"
+          " requests; srv CPU% and other CPU% (neither server nor wrk: other tenants) in % of one"
+          " CPU during the Connection: close run; errors = wrk socket errors + non-2xx, summed"
+          " over both runs of a round)")
+
+    print()
+    one = med.get("sockdup", {})
+    if not one.get("n"):
+        print(f"ratios: n/a -- (1) sockdup serve FAILED: "
+              f"{failures.get('sockdup', 'not selected')}")
+    else:
+        goals = [("raw", "raw twin", 0.9), ("node", "node cluster SCHED_RR", 2.5),
+                 ("reuseport", "SO_REUSEPORT ceiling", None)]
+        for other, what, goal in goals:
+            o = med.get(other, {})
+            if not o.get("n"):
+                print(f"(1) / {what:<22} n/a (not measured)")
+                continue
+            ratio = one["cps"] / o["cps"] if o["cps"] else float("nan")
+            cpu = one["cpu_us"] / o["cpu_us"] if o["cpu_us"] else float("nan")
+            verdict = ("" if goal is None else
+                       f"  goal >= {goal}x: {'MET' if ratio >= goal else 'NOT MET'}")
+            line = f"(1) / {what:<22} conn/s {ratio:5.2f}x   CPU/conn {cpu:5.2f}x{verdict}"
+            if other == "reuseport" and one.get("ka_rps") and o.get("ka_rps"):
+                line += f"   keep-alive req/s {one['ka_rps'] / o['ka_rps']:5.2f}x"
+            print(line)
+    sys.stdout.flush()
+
+    if failures:
+        for name, why in failures.items():
+            log(f"FAILED {name}: {why}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
