@@ -5,7 +5,7 @@
 //! Every test has its own catalog file, given to the spawned `sockdup` in `SOCKDUP_CATALOG`.
 
 mod util;
-use util::{assert_ok, stderr, stdout};
+use util::{assert_fails, assert_ok, stderr, stdout};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -135,22 +135,6 @@ fn output(mut cmd: Command) -> Output {
     );
     assert_ne!(out.status.code(), None, "killed by a signal: {e}");
     out
-}
-
-/// Asserts a failure with exit status `code`, `needles` in stderr and nothing on stdout.
-#[track_caller]
-fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{err}",
-        stdout(out)
-    );
-    for needle in needles {
-        assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
-    }
-    assert!(out.stdout.is_empty(), "stdout: {}", stdout(out));
 }
 
 /// `obj[key]` as a `u64`.

@@ -3,7 +3,7 @@
 //! input.
 
 mod util;
-use util::{assert_ok, stderr, stdout};
+use util::{DEMO_STEPS, assert_ok, stderr, stdout};
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -210,19 +210,7 @@ fn demo_runs_all_ten_steps_in_two_processes() {
             .iter()
             .any(|l| l.starts_with(&format!("[{who} ")) && l.contains(&format!("] {step}) ")))
     };
-    for (step, who) in [
-        (1, "source"),
-        (2, "source"),
-        (3, "target"),
-        (4, "source"),
-        (5, "source"),
-        (6, "source"),
-        (7, "target"),
-        (8, "target"),
-        (9, "target"),
-        (10, "source"),
-        (10, "target"),
-    ] {
+    for (step, who) in DEMO_STEPS {
         assert!(by(who, step), "no step {step} by the {who}:\n{text}");
     }
     assert!(

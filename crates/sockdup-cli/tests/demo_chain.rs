@@ -3,7 +3,7 @@
 //! lists; and its hidden helper subcommands used on their own.
 
 mod util;
-use util::{assert_ok, stderr, stdout};
+use util::{DEMO_STEPS, assert_fails, assert_ok, stderr, stdout};
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -30,23 +30,6 @@ fn run_with(args: &[&str], env: &[(&str, &Path)], stdin: &[u8]) -> Output {
 
 fn run(args: &[&str]) -> Output {
     run_with(args, &[], b"")
-}
-
-/// Asserts a clean failure with `code`: a message on stderr, no panic, nothing on stdout.
-#[track_caller]
-fn assert_fails_cleanly(out: &Output, code: i32, expect_in_stderr: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{err}",
-        stdout(out)
-    );
-    assert!(!err.contains("panicked"), "panicked: {err}");
-    for want in expect_in_stderr {
-        assert!(err.contains(want), "stderr lacks {want:?}:\n{err}");
-    }
-    assert!(out.stdout.is_empty(), "stdout: {}", stdout(out));
 }
 
 /// The demo's output, by line, with the helpers the checks need.
@@ -103,19 +86,7 @@ fn chain_demo(layers: &str) -> (Demo, u32, PathBuf) {
     assert_ok(&out);
     let demo = Demo { text: stdout(&out) };
     let text = &demo.text;
-    for (step, who) in [
-        (1, "source"),
-        (2, "source"),
-        (3, "target"),
-        (4, "source"),
-        (5, "source"),
-        (6, "source"),
-        (7, "target"),
-        (8, "target"),
-        (9, "target"),
-        (10, "source"),
-        (10, "target"),
-    ] {
+    for (step, who) in DEMO_STEPS {
         demo.step(who, step);
     }
     assert!(text.contains("read EOF"), "{text}");
@@ -284,23 +255,23 @@ fn demo_through_policy_trace_and_fault_layers() {
 #[test]
 fn demo_refuses_unknown_layers_and_long_chains() {
     let out = run(&["demo", "--chain", "bogus"]);
-    assert_fails_cleanly(
+    assert_fails(
         &out,
         2,
         &["bogus", "not a layer kind", "trace, policy, fault"],
     );
     let out = run(&["demo", "--chain", "trace,bogus"]);
-    assert_fails_cleanly(&out, 2, &["\"bogus\" is not a layer kind"]);
+    assert_fails(&out, 2, &["\"bogus\" is not a layer kind"]);
     let out = run(&[
         "demo",
         "--chain",
         "trace,trace,trace,trace,trace,trace,trace",
     ]);
-    assert_fails_cleanly(&out, 2, &["at most 6 layers"]);
+    assert_fails(&out, 2, &["at most 6 layers"]);
     let out = run(&["demo", "--chain", "trace,,fault"]);
-    assert_fails_cleanly(&out, 2, &["empty layer name"]);
+    assert_fails(&out, 2, &["empty layer name"]);
     let out = run(&["demo", "--chain"]);
-    assert_fails_cleanly(&out, 2, &["--chain"]);
+    assert_fails(&out, 2, &["--chain"]);
 }
 
 #[test]
@@ -371,7 +342,7 @@ fn the_source_helper_checks_its_catalog() {
         .stdin(Stdio::null())
         .output()
         .expect("run");
-    assert_fails_cleanly(&out, 1, &["SOCKDUP_CATALOG is not set"]);
+    assert_fails(&out, 1, &["SOCKDUP_CATALOG is not set"]);
 
     // A catalog whose chain is not the one asked for.
     let catalog = TempCatalog::with_layer("trace", "mismatch");
@@ -381,7 +352,7 @@ fn the_source_helper_checks_its_catalog() {
         &[("SOCKDUP_CATALOG", &path)],
         b"",
     );
-    assert_fails_cleanly(&out, 1, &["not fault over TCP/IPv4"]);
+    assert_fails(&out, 1, &["not fault over TCP/IPv4"]);
 }
 
 #[test]

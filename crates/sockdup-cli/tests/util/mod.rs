@@ -40,3 +40,36 @@ pub fn wait_until<T>(limit: std::time::Duration, mut f: impl FnMut() -> Option<T
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// The seed's handoff steps and which process does each, as `sockdup demo` prints them.
+pub const DEMO_STEPS: [(u32, &str); 11] = [
+    (1, "source"),
+    (2, "source"),
+    (3, "target"),
+    (4, "source"),
+    (5, "source"),
+    (6, "source"),
+    (7, "target"),
+    (8, "target"),
+    (9, "target"),
+    (10, "source"),
+    (10, "target"),
+];
+
+/// Asserts a clean failure with exit status `code`: every one of `needles` on stderr, no
+/// panic, nothing on stdout.
+#[track_caller]
+pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{err}",
+        stdout(out)
+    );
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    for needle in needles {
+        assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
+    }
+    assert!(out.stdout.is_empty(), "stdout: {}", stdout(out));
+}
