@@ -68,25 +68,31 @@ pub fn load_catalog_from(path: &Path) -> Result<Catalog, Error> {
 /// # Errors
 /// An OS error (with its Winsock mapping) if the directory cannot be created or written.
 pub fn save_catalog_to(path: &Path, catalog: &Catalog) -> Result<(), Error> {
-    let fail = |e: io::Error| {
-        Error::from_errno(e, &format!("writing the catalog file {}", path.display()))
-    };
+    let mut json = catalog.to_json();
+    json.push('\n');
+    write_atomically(path, json.as_bytes())
+        .map_err(|e| Error::from_errno(e, &format!("writing the catalog file {}", path.display())))
+}
+
+/// Replaces the file at `path` with `contents` atomically (temporary file in the same
+/// directory, `fsync`, rename, directory `fsync`), creating the directory if needed: a crash
+/// leaves the old contents or the new ones, never a mix.
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(fail)?;
+    std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.{}-{:08x}.tmp",
         path.file_name()
-            .map_or("catalog".into(), |n| n.to_string_lossy()),
+            .map_or("file".into(), |n| n.to_string_lossy()),
         std::process::id(),
         crate::sys::random_u32()
     ));
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(catalog.to_json().as_bytes())?;
-        f.write_all(b"\n")?;
+        f.write_all(contents)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
@@ -94,7 +100,7 @@ pub fn save_catalog_to(path: &Path, catalog: &Catalog) -> Result<(), Error> {
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    written.map_err(fail)
+    written
 }
 
 /// Loads the catalog at `path`, lets `change` modify it, and saves it, holding an exclusive

@@ -68,6 +68,7 @@ mod inbox;
 pub mod spi;
 mod startup;
 mod sys;
+pub mod upgrade;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;

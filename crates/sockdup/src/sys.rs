@@ -83,19 +83,19 @@ pub(crate) fn random_u32() -> u32 {
     }
 }
 
-fn seqpacket(flags: SocketFlags) -> io::Result<OwnedFd> {
+fn unix_socket(kind: SocketType, flags: SocketFlags) -> io::Result<OwnedFd> {
     Ok(net::socket_with(
         AddressFamily::UNIX,
-        SocketType::SEQPACKET,
+        kind,
         SocketFlags::CLOEXEC | flags,
         None,
     )?)
 }
 
-/// A non-blocking listening inbox socket bound at `addr`. A stale socket file left by a dead
-/// process with the same pid is replaced.
-pub(crate) fn listen_inbox(addr: &InboxAddress) -> io::Result<OwnedFd> {
-    let fd = seqpacket(SocketFlags::NONBLOCK)?;
+/// A non-blocking listening socket of `kind` bound at `addr`. A stale socket file left by a
+/// dead process with the same pid is replaced.
+fn listen_at(addr: &InboxAddress, kind: SocketType) -> io::Result<OwnedFd> {
+    let fd = unix_socket(kind, SocketFlags::NONBLOCK)?;
     if let InboxAddress::Path(path) = addr {
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -105,6 +105,32 @@ pub(crate) fn listen_inbox(addr: &InboxAddress) -> io::Result<OwnedFd> {
     net::bind(&fd, &addr.to_sockaddr()?)?;
     net::listen(&fd, 128)?;
     Ok(fd)
+}
+
+/// A blocking connection of `kind` to `addr`; reads and writes that take longer than
+/// `timeout` fail with `EAGAIN`.
+fn connect_at(addr: &InboxAddress, kind: SocketType, timeout: Duration) -> io::Result<OwnedFd> {
+    let fd = unix_socket(kind, SocketFlags::empty())?;
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, Some(timeout))?;
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(timeout))?;
+    net::connect(&fd, &addr.to_sockaddr()?)?;
+    Ok(fd)
+}
+
+/// The inbox's listening `SOCK_SEQPACKET` socket at `addr`, non-blocking.
+pub(crate) fn listen_inbox(addr: &InboxAddress) -> io::Result<OwnedFd> {
+    listen_at(addr, SocketType::SEQPACKET)
+}
+
+/// A takeover control socket (`SOCK_STREAM`, for lines of text) listening at `addr`,
+/// non-blocking.
+pub(crate) fn listen_control(addr: &InboxAddress) -> io::Result<OwnedFd> {
+    listen_at(addr, SocketType::STREAM)
+}
+
+/// A blocking connection to the takeover control socket at `addr`.
+pub(crate) fn connect_control(addr: &InboxAddress, timeout: Duration) -> io::Result<OwnedFd> {
+    connect_at(addr, SocketType::STREAM, timeout)
 }
 
 /// Accepts one connection, non-blocking and close-on-exec; `Ok(None)` when none is waiting.
@@ -119,11 +145,7 @@ pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
 /// A blocking connection to the inbox at `addr`; replies that take longer than `timeout` fail
 /// with `EAGAIN`.
 pub(crate) fn connect_inbox(addr: &InboxAddress, timeout: Duration) -> io::Result<OwnedFd> {
-    let fd = seqpacket(SocketFlags::empty())?;
-    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, Some(timeout))?;
-    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(timeout))?;
-    net::connect(&fd, &addr.to_sockaddr()?)?;
-    Ok(fd)
+    connect_at(addr, SocketType::SEQPACKET, timeout)
 }
 
 /// The kernel-verified pid and uid of the process at the other end (`SO_PEERCRED`): for a
@@ -230,6 +252,24 @@ pub(crate) fn has_exited(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
         tv_nsec: 0,
     };
     Ok(rustix::event::poll(&mut fds, Some(&zero))? > 0)
+}
+
+/// Blocks until at least one of `fds` is readable (or hung up); says which are.
+pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
+    let mut polled: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    loop {
+        match rustix::event::poll(&mut polled, None) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => {
+                other?;
+                break;
+            }
+        }
+    }
+    Ok(polled.iter().map(|p| !p.revents().is_empty()).collect())
 }
 
 /// An `eventfd` used to wake the inbox thread.
