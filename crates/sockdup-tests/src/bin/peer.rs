@@ -8,7 +8,11 @@
 //! `cloexec` (lists descriptors above 2 that are not close-on-exec), `squat PID`, `exit`; through the
 //! catalog's chains: `spi-tcp-connect ADDR` (answers `IDX CATALOG_ID HANDLE`), `spi-dup IDX PID`,
 //! `spi-redeem RECORD`, `spi-send IDX TEXT`, `spi-recv IDX`, `spi-close IDX`, `spi-into-fd IDX`,
-//! `addr2str ADDR`, `str2addr TEXT`, `trace` (the trace layers' reports).
+//! `addr2str ADDR`, `str2addr TEXT`, `trace` (the trace layers' reports); upgrades:
+//! `publish PIDFILE [timeout=S] NAME=IDX...`, `take-over PIDFILE NAME...` (answers
+//! `NAME=IDX...`, this process's own copies), `complete`, `abort`, `drop-takeover`,
+//! `handed-over` (`none` or `PID NAME...`), `wait-handover SECONDS`, `unpublish`,
+//! `take-and-crash PIDFILE NAME` (asks by hand, reads the first answer line, aborts).
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -26,6 +30,8 @@ struct Peer {
     next: usize,
     guard: Option<sockdup::Startup>,
     squat: Option<OwnedFd>,
+    published: Option<sockdup::upgrade::Published>,
+    takeover: Option<sockdup::upgrade::Takeover>,
 }
 
 type Answer = Result<String, String>;
@@ -336,9 +342,116 @@ impl Peer {
                 })
                 .collect::<Vec<_>>()
                 .join(" | ")),
+            "publish" | "take-over" | "complete" | "abort" | "drop-takeover" | "handed-over"
+            | "wait-handover" | "unpublish" | "take-and-crash" => self.upgrade(cmd, line),
             "exit" => std::process::exit(0),
             "" => Ok(String::new()),
             other => Err(format!("0 unknown command {other}")),
+        }
+    }
+}
+
+impl Peer {
+    fn upgrade(&mut self, cmd: &str, line: &str) -> Answer {
+        use sockdup::upgrade::Upgrade;
+        let mut words = line.split_whitespace().skip(1);
+        let describe = |h: sockdup::upgrade::Handover| format!("{} {}", h.pid, h.names.join(" "));
+        match cmd {
+            "publish" => {
+                let mut up = Upgrade::new(words.next().ok_or("0 missing pid file")?);
+                let mut listeners = Vec::new();
+                for w in words {
+                    match w.split_once('=') {
+                        Some(("timeout", v)) => {
+                            up = up.timeout(Duration::from_secs_f64(
+                                v.parse().map_err(|_| "0 bad timeout")?,
+                            ))
+                        }
+                        Some((name, idx)) => {
+                            let fd = self.fd(Some(idx))?.try_clone().map_err(io)?;
+                            listeners.push((name.to_owned(), fd));
+                        }
+                        None => return Err(format!("0 bad listener {w}")),
+                    }
+                }
+                self.published = Some(up.publish(listeners).map_err(err)?);
+                Ok(String::new())
+            }
+            "take-over" => {
+                let up = Upgrade::new(words.next().ok_or("0 missing pid file")?);
+                let names: Vec<&str> = words.collect();
+                let t = up.take_over(&names).map_err(err)?;
+                let mut out = Vec::new();
+                for (name, fd) in t.listeners() {
+                    let own = fd.try_clone_to_owned().map_err(io)?;
+                    out.push(format!("{name}={}", self.keep(own)));
+                }
+                self.takeover = Some(t);
+                Ok(out.join(" "))
+            }
+            "complete" => {
+                let t = self.takeover.take().ok_or("0 no takeover")?;
+                self.published = Some(t.complete().map_err(err)?);
+                Ok(String::new())
+            }
+            "abort" => {
+                let t = self.takeover.take().ok_or("0 no takeover")?;
+                t.abort().map_err(err)?;
+                Ok(String::new())
+            }
+            "drop-takeover" => {
+                self.takeover.take().ok_or("0 no takeover")?;
+                Ok(String::new())
+            }
+            "handed-over" => {
+                let p = self.published.as_ref().ok_or("0 nothing published")?;
+                Ok(p.handed_over().map_or("none".into(), describe))
+            }
+            "wait-handover" => {
+                let p = self.published.as_ref().ok_or("0 nothing published")?;
+                let secs: f64 = words
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("0 missing seconds")?;
+                Ok(p.wait_timeout(Duration::from_secs_f64(secs))
+                    .map_or("none".into(), describe))
+            }
+            "unpublish" => {
+                self.published.take().ok_or("0 nothing published")?;
+                Ok(String::new())
+            }
+            "take-and-crash" => {
+                // The documented control address, spoken to by hand, so this process can die
+                // after the old one has duplicated the listeners for it and before it redeems.
+                let pid_file = words.next().ok_or("0 missing pid file")?;
+                let name = words.next().ok_or("0 missing name")?;
+                let pid = std::fs::read_to_string(pid_file).map_err(io)?;
+                let fd = rustix::net::socket_with(
+                    AddressFamily::UNIX,
+                    SocketType::STREAM,
+                    SocketFlags::CLOEXEC,
+                    None,
+                )
+                .map_err(|e| io(e.into()))?;
+                let addr = SocketAddrUnix::new_abstract_name(
+                    format!("sockdup/v1/{}/upgrade", pid.trim()).as_bytes(),
+                )
+                .map_err(|e| io(e.into()))?;
+                rustix::net::connect(&fd, &addr).map_err(|e| io(e.into()))?;
+                let mut stream = UnixStream::from(fd);
+                stream
+                    .write_all(format!("take 1 {name}\n").as_bytes())
+                    .map_err(io)?;
+                let mut first = String::new();
+                std::io::BufReader::new(&stream)
+                    .read_line(&mut first)
+                    .map_err(io)?;
+                if !first.starts_with("listener ") {
+                    return Err(format!("0 expected a listener line, got {first:?}"));
+                }
+                std::process::abort();
+            }
+            _ => Err(format!("0 unknown command {cmd}")),
         }
     }
 }
@@ -350,6 +463,8 @@ fn main() {
         next: 0,
         guard: None,
         squat: None,
+        published: None,
+        takeover: None,
     };
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();

@@ -117,6 +117,22 @@ impl Peer {
         self.ok("fdcount").parse().expect("fdcount")
     }
 
+    /// Sends one command after which the peer must die without answering; returns how it
+    /// ended.
+    #[track_caller]
+    pub fn crashes(&mut self, line: &str) -> std::process::ExitStatus {
+        writeln!(self.stdin, "{line}").expect("write to peer");
+        self.stdin.flush().expect("flush peer");
+        let mut answer = String::new();
+        self.stdout.read_line(&mut answer).expect("read from peer");
+        assert_eq!(
+            answer, "",
+            "peer {} answered {line:?} instead of dying",
+            self.pid
+        );
+        self.child.wait().expect("wait for peer")
+    }
+
     /// Asks the peer to exit and waits for it.
     pub fn exit(mut self) {
         let _ = writeln!(self.stdin, "exit");

@@ -1,0 +1,281 @@
+//! Zero-downtime restarts between real processes: a `peer` publishes listeners, other peers
+//! take them over by pid file; what a refused or failed takeover leaves behind.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use util::Peer;
+
+/// A fresh directory for one test's pid file.
+fn pid_file(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sockdup-upgrade-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("server.pid")
+}
+
+fn pid_in(path: &PathBuf) -> u32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A peer serving `names` (each a TCP listener on loopback), published at `pid_file`.
+/// Returns the peer and `(name, idx, address)` of each listener.
+fn server(pid_file: &PathBuf, names: &[&str], opts: &str) -> (Peer, Vec<(String, String, String)>) {
+    let mut p = Peer::spawn(Some(""));
+    let mut listeners = Vec::new();
+    for name in names {
+        let out = p.ok("tcp-listen");
+        let (idx, addr) = out.split_once(' ').unwrap();
+        listeners.push((name.to_string(), idx.to_owned(), addr.to_owned()));
+    }
+    let spec: Vec<String> = listeners
+        .iter()
+        .map(|(n, i, _)| format!("{n}={i}"))
+        .collect();
+    p.ok(&format!(
+        "publish {} {opts} {}",
+        pid_file.display(),
+        spec.join(" ")
+    ));
+    (p, listeners)
+}
+
+/// Connects to `addr`, lets `peer` accept on listener `idx`, and checks bytes flow.
+fn served_by(peer: &mut Peer, idx: &str, addr: &str) {
+    let mut client = TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let conn = peer.ok(&format!("accept {idx}"));
+    peer.ok(&format!("write {conn} hi-from-{}", peer.pid));
+    let mut buf = [0u8; 64];
+    let n = client.read(&mut buf).unwrap();
+    assert_eq!(
+        std::str::from_utf8(&buf[..n]).unwrap(),
+        format!("hi-from-{}", peer.pid)
+    );
+    client.write_all(b"x").unwrap();
+    peer.ok(&format!("close {conn}"));
+}
+
+/// `NAME=IDX ...` as a lookup.
+fn idx_of<'a>(answer: &'a str, name: &str) -> &'a str {
+    answer
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("{name} not in {answer:?}"))
+}
+
+/// The old process still serves: pid file, no handover, and it accepts on `listener`.
+fn untouched(old: &mut Peer, pid_file: &PathBuf, listener: &(String, String, String)) {
+    assert_eq!(
+        pid_in(pid_file),
+        old.pid,
+        "the pid file still names the old process"
+    );
+    assert_eq!(old.ok("handed-over"), "none");
+    served_by(old, &listener.1, &listener.2);
+}
+
+#[test]
+fn a_new_process_takes_over_by_name_and_the_old_one_keeps_the_rest() {
+    let pf = pid_file("basic");
+    let (mut old, ls) = server(&pf, &["web", "admin"], "");
+    let mut new = Peer::spawn(Some(""));
+    let got = new.ok(&format!("take-over {} web", pf.display()));
+    let web = idx_of(&got, "web").to_owned();
+    // Both accept from the same queue now: the new one already serves.
+    served_by(&mut new, &web, &ls[0].2);
+    served_by(&mut old, &ls[0].1, &ls[0].2);
+    assert_eq!(old.ok("handed-over"), "none", "not before complete");
+    new.ok("complete");
+    assert_eq!(old.ok("wait-handover 5"), format!("{} web", new.pid));
+    assert_eq!(pid_in(&pf), new.pid, "the pid file names the new process");
+    // The listener it did not ask for stays with the old process.
+    served_by(&mut old, &ls[1].1, &ls[1].2);
+    // The old one drops out; the new one serves alone and can hand over in turn.
+    old.ok("unpublish");
+    old.ok(&format!("close {}", ls[0].1));
+    assert_eq!(
+        pid_in(&pf),
+        new.pid,
+        "an old process leaving after a handover keeps the new pid"
+    );
+    served_by(&mut new, &web, &ls[0].2);
+    let mut third = Peer::spawn(Some(""));
+    let got = third.ok(&format!("take-over {} web", pf.display()));
+    third.ok("complete");
+    assert_eq!(new.ok("wait-handover 5"), format!("{} web", third.pid));
+    served_by(&mut third, idx_of(&got, "web"), &ls[0].2);
+    // The handed-over server refuses further takeovers, naming its successor.
+    let mut late = Peer::spawn(Some(""));
+    std::fs::write(&pf, format!("{}\n", new.pid)).unwrap();
+    let e = late.fails(&format!("take-over {} web", pf.display()));
+    assert_eq!(e.code, 10022);
+    assert!(
+        e.message.contains(&format!("process {}", third.pid)),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn unknown_names_bad_names_and_bad_pid_files_are_refused_and_change_nothing() {
+    let pf = pid_file("refusals");
+    let (mut old, ls) = server(&pf, &["web"], "");
+    let mut new = Peer::spawn(Some(""));
+    let e = new.fails(&format!("take-over {} web api", pf.display()));
+    assert_eq!(e.code, 10022);
+    assert!(
+        e.message.contains("no listener named \"api\"") && e.message.contains("it has web"),
+        "{}",
+        e.message
+    );
+    let e = new.fails(&format!("take-over {} web web", pf.display()));
+    assert!(e.message.contains("twice"), "{}", e.message);
+    let e = new.fails(&format!("take-over {} a:b", pf.display()));
+    assert!(e.message.contains("listener name"), "{}", e.message);
+    untouched(&mut old, &pf, &ls[0]);
+
+    // No pid file, a stale one, garbage, one naming a process that is not a sockdup server.
+    let dir = pf.parent().unwrap();
+    let missing = dir.join("missing.pid");
+    let e = new.fails(&format!("take-over {} web", missing.display()));
+    assert_eq!(e.code, 10022);
+    assert!(e.message.contains("no pid file"), "{}", e.message);
+    let stale = dir.join("stale.pid");
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    std::fs::write(&stale, format!("{gone_pid}\n")).unwrap();
+    let e = new.fails(&format!("take-over {} web", stale.display()));
+    assert_eq!(e.code, 10022);
+    assert!(e.message.contains("not running"), "{}", e.message);
+    let garbage = dir.join("garbage.pid");
+    std::fs::write(&garbage, "hello\n").unwrap();
+    let e = new.fails(&format!("take-over {} web", garbage.display()));
+    assert!(e.message.contains("does not hold a pid"), "{}", e.message);
+    let stranger = dir.join("stranger.pid");
+    std::fs::write(&stranger, format!("{}\n", std::process::id())).unwrap();
+    let e = new.fails(&format!("take-over {} web", stranger.display()));
+    assert_eq!(e.code, 10022);
+    assert!(e.message.contains("not a sockdup server"), "{}", e.message);
+    // Taking over from oneself.
+    let e = old.fails(&format!("take-over {} web", pf.display()));
+    assert!(e.message.contains("from itself"), "{}", e.message);
+    untouched(&mut old, &pf, &ls[0]);
+    // A second server publishing beside a running one.
+    let mut rival = Peer::spawn(Some(""));
+    let l = rival.ok("tcp-listen");
+    let e = rival.fails(&format!(
+        "publish {} web={}",
+        pf.display(),
+        l.split(' ').next().unwrap()
+    ));
+    assert_eq!(e.code, 10048);
+    untouched(&mut old, &pf, &ls[0]);
+}
+
+#[test]
+fn one_takeover_at_a_time_and_an_abort_leaves_the_old_one_serving() {
+    let pf = pid_file("concurrent");
+    let (mut old, ls) = server(&pf, &["web"], "");
+    let mut first = Peer::spawn(Some(""));
+    let mut second = Peer::spawn(Some(""));
+    first.ok(&format!("take-over {} web", pf.display()));
+    let e = second.fails(&format!("take-over {} web", pf.display()));
+    assert_eq!(e.code, 10036, "{}", e.message);
+    assert!(
+        e.message.contains(&format!("process {}", first.pid)),
+        "{}",
+        e.message
+    );
+    first.ok("abort");
+    untouched(&mut old, &pf, &ls[0]);
+    // Dropping an unfinished takeover aborts it too.
+    second.ok(&format!("take-over {} web", pf.display()));
+    second.ok("drop-takeover");
+    untouched(&mut old, &pf, &ls[0]);
+    // And then a takeover completes.
+    let got = first.ok(&format!("take-over {} web", pf.display()));
+    first.ok("complete");
+    assert_eq!(old.ok("wait-handover 5"), format!("{} web", first.pid));
+    served_by(&mut first, idx_of(&got, "web"), &ls[0].2);
+}
+
+#[test]
+fn a_new_process_that_dies_before_redeeming_or_never_gets_ready_leaves_the_old_one_serving() {
+    let pf = pid_file("crash");
+    let (mut old, ls) = server(&pf, &["web"], "timeout=1");
+    let mut crasher = Peer::spawn(Some(""));
+    // The old process duplicated the listener for it; it dies holding only the record.
+    let status = crasher.crashes(&format!("take-and-crash {} web", pf.display()));
+    assert!(!status.success(), "{status}");
+    let mut next = Peer::spawn(Some(""));
+    let got = util::wait_for(Duration::from_secs(5), || {
+        next.cmd(&format!("take-over {} web", pf.display())).ok()
+    });
+    next.ok("abort");
+    drop(got);
+    untouched(&mut old, &pf, &ls[0]);
+    // A new process that takes over and then hangs: the old one gives up after its timeout.
+    let mut hung = Peer::spawn(Some(""));
+    hung.ok(&format!("take-over {} web", pf.display()));
+    let mut after = Peer::spawn(Some(""));
+    let got = util::wait_for(Duration::from_secs(5), || {
+        after.cmd(&format!("take-over {} web", pf.display())).ok()
+    });
+    after.ok("complete");
+    assert_eq!(old.ok("wait-handover 5"), format!("{} web", after.pid));
+    served_by(&mut after, idx_of(&got, "web"), &ls[0].2);
+    // The hung process's own completion is now refused.
+    let e = hung.fails("complete");
+    assert_ne!(e.code, 0, "{}", e.message);
+}
+
+#[test]
+fn takeovers_leak_no_descriptor_in_either_process() {
+    let pf = pid_file("leaks");
+    let (mut old, ls) = server(&pf, &["a", "b", "c"], "");
+    let mut new = Peer::spawn(Some(""));
+    let cycle = |new: &mut Peer| {
+        let got = new.ok(&format!("take-over {} a b c", pf.display()));
+        new.ok("abort");
+        // The peer's own copies, made to accept on, are the test's to close.
+        for name in ["a", "b", "c"] {
+            new.ok(&format!("close {}", idx_of(&got, name)));
+        }
+    };
+    // The first cycle opens what stays open by design: the old process's kept connection to
+    // the new one's inbox (one per pair of processes, for later duplicates).
+    cycle(&mut new);
+    let (old_before, new_before) = (old.fdcount(), new.fdcount());
+    // Inherited from whoever ran the tests, if anything: the baseline.
+    let inherited = old.ok("cloexec");
+    for _ in 0..50 {
+        cycle(&mut new);
+    }
+    assert_eq!(
+        new.fdcount(),
+        new_before,
+        "the new process: aborted takeovers close their descriptors"
+    );
+    // The old process's session threads end on their own after the abort.
+    util::wait_for(Duration::from_secs(5), || {
+        (old.fdcount() == old_before).then_some(())
+    });
+    assert_eq!(
+        old.ok("cloexec"),
+        inherited,
+        "every new descriptor is close-on-exec"
+    );
+    untouched(&mut old, &pf, &ls[0]);
+}
