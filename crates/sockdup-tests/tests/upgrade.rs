@@ -5,7 +5,7 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use util::Peer;
@@ -18,7 +18,7 @@ fn pid_file(test: &str) -> PathBuf {
     dir.join("server.pid")
 }
 
-fn pid_in(path: &PathBuf) -> u32 {
+fn pid_in(path: &Path) -> u32 {
     std::fs::read_to_string(path)
         .unwrap()
         .trim()
@@ -28,7 +28,7 @@ fn pid_in(path: &PathBuf) -> u32 {
 
 /// A peer serving `names` (each a TCP listener on loopback), published at `pid_file`.
 /// Returns the peer and `(name, idx, address)` of each listener.
-fn server(pid_file: &PathBuf, names: &[&str], opts: &str) -> (Peer, Vec<(String, String, String)>) {
+fn server(pid_file: &Path, names: &[&str], opts: &str) -> (Peer, Vec<(String, String, String)>) {
     let mut p = Peer::spawn(Some(""));
     let mut listeners = Vec::new();
     for name in names {
@@ -75,7 +75,7 @@ fn idx_of<'a>(answer: &'a str, name: &str) -> &'a str {
 }
 
 /// The old process still serves: pid file, no handover, and it accepts on `listener`.
-fn untouched(old: &mut Peer, pid_file: &PathBuf, listener: &(String, String, String)) {
+fn untouched(old: &mut Peer, pid_file: &Path, listener: &(String, String, String)) {
     assert_eq!(
         pid_in(pid_file),
         old.pid,
