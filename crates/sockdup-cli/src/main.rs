@@ -25,6 +25,7 @@
 mod catalog;
 mod demo;
 mod inspect;
+mod listen;
 mod record;
 mod serve;
 mod worker;
