@@ -24,6 +24,7 @@
 
 mod catalog;
 mod demo;
+mod exec;
 mod inspect;
 mod listen;
 mod record;
@@ -169,6 +170,39 @@ enum Command {
     #[command(after_long_help = "Example:\n  \
         sockdup serve --listen 127.0.0.1:8080 --workers 2 -- sockdup worker --app hello")]
     Worker(worker::Args),
+
+    /// Run a server with listeners it binds, or takes over from the running `sockdup exec`
+    /// of the same pid file, without refusing a connection.
+    ///
+    /// COMMAND gets the listeners as descriptors 3, 4, ... (in --listen order) with
+    /// LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID set: the systemd socket-activation
+    /// convention, so servers that support it (e.g. through the listenfd crate) work
+    /// unmodified. If the pid file names a running `sockdup exec`, this one takes the
+    /// listeners over from it (sockdup::upgrade), starts COMMAND with them, and once COMMAND
+    /// has run for --ready-after, tells the old one, which sends SIGTERM to its own COMMAND,
+    /// waits for it (at most --drain-deadline) and exits. Both servers accept from the same
+    /// listening sockets meanwhile, so no connection attempt is refused. A COMMAND that exits
+    /// before it is ready aborts the takeover; the old server keeps serving.
+    ///
+    /// Without a takeover, exits with COMMAND's status; SIGTERM and SIGINT are passed on to
+    /// COMMAND as SIGTERM.
+    #[command(after_long_help = "Examples:\n  \
+        sockdup exec --listen web=127.0.0.1:8080 -- sockdup worker --app hello --listen-fds\n  \
+        # later, the same command line again: a zero-downtime replacement\n  \
+        sockdup exec --listen web=127.0.0.1:8080 -- sockdup worker --app hello --listen-fds\n  \
+        sockdup exec --listen web=[::]:443 --listen admin=unix:/run/app.sock --pid-file /run/app.pid -- ./server")]
+    Exec(exec::Args),
+
+    /// Sets LISTEN_PID and runs COMMAND in this process (sockdup exec's helper).
+    #[command(hide = true)]
+    ExecChild(ExecChildArgs),
+}
+
+/// The hidden `exec-child` subcommand's arguments.
+#[derive(Debug, clap::Args)]
+struct ExecChildArgs {
+    #[arg(last = true, required = true)]
+    command: Vec<OsString>,
 }
 
 /// How a command failed; printed on stderr by `main`.
@@ -259,6 +293,11 @@ fn main() -> ExitCode {
         Command::Catalog(args) => catalog::run(&args),
         Command::Serve(args) => serve::run(args),
         Command::Worker(args) => worker::run(&args),
+        Command::Exec(args) => match exec::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::ExecChild(args) => return exec::exec_child(&args.command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,7 @@
 //! (stdin not a terminal), the worker ignores SIGINT: a Ctrl-C in the terminal reaches the
 //! whole process group, and the acceptor, not the terminal, decides when its workers stop.
 
+mod activated;
 mod hello;
 
 use std::io::{self, IsTerminal, Read, Write};
@@ -30,6 +31,12 @@ pub(crate) struct Args {
     /// hello (HTTP/1.1, "hello from sockdup" for every request).
     #[arg(long, value_enum)]
     pub(crate) app: App,
+
+    /// Instead of taking connections from `sockdup serve`, accept them on the listening
+    /// sockets passed by socket activation (LISTEN_FDS and LISTEN_PID, as `sockdup exec` and
+    /// systemd set them); on SIGTERM, stop accepting, finish the open connections, exit 0.
+    #[arg(long)]
+    pub(crate) listen_fds: bool,
 }
 
 /// `--app`.
@@ -44,6 +51,9 @@ pub(crate) enum App {
 /// Runs `sockdup worker`.
 pub(crate) fn run(args: &Args) -> Result<(), CliError> {
     crate::init_logging();
+    if args.listen_fds {
+        return activated::run(args.app);
+    }
     if !io::stdin().is_terminal() {
         // A registered handler replaces the default action (terminate): SIGINT is ignored.
         signal_hook::flag::register(
@@ -93,14 +103,18 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
 fn serve_one(app: App, mut conn: Connection, draining: &AtomicBool) {
     let id = conn.id();
     tracing::debug!(id, ?app, "sockdup worker: serving a connection");
-    let outcome = match app {
-        App::Echo => echo(conn.stream()),
-        App::Hello => hello::serve(conn.stream(), draining),
-    };
-    if let Err(e) = outcome {
+    if let Err(e) = serve_stream(app, conn.stream(), draining) {
         tracing::debug!(id, error = %e, "sockdup worker: the connection ended with an error");
     }
     conn.finish();
+}
+
+/// Serves one connection with `app` until it ends.
+fn serve_stream(app: App, stream: &mut Stream, draining: &AtomicBool) -> io::Result<()> {
+    match app {
+        App::Echo => echo(stream),
+        App::Hello => hello::serve(stream, draining),
+    }
 }
 
 /// Sends back every byte until the client closes its side.
