@@ -309,12 +309,20 @@ fn take_over(
         upgrade.pid_file().display(),
         child.id()
     );
+    // The Unix socket files now belong to this server: the old one leaves them in place,
+    // and whichever server stops without handing over removes them.
+    let socket_files = launch
+        .specs
+        .iter()
+        .filter_map(|s| match &s.addr {
+            ListenAddr::Unix(path) => SocketFile::of(path),
+            ListenAddr::Tcp(_) => None,
+        })
+        .collect();
     Ok(Started {
         published,
         child,
-        // The socket files belong to the first server's command line; whoever runs last
-        // removes nothing it did not create.
-        socket_files: Vec::new(),
+        socket_files,
     })
 }
 

@@ -82,6 +82,17 @@ pub(crate) struct SocketFile {
 }
 
 impl SocketFile {
+    /// The socket file at `path` as it is now, if it is one: for a listener taken over, whose
+    /// file this process did not create but now answers for.
+    pub(crate) fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        meta.file_type().is_socket().then(|| Self {
+            path: path.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
     pub(crate) fn remove(&self) {
         let same = std::fs::symlink_metadata(&self.path)
             .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino);

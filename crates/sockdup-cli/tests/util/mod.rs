@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A command's standard output, as text.
 pub fn stdout(out: &Output) -> String {
@@ -72,4 +73,31 @@ pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
         assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
     }
     assert!(out.stdout.is_empty(), "stdout: {}", stdout(out));
+}
+
+/// A fresh directory for one test's files, removed at the end.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sockdup-cli-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -1,0 +1,367 @@
+//! Tests of `sockdup exec` with real processes: zero-downtime replacement of a
+//! socket-activated server (`sockdup worker --app hello --listen-fds`) under a steady stream of
+//! connections, and takeovers that are refused or fail, leaving the running server as it was.
+//!
+//! Ports: each test picks a free loopback port (bind to port 0, close) and passes it on
+//! every command line, since a replacement runs the same command line. Every wait is bounded.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{TempDir, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sockdup");
+
+/// The longest any single wait in these tests may take.
+const WAIT: Duration = Duration::from_secs(15);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A `sockdup exec` process, its stderr going to a file for the failure messages.
+struct Exec {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Exec {
+    fn start(dir: &Path, listen: &[String], extra: &[&str], command: &[&str]) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let log = dir.join(format!("exec-{}.log", N.fetch_add(1, Ordering::SeqCst)));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("exec");
+        for l in listen {
+            cmd.args(["--listen", l]);
+        }
+        cmd.args(["--pid-file", &pid_file(dir).to_string_lossy()])
+            .args([
+                "--ready-after",
+                "0.2",
+                "--drain-deadline",
+                "5",
+                "--timeout",
+                "5",
+            ])
+            .args(extra)
+            .arg("--")
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        Self {
+            child: cmd.spawn().expect("spawn sockdup exec"),
+            log,
+        }
+    }
+
+    fn hello(dir: &Path, port: u16) -> Self {
+        Self::start(
+            dir,
+            &[format!("web=127.0.0.1:{port}")],
+            &[],
+            &[BIN, "worker", "--app", "hello", "--listen-fds"],
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit by itself.
+    #[track_caller]
+    fn exits(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "sockdup exec {} did not exit; log:\n{}",
+                self.pid(),
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        self.exits()
+    }
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.terminate();
+        }
+    }
+}
+
+fn pid_file(dir: &Path) -> PathBuf {
+    dir.join("server.pid")
+}
+
+fn pid_in(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(pid_file(dir))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// One HTTP request on a fresh connection; `Err` says what went wrong.
+fn get(port: u16) -> Result<(), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(WAIT)).map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&body);
+    if text.starts_with("HTTP/1.1 200 OK") && text.ends_with("hello from sockdup\n") {
+        Ok(())
+    } else {
+        Err(format!("unexpected answer {text:?}"))
+    }
+}
+
+/// Waits until `exec` serves: the pid file names it and a request is answered.
+#[track_caller]
+fn serving(dir: &Path, exec: &Exec, port: u16) {
+    let pid = exec.pid();
+    let start = Instant::now();
+    while pid_in(dir) != Some(pid) || get(port).is_err() {
+        assert!(
+            start.elapsed() < WAIT,
+            "{pid} not serving; log:\n{}",
+            exec.log()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn three_upgrades_under_a_steady_stream_of_connections_refuse_nothing() {
+    let dir = TempDir::new("exec-upgrades");
+    let port = free_port();
+    let mut current = Exec::hello(dir.path(), port);
+    serving(dir.path(), &current, port);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let (mut ok, mut failures) = (0u32, Vec::new());
+                // Bounded: a stream of connections, not a flood.
+                while !stop.load(Ordering::SeqCst) && ok + (failures.len() as u32) < 50_000 {
+                    match get(port) {
+                        Ok(()) => ok += 1,
+                        Err(e) => failures.push(e),
+                    }
+                }
+                (ok, failures)
+            })
+        })
+        .collect();
+
+    for round in 1..=3 {
+        thread::sleep(Duration::from_millis(300));
+        let mut next = Exec::hello(dir.path(), port);
+        let status = current.exits();
+        assert!(
+            status.success(),
+            "round {round}: the old sockdup exec ended with {status}; log:\n{}",
+            current.log()
+        );
+        let log = current.log();
+        assert!(
+            log.contains(&format!("process {} took over web", next.pid())),
+            "{log}"
+        );
+        assert!(log.contains("the old server stopped (status 0)"), "{log}");
+        assert_eq!(
+            pid_in(dir.path()),
+            Some(next.pid()),
+            "round {round}: the pid file names the new server"
+        );
+        assert!(
+            next.child.try_wait().unwrap().is_none(),
+            "round {round}: the new one runs; log:\n{}",
+            next.log()
+        );
+        std::mem::swap(&mut current, &mut next);
+    }
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failures) = (0, Vec::new());
+    for c in clients {
+        let (o, f) = c.join().unwrap();
+        ok += o;
+        failures.extend(f);
+    }
+    eprintln!("requests answered: {ok}, failed: {}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed, first: {:?}",
+        failures.len(),
+        ok as usize + failures.len(),
+        failures.first()
+    );
+    assert!(ok > 100, "only {ok} requests ran");
+    let status = current.terminate();
+    assert!(status.success(), "{status}; log:\n{}", current.log());
+    assert_eq!(
+        pid_in(dir.path()),
+        None,
+        "the last server removes its pid file"
+    );
+}
+
+#[test]
+fn a_new_version_that_fails_to_start_leaves_the_old_one_serving() {
+    let dir = TempDir::new("exec-crash");
+    let port = free_port();
+    let mut old = Exec::hello(dir.path(), port);
+    serving(dir.path(), &old, port);
+    let listen = [format!("web=127.0.0.1:{port}")];
+    for command in [&["false"][..], &["/nonexistent/server"][..]] {
+        let mut new = Exec::start(dir.path(), &listen, &[], command);
+        let status = new.exits();
+        assert_eq!(status.code(), Some(1), "{}", new.log());
+        let log = new.log();
+        assert!(
+            log.contains("before it was ready")
+                && log.contains(&format!("process {} keeps serving", old.pid())),
+            "{log}"
+        );
+        assert!(!log.contains("panicked"), "{log}");
+        assert_eq!(pid_in(dir.path()), Some(old.pid()));
+        get(port).unwrap();
+        assert!(
+            old.child.try_wait().unwrap().is_none(),
+            "the old one still runs"
+        );
+    }
+    // And a takeover after those works.
+    let mut new = Exec::hello(dir.path(), port);
+    assert!(old.exits().success(), "{}", old.log());
+    serving(dir.path(), &new, port);
+    assert!(new.terminate().success());
+}
+
+#[test]
+fn refused_takeovers_say_why_and_change_nothing() {
+    let dir = TempDir::new("exec-refused");
+    let port = free_port();
+    let hello = [BIN, "worker", "--app", "hello", "--listen-fds"];
+    // --takeover with nothing to take over.
+    let mut lone = Exec::start(
+        dir.path(),
+        &[format!("web=127.0.0.1:{port}")],
+        &["--takeover"],
+        &hello,
+    );
+    assert_eq!(lone.exits().code(), Some(1));
+    assert!(
+        lone.log().contains("nothing to take over"),
+        "{}",
+        lone.log()
+    );
+
+    // A pid file naming a process that is not a sockdup server: refused, the process untouched.
+    let mut stranger = Command::new("sleep").arg("30").spawn().unwrap();
+    std::fs::write(pid_file(dir.path()), format!("{}\n", stranger.id())).unwrap();
+    let mut new = Exec::hello(dir.path(), port);
+    assert_eq!(new.exits().code(), Some(1));
+    assert!(
+        new.log().contains("is not a sockdup server"),
+        "{}",
+        new.log()
+    );
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "the stranger still runs"
+    );
+    assert_eq!(
+        pid_in(dir.path()),
+        Some(stranger.id()),
+        "its pid file is left alone"
+    );
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+
+    // A stale pid file (its process is gone): a fresh start.
+    let mut old = Exec::hello(dir.path(), port);
+    serving(dir.path(), &old, port);
+
+    // A listener that the running server binds elsewhere: refused, the old one serves on.
+    let other = free_port();
+    let mut moved = Exec::start(dir.path(), &[format!("web=127.0.0.1:{other}")], &[], &hello);
+    assert_eq!(moved.exits().code(), Some(1));
+    assert!(
+        moved.log().contains(&format!("not 127.0.0.1:{other}")),
+        "{}",
+        moved.log()
+    );
+    // A name the running server does not have.
+    let mut unknown = Exec::start(dir.path(), &[format!("api=127.0.0.1:{port}")], &[], &hello);
+    assert_eq!(unknown.exits().code(), Some(1));
+    assert!(
+        unknown.log().contains("no listener named \"api\""),
+        "{}",
+        unknown.log()
+    );
+    assert_eq!(pid_in(dir.path()), Some(old.pid()));
+    get(port).unwrap();
+    assert!(old.terminate().success());
+}
+
+#[test]
+fn unix_listeners_move_too_and_the_socket_file_goes_with_the_last_server() {
+    let dir = TempDir::new("exec-unix");
+    let sock = dir.path().join("app.sock");
+    let listen = [format!("app=unix:{}", sock.display())];
+    let echo = [BIN, "worker", "--app", "echo", "--listen-fds"];
+    let roundtrip = || -> Result<(), String> {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(WAIT)).map_err(|e| e.to_string())?;
+        s.write_all(b"ping").map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        (&buf == b"ping")
+            .then_some(())
+            .ok_or_else(|| "wrong echo".into())
+    };
+    let mut old = Exec::start(dir.path(), &listen, &[], &echo);
+    wait_until(WAIT, || roundtrip().ok());
+    let mut new = Exec::start(dir.path(), &listen, &[], &echo);
+    assert!(old.exits().success(), "{}", old.log());
+    assert_eq!(pid_in(dir.path()), Some(new.pid()));
+    roundtrip().unwrap();
+    assert!(
+        sock.exists(),
+        "the old server leaves the socket file to the new one"
+    );
+    assert!(new.terminate().success());
+    assert!(!sock.exists(), "the last server removes it");
+}
