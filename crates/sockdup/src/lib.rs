@@ -47,15 +47,15 @@
 //!
 //! | Code | Name | When sockdup returns it |
 //! |-----:|------|-------------------------|
-//! | 10013 | `WSAEACCES` | a `policy` layer refused the call (the message names the rule) |
+//! | 10013 | `WSAEACCES` | a `policy` layer refused the call (the message names the rule); a server refused a takeover by a process of another user ([`upgrade`]) |
 //! | 10014 | `WSAEFAULT` | a caller's buffer is too small for a record ([`ProtocolInfo::write_to`]); `EFAULT` from the kernel |
-//! | 10022 | `WSAEINVAL` | an argument is invalid: target pid 0, a pid that names no process, a process that never called [`startup`], a refusal by the target's policy ([`Allow`]), a squatter on the target's inbox address; a record that is malformed, not made by sockdup, made for another process or for an earlier run of this one, already redeemed, expired or cancelled |
+//! | 10022 | `WSAEINVAL` | an argument is invalid: target pid 0, a pid that names no process, a process that never called [`startup`], a refusal by the target's policy ([`Allow`]), a squatter on the target's inbox address; a record that is malformed, not made by sockdup, made for another process or for an earlier run of this one, already redeemed, expired or cancelled; a takeover ([`upgrade`]) with no pid file, a stale one, one naming a process that is not a sockdup server, a bad or unknown listener name, or a server that already handed over |
 //! | 10024 | `WSAEMFILE` | no descriptor is left (`EMFILE`, `ENFILE`), in this process, or in the target while it receives (`MSG_CTRUNC`) |
-//! | 10036 | `WSAEINPROGRESS` | a blocking call was interrupted (`EINTR`) or would block (`EAGAIN`): retry |
+//! | 10036 | `WSAEINPROGRESS` | a blocking call was interrupted (`EINTR`) or would block (`EAGAIN`): retry; another takeover of the same server is in progress ([`upgrade`]) |
 //! | 10038 | `WSAENOTSOCK` | the descriptor is not a socket (`ENOTSOCK`), or not open (`EBADF`) |
 //! | 10047 | `WSAEAFNOSUPPORT` | the socket's family/type/protocol has no base catalog entry (only TCP and UDP over IPv4 and IPv6, and Unix stream, datagram and seqpacket sockets have one) |
-//! | 10048 | `WSAEADDRINUSE` | another process holds this process's inbox address at [`startup`] |
-//! | 10050 | `WSAENETDOWN` | the transport to the target failed: its inbox closed the connection, did not answer within the acknowledgement timeout, or answered something that is not a sockdup reply; any other unexpected OS error |
+//! | 10048 | `WSAEADDRINUSE` | another process holds this process's inbox address at [`startup`], or its takeover control address; [`upgrade::Upgrade::publish`] with a pid file naming another running server |
+//! | 10050 | `WSAENETDOWN` | the transport to the target failed: its inbox closed the connection, did not answer within the acknowledgement timeout, or answered something that is not a sockdup reply; an old server that does not answer a takeover step in time; any other unexpected OS error |
 //! | 10055 | `WSAENOBUFS` | the target's inbox is full (its capacity of unredeemed duplicates is reached); `ENOBUFS`, `ENOMEM` |
 //! | 10093 | `WSANOTINITIALISED` | this process has no live [`Startup`] guard, or inherited one through `fork()` |
 //!
