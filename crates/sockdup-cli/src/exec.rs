@@ -156,7 +156,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, CliError> {
         mut child,
         socket_files,
     } = match running {
-        Some(old) => take_over(&upgrade, &launch, old, args.ready_after)?,
+        Some(old) => take_over(&upgrade, &launch, old, args.ready_after, &stop)?,
         None if args.takeover => {
             return Err(CliError::failed(format!(
                 "--takeover: no server runs with the pid file {}: nothing to take over",
@@ -274,6 +274,7 @@ fn take_over(
     launch: &Launch<'_>,
     old: u32,
     ready_after: Duration,
+    stop: &AtomicBool,
 ) -> Result<Started, CliError> {
     let names: Vec<&str> = launch.specs.iter().map(|s| s.name.as_str()).collect();
     let takeover = upgrade.take_over(&names).map_err(|e| {
@@ -294,6 +295,15 @@ fn take_over(
             return Err(CliError::failed(format!(
                 "the server exited ({}) before it was ready (--ready-after {ready_after:?}): takeover aborted, \
                  process {old} keeps serving",
+                describe(status)
+            )));
+        }
+        if stop.load(Ordering::SeqCst) {
+            drop(takeover);
+            let status = stop_child(&mut child, Duration::from_secs(5));
+            return Err(CliError::failed(format!(
+                "stopped by a signal before the server was ready: takeover aborted, the server {}, process {old} \
+                 keeps serving",
                 describe(status)
             )));
         }

@@ -45,16 +45,18 @@ impl Exec {
         for l in listen {
             cmd.args(["--listen", l]);
         }
-        cmd.args(["--pid-file", &pid_file(dir).to_string_lossy()])
-            .args([
-                "--ready-after",
-                "0.2",
-                "--drain-deadline",
-                "5",
-                "--timeout",
-                "5",
-            ])
-            .args(extra)
+        cmd.args(["--pid-file", &pid_file(dir).to_string_lossy()]);
+        // Short defaults, unless the test sets its own.
+        for (opt, value) in [
+            ("--ready-after", "0.2"),
+            ("--drain-deadline", "5"),
+            ("--timeout", "5"),
+        ] {
+            if !extra.contains(&opt) {
+                cmd.args([opt, value]);
+            }
+        }
+        cmd.args(extra)
             .arg("--")
             .args(command)
             .stdin(Stdio::null())
@@ -114,6 +116,12 @@ impl Drop for Exec {
             let _ = self.terminate();
         }
     }
+}
+
+/// Whether process `pid` has a child yet (`sockdup exec`'s server).
+fn has_child(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .is_ok_and(|c| !c.trim().is_empty())
 }
 
 fn pid_file(dir: &Path) -> PathBuf {
@@ -364,4 +372,40 @@ fn unix_listeners_move_too_and_the_socket_file_goes_with_the_last_server() {
     );
     assert!(new.terminate().success());
     assert!(!sock.exists(), "the last server removes it");
+}
+
+#[test]
+fn concurrent_takeovers_one_wins_and_a_signal_before_ready_aborts() {
+    let dir = TempDir::new("exec-concurrent");
+    let port = free_port();
+    let mut old = Exec::hello(dir.path(), port);
+    serving(dir.path(), &old, port);
+    let listen = [format!("web=127.0.0.1:{port}")];
+    let hello = [BIN, "worker", "--app", "hello", "--listen-fds"];
+
+    // Stopped while its server gets ready: the takeover is aborted, the old one serves on.
+    let mut interrupted = Exec::start(dir.path(), &listen, &["--ready-after", "5"], &hello);
+    wait_until(WAIT, || has_child(interrupted.pid()).then_some(()));
+    assert_eq!(interrupted.terminate().code(), Some(1));
+    let log = interrupted.log();
+    assert!(
+        log.contains("stopped by a signal before the server was ready"),
+        "{log}"
+    );
+    assert_eq!(pid_in(dir.path()), Some(old.pid()));
+    get(port).unwrap();
+
+    // Two at once: the second asks while the first is getting ready.
+    let mut first = Exec::start(dir.path(), &listen, &["--ready-after", "1"], &hello);
+    wait_until(WAIT, || has_child(first.pid()).then_some(()));
+    let mut second = Exec::hello(dir.path(), port);
+    assert_eq!(second.exits().code(), Some(1));
+    let log = second.log();
+    assert!(
+        log.contains("one takeover at a time") && log.contains("10036"),
+        "{log}"
+    );
+    assert!(old.exits().success(), "{}", old.log());
+    serving(dir.path(), &first, port);
+    assert!(first.terminate().success());
 }

@@ -279,3 +279,25 @@ fn takeovers_leak_no_descriptor_in_either_process() {
     );
     untouched(&mut old, &pf, &ls[0]);
 }
+
+#[test]
+fn an_old_process_that_exits_mid_takeover_leaves_the_new_one_serving() {
+    let pf = pid_file("old-exits");
+    let (old, ls) = server(&pf, &["web"], "");
+    let mut new = Peer::spawn(Some(""));
+    let got = new.ok(&format!("take-over {} web", pf.display()));
+    // Stopped by a signal, say, between offering and hearing `ready`.
+    old.exit();
+    new.ok("complete");
+    assert_eq!(
+        pid_in(&pf),
+        new.pid,
+        "the new process names itself in the pid file"
+    );
+    served_by(&mut new, idx_of(&got, "web"), &ls[0].2);
+    // And it answers the next takeover.
+    let mut next = Peer::spawn(Some(""));
+    next.ok(&format!("take-over {} web", pf.display()));
+    next.ok("complete");
+    assert_eq!(new.ok("wait-handover 5"), format!("{} web", next.pid));
+}

@@ -246,12 +246,17 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 
 /// Whether the process behind `pidfd` has exited (its pidfd polls readable).
 pub(crate) fn has_exited(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
+    exits_within(pidfd, Duration::ZERO)
+}
+
+/// Whether the process behind `pidfd` exits within `wait` (at once if it already has).
+pub(crate) fn exits_within(pidfd: BorrowedFd<'_>, wait: Duration) -> io::Result<bool> {
     let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-    let zero = rustix::time::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+    let timeout = rustix::time::Timespec {
+        tv_sec: wait.as_secs() as i64,
+        tv_nsec: i64::from(wait.subsec_nanos()),
     };
-    Ok(rustix::event::poll(&mut fds, Some(&zero))? > 0)
+    Ok(rustix::event::poll(&mut fds, Some(&timeout))? > 0)
 }
 
 /// Blocks until at least one of `fds` is readable (or hung up); says which are.

@@ -19,6 +19,9 @@ use crate::sys;
 /// How long dropping an unfinished takeover waits for the old process to confirm the abort.
 const ABORT_WAIT: Duration = Duration::from_secs(2);
 
+/// How long `complete` waits for an old process that hung up to count as exited.
+const EXIT_WAIT: Duration = Duration::from_secs(1);
+
 /// A takeover in progress, as the new process sees it: this process already holds the
 /// listeners and may accept on them; the old process serves too until
 /// [`complete`](Self::complete). Dropping it aborts the takeover (the old process keeps
@@ -27,6 +30,8 @@ pub struct Takeover {
     upgrade: Upgrade,
     stream: UnixStream,
     old_pid: u32,
+    /// The old process, to tell "it exited" from "it did not answer".
+    old_pidfd: OwnedFd,
     listeners: Vec<(String, OwnedFd)>,
     finished: bool,
 }
@@ -116,6 +121,7 @@ pub(super) fn take_over(upgrade: &Upgrade, names: &[&str]) -> Result<Takeover, E
         upgrade: upgrade.clone(),
         stream,
         old_pid,
+        old_pidfd: pidfd,
         listeners: names.iter().map(|&n| n.to_owned()).zip(fds).collect(),
         finished: false,
     })
@@ -173,17 +179,29 @@ impl Takeover {
         self.finished = true;
         let listeners = std::mem::take(&mut self.listeners);
         let published = Published::start(self.upgrade.clone(), listeners)?;
-        (&self.stream)
-            .write_all(ToOld::Ready.encode().as_bytes())
-            .map_err(|e| {
-                Error::from_errno(
-                    e,
-                    &format!("telling process {} this one is ready", self.old_pid),
-                )
-            })?;
-        let mut reader = BufReader::new(&self.stream);
-        let line = read_line(&mut reader).ok_or_else(|| {
-            Error::new(
+        let sent = (&self.stream).write_all(ToOld::Ready.encode().as_bytes());
+        let line = sent
+            .ok()
+            .and_then(|()| read_line(&mut BufReader::new(&self.stream)));
+        match line.as_deref().map(ToNew::parse) {
+            Some(Some(ToNew::Done)) => {
+                tracing::info!(old_pid = self.old_pid, "takeover complete");
+                Ok(published)
+            }
+            Some(Some(ToNew::Refused(code, message))) => Err(refusal(self.old_pid, code, &message)),
+            Some(_) => Err(garbled(self.old_pid, line.as_deref().unwrap_or(""))),
+            // The old process exited before confirming (stopped by a signal, say): this
+            // process holds the listeners and nobody else serves, so the takeover stands. (A
+            // process closes its descriptors a moment before it counts as exited.)
+            None if sys::exits_within(self.old_pidfd.as_fd(), EXIT_WAIT).unwrap_or(false) => {
+                self.upgrade.write_pid_file(sys::getpid())?;
+                tracing::warn!(
+                    old_pid = self.old_pid,
+                    "the old process exited before confirming the handover; this one serves now"
+                );
+                Ok(published)
+            }
+            None => Err(Error::new(
                 WSAENETDOWN,
                 format!(
                     "process {} did not confirm the handover within {:?}: see which pid {} names",
@@ -191,15 +209,7 @@ impl Takeover {
                     self.upgrade.timeout,
                     self.upgrade.pid_file().display()
                 ),
-            )
-        })?;
-        match ToNew::parse(&line) {
-            Some(ToNew::Done) => {
-                tracing::info!(old_pid = self.old_pid, "takeover complete");
-                Ok(published)
-            }
-            Some(ToNew::Refused(code, message)) => Err(refusal(self.old_pid, code, &message)),
-            _ => Err(garbled(self.old_pid, &line)),
+            )),
         }
     }
 

@@ -361,7 +361,7 @@ fn session(shared: &Shared, stream: UnixStream) {
             })
             .collect::<Result<Vec<_>, _>>()?;
         lock(&shared.state).begin(pid)?;
-        let _offer = Offer { shared, pid };
+        let offer = Offer { shared, pid };
         let fds: Vec<BorrowedFd<'_>> = picked.iter().map(|&i| shared.fds[i].as_fd()).collect();
         let records = crate::duplicate_sockets(&fds, pid)?;
         let mut out = String::new();
@@ -383,6 +383,9 @@ fn session(shared: &Shared, stream: UnixStream) {
                 Ok(())
             }
             Some(Ok(ToOld::Abort)) => {
+                // Serving as before by the time the new process hears it, so it (or another)
+                // can start the next takeover at once.
+                drop(offer);
                 let _ = (&stream).write_all(ToNew::Aborted.encode().as_bytes());
                 tracing::info!(pid, "takeover aborted by the new process; still serving");
                 Ok(())
