@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Print sockdup / raw-twin ratios from the `handoff` benchmark's criterion estimates.
+"""Print sockdup / raw-twin ratios from the `handoff` and `upgrade` benchmarks' criterion estimates.
 
 Reads <criterion dir>/<group>/<bench>/new/estimates.json, where the criterion dir is
 $CRITERION_HOME if set, else $CARGO_TARGET_DIR/criterion, else ./target/criterion (and, failing
@@ -10,11 +10,18 @@ argument is taken as the target dir instead.
   batch64: sockdup fds/s / raw fds/s         goal >= 0.5
   chain3:  layered time / base time          goal <= 1.10
            (Socket::duplicate + Socket::from_info through a 3-layer chain vs. the base entry)
+  takeover/N (upgrade, N = 1, 64, 1000): sockdup time / raw time, median and mean   report
+           (Upgrade::take_over of N listeners vs. N fds by bare SCM_RIGHTS; no goal)
+
+Each benchmark's section is printed when its estimates are there (run
+`cargo bench -p sockdup-bench --bench handoff` and/or `--bench upgrade`); `--bench handoff` or
+`--bench upgrade` asks for that one only.
 
 The ratios depend on where the benchmark ran its processes (SOCKDUP_BENCH_PIN, printed by the
 benchmark as it starts): `same` (default) measures CPU work, `split` cross-CPU wake-up latency.
 
-Exit status: 0 when every estimate was found (1 with --strict and any MISS), 2 if one is missing.
+Exit status: 0 when every estimate was found (1 with --strict and any MISS), 2 if one is missing
+(a benchmark asked for, or any part of one found, or no benchmark at all).
 Python 3 standard library only.
 """
 
@@ -37,17 +44,30 @@ def criterion_dir(args):
     return Path(__file__).resolve().parent.parent.parent / "target" / "criterion"
 
 
-def load(root, group, bench):
-    """Mean time per iteration (ns), its 95% interval, and the elements per iteration."""
+# The criterion groups and benchmarks each benchmark target writes.
+HANDOFF = [("single", "sockdup"), ("single", "raw"), ("batch64", "sockdup"), ("batch64", "raw"),
+           ("chain3", "layered"), ("chain3", "base")]
+TAKEOVER_COUNTS = (1, 64, 1000)
+UPGRADE = [("takeover", f"{side}/{n}") for n in TAKEOVER_COUNTS for side in ("sockdup", "raw")]
+
+
+def present(root, benches):
+    """Whether any estimate of `benches` ((group, bench) pairs) exists."""
+    return any((root / g / b / "new" / "estimates.json").is_file() for g, b in benches)
+
+
+def load(root, group, bench, stat="mean", target="handoff"):
+    """Time per iteration (ns) by `stat` (mean or median), its 95% interval, and the elements
+    per iteration."""
     new = root / group / bench / "new"
     path = new / "estimates.json"
     try:
         with open(path) as f:
-            mean = json.load(f)["mean"]
+            mean = json.load(f)[stat]
     except FileNotFoundError:
         print(
             f"ratios.py: {path} not found: run "
-            "`cargo bench -p sockdup-bench --bench handoff` first (with the same CARGO_TARGET_DIR)",
+            f"`cargo bench -p sockdup-bench --bench {target}` first (with the same CARGO_TARGET_DIR)",
             file=sys.stderr,
         )
         sys.exit(2)
@@ -76,13 +96,49 @@ def fmt_rate(per_s):
     return f"{per_s:.1f} fds/s"
 
 
+def takeover(root):
+    """The `upgrade` benchmark's takeover/N pairs: no goal, the ratios are reported."""
+    print("takeover (new process asks -> holds the N listeners: Upgrade::take_over vs. bare SCM_RIGHTS;")
+    print("          median time, mean in brackets; abort / close untimed)")
+    for n in TAKEOVER_COUNTS:
+        s_med = load(root, "takeover", f"sockdup/{n}", "median", "upgrade")[0]
+        r_med = load(root, "takeover", f"raw/{n}", "median", "upgrade")[0]
+        s_mean = load(root, "takeover", f"sockdup/{n}", "mean", "upgrade")[0]
+        r_mean = load(root, "takeover", f"raw/{n}", "mean", "upgrade")[0]
+        print(f"  N={n:<5} sockdup {fmt_time(s_med):>11} [{fmt_time(s_mean)}]"
+              f"  raw {fmt_time(r_med):>11} [{fmt_time(r_mean)}]"
+              f"  sockdup/raw = {s_med / r_med:.1f} [{s_mean / r_mean:.1f}]"
+              f"  ({fmt_time(s_med / n)} vs. {fmt_time(r_med / n)} per listener)  report")
+
+
 def main(argv):
     strict = "--strict" in argv
     args = [a for a in argv if a != "--strict"]
+    only = None
+    if "--bench" in args:
+        i = args.index("--bench")
+        only = args[i + 1] if i + 1 < len(args) else ""
+        del args[i:i + 2]
+        if only not in ("handoff", "upgrade"):
+            print("ratios.py: --bench takes handoff or upgrade", file=sys.stderr)
+            return 2
     root = criterion_dir(args)
     print(f"criterion estimates from {root}")
+    do_handoff = only == "handoff" or (only is None and present(root, HANDOFF))
+    do_upgrade = only == "upgrade" or (only is None and present(root, UPGRADE))
+    if not (do_handoff or do_upgrade):
+        do_handoff = True  # nothing found: say what to run, as before
     missed = False
+    if do_handoff:
+        missed |= handoff(root)
+    if do_upgrade:
+        takeover(root)
+    return 1 if strict and missed else 0
 
+
+def handoff(root):
+    """The `handoff` benchmark's ratios against their goals; true if any missed its goal."""
+    missed = False
     s_mean, s_lo, s_hi, _ = load(root, "single", "sockdup")
     r_mean, r_lo, r_hi, _ = load(root, "single", "raw")
     ratio = s_mean / r_mean
@@ -113,8 +169,7 @@ def main(argv):
     print(f"  layered  {fmt_time(l_mean):>12}  [{fmt_time(l_lo)} .. {fmt_time(l_hi)}]")
     print(f"  base     {fmt_time(b_mean):>12}  [{fmt_time(b_lo)} .. {fmt_time(b_hi)}]")
     print(f"  ratio    layered/base time = {ratio:.3f}  (goal <= 1.10)  {'PASS' if ok else 'MISS'}")
-
-    return 1 if strict and missed else 0
+    return missed
 
 
 if __name__ == "__main__":

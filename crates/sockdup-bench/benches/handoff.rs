@@ -41,8 +41,6 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::io::IoSlice;
-use std::mem::MaybeUninit;
 use std::net::UdpSocket;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
@@ -51,15 +49,12 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use rustix::net::{
-    self, AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
-    SocketFlags, SocketType, sockopt,
-};
+use rustix::net::{self, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, sockopt};
 use sockdup::catalog::Catalog;
 use sockdup::spi::Socket;
 use sockdup_bench::{
-    ACK, FINISH, MAX_FDS, MAX_RECORDS_PER_MESSAGE, Placement, RAW, READY, RECORD_LEN, SPI,
-    SPI_MESSAGE_LEN, TARGET_CPU_ENV,
+    ACK, FINISH, MAX_RECORDS_PER_MESSAGE, RAW, READY, RECORD_LEN, SPI, SPI_MESSAGE_LEN,
+    TARGET_CPU_ENV,
 };
 
 /// Sockets duplicated per `batch64` iteration.
@@ -133,16 +128,7 @@ impl Target {
 
     /// The raw twin: `fds` in one `SCM_RIGHTS` message, then the target's one-byte answer.
     fn raw_round_trip(&self, fds: &[BorrowedFd<'_>]) {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
-        net::sendmsg(
-            &self.ctl,
-            &[IoSlice::new(&[RAW])],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        )
-        .expect("sendmsg with SCM_RIGHTS");
+        sockdup_bench::send_fds(self.ctl.as_fd(), &[RAW], fds).expect("sendmsg with SCM_RIGHTS");
         let mut b = [0u8; 8];
         assert_eq!(self.recv(&mut b), [ACK]);
     }
@@ -289,62 +275,26 @@ fn chain3(c: &mut Criterion, target: &Target, chain_info: &sockdup::ProtocolInfo
     g.finish();
 }
 
-/// Pins this (the source's only) thread as `SOCKDUP_BENCH_PIN` asks, before anything else
-/// starts, and returns the CPU for the target.
-fn place() -> Result<Option<usize>, String> {
-    let placement = Placement::from_env()?;
-    let cpus = sockdup_bench::allowed_cpus().map_err(|e| format!("sched_getaffinity: {e}"))?;
-    let here = sockdup_bench::current_cpu();
-    let first = if cpus.contains(&here) { here } else { cpus[0] };
-    let (source, target) = match placement {
-        Placement::Free => (None, None),
-        Placement::Same => (Some(first), Some(first)),
-        Placement::Split => match cpus.iter().find(|&&c| c != first) {
-            Some(&other) => (Some(first), Some(other)),
-            None => return Err("SOCKDUP_BENCH_PIN=split needs two usable CPUs".into()),
-        },
-    };
-    if let Some(cpu) = source {
-        sockdup_bench::pin_to(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
-    }
-    let show = |c: Option<usize>| c.map_or_else(|| "any CPU".to_owned(), |c| format!("CPU {c}"));
-    eprintln!(
-        "handoff: SOCKDUP_BENCH_PIN={}: source on {}, target on {} (of CPUs {cpus:?})",
-        placement.name(),
-        show(source),
-        show(target)
-    );
-    Ok(target)
-}
-
 /// Writes the `chain3` catalog to a fresh temporary directory, runs this benchmark again with
 /// the same arguments and `SOCKDUP_CATALOG` naming it, removes the directory, and returns the
 /// run's exit status (128 + the signal if a signal ended it).
 fn reexec_with_catalog() -> ExitCode {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!("sockdup-bench-{}-{nanos:09}", std::process::id()));
-    let path = dir.join("catalog.json");
-    let run = || -> Result<std::process::ExitStatus, String> {
-        sockdup::save_catalog_to(&path, &chain3_catalog().0).map_err(|e| e.to_string())?;
+    let run = |path: &Path| -> Result<std::process::ExitStatus, String> {
+        sockdup::save_catalog_to(path, &chain3_catalog().0).map_err(|e| e.to_string())?;
         let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
         Command::new(exe)
             .args(std::env::args_os().skip(1))
-            .env(CATALOG_ENV, &path)
+            .env(CATALOG_ENV, path)
             .env(CHILD_ENV, "1")
             .status()
             .map_err(|e| format!("re-executing the benchmark: {e}"))
     };
     // A new directory of this process's own: create_dir fails on anything already there.
-    let status = match std::fs::create_dir(&dir) {
-        Ok(()) => {
-            let status = run();
-            let _ = std::fs::remove_dir_all(&dir);
-            status
-        }
-        Err(e) => Err(format!("creating {}: {e}", dir.display())),
-    };
+    let status = sockdup_bench::fresh_temp_dir("sockdup-bench").and_then(|dir| {
+        let status = run(&dir.join("catalog.json"));
+        let _ = std::fs::remove_dir_all(&dir);
+        status
+    });
     match status {
         Ok(s) => {
             let code = s
@@ -384,7 +334,7 @@ fn main() -> ExitCode {
         .warm_up_time(Duration::from_secs(1))
         .sample_size(30)
         .configure_from_args();
-    let target_cpu = place().unwrap_or_else(|e| panic!("{e}"));
+    let target_cpu = sockdup_bench::place("handoff").unwrap_or_else(|e| panic!("{e}"));
     let guard = sockdup::startup().expect("sockdup::startup in the benchmark");
     let target = Target::spawn(target_cpu, &catalog);
     single(&mut c, &target);

@@ -20,6 +20,11 @@
 //! when the control socket reaches end-of-file (the source went away), on any error, and (through
 //! `PR_SET_PDEATHSIG`) when the source dies.
 //!
+//! The `upgrade` benchmark (see `benches/upgrade.rs`) drives another helper, the
+//! `upgrade-server` binary: a server holding `N` TCP listeners that either publishes them for
+//! [`sockdup::upgrade`] takeovers or, as the raw twin, sends all `N` back with bare
+//! `SCM_RIGHTS` messages ([`MAX_FDS`] per message) for each [`FDS_REQUEST`] byte.
+//!
 //! # Placement
 //!
 //! On a small or virtualised machine the cost of one hand-off depends mostly on where the
@@ -36,8 +41,17 @@
 //! - `none`: no pinning (the scheduler decides; expect bimodal samples).
 #![forbid(unsafe_code)]
 
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 
+use rustix::io::Errno;
+use rustix::net::{
+    self, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 use rustix::thread::{CpuSet, sched_getaffinity, sched_getcpu, sched_setaffinity};
 
 /// The target's inbox is open: the source may duplicate to it.
@@ -60,6 +74,12 @@ pub const RECORD_LEN: usize = sockdup::ProtocolInfo::LEN;
 pub const MAX_RECORDS_PER_MESSAGE: usize = 64;
 /// Linux's `SCM_MAX_FD`: the most descriptors one message may carry.
 pub const MAX_FDS: usize = 253;
+/// The raw twin of the `upgrade` benchmark: a one-byte request to `upgrade-server raw`, which
+/// answers with all its listeners in `SCM_RIGHTS` messages of at most [`MAX_FDS`] descriptors
+/// and one byte of payload ([`RAW`]) each.
+pub const FDS_REQUEST: u8 = b'L';
+/// The line `upgrade-server` prints on its standard output once it serves.
+pub const SERVER_READY: &str = "ready";
 
 /// The environment variable that names the CPU the target pins itself to, set by the benchmark
 /// for the target; absent, the target is not pinned.
@@ -129,4 +149,145 @@ pub fn pin_to(cpu: usize) -> io::Result<()> {
     let mut set = CpuSet::new();
     set.set(cpu);
     Ok(sched_setaffinity(None, &set)?)
+}
+
+/// Pins this thread (the source's) as `SOCKDUP_BENCH_PIN` asks, before anything else starts,
+/// and returns the CPU for the helper process (pass it in [`TARGET_CPU_ENV`]). Prints the
+/// placement to standard error, prefixed with `bench`.
+///
+/// # Errors
+/// A bad `SOCKDUP_BENCH_PIN`, `split` with one usable CPU, or a failed system call, as a
+/// message.
+pub fn place(bench: &str) -> Result<Option<usize>, String> {
+    let placement = Placement::from_env()?;
+    let cpus = allowed_cpus().map_err(|e| format!("sched_getaffinity: {e}"))?;
+    let here = current_cpu();
+    let first = if cpus.contains(&here) { here } else { cpus[0] };
+    let (source, target) = match placement {
+        Placement::Free => (None, None),
+        Placement::Same => (Some(first), Some(first)),
+        Placement::Split => match cpus.iter().find(|&&c| c != first) {
+            Some(&other) => (Some(first), Some(other)),
+            None => return Err("SOCKDUP_BENCH_PIN=split needs two usable CPUs".into()),
+        },
+    };
+    if let Some(cpu) = source {
+        pin_to(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
+    }
+    let show = |c: Option<usize>| c.map_or_else(|| "any CPU".to_owned(), |c| format!("CPU {c}"));
+    eprintln!(
+        "{bench}: SOCKDUP_BENCH_PIN={}: source on {}, target on {} (of CPUs {cpus:?})",
+        placement.name(),
+        show(source),
+        show(target)
+    );
+    Ok(target)
+}
+
+/// Creates a new directory of this process's own under the temporary directory, named
+/// `PREFIX-PID-NANOS`, and returns its path.
+///
+/// # Errors
+/// If it cannot be created (`create_dir` fails on anything already there), as a message naming
+/// the path.
+pub fn fresh_temp_dir(prefix: &str) -> Result<PathBuf, String> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos:09}", std::process::id()));
+    std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// One `sendmsg` of `payload` with `fds` (at most [`MAX_FDS`]) in `SCM_RIGHTS`.
+///
+/// # Errors
+/// As the system call.
+///
+/// # Panics
+/// With more than [`MAX_FDS`] descriptors.
+pub fn send_fds(sock: BorrowedFd<'_>, payload: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+    net::sendmsg(
+        sock,
+        &[IoSlice::new(payload)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
+}
+
+/// One `recvmsg` (with `MSG_CMSG_CLOEXEC`, retried on `EINTR`) into `buf`; the descriptors that
+/// came with it are appended to `fds`. Returns the payload's length (0 with no descriptor: the
+/// peer closed).
+///
+/// # Errors
+/// As the system call; `EMSGSIZE` if the payload or the descriptors were truncated (those
+/// that did come are still appended).
+pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let msg = loop {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        match net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(&mut *buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(m) => {
+                for m in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(rights) = m {
+                        fds.extend(rights);
+                    }
+                }
+                break m;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if msg
+        .flags
+        .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC)
+    {
+        return Err(Errno::MSGSIZE.into());
+    }
+    Ok(msg.bytes)
+}
+
+/// Raises this process's soft limit of open descriptors (`RLIMIT_NOFILE`) to its hard limit,
+/// as a server holding a thousand listeners needs; returns the new soft limit (`None`:
+/// unlimited).
+///
+/// # Errors
+/// As `setrlimit`.
+pub fn raise_nofile_limit() -> io::Result<Option<u64>> {
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        )?;
+    }
+    Ok(limit.maximum)
+}
+
+/// The name the `upgrade` benchmark publishes listener `i` under: `l0`, `l1`, ...
+pub fn listener_name(i: usize) -> String {
+    format!("l{i}")
+}
+
+/// Binds `n` TCP listeners on `127.0.0.1`, each on a port of the system's choice.
+///
+/// # Errors
+/// As `bind` (`EMFILE` past the descriptor limit: see [`raise_nofile_limit`]).
+pub fn tcp_listeners(n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect()
 }
