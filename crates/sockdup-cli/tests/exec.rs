@@ -409,3 +409,48 @@ fn concurrent_takeovers_one_wins_and_a_signal_before_ready_aborts() {
     serving(dir.path(), &first, port);
     assert!(first.terminate().success());
 }
+
+#[test]
+fn the_server_gets_the_listeners_in_the_socket_activation_convention() {
+    let dir = TempDir::new("exec-convention");
+    let script = "echo \"fds=$LISTEN_FDS pid=$LISTEN_PID self=$$ names=$LISTEN_FDNAMES\"; \
+                  readlink /proc/$$/fd/3 /proc/$$/fd/4";
+    let out = Command::new(BIN)
+        .args([
+            "exec",
+            "--listen",
+            "a=127.0.0.1:0",
+            "--listen",
+            "b=127.0.0.1:0",
+        ])
+        .args(["--pid-file", &pid_file(dir.path()).to_string_lossy()])
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    util::assert_ok(&out);
+    let text = util::stdout(&out);
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default();
+    let fields: Vec<&str> = first.split(' ').collect();
+    assert_eq!(fields[0], "fds=2", "{text}");
+    let pid = fields[1].strip_prefix("pid=").unwrap();
+    assert_eq!(
+        Some(pid),
+        fields[2].strip_prefix("self="),
+        "LISTEN_PID is the server's own pid: {text}"
+    );
+    assert_eq!(fields[3], "names=a:b", "{text}");
+    for fd in [3, 4] {
+        let target = lines.next().unwrap_or_default();
+        assert!(
+            target.starts_with("socket:["),
+            "descriptor {fd} is {target:?}: {text}"
+        );
+    }
+    assert_eq!(
+        pid_in(dir.path()),
+        None,
+        "the pid file goes when the server ends without a successor"
+    );
+}
