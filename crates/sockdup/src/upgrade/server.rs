@@ -1,6 +1,7 @@
 //! The running server's side: its published listeners, the control socket, and one session
 //! per takeover attempt.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -81,6 +82,8 @@ struct Shared {
     upgrade: Upgrade,
     pid: u32,
     names: Vec<String>,
+    /// Where each name is in `names` and `fds`: a takeover of 1000 names looks each up.
+    index: HashMap<String, usize>,
     fds: Vec<OwnedFd>,
     state: Mutex<State>,
     changed: Condvar,
@@ -133,11 +136,17 @@ impl Published {
             }
         })?;
         let waker = sys::waker().map_err(|e| Error::from_errno(e, "creating an eventfd"))?;
-        let (names, fds) = listeners.into_iter().unzip();
+        let (names, fds): (Vec<String>, Vec<OwnedFd>) = listeners.into_iter().unzip();
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
         let shared = Arc::new(Shared {
             upgrade,
             pid: rt.pid,
             names,
+            index,
             fds,
             state: Mutex::new(State::Serving),
             changed: Condvar::new(),
@@ -164,7 +173,7 @@ impl Published {
     /// The published listener called `name`, to accept on (clone it with
     /// `try_clone_to_owned` for another thread).
     pub fn listener(&self, name: &str) -> Option<BorrowedFd<'_>> {
-        let i = self.shared.names.iter().position(|n| n == name)?;
+        let &i = self.shared.index.get(name)?;
         Some(self.shared.fds[i].as_fd())
     }
 
@@ -352,7 +361,7 @@ fn session(shared: &Shared, stream: UnixStream) {
         let picked = names
             .iter()
             .map(|n| {
-                shared.names.iter().position(|m| m == n).ok_or_else(|| {
+                shared.index.get(n).copied().ok_or_else(|| {
                     Error::invalid(format!(
                         "this server has no listener named {n:?}; it has {}",
                         shared.names.join(", ")
