@@ -49,7 +49,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use rustix::net::{self, AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, sockopt};
+use rustix::net::{self, RecvFlags, SendFlags};
 use sockdup::catalog::Catalog;
 use sockdup::spi::Socket;
 use sockdup_bench::{
@@ -80,16 +80,7 @@ impl Target {
     /// Starts the target, pinned to `cpu` if given, reading the catalog file `catalog`, and
     /// waits until its inbox is open.
     fn spawn(cpu: Option<usize>, catalog: &Path) -> Self {
-        let (ctl, theirs) = net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .expect("socketpair");
-        // A hung target fails the benchmark instead of hanging it.
-        sockopt::set_socket_timeout(&ctl, sockopt::Timeout::Recv, Some(Duration::from_secs(30)))
-            .expect("SO_RCVTIMEO");
+        let (ctl, theirs) = sockdup_bench::control_pair().expect("control socketpair");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bench-target"));
         cmd.stdin(Stdio::from(theirs))
             .env_remove(TARGET_CPU_ENV)

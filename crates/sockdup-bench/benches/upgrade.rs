@@ -35,7 +35,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use rustix::net::{self, AddressFamily, SendFlags, SocketFlags, SocketType, sockopt};
+use rustix::net::{self, SendFlags, sockopt};
 use sockdup::upgrade::{Takeover, Upgrade};
 use sockdup_bench::{FDS_REQUEST, MAX_FDS, RAW, SERVER_READY, TARGET_CPU_ENV};
 
@@ -98,16 +98,7 @@ impl Server {
 
     /// `upgrade-server raw n`: sends its `n` listeners for each [`FDS_REQUEST`].
     fn raw(n: usize, cpu: Option<usize>) -> Self {
-        let (ctl, theirs) = net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .expect("socketpair");
-        // A hung server fails the benchmark instead of hanging it.
-        sockopt::set_socket_timeout(&ctl, sockopt::Timeout::Recv, Some(Duration::from_secs(30)))
-            .expect("SO_RCVTIMEO");
+        let (ctl, theirs) = sockdup_bench::control_pair().expect("control socketpair");
         let child = Self::command(cpu)
             .arg("raw")
             .arg(n.to_string())

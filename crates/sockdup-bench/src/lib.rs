@@ -291,3 +291,21 @@ pub fn tcp_listeners(n: usize) -> io::Result<Vec<std::net::TcpListener>> {
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect()
 }
+
+/// A connected `SOCK_SEQPACKET` pair for driving a helper process: this side (whose receives
+/// give up after 30 s, so a hung helper fails the benchmark instead of hanging it) and the
+/// helper's side, for its standard input.
+pub fn control_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (ctl, theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::sockopt::set_socket_timeout(
+        &ctl,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(std::time::Duration::from_secs(30)),
+    )?;
+    Ok((ctl, theirs))
+}

@@ -137,11 +137,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, CliError> {
         .unwrap_or_else(|| default_pid_file(&args.listen));
     let _guard = sockdup::startup().map_err(|e| CliError::sockdup("starting sockdup", e))?;
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
-            .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
-            .map_err(|e| CliError::failed(format!("installing a signal handler: {e}")))?;
-    }
+    crate::graceful_signals(&stop)?;
     let upgrade = Upgrade::new(&pid_file).timeout(args.timeout);
     let running = upgrade
         .running_server()

@@ -252,6 +252,19 @@ impl fmt::Display for CliError {
     }
 }
 
+/// Turns SIGTERM and SIGINT into `flag`: the first asks for a graceful stop; a second one,
+/// with the flag already set, exits at once (status 1).
+pub(crate) fn graceful_signals(
+    flag: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), CliError> {
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(signal, 1, flag.clone())
+            .and_then(|_| signal_hook::flag::register(signal, flag.clone()))
+            .map_err(|e| CliError::failed(format!("installing a signal handler: {e}")))?;
+    }
+    Ok(())
+}
+
 /// Sends `tracing` events to stderr, filtered by `RUST_LOG` (default `warn`; an unusable
 /// directive is left out).
 pub(crate) fn init_logging() {

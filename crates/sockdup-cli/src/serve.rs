@@ -156,13 +156,7 @@ fn serve(
         };
     }
     let flag = acceptor.shutdown_handle().flag();
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        // The first signal asks for a graceful shutdown; a second one, with the flag already
-        // set, exits at once.
-        signal_hook::flag::register_conditional_shutdown(signal, 1, flag.clone())
-            .and_then(|_| signal_hook::flag::register(signal, flag.clone()))
-            .map_err(|e| CliError::failed(format!("installing a signal handler: {e}")))?;
-    }
+    crate::graceful_signals(&flag)?;
     if let Some(path) = &args.port_file {
         write_port_file(path, &shown)?;
     }

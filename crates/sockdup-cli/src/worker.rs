@@ -88,16 +88,19 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
             Err(e) => tracing::error!(id, error = %e, "sockdup worker: no thread for a connection"),
         }
     }
+    finish(threads, &draining, "the acceptor closed the channel");
+    Ok(())
+}
+
+/// Lets the connections still open finish (`draining` tells the apps to close idle ones and
+/// answer with `Connection: close`), and waits for them.
+fn finish(mut threads: Vec<JoinHandle<()>>, draining: &AtomicBool, why: &str) {
     threads.retain(|t| !t.is_finished());
-    tracing::debug!(
-        open = threads.len(),
-        "sockdup worker: the acceptor closed the channel; finishing"
-    );
+    tracing::debug!(open = threads.len(), "sockdup worker: {why}; finishing");
     draining.store(true, Ordering::SeqCst);
     for t in threads {
         let _ = t.join();
     }
-    Ok(())
 }
 
 fn serve_one(app: App, mut conn: Connection, draining: &AtomicBool) {

@@ -18,7 +18,7 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::net::{SocketFlags, accept_with};
 use sockdup::handoff::Stream;
 
-use super::{App, serve_stream};
+use super::{App, finish, serve_stream};
 use crate::CliError;
 
 /// How often the accept loop looks at the stop flag.
@@ -116,14 +116,7 @@ pub(super) fn run(app: App) -> Result<(), CliError> {
         }
     }
     drop(listeners);
-    tracing::debug!(
-        open = threads.len(),
-        "sockdup worker: stopping; finishing the open connections"
-    );
-    draining.store(true, Ordering::SeqCst);
-    for t in threads {
-        let _ = t.join();
-    }
+    finish(threads, &draining, "stopping");
     Ok(())
 }
 
