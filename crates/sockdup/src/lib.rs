@@ -277,6 +277,11 @@ fn duplicate_as<S: AsFd>(
 #[doc(alias = "WSPSocket", alias = "WSASocketW", alias = "WSASocket")]
 pub fn socket_from_info(info: &ProtocolInfo) -> Result<OwnedFd, Error> {
     let rt = Runtime::current()?;
+    redeem_in(&rt, info)
+}
+
+/// [`socket_from_info`] with the runtime already looked up (once for many records).
+pub(crate) fn redeem_in(rt: &Runtime, info: &ProtocolInfo) -> Result<OwnedFd, Error> {
     if !catalog::is_base_id(info.catalog_entry_id) {
         // A chain's record: through its layers, as the source's duplicate went.
         return spi::redeem_fd(info);

@@ -6,14 +6,15 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use sockdup_core::catalog::AF_UNIX;
 use sockdup_core::error::Error;
 use sockdup_core::wire::ProtocolInfo;
 
 use super::proto::{Line, to_acceptor};
-use crate::startup::lock;
+use crate::startup::{Runtime, lock};
 
 /// A worker process of an [`Acceptor`](super::Acceptor): its standard input and output are the
 /// acceptor's channel (so the application must log to standard error, not standard output).
@@ -31,7 +32,7 @@ use crate::startup::lock;
 #[derive(Debug)]
 pub struct Worker {
     _guard: crate::Startup,
-    out: Arc<Mutex<io::Stdout>>,
+    out: Arc<Channel>,
 }
 
 /// A connection a worker received: the stream, and the acceptor's id for it. Dropping it (or
@@ -40,7 +41,7 @@ pub struct Worker {
 pub struct Connection {
     id: u64,
     stream: Stream,
-    out: Arc<Mutex<io::Stdout>>,
+    out: Arc<Channel>,
     finished: bool,
 }
 
@@ -91,10 +92,90 @@ impl Write for Stream {
     }
 }
 
-fn say(out: &Mutex<io::Stdout>, line: &Line) -> io::Result<()> {
-    let mut out = lock(out);
-    writeln!(out, "{}", to_acceptor(line))?;
-    out.flush()
+/// How long a `done` line may wait for others to share its write.
+const DONE_DELAY: Duration = Duration::from_millis(1);
+
+/// The worker's side of the channel to the acceptor: standard output, and the `done` lines
+/// not written yet.
+///
+/// A connection thread that finishes does not write its `done` line itself (a write, and a
+/// wake-up of the acceptor, per connection): it queues the line, and a flusher thread writes
+/// what gathered within [`DONE_DELAY`] in one write, or the next batch of `ok` answers takes
+/// it along.
+#[derive(Debug)]
+struct Channel {
+    out: Mutex<io::Stdout>,
+    done: Mutex<DoneQueue>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct DoneQueue {
+    /// `done` lines, each with its line end.
+    text: String,
+    /// The flusher thread runs (else `done` lines are written at once).
+    flusher: bool,
+    /// The worker is gone: the flusher writes what is queued and stops.
+    stop: bool,
+}
+
+impl Channel {
+    /// Writes `text` and every queued `done` line, in one write.
+    fn write(&self, mut text: String) -> io::Result<()> {
+        let mut out = lock(&self.out);
+        {
+            let mut done = lock(&self.done);
+            text.push_str(&done.text);
+            done.text.clear();
+        }
+        out.write_all(text.as_bytes())?;
+        out.flush()
+    }
+
+    fn done(&self, id: u64) {
+        let line = to_acceptor(&Line::Done(id)) + "\n";
+        let mut done = lock(&self.done);
+        if !done.flusher {
+            drop(done);
+            let _ = self.write(line);
+            return;
+        }
+        let was_empty = done.text.is_empty();
+        done.text.push_str(&line);
+        drop(done);
+        if was_empty {
+            self.cv.notify_one();
+        }
+    }
+
+    /// The flusher thread: waits for a queued `done` line, lets others gather for
+    /// [`DONE_DELAY`], and writes them all.
+    fn flush_done(&self) {
+        loop {
+            {
+                let mut done = lock(&self.done);
+                while done.text.is_empty() && !done.stop {
+                    done = self.cv.wait(done).unwrap_or_else(|e| e.into_inner());
+                }
+                if done.text.is_empty() {
+                    done.flusher = false;
+                    return;
+                }
+            }
+            std::thread::sleep(DONE_DELAY);
+            if self.write(String::new()).is_err() {
+                lock(&self.done).flusher = false;
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        lock(&self.out.done).stop = true;
+        self.out.cv.notify_one();
+    }
 }
 
 impl Worker {
@@ -104,9 +185,22 @@ impl Worker {
     /// As [`crate::startup`]; `WSAENETDOWN` if standard output is closed.
     pub fn announce() -> Result<Self, Error> {
         let guard = crate::startup()?;
-        let out = Arc::new(Mutex::new(io::stdout()));
-        say(&out, &Line::Pid(std::process::id()))
+        let out = Arc::new(Channel {
+            out: Mutex::new(io::stdout()),
+            done: Mutex::new(DoneQueue::default()),
+            cv: Condvar::new(),
+        });
+        out.write(to_acceptor(&Line::Pid(std::process::id())) + "\n")
             .map_err(|e| Error::from_errno(e, "announcing this worker on standard output"))?;
+        let flusher = out.clone();
+        lock(&out.done).flusher = true;
+        let started = std::thread::Builder::new()
+            .name("sockdup-done".into())
+            .spawn(move || flusher.flush_done());
+        if started.is_err() {
+            // Without the thread, each `done` line is written at once.
+            lock(&out.done).flusher = false;
+        }
         Ok(Self { _guard: guard, out })
     }
 
@@ -128,9 +222,18 @@ impl Worker {
     }
 
     /// Redeems one record; the answer for the acceptor is added to `answers`.
-    fn redeem(id: u64, text: &str, answers: &mut String) -> Result<Stream, Error> {
+    fn redeem(
+        rt: Option<&Runtime>,
+        id: u64,
+        text: &str,
+        answers: &mut String,
+    ) -> Result<Stream, Error> {
         let redeemed = text.parse::<ProtocolInfo>().and_then(|info| {
-            let fd: OwnedFd = crate::socket_from_info(&info)?;
+            let fd: OwnedFd = match rt {
+                Some(rt) => crate::redeem_in(rt, &info)?,
+                // Not started: the public call says why.
+                None => crate::socket_from_info(&info)?,
+            };
             Ok(if info.address_family == AF_UNIX {
                 Stream::Unix(UnixStream::from(fd))
             } else {
@@ -150,6 +253,8 @@ impl Worker {
     fn redeem_all(&self, lines: &[u8], ready: &mut VecDeque<Result<Connection, Error>>) {
         let mut answers = String::new();
         let mut redeemed = Vec::new();
+        // One look-up (and one getpid) for the whole batch.
+        let rt = Runtime::current().ok();
         for line in lines.split(|&b| b == b'\n') {
             let Ok(line) = std::str::from_utf8(line) else {
                 continue;
@@ -164,15 +269,12 @@ impl Worker {
             let Ok(id) = id.parse::<u64>() else {
                 continue;
             };
-            redeemed.push((id, Self::redeem(id, text, &mut answers)));
+            redeemed.push((id, Self::redeem(rt.as_deref(), id, text, &mut answers)));
         }
         if redeemed.is_empty() {
             return;
         }
-        let said = {
-            let mut out = lock(&self.out);
-            out.write_all(answers.as_bytes()).and_then(|()| out.flush())
-        };
+        let said = self.out.write(answers);
         for (id, r) in redeemed {
             ready.push_back(match (r, &said) {
                 (Ok(stream), Ok(())) => Ok(Connection {
@@ -251,7 +353,8 @@ impl Connection {
         &mut self.stream
     }
 
-    /// Closes the stream and tells the acceptor this connection is done.
+    /// Closes the stream and tells the acceptor this connection is done (the line waits up to
+    /// a millisecond for others finishing meanwhile, to share one write).
     pub fn finish(mut self) {
         self.done();
     }
@@ -259,7 +362,7 @@ impl Connection {
     fn done(&mut self) {
         if !self.finished {
             self.finished = true;
-            let _ = say(&self.out, &Line::Done(self.id));
+            self.out.done(self.id);
         }
     }
 }
