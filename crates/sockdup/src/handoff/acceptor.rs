@@ -210,6 +210,7 @@ impl Acceptor {
             listeners,
             entries,
             armed: true,
+            more: false,
             accept_pause: None,
             workers: Vec::new(),
             queue: VecDeque::new(),
@@ -264,6 +265,11 @@ const MAX_LINE: usize = 4096;
 /// are read between batches.
 const ACCEPT_BATCH: usize = 256;
 
+/// The most connections in one batch: its `conn` lines (about 880 bytes each) fit in a pipe's
+/// 64 KiB, so the worker's answers are read between two batches, and a worker blocked on
+/// writing answers cannot block the acceptor writing to it, and so both.
+const MAX_BATCH: usize = 64;
+
 /// How often timeouts and exits are checked.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -306,6 +312,8 @@ struct Run<'a> {
     entries: Vec<ProtocolInfo>,
     /// Whether the listeners are in the epoll set for reading.
     armed: bool,
+    /// More queued connections could go to a worker now (the last batches were full).
+    more: bool,
     /// Accepting failed (e.g. out of descriptors): not before this instant again.
     accept_pause: Option<Instant>,
     workers: Vec<WorkerSlot>,
@@ -367,6 +375,9 @@ impl Run<'_> {
     /// new connections; then hands out what is queued.
     fn poll(&mut self, timeout: Duration, events: &mut Vec<epoll::Event>) -> Result<(), Error> {
         self.arm_listeners();
+        // Queued connections that a worker could take but did not fit in this turn's
+        // batches: go on at once.
+        let timeout = if self.more { Duration::ZERO } else { timeout };
         let ts = rustix::time::Timespec {
             tv_sec: timeout.as_secs() as i64,
             tv_nsec: i64::from(timeout.subsec_nanos()),
@@ -676,7 +687,10 @@ impl Run<'_> {
         let max = self.cfg.max_outstanding;
         let load = |i: usize, w: &WorkerSlot| w.outstanding() + planned[i];
         let ready = |i: usize, w: &WorkerSlot| {
-            w.pid.is_some() && w.stdin.is_some() && w.outstanding() + planned[i] < max
+            w.pid.is_some()
+                && w.stdin.is_some()
+                && w.outstanding() + planned[i] < max
+                && planned[i] < MAX_BATCH
         };
         match self.cfg.policy {
             Policy::RoundRobin => {
@@ -692,9 +706,20 @@ impl Run<'_> {
         }
     }
 
-    /// Hands out every queued connection a ready worker can take: each worker gets its share
-    /// in one batch.
+    /// Hands out the queued connections the ready workers can take, each worker's share in one
+    /// batch; notes whether more could go at once.
     fn dispatch_queue(&mut self) {
+        self.dispatch_batches();
+        let max = self.cfg.max_outstanding;
+        self.more = !self.queue.is_empty()
+            && self
+                .workers
+                .iter()
+                .any(|w| w.pid.is_some() && w.stdin.is_some() && w.outstanding() < max);
+    }
+
+    /// One batch, of at most [`MAX_BATCH`] connections, for each worker that can take some.
+    fn dispatch_batches(&mut self) {
         loop {
             if self.queue.is_empty() {
                 return;
