@@ -6,8 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use sockdup_core::catalog::AF_UNIX;
 use sockdup_core::error::Error;
@@ -92,89 +91,18 @@ impl Write for Stream {
     }
 }
 
-/// How long a `done` line may wait for others to share its write.
-const DONE_DELAY: Duration = Duration::from_millis(1);
-
-/// The worker's side of the channel to the acceptor: standard output, and the `done` lines
-/// not written yet.
-///
-/// A connection thread that finishes does not write its `done` line itself (a write, and a
-/// wake-up of the acceptor, per connection): it queues the line, and a flusher thread writes
-/// what gathered within [`DONE_DELAY`] in one write, or the next batch of `ok` answers takes
-/// it along.
+/// The worker's side of the channel to the acceptor: its standard output.
 #[derive(Debug)]
 struct Channel {
     out: Mutex<io::Stdout>,
-    done: Mutex<DoneQueue>,
-    cv: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct DoneQueue {
-    /// `done` lines, each with its line end.
-    text: String,
-    /// The flusher thread runs (else `done` lines are written at once).
-    flusher: bool,
-    /// The worker is gone: the flusher writes what is queued and stops.
-    stop: bool,
 }
 
 impl Channel {
-    /// Writes `text` and every queued `done` line, in one write.
-    fn write(&self, mut text: String) -> io::Result<()> {
+    /// Writes `text` (whole lines) in one write.
+    fn write(&self, text: &str) -> io::Result<()> {
         let mut out = lock(&self.out);
-        {
-            let mut done = lock(&self.done);
-            text.push_str(&done.text);
-            done.text.clear();
-        }
         out.write_all(text.as_bytes())?;
         out.flush()
-    }
-
-    fn done(&self, id: u64) {
-        let line = to_acceptor(&Line::Done(id)) + "\n";
-        let mut done = lock(&self.done);
-        if !done.flusher {
-            drop(done);
-            let _ = self.write(line);
-            return;
-        }
-        let was_empty = done.text.is_empty();
-        done.text.push_str(&line);
-        drop(done);
-        if was_empty {
-            self.cv.notify_one();
-        }
-    }
-
-    /// The flusher thread: waits for a queued `done` line, lets others gather for
-    /// [`DONE_DELAY`], and writes them all.
-    fn flush_done(&self) {
-        loop {
-            {
-                let mut done = lock(&self.done);
-                while done.text.is_empty() && !done.stop {
-                    done = self.cv.wait(done).unwrap_or_else(|e| e.into_inner());
-                }
-                if done.text.is_empty() {
-                    done.flusher = false;
-                    return;
-                }
-            }
-            std::thread::sleep(DONE_DELAY);
-            if self.write(String::new()).is_err() {
-                lock(&self.done).flusher = false;
-                return;
-            }
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        lock(&self.out.done).stop = true;
-        self.out.cv.notify_one();
     }
 }
 
@@ -187,20 +115,9 @@ impl Worker {
         let guard = crate::startup()?;
         let out = Arc::new(Channel {
             out: Mutex::new(io::stdout()),
-            done: Mutex::new(DoneQueue::default()),
-            cv: Condvar::new(),
         });
-        out.write(to_acceptor(&Line::Pid(std::process::id())) + "\n")
+        out.write(&(to_acceptor(&Line::Pid(std::process::id())) + "\n"))
             .map_err(|e| Error::from_errno(e, "announcing this worker on standard output"))?;
-        let flusher = out.clone();
-        lock(&out.done).flusher = true;
-        let started = std::thread::Builder::new()
-            .name("sockdup-done".into())
-            .spawn(move || flusher.flush_done());
-        if started.is_err() {
-            // Without the thread, each `done` line is written at once.
-            lock(&out.done).flusher = false;
-        }
         Ok(Self { _guard: guard, out })
     }
 
@@ -274,7 +191,7 @@ impl Worker {
         if redeemed.is_empty() {
             return;
         }
-        let said = self.out.write(answers);
+        let said = self.out.write(&answers);
         for (id, r) in redeemed {
             ready.push_back(match (r, &said) {
                 (Ok(stream), Ok(())) => Ok(Connection {
@@ -353,8 +270,7 @@ impl Connection {
         &mut self.stream
     }
 
-    /// Closes the stream and tells the acceptor this connection is done (the line waits up to
-    /// a millisecond for others finishing meanwhile, to share one write).
+    /// Closes the stream and tells the acceptor this connection is done.
     pub fn finish(mut self) {
         self.done();
     }
@@ -362,7 +278,9 @@ impl Connection {
     fn done(&mut self) {
         if !self.finished {
             self.finished = true;
-            self.out.done(self.id);
+            // Each connection's own write: gathering them in a flusher thread measured slower
+            // (one more thread waking up) than what the shared writes saved.
+            let _ = self.out.write(&(to_acceptor(&Line::Done(self.id)) + "\n"));
         }
     }
 }
