@@ -7,7 +7,8 @@
 //! pids are the serve process's children (`/proc/PID/task/*/children`). Signals are sent with
 //! `kill(2)`. Every wait is bounded; each test takes a few seconds.
 //!
-//! Covered: 1000 echo connections each served exactly once; a worker killed with SIGKILL in
+//! Covered: 1000 echo connections each served exactly once; connections queued before the
+//! worker is ready handed over in batches; a worker killed with SIGKILL in
 //! the middle of a steady stream of connections (no client loses its echo, the worker is
 //! restarted); both workers killed at once (service resumes); SIGTERM drains (new
 //! connections refused, open ones finish, exit 0); workers that write garbage or a pid that
@@ -135,6 +136,12 @@ impl Server {
     /// Starts `sockdup serve` listening on `listen`, with `args` and the worker command.
     #[track_caller]
     fn start_listening(listen: &[&str], args: &[&str], worker: &[&str]) -> Self {
+        Self::start_logging(listen, args, worker, "warn")
+    }
+
+    /// [`Self::start_listening`] with `RUST_LOG` set to `log`.
+    #[track_caller]
+    fn start_logging(listen: &[&str], args: &[&str], worker: &[&str], log: &str) -> Self {
         let dir = TempDir::new("srv");
         let port_file = dir.path().join("ports");
         let mut cmd = Command::new(BIN);
@@ -148,7 +155,7 @@ impl Server {
             .arg("--")
             .args(worker)
             .current_dir(dir.path())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -396,6 +403,51 @@ fn a_thousand_echo_connections_are_each_served_once() {
     assert_eq!(summary.total, 1000, "{summary:?}");
     assert_eq!(summary.per_worker.len(), 2);
     assert!(summary.per_worker.iter().all(|&n| n > 0), "{summary:?}");
+    assert_eq!(
+        (summary.redispatched, summary.restarts, summary.replaced),
+        (0, 0, 0)
+    );
+}
+
+#[test]
+fn connections_queued_for_a_worker_are_handed_over_in_batches() {
+    // The worker announces itself only after a while, so the connections made meanwhile are
+    // accepted and queued; once it is ready they go in batches of at most 64 (one message to
+    // its inbox and one write of conn lines each), and each is served exactly once.
+    let late_worker = format!("sleep 0.5; exec {BIN} worker --app echo");
+    let mut server = Server::start_logging(
+        &["127.0.0.1:0"],
+        &["--workers", "1"],
+        &["sh", "-c", &late_worker],
+        "sockdup=debug",
+    );
+    let addr = server.tcp();
+    let mut open: Vec<TcpStream> = (0..100).map(|_| connect(addr).expect("connect")).collect();
+    for (i, s) in open.iter_mut().enumerate() {
+        let msg = format!("queued {i};");
+        assert_eq!(exchange(s, &msg), msg);
+    }
+    drop(open);
+    let summary = server.stop(WAIT);
+    // Read after the exit: every log line is in.
+    let text = server.stderr.text();
+    let batches: Vec<usize> = text
+        .lines()
+        .filter(|l| l.contains("connections handed to a worker"))
+        .filter_map(|l| {
+            l.split("count=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(batches.iter().sum::<usize>(), 100, "{text}");
+    assert!(batches.iter().any(|&n| n > 1), "no batch: {batches:?}");
+    // A batch's conn lines fit in a pipe (64 of them), so more than that go in several.
+    assert!(batches.iter().all(|&n| n <= 64), "{batches:?}");
+    assert_eq!(summary.total, 100, "{summary:?}");
     assert_eq!(
         (summary.redispatched, summary.restarts, summary.replaced),
         (0, 0, 0)

@@ -87,7 +87,7 @@ pub use sys::{InboxAddress, is_cloexec};
 use startup::{Runtime, lock};
 
 /// The base catalog entry for `fd`'s real family, type and protocol.
-fn entry_for(fd: BorrowedFd<'_>) -> Result<ProtocolInfo, Error> {
+pub(crate) fn entry_for(fd: BorrowedFd<'_>) -> Result<ProtocolInfo, Error> {
     let (family, kind, protocol) = sys::socket_triple(fd).map_err(|e| {
         if e.raw_os_error() == Some(rustix::io::Errno::NOTSOCK.raw_os_error()) {
             Error::new(
@@ -159,10 +159,43 @@ pub fn duplicate_sockets<S: AsFd>(
 ) -> Result<Vec<ProtocolInfo>, Error> {
     let rt = Runtime::current()?;
     check_pid(target_pid)?;
-    let mut records = sockets
+    let records = sockets
         .iter()
         .map(|s| entry_for(s.as_fd()))
         .collect::<Result<Vec<_>, _>>()?;
+    duplicate_as(&rt, sockets, records, target_pid)
+}
+
+/// [`duplicate_sockets`] for sockets whose base catalog entries the caller already knows
+/// (`records[i]` is [`entry_for`] of `sockets[i]`), e.g. connections accepted from one
+/// listener, which share its family, type and protocol: saves three `getsockopt` per socket.
+/// Debug builds check the entries.
+pub(crate) fn duplicate_known(
+    sockets: &[BorrowedFd<'_>],
+    records: Vec<ProtocolInfo>,
+    target_pid: u32,
+) -> Result<Vec<ProtocolInfo>, Error> {
+    let rt = Runtime::current()?;
+    check_pid(target_pid)?;
+    debug_assert_eq!(sockets.len(), records.len());
+    debug_assert!(
+        sockets
+            .iter()
+            .zip(&records)
+            .all(|(s, r)| entry_for(*s).is_ok_and(|e| e == *r)),
+        "a known entry does not match its socket"
+    );
+    duplicate_as(&rt, sockets, records, target_pid)
+}
+
+/// Sends `sockets`, whose base entries are `records`, to `target_pid` and completes the
+/// records with its pid, nonce and tickets.
+fn duplicate_as<S: AsFd>(
+    rt: &Runtime,
+    sockets: &[S],
+    mut records: Vec<ProtocolInfo>,
+    target_pid: u32,
+) -> Result<Vec<ProtocolInfo>, Error> {
     let mut tickets = Vec::with_capacity(sockets.len());
     let (pid, nonce);
     if target_pid == rt.pid {
@@ -183,7 +216,7 @@ pub fn duplicate_sockets<S: AsFd>(
             let request = Request::Push {
                 count: fds.len() as u32,
             };
-            let outcome = client::request(&rt, target_pid, &request, &fds).and_then(|reply| {
+            let outcome = client::request(rt, target_pid, &request, &fds).and_then(|reply| {
                 if reply.tickets.len() != fds.len()
                     || (!tickets.is_empty() && (reply.pid, reply.nonce) != seen)
                 {
@@ -207,7 +240,7 @@ pub fn duplicate_sockets<S: AsFd>(
                         // Best effort: if this fails too, the duplicates expire with their TTL.
                         for part in tickets.chunks(MAX_FDS_PER_MESSAGE) {
                             let _ = client::request(
-                                &rt,
+                                rt,
                                 target_pid,
                                 &Request::Cancel {
                                     tickets: part.to_vec(),
@@ -245,6 +278,11 @@ pub fn duplicate_sockets<S: AsFd>(
 #[doc(alias = "WSPSocket", alias = "WSASocketW", alias = "WSASocket")]
 pub fn socket_from_info(info: &ProtocolInfo) -> Result<OwnedFd, Error> {
     let rt = Runtime::current()?;
+    redeem_in(&rt, info)
+}
+
+/// [`socket_from_info`] with the runtime already looked up (once for many records).
+pub(crate) fn redeem_in(rt: &Runtime, info: &ProtocolInfo) -> Result<OwnedFd, Error> {
     if !catalog::is_base_id(info.catalog_entry_id) {
         // A chain's record: through its layers, as the source's duplicate went.
         return spi::redeem_fd(info);

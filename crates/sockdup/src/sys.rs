@@ -354,38 +354,17 @@ pub(crate) mod socket {
         Ok(net::accept_with(fd, SocketFlags::CLOEXEC)?)
     }
 
-    /// Waits up to `timeout` for a connection on a non-blocking listener ([`set_nonblocking`])
-    /// and accepts it (close-on-exec, blocking); `Ok(None)` if none came.
-    pub(crate) fn accept_timeout(
-        listener: BorrowedFd<'_>,
-        timeout: std::time::Duration,
-    ) -> io::Result<Option<OwnedFd>> {
-        use rustix::event::{PollFd, PollFlags};
-        // Try first: under load a connection is usually waiting, and the poll is one syscall
-        // too many.
-        match net::accept_with(listener, SocketFlags::CLOEXEC) {
-            Ok(fd) => return Ok(Some(fd)),
-            Err(
-                rustix::io::Errno::AGAIN | rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED,
-            ) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let ts = rustix::time::Timespec {
-            tv_sec: timeout.as_secs() as i64,
-            tv_nsec: i64::from(timeout.subsec_nanos()),
-        };
-        let mut fds = [PollFd::new(&listener, PollFlags::IN)];
-        match rustix::event::poll(&mut fds, Some(&ts)) {
-            Ok(0) | Err(rustix::io::Errno::INTR) => return Ok(None),
-            Ok(_) => {}
-            Err(e) => return Err(e.into()),
-        }
-        match net::accept_with(listener, SocketFlags::CLOEXEC) {
-            Ok(fd) => Ok(Some(fd)),
-            Err(
-                rustix::io::Errno::AGAIN | rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED,
-            ) => Ok(None),
-            Err(e) => Err(e.into()),
+    /// Accepts one connection from a non-blocking listener ([`set_nonblocking`]),
+    /// close-on-exec and blocking; `Ok(None)` when none is waiting. A connection that was
+    /// aborted before it was accepted is skipped.
+    pub(crate) fn try_accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+        loop {
+            match net::accept_with(listener, SocketFlags::CLOEXEC) {
+                Ok(fd) => return Ok(Some(fd)),
+                Err(rustix::io::Errno::AGAIN) => return Ok(None),
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 

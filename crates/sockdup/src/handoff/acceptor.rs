@@ -3,15 +3,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::fmt::Write as _;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use rustix::buffer::spare_capacity;
+use rustix::event::epoll;
 use sockdup_core::error::{Error, WSAEINVAL};
+use sockdup_core::wire::ProtocolInfo;
 
 use super::proto::{Line, from_worker};
 use crate::startup::lock;
@@ -104,71 +107,6 @@ pub struct Acceptor {
     shutdown: ShutdownHandle,
 }
 
-/// Capacity for connections not yet done, shared with the accept threads.
-#[derive(Debug, Default)]
-struct Slots {
-    free: Mutex<usize>,
-    cv: Condvar,
-}
-
-impl Slots {
-    fn acquire(&self, timeout: Duration) -> bool {
-        let mut free = lock(&self.free);
-        if *free == 0 {
-            free = self
-                .cv
-                .wait_timeout(free, timeout)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
-        if *free > 0 {
-            *free -= 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn release(&self, n: usize) {
-        if n > 0 {
-            *lock(&self.free) += n;
-            self.cv.notify_all();
-        }
-    }
-}
-
-enum Event {
-    Accepted(OwnedFd),
-    Output {
-        slot: usize,
-        generation: u64,
-        line: Result<Line, String>,
-    },
-    Closed {
-        slot: usize,
-        generation: u64,
-    },
-}
-
-struct WorkerSlot {
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    generation: u64,
-    pid: Option<u32>,
-    started: Instant,
-    /// Duplicated to it, not yet confirmed: the acceptor's descriptor, and when.
-    unconfirmed: HashMap<u64, (OwnedFd, Instant)>,
-    /// Confirmed, not yet done.
-    active: usize,
-    served: u64,
-}
-
-impl WorkerSlot {
-    fn outstanding(&self) -> usize {
-        self.unconfirmed.len() + self.active
-    }
-}
-
 impl Acceptor {
     /// An acceptor that will run `program args...` as its workers.
     pub fn new<I, S>(program: impl Into<OsString>, args: I) -> Self
@@ -233,32 +171,47 @@ impl Acceptor {
 
     /// Runs until shut down; returns what happened.
     ///
+    /// One thread does everything, around one `epoll` set: it accepts on the listeners,
+    /// reads the workers' answers, and hands what it accepted to the workers in batches
+    /// (all the connections one wake-up brought for one worker go in one
+    /// [`duplicate_sockets`](crate::duplicate_sockets) message and one write of `conn` lines).
+    ///
     /// # Errors
     /// `WSANOTINITIALISED` without [`crate::startup`]; `WSAEINVAL` without listeners or if the
-    /// worker program cannot be started.
+    /// worker program cannot be started; `WSAEAFNOSUPPORT` for a listener whose connections
+    /// sockdup cannot duplicate.
     pub fn run(mut self) -> Result<Summary, Error> {
         if self.listeners.is_empty() {
             return Err(Error::invalid("the acceptor has no listening socket"));
         }
         crate::startup::Runtime::current()?;
-        let (tx, rx) = channel();
-        let slots = Arc::new(Slots::default());
-        slots.release(self.workers * self.max_outstanding);
-        let stop_accepting = Arc::new(AtomicBool::new(false));
-        let mut accept_threads = Vec::new();
-        // Each accept thread owns its listener, so the listeners close when accepting stops:
-        // from then on, new connections are refused rather than left in a backlog nobody
-        // accepts from while the workers drain.
-        for l in std::mem::take(&mut self.listeners) {
-            let (tx, slots, stop) = (tx.clone(), slots.clone(), stop_accepting.clone());
-            accept_threads.push(std::thread::spawn(move || {
-                accept_loop(l.0, tx, slots, stop)
-            }));
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC)
+            .map_err(|e| Error::from_errno(e.into(), "creating the acceptor's epoll"))?;
+        let mut listeners = Vec::new();
+        let mut entries = Vec::new();
+        for (i, l) in std::mem::take(&mut self.listeners).into_iter().enumerate() {
+            // Connections accepted from a listener have its family, type and protocol: the
+            // catalog entry is learned once here, not three getsockopt per connection.
+            entries.push(crate::entry_for(l.0.as_fd())?);
+            crate::sys::socket::set_nonblocking(l.0.as_fd())
+                .map_err(|e| Error::from_errno(e, "making a listener non-blocking"))?;
+            epoll::add(
+                &ep,
+                &l.0,
+                epoll::EventData::new_u64(i as u64),
+                epoll::EventFlags::IN,
+            )
+            .map_err(|e| Error::from_errno(e.into(), "registering a listener with epoll"))?;
+            listeners.push(l.0);
         }
         let mut run = Run {
             cfg: &self,
-            tx,
-            slots,
+            ep,
+            listeners,
+            entries,
+            armed: true,
+            more: false,
+            accept_pause: None,
             workers: Vec::new(),
             queue: VecDeque::new(),
             next_id: 0,
@@ -268,21 +221,22 @@ impl Acceptor {
                 ..Summary::default()
             },
         };
-        // A worker that cannot start ends the run, but the accept threads are stopped (and
-        // the listeners closed) first, as on every other way out.
+        // A worker that cannot start ends the run, but the listeners are closed first, as on
+        // every other way out.
         let started = (0..self.workers).try_for_each(|slot| {
             let w = run.spawn(slot, 0)?;
             run.workers.push(w);
             Ok(())
         });
-        let result = started.and_then(|()| run.serve(&rx));
-        stop_accepting.store(true, Ordering::SeqCst);
-        run.slots.release(usize::MAX / 2);
-        for t in accept_threads {
-            let _ = t.join();
+        let result = started.and_then(|()| run.serve());
+        // From now on, new connections are refused rather than left in a backlog nobody
+        // accepts from while the workers drain.
+        run.listeners.clear();
+        if let Err(e) = result {
+            run.kill_all();
+            return Err(e);
         }
-        result?;
-        run.drain(&rx);
+        run.drain();
         Ok(run.summary)
     }
 }
@@ -296,41 +250,75 @@ fn forget_inbox_connection(pid: u32) {
     }
 }
 
-fn accept_loop(listener: OwnedFd, tx: Sender<Event>, slots: Arc<Slots>, stop: Arc<AtomicBool>) {
-    let tick = Duration::from_millis(100);
-    // Non-blocking, so a connection that vanishes between the wait and the accept cannot
-    // block this thread past a shutdown.
-    if let Err(e) = crate::sys::socket::set_nonblocking(listener.as_fd()) {
-        tracing::error!(error = %e, "sockdup acceptor: cannot make the listener non-blocking");
-        return;
-    }
-    while !stop.load(Ordering::SeqCst) {
-        if !slots.acquire(tick) {
-            continue;
-        }
-        match crate::sys::socket::accept_timeout(listener.as_fd(), tick) {
-            Ok(Some(fd)) => {
-                if tx.send(Event::Accepted(fd)).is_err() {
-                    return;
-                }
-            }
-            Ok(None) => slots.release(1),
-            Err(e) => {
-                slots.release(1);
-                tracing::warn!(error = %e, "sockdup acceptor: accept failed");
-                std::thread::sleep(tick);
-            }
-        }
+/// The epoll key of a worker's output: this bit, its generation and its slot (listeners are
+/// keyed by their index).
+const WORKER_KEY: u64 = 1 << 63;
+
+fn worker_key(slot: usize, generation: u64) -> u64 {
+    WORKER_KEY | (generation << 24) | slot as u64
+}
+
+/// The longest line a worker may write before it counts as not speaking the protocol.
+const MAX_LINE: usize = 4096;
+
+/// The most connections accepted from one listener per wake-up, so that the workers' answers
+/// are read between batches.
+const ACCEPT_BATCH: usize = 256;
+
+/// The most connections in one batch: its `conn` lines (about 880 bytes each) fit in a pipe's
+/// 64 KiB, so the worker's answers are read between two batches, and a worker blocked on
+/// writing answers cannot block the acceptor writing to it, and so both.
+const MAX_BATCH: usize = 64;
+
+/// How often timeouts and exits are checked.
+const TICK: Duration = Duration::from_millis(50);
+
+/// An accepted connection not yet handed to a worker: its id, the acceptor's descriptor, and
+/// the listener it came from (for its catalog entry).
+struct Pending {
+    id: u64,
+    fd: OwnedFd,
+    listener: usize,
+}
+
+struct WorkerSlot {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    /// The worker's standard output, non-blocking, in the epoll set.
+    stdout: Option<ChildStdout>,
+    /// Bytes of output read, not yet a whole line.
+    partial: Vec<u8>,
+    generation: u64,
+    pid: Option<u32>,
+    started: Instant,
+    /// Duplicated to it, not yet confirmed: the acceptor's descriptor, and when.
+    unconfirmed: HashMap<u64, (Pending, Instant)>,
+    /// Confirmed, not yet done.
+    active: usize,
+    served: u64,
+}
+
+impl WorkerSlot {
+    fn outstanding(&self) -> usize {
+        self.unconfirmed.len() + self.active
     }
 }
 
 struct Run<'a> {
     cfg: &'a Acceptor,
-    tx: Sender<Event>,
-    slots: Arc<Slots>,
+    ep: OwnedFd,
+    listeners: Vec<OwnedFd>,
+    /// Each listener's catalog entry, for the records of its connections.
+    entries: Vec<ProtocolInfo>,
+    /// Whether the listeners are in the epoll set for reading.
+    armed: bool,
+    /// More queued connections could go to a worker now (the last batches were full).
+    more: bool,
+    /// Accepting failed (e.g. out of descriptors): not before this instant again.
+    accept_pause: Option<Instant>,
     workers: Vec<WorkerSlot>,
     /// Accepted connections waiting for a ready worker.
-    queue: VecDeque<(u64, OwnedFd)>,
+    queue: VecDeque<Pending>,
     next_id: u64,
     rr: usize,
     summary: Summary,
@@ -350,32 +338,30 @@ impl Run<'_> {
                     format!("starting worker {:?} failed: {e}", self.cfg.program),
                 )
             })?;
-        let stdout = child.stdout.take();
         let stdin = child.stdin.take();
-        let tx = self.tx.clone();
-        std::thread::spawn(move || {
-            if let Some(out) = stdout {
-                for text in BufReader::new(out).lines() {
-                    let Ok(text) = text else { break };
-                    let line = from_worker(&text).ok_or(text);
-                    if tx
-                        .send(Event::Output {
-                            slot,
-                            generation,
-                            line,
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-            let _ = tx.send(Event::Closed { slot, generation });
+        let stdout = child.stdout.take();
+        let registered = stdout.as_ref().map_or(Ok(()), |out| {
+            crate::sys::socket::set_nonblocking(out.as_fd())
+                .map_err(|e| Error::from_errno(e, "making a worker's output non-blocking"))?;
+            epoll::add(
+                &self.ep,
+                out,
+                epoll::EventData::new_u64(worker_key(slot, generation)),
+                epoll::EventFlags::IN,
+            )
+            .map_err(|e| Error::from_errno(e.into(), "registering a worker's output with epoll"))
         });
+        if let Err(e) = registered {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
         tracing::debug!(slot, pid = child.id(), "sockdup acceptor: started a worker");
         Ok(WorkerSlot {
             child: Some(child),
             stdin,
+            stdout,
+            partial: Vec::new(),
             generation,
             pid: None,
             started: Instant::now(),
@@ -385,50 +371,179 @@ impl Run<'_> {
         })
     }
 
-    fn serve(&mut self, rx: &Receiver<Event>) -> Result<(), Error> {
+    /// Waits up to `timeout` for events and handles them: the workers' answers first, then
+    /// new connections; then hands out what is queued.
+    fn poll(&mut self, timeout: Duration, events: &mut Vec<epoll::Event>) -> Result<(), Error> {
+        self.arm_listeners();
+        // Queued connections that a worker could take but did not fit in this turn's
+        // batches: go on at once.
+        let timeout = if self.more { Duration::ZERO } else { timeout };
+        let ts = rustix::time::Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        events.clear();
+        match epoll::wait(&self.ep, spare_capacity(events), Some(&ts)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::from_errno(e.into(), "waiting in epoll")),
+        }
+        let mut ready_listeners = Vec::new();
+        for ev in events.iter() {
+            let key = ev.data.u64();
+            if key & WORKER_KEY == 0 {
+                ready_listeners.push(key as usize);
+                continue;
+            }
+            let slot = (key & 0xff_ffff) as usize;
+            let generation = (key & !WORKER_KEY) >> 24;
+            if self
+                .workers
+                .get(slot)
+                .is_some_and(|w| w.generation == generation)
+            {
+                self.read_output(slot)?;
+            }
+        }
+        for i in ready_listeners {
+            self.accept_from(i);
+        }
+        self.dispatch_queue();
+        Ok(())
+    }
+
+    fn serve(&mut self) -> Result<(), Error> {
+        let mut events = Vec::with_capacity(64);
         // Timeouts and exits are checked every tick, not after every event: under load that
         // would be a wait4 per worker per connection.
-        let tick = Duration::from_millis(50);
         let mut last_check = Instant::now();
         while !self.cfg.shutdown.requested() {
-            match rx.recv_timeout(tick) {
-                Ok(event) => self.handle(event)?,
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            if last_check.elapsed() >= tick {
+            self.poll(TICK, &mut events)?;
+            if last_check.elapsed() >= TICK {
                 self.check_timeouts()?;
+                self.dispatch_queue();
                 last_check = Instant::now();
             }
         }
         Ok(())
     }
 
-    fn handle(&mut self, event: Event) -> Result<(), Error> {
-        match event {
-            Event::Accepted(fd) => {
-                let id = self.next_id;
-                self.next_id += 1;
-                self.queue.push_back((id, fd));
-                self.dispatch_queue();
+    /// Connections accepted or handed out and not yet done, against the capacity of all the
+    /// workers together.
+    fn free_capacity(&self) -> usize {
+        let used = self.queue.len()
+            + self
+                .workers
+                .iter()
+                .map(WorkerSlot::outstanding)
+                .sum::<usize>();
+        (self.cfg.workers * self.cfg.max_outstanding).saturating_sub(used)
+    }
+
+    /// Listens for connections only while there is capacity for them (and accepting is not
+    /// paused): otherwise they wait in the kernel's backlog.
+    fn arm_listeners(&mut self) {
+        if self
+            .accept_pause
+            .is_some_and(|until| Instant::now() >= until)
+        {
+            self.accept_pause = None;
+        }
+        let want = self.accept_pause.is_none() && self.free_capacity() > 0;
+        if want == self.armed {
+            return;
+        }
+        let flags = if want {
+            epoll::EventFlags::IN
+        } else {
+            epoll::EventFlags::empty()
+        };
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Err(e) = epoll::modify(&self.ep, l, epoll::EventData::new_u64(i as u64), flags) {
+                tracing::warn!(error = %e, "sockdup acceptor: cannot update a listener in epoll");
             }
-            Event::Output {
+        }
+        self.armed = want;
+    }
+
+    fn accept_from(&mut self, i: usize) {
+        let mut room = self.free_capacity().min(ACCEPT_BATCH);
+        while room > 0 {
+            let Some(listener) = self.listeners.get(i) else {
+                return;
+            };
+            match crate::sys::socket::try_accept(listener.as_fd()) {
+                Ok(Some(fd)) => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.queue.push_back(Pending {
+                        id,
+                        fd,
+                        listener: i,
+                    });
+                    room -= 1;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // Out of descriptors or the like: the connection stays in the backlog;
+                    // try again shortly rather than spin.
+                    tracing::warn!(error = %e, "sockdup acceptor: accept failed");
+                    self.accept_pause = Some(Instant::now() + Duration::from_millis(100));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads what worker `slot` wrote and handles every whole line; at the end of its output,
+    /// the worker is gone.
+    fn read_output(&mut self, slot: usize) -> Result<(), Error> {
+        let mut chunk = [0u8; 16 * 1024];
+        let mut closed = false;
+        loop {
+            let Some(out) = self.workers[slot].stdout.as_ref() else {
+                return Ok(());
+            };
+            match rustix::io::read(out, &mut chunk) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.workers[slot].partial.extend_from_slice(&chunk[..n]);
+                    if n < chunk.len() {
+                        break;
+                    }
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let generation = self.workers[slot].generation;
+        let bytes = std::mem::take(&mut self.workers[slot].partial);
+        let mut rest = &bytes[..];
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let text = String::from_utf8_lossy(&rest[..end]);
+            rest = &rest[end + 1..];
+            let line = from_worker(&text).ok_or_else(|| text.into_owned());
+            self.output(slot, line);
+            if self.workers[slot].generation != generation {
+                return Ok(());
+            }
+        }
+        if rest.len() > MAX_LINE {
+            self.replace(
                 slot,
-                generation,
-                line,
-            } => {
-                if self.workers[slot].generation != generation {
-                    return Ok(());
-                }
-                self.output(slot, line);
-                self.dispatch_queue();
-            }
-            Event::Closed { slot, generation } => {
-                if self.workers[slot].generation == generation {
-                    self.worker_gone(slot)?;
-                    self.dispatch_queue();
-                }
-            }
+                &format!("wrote {MAX_LINE} bytes without a line end, which is not the sockdup worker protocol"),
+            );
+        } else {
+            self.workers[slot].partial = rest.to_vec();
+        }
+        if closed {
+            self.worker_gone(slot, !self.cfg.shutdown.requested())?;
         }
         Ok(())
     }
@@ -448,6 +563,7 @@ impl Run<'_> {
                 );
             }
             (Ok(Line::Redeemed(id)), Some(_)) => {
+                // The worker has its own descriptor now: the acceptor's closes here.
                 if w.unconfirmed.remove(&id).is_some() {
                     w.active += 1;
                     w.served += 1;
@@ -455,9 +571,9 @@ impl Run<'_> {
                 }
             }
             (Ok(Line::Failed(id, code)), Some(pid)) => {
-                if let Some((fd, _)) = w.unconfirmed.remove(&id) {
+                if let Some((pending, _)) = w.unconfirmed.remove(&id) {
                     self.summary.redispatched += 1;
-                    self.queue.push_front((id, fd));
+                    self.queue.push_front(pending);
                     self.replace(
                         slot,
                         &format!("(pid {pid}) could not redeem connection {id} (error {code}); it goes to another worker"),
@@ -465,10 +581,7 @@ impl Run<'_> {
                 }
             }
             (Ok(Line::Done(_)), Some(_)) => {
-                if w.active > 0 {
-                    w.active -= 1;
-                    self.slots.release(1);
-                }
+                w.active = w.active.saturating_sub(1);
             }
             (Ok(other), _) => self.replace(slot, &format!("said {other:?} out of turn")),
             (Err(text), _) => self.replace(
@@ -502,8 +615,13 @@ impl Run<'_> {
             // A worker that exited is gone even if something it started still holds its
             // output open (so its output's end would come late).
             if matches!(child.try_wait(), Ok(Some(_))) {
-                self.worker_gone(slot)?;
-                self.dispatch_queue();
+                // Its last answers first: they may confirm connections (and may end its
+                // output, which replaces it).
+                let generation = w.generation;
+                self.read_output(slot)?;
+                if self.workers[slot].generation == generation {
+                    self.worker_gone(slot, true)?;
+                }
                 continue;
             }
             if w.stdin.is_none() {
@@ -518,28 +636,36 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// A worker's output closed: reap it, give its unconfirmed connections to others, and
-    /// start it again (unless shutting down).
-    fn worker_gone(&mut self, slot: usize) -> Result<(), Error> {
+    /// Worker `slot` is gone (its output closed, or it exited): give its unconfirmed
+    /// connections to others; if `restart`, kill and reap it and start it again; if not (a
+    /// shutdown), reap it once it exits ([`Self::reap_exited`]).
+    fn worker_gone(&mut self, slot: usize, restart: bool) -> Result<(), Error> {
         let w = &mut self.workers[slot];
-        if let Some(mut child) = w.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            forget_inbox_connection(child.id());
+        if restart {
+            if let Some(mut child) = w.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+                forget_inbox_connection(child.id());
+            }
         }
         w.stdin = None;
-        let lost: Vec<(u64, OwnedFd)> = w
+        w.pid = None;
+        if let Some(out) = w.stdout.take() {
+            let _ = epoll::delete(&self.ep, &out);
+        }
+        w.partial.clear();
+        w.active = 0;
+        let mut lost: Vec<(u64, Pending)> = w
             .unconfirmed
             .drain()
-            .map(|(id, (fd, _))| (id, fd))
+            .map(|(id, (pending, _))| (id, pending))
             .collect();
-        let active = std::mem::take(&mut w.active);
-        self.slots.release(active);
+        lost.sort_unstable_by_key(|(id, _)| *id);
         self.summary.redispatched += lost.len() as u64;
-        for item in lost.into_iter().rev() {
-            self.queue.push_front(item);
+        for (_, pending) in lost.into_iter().rev() {
+            self.queue.push_front(pending);
         }
-        if !self.cfg.shutdown.requested() {
+        if restart {
             // Do not spin on a worker that dies at once.
             std::thread::sleep(Duration::from_millis(20));
             let generation = self.workers[slot].generation + 1;
@@ -547,78 +673,141 @@ impl Run<'_> {
             self.workers[slot] = self.spawn(slot, generation)?;
             self.workers[slot].served = served;
             self.summary.restarts += 1;
+        } else {
+            // Stale events of the old output are ignored from now on.
+            self.workers[slot].generation += 1;
         }
         Ok(())
     }
 
-    fn pick(&mut self) -> Option<usize> {
+    /// Picks a ready worker for one more connection, counting `planned` ones it is about
+    /// to get.
+    fn pick(&mut self, planned: &[usize]) -> Option<usize> {
         let n = self.workers.len();
         let max = self.cfg.max_outstanding;
-        let ready = |w: &WorkerSlot| w.pid.is_some() && w.stdin.is_some() && w.outstanding() < max;
+        let load = |i: usize, w: &WorkerSlot| w.outstanding() + planned[i];
+        let ready = |i: usize, w: &WorkerSlot| {
+            w.pid.is_some()
+                && w.stdin.is_some()
+                && w.outstanding() + planned[i] < max
+                && planned[i] < MAX_BATCH
+        };
         match self.cfg.policy {
             Policy::RoundRobin => {
                 let found = (0..n)
                     .map(|k| (self.rr + k) % n)
-                    .find(|&i| ready(&self.workers[i]))?;
+                    .find(|&i| ready(i, &self.workers[i]))?;
                 self.rr = (found + 1) % n;
                 Some(found)
             }
             Policy::LeastOutstanding => (0..n)
-                .filter(|&i| ready(&self.workers[i]))
-                .min_by_key(|&i| self.workers[i].outstanding()),
+                .filter(|&i| ready(i, &self.workers[i]))
+                .min_by_key(|&i| load(i, &self.workers[i])),
         }
     }
 
+    /// Hands out the queued connections the ready workers can take, each worker's share in one
+    /// batch; notes whether more could go at once.
     fn dispatch_queue(&mut self) {
-        while let Some((id, fd)) = self.queue.pop_front() {
-            let Some(slot) = self.pick() else {
-                self.queue.push_front((id, fd));
+        self.dispatch_batches();
+        let max = self.cfg.max_outstanding;
+        self.more = !self.queue.is_empty()
+            && self
+                .workers
+                .iter()
+                .any(|w| w.pid.is_some() && w.stdin.is_some() && w.outstanding() < max);
+    }
+
+    /// One batch, of at most [`MAX_BATCH`] connections, for each worker that can take some.
+    fn dispatch_batches(&mut self) {
+        loop {
+            if self.queue.is_empty() {
                 return;
-            };
-            let w = &mut self.workers[slot];
-            let Some(pid) = w.pid else {
-                self.queue.push_front((id, fd));
+            }
+            let n = self.workers.len();
+            let mut planned = vec![0usize; n];
+            let mut batches: Vec<Vec<Pending>> = (0..n).map(|_| Vec::new()).collect();
+            while let Some(pending) = self.queue.pop_front() {
+                let Some(slot) = self.pick(&planned) else {
+                    self.queue.push_front(pending);
+                    break;
+                };
+                planned[slot] += 1;
+                batches[slot].push(pending);
+            }
+            let mut all_sent = true;
+            for (slot, batch) in batches.into_iter().enumerate() {
+                if !batch.is_empty() {
+                    all_sent &= self.send_batch(slot, batch);
+                }
+            }
+            // A worker that failed is no longer ready: its batch goes to the others.
+            if all_sent {
                 return;
-            };
-            let sent = crate::duplicate_socket(&fd, pid).and_then(|record| {
-                let stdin = w
-                    .stdin
-                    .as_mut()
-                    .ok_or_else(|| Error::invalid("the worker's input is closed"))?;
-                // One write per line: a pipe is unbuffered, and writeln! would make several.
-                stdin
-                    .write_all(format!("conn {id} {record}\n").as_bytes())
-                    .map_err(|e| Error::from_errno(e, "writing to the worker"))
-            });
-            match sent {
-                Ok(()) => {
-                    tracing::debug!(
-                        slot,
-                        pid,
-                        id,
-                        "sockdup acceptor: connection handed to a worker"
-                    );
-                    w.unconfirmed.insert(id, (fd, Instant::now()));
+            }
+        }
+    }
+
+    /// Duplicates `batch` to worker `slot` in one message and writes its `conn` lines in one
+    /// write; on failure the batch goes back to the queue and the worker is replaced.
+    fn send_batch(&mut self, slot: usize, batch: Vec<Pending>) -> bool {
+        let records: Vec<ProtocolInfo> = batch
+            .iter()
+            .map(|p| self.entries[p.listener].clone())
+            .collect();
+        let w = &mut self.workers[slot];
+        let Some(pid) = w.pid else {
+            self.queue.extend(batch);
+            return false;
+        };
+        let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|p| p.fd.as_fd()).collect();
+        let sent = crate::duplicate_known(&fds, records, pid).and_then(|records| {
+            let stdin = w
+                .stdin
+                .as_mut()
+                .ok_or_else(|| Error::invalid("the worker's input is closed"))?;
+            let mut text = String::with_capacity(records.len() * 880);
+            for (p, record) in batch.iter().zip(&records) {
+                let _ = writeln!(text, "conn {} {record}", p.id);
+            }
+            // One write for the whole batch: a pipe is unbuffered.
+            stdin
+                .write_all(text.as_bytes())
+                .map_err(|e| Error::from_errno(e, "writing to the worker"))
+        });
+        drop(fds);
+        match sent {
+            Ok(()) => {
+                tracing::debug!(
+                    slot,
+                    pid,
+                    count = batch.len(),
+                    "sockdup acceptor: connections handed to a worker"
+                );
+                let now = Instant::now();
+                for p in batch {
+                    w.unconfirmed.insert(p.id, (p, now));
                 }
-                Err(e) => {
-                    tracing::warn!(slot, pid, id, error = %e, "sockdup acceptor: handing off failed; trying another worker");
-                    self.summary.redispatched += 1;
-                    self.queue.push_front((id, fd));
-                    self.replace(slot, &format!("could not take a connection: {e}"));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(slot, pid, count = batch.len(), error = %e, "sockdup acceptor: handing off failed; trying another worker");
+                self.summary.redispatched += batch.len() as u64;
+                for p in batch.into_iter().rev() {
+                    self.queue.push_front(p);
                 }
+                self.replace(slot, &format!("could not take a connection: {e}"));
+                false
             }
         }
     }
 
     /// Shutdown: closes each worker's input once it has confirmed what it was given, waits for
-    /// them to exit within the drain deadline, and kills the rest.
-    fn drain(&mut self, rx: &Receiver<Event>) {
+    /// them to exit within the drain deadline, and kills the rest. Connections already
+    /// accepted are still handed off; nothing new is accepted (the listeners are closed).
+    fn drain(&mut self) {
         let deadline = Instant::now() + self.cfg.drain_deadline;
-        // What is already in the channel first: connections already accepted are still handed
-        // off (nothing new is accepted now), and confirmations already sent count.
-        while let Ok(event) = rx.try_recv() {
-            self.drain_event(event);
-        }
+        let mut events = Vec::with_capacity(64);
         loop {
             self.dispatch_queue();
             let nothing_left = self.queue.is_empty();
@@ -627,55 +816,42 @@ impl Run<'_> {
                     w.stdin = None;
                 }
             }
+            self.reap_exited();
             if self.workers.iter().all(|w| w.child.is_none()) || Instant::now() >= deadline {
                 break;
             }
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(event) => self.drain_event(event),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            let wait = deadline.saturating_duration_since(Instant::now()).min(TICK);
+            if let Err(e) = self.poll(wait, &mut events) {
+                tracing::error!(error = %e, "sockdup acceptor: draining stopped");
+                break;
             }
         }
+        self.kill_all();
+    }
+
+    /// Reaps the workers whose output closed and that have exited since.
+    fn reap_exited(&mut self) {
+        for w in &mut self.workers {
+            if w.stdout.is_some() {
+                continue;
+            }
+            let exited = w
+                .child
+                .as_mut()
+                .is_some_and(|c| !matches!(c.try_wait(), Ok(None)));
+            if let (true, Some(child)) = (exited, w.child.take()) {
+                forget_inbox_connection(child.id());
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
         for w in &mut self.workers {
             if let Some(mut child) = w.child.take() {
                 let _ = child.kill();
                 let _ = child.wait();
                 forget_inbox_connection(child.id());
             }
-        }
-    }
-
-    /// One event while draining: no restarts, workers that exit are just reaped.
-    fn drain_event(&mut self, event: Event) {
-        match event {
-            Event::Accepted(fd) => {
-                let id = self.next_id;
-                self.next_id += 1;
-                self.queue.push_back((id, fd));
-            }
-            Event::Output {
-                slot,
-                generation,
-                line,
-            } if self.workers[slot].generation == generation => {
-                self.output(slot, line);
-            }
-            Event::Closed { slot, generation } if self.workers[slot].generation == generation => {
-                let w = &mut self.workers[slot];
-                if let Some(mut child) = w.child.take() {
-                    let _ = child.wait();
-                    forget_inbox_connection(child.id());
-                }
-                w.stdin = None;
-                let lost: Vec<(u64, OwnedFd)> = w
-                    .unconfirmed
-                    .drain()
-                    .map(|(id, (fd, _))| (id, fd))
-                    .collect();
-                self.summary.redispatched += lost.len() as u64;
-                self.queue.extend(lost);
-            }
-            Event::Output { .. } | Event::Closed { .. } => {}
         }
     }
 }
