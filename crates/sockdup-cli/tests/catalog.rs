@@ -5,12 +5,11 @@
 //! Every test has its own catalog file, given to the spawned `sockdup` in `SOCKDUP_CATALOG`.
 
 mod util;
-use util::{assert_fails, assert_ok, stderr, stdout};
+use util::{TempDir, assert_fails, assert_ok, stderr, stdout};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 use sockdup::catalog::{Catalog, base_entry};
@@ -18,23 +17,18 @@ use sockdup::flags::{PFL_HIDDEN, XP1_IFS_HANDLES};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sockdup");
 
-/// A catalog file path in a fresh directory (neither exists yet); both are removed on drop.
+/// A catalog file path in a directory that does not exist yet, inside a fresh temporary
+/// directory removed on drop.
 struct CatalogFile {
-    dir: PathBuf,
+    _dir: TempDir,
     path: PathBuf,
 }
 
 impl CatalogFile {
     fn new() -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "sockdup-cli-catalog-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let path = dir.join("nested/catalog.json");
-        Self { dir, path }
+        let dir = TempDir::new("catalog");
+        let path = dir.path().join("nested/catalog.json");
+        Self { _dir: dir, path }
     }
 
     fn path(&self) -> &Path {
@@ -116,12 +110,6 @@ impl CatalogFile {
             assert!(text.contains(&format!("chain {chain} over ")), "{text}");
         }
         (layer, chains)
-    }
-}
-
-impl Drop for CatalogFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
