@@ -176,9 +176,16 @@ impl Takeover {
     /// not have handed over: check which pid the pid file names); the old process's refusal
     /// (e.g. it could not write the pid file; it keeps serving).
     pub fn complete(mut self) -> Result<Published, Error> {
-        self.finished = true;
         let listeners = std::mem::take(&mut self.listeners);
-        let published = Published::start(self.upgrade.clone(), listeners)?;
+        let published = match Published::start(self.upgrade.clone(), listeners) {
+            Ok(p) => p,
+            Err(e) => {
+                // Tell the old process at once rather than let it wait out its timeout.
+                let _ = self.abort_within(ABORT_WAIT);
+                return Err(e);
+            }
+        };
+        self.finished = true;
         let sent = (&self.stream).write_all(ToOld::Ready.encode().as_bytes());
         let line = sent
             .ok()
