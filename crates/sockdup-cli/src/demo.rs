@@ -186,10 +186,7 @@ impl SourceSocket {
     /// Step 10: closes the source's descriptor; says which one, and how.
     fn close(&mut self) -> Result<String, CliError> {
         match self {
-            Self::Stream(stream) => Ok(format!(
-                "fd {}",
-                stream.take().map_or(-1, |s| s.as_raw_fd())
-            )),
+            Self::Stream(stream) => Ok(close_stream(stream)),
             Self::Chain(c) => c.close(),
         }
     }
@@ -873,10 +870,7 @@ impl Held {
     /// Closes the target's descriptor; says which one, and how.
     fn close(&mut self) -> Result<String, CliError> {
         match self {
-            Self::Stream(stream) => Ok(format!(
-                "fd {}",
-                stream.take().map_or(-1, |s| s.as_raw_fd())
-            )),
+            Self::Stream(stream) => Ok(close_stream(stream)),
             Self::Chain(c) => c.close(),
         }
     }
@@ -1045,4 +1039,10 @@ fn redeem(to_source: &ToSource, me: u32, text: &str) -> Result<(TcpStream, Strin
         ))?,
     }
     Ok((stream, format!("{local} {peer}")))
+}
+
+/// Closes a plain descriptor held by either process of the demo: `fd N` (or `fd -1` if it was
+/// already gone).
+fn close_stream(stream: &mut Option<TcpStream>) -> String {
+    format!("fd {}", stream.take().map_or(-1, |s| s.as_raw_fd()))
 }

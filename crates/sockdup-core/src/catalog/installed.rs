@@ -591,45 +591,24 @@ mod tests {
         install(&mut c, "trace", &[1001]);
         assert_eq!(Catalog::from_json(&c.to_json()).unwrap(), c);
         let layer = r#"{"id":1101,"kind":"trace","name":"t","ifs":true,"provider_id":"5d0c4d75-7b3e-4c1a-9e51-736f636b6475"}"#;
+        // A catalog with the trace layer and one chain over it.
+        let with_chain = |id: u32, entries: &str| {
+            format!(
+                r#"{{"version":1,"layers":[{layer}],"chains":[{{"id":{id},"entries":[{entries}]}}]}}"#
+            )
+        };
         let cases = [
             ("{", "not valid"),
             (r#"{"version":2}"#, "version 2"),
+            (&with_chain(1102, "1101,9999"), "entry 1102"),
+            (&with_chain(1102, "1101,1101,1001"), "twice"),
+            (&with_chain(1102, "1001,1101"), "last entry must be a base"),
+            (&with_chain(1102, "1101,1001,1001"), "above its bottom"),
             (
-                &format!(
-                    r#"{{"version":1,"layers":[{layer}],"chains":[{{"id":1102,"entries":[1101,9999]}}]}}"#
-                ),
-                "entry 1102",
-            ),
-            (
-                &format!(
-                    r#"{{"version":1,"layers":[{layer}],"chains":[{{"id":1102,"entries":[1101,1101,1001]}}]}}"#
-                ),
-                "twice",
-            ),
-            (
-                &format!(
-                    r#"{{"version":1,"layers":[{layer}],"chains":[{{"id":1102,"entries":[1001,1101]}}]}}"#
-                ),
-                "last entry must be a base",
-            ),
-            (
-                &format!(
-                    r#"{{"version":1,"layers":[{layer}],"chains":[{{"id":1102,"entries":[1101,1001,1001]}}]}}"#
-                ),
-                "above its bottom",
-            ),
-            (
-                &format!(
-                    r#"{{"version":1,"layers":[{layer}],"chains":[{{"id":1102,"entries":[1101,1101,1101,1101,1101,1101,1101,1001]}}]}}"#
-                ),
+                &with_chain(1102, "1101,1101,1101,1101,1101,1101,1101,1001"),
                 "more than",
             ),
-            (
-                &format!(
-                    r#"{{"version":1,"layers":[{layer}],"chains":[{{"id":1101,"entries":[1101,1001]}}]}}"#
-                ),
-                "reuses an id",
-            ),
+            (&with_chain(1101, "1101,1001"), "reuses an id"),
             (
                 r#"{"version":1,"layers":[{"id":1101,"kind":"magic","name":"t","ifs":true,"provider_id":"5d0c4d75-7b3e-4c1a-9e51-736f636b6475"}]}"#,
                 "kind \"magic\"",
