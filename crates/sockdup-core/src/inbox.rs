@@ -171,7 +171,7 @@ impl<F> Inbox<F> {
     ) -> Result<Vec<u32>, (Error, Vec<F>)> {
         let free = self.limits.capacity.saturating_sub(self.pending.len());
         if fds.len() > free {
-            let err = Error::new(
+            let err = Error::from_code(
                 WSAENOBUFS,
                 format!(
                     "process {}'s inbox holds {} unredeemed duplicates (capacity {}) and cannot take {} more: \
@@ -279,7 +279,7 @@ impl<F> Inbox<F> {
                 Ok(t) => tickets.push(t),
                 Err(e) => {
                     drop(self.handle_timeout(now));
-                    return Err(Error::new(
+                    return Err(Error::from_code(
                         e.code(),
                         format!("record {i} of the batch: {}", e.message()),
                     ));

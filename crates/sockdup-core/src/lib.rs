@@ -11,6 +11,7 @@
 //! - [`inbox`]: the per-process table of duplicates waiting to be redeemed (tickets, expiry,
 //!   capacity), generic over the descriptor type.
 //! - [`message`]: the codec of the inbox's request and reply messages.
+//! - [`line`]: the bounded line reader every line protocol uses, and their message trait.
 //!
 //! The `sockdup` crate joins this core to Linux; users depend on that crate, which re-exports the
 //! types defined here.
@@ -20,8 +21,9 @@ pub mod catalog;
 pub mod error;
 pub mod flags;
 pub mod inbox;
+pub mod line;
 pub mod message;
 pub mod wire;
 
-pub use error::Error;
+pub use error::{Error, ErrorKind};
 pub use wire::{Guid, ProtocolChain, ProtocolInfo};

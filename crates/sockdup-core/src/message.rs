@@ -67,7 +67,7 @@ fn put(out: &mut Vec<u8>, w: u32) {
 }
 
 fn malformed(what: &str) -> Error {
-    Error::new(
+    Error::from_code(
         crate::error::WSAENETDOWN,
         format!(
             "received a malformed sockdup {what}: the peer is not a compatible sockdup inbox or source"
@@ -172,7 +172,7 @@ impl Reply {
         if self.status == 0 {
             Ok(self)
         } else {
-            Err(Error::new(self.status, self.text))
+            Err(Error::from_code(self.status, self.text))
         }
     }
 }

@@ -315,7 +315,7 @@ impl ProtocolInfo {
     /// buffer it cannot write).
     pub fn write_to(&self, out: &mut [u8]) -> Result<(), Error> {
         let Some(dst) = out.get_mut(..Self::LEN) else {
-            return Err(Error::new(
+            return Err(Error::from_code(
                 WSAEFAULT,
                 format!(
                     "the buffer holds {} bytes, but a protocol-info record needs 628: pass a larger buffer",

@@ -40,7 +40,7 @@ pub fn load_catalog() -> Result<Catalog, Error> {
 pub fn load_catalog_from(path: &Path) -> Result<Catalog, Error> {
     match std::fs::read_to_string(path) {
         Ok(text) => Catalog::from_json(&text).map_err(|e| {
-            Error::new(
+            Error::from_code(
                 e.code(),
                 format!(
                     "{}: {} (fix the file, or `sockdup catalog reset` to start over)",

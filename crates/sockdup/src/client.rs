@@ -143,13 +143,13 @@ pub(crate) fn request(
                 retried = true;
                 continue;
             }
-            Err(Failure::Closed) => Error::new(
+            Err(Failure::Closed) => Error::from_code(
                 WSAENETDOWN,
                 format!(
                     "process {target}'s inbox closed the connection before answering: the target stopped sockdup or exited"
                 ),
             ),
-            Err(Failure::Timeout) => Error::new(
+            Err(Failure::Timeout) => Error::from_code(
                 WSAENETDOWN,
                 format!(
                     "process {target}'s inbox did not answer within {:?}: the target may be stopped or overloaded; \

@@ -40,7 +40,7 @@ impl InboxThread {
         let waker =
             sys::waker().map_err(|e| Error::from_errno(e, "creating the inbox's eventfd"))?;
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)
-            .map_err(|e| Error::from_errno(e.into(), "creating the inbox's epoll"))?;
+            .map_err(|e| Error::from_errno(e, "creating the inbox's epoll"))?;
         for (fd, key) in [(listener.as_fd(), LISTENER), (waker.as_fd(), WAKER)] {
             epoll::add(
                 &ep,
@@ -48,7 +48,7 @@ impl InboxThread {
                 epoll::EventData::new_u64(key),
                 epoll::EventFlags::IN,
             )
-            .map_err(|e| Error::from_errno(e.into(), "registering the inbox with epoll"))?;
+            .map_err(|e| Error::from_errno(e, "registering the inbox with epoll"))?;
         }
         let (pid, nonce) = {
             let t = lock(&table);
@@ -216,7 +216,7 @@ impl Serve {
             text: e.message().to_owned(),
         };
         if !self.allow.permits(self.own_uid, peer.uid) {
-            return fail(Error::new(
+            return fail(Error::from_code(
                 WSAEINVAL,
                 format!(
                     "process {pid} refuses descriptors from process {} (uid {}): its policy ({:?}) does not allow that user; \
@@ -226,7 +226,7 @@ impl Serve {
             ));
         }
         if truncated {
-            return fail(Error::new(
+            return fail(Error::from_code(
                 WSAEMFILE,
                 format!(
                     "process {pid} could not receive all the descriptors (MSG_CTRUNC: it is out of descriptors); \
@@ -262,7 +262,7 @@ impl Serve {
                     text: String::new(),
                 }
             }
-            Ok(_) => fail(Error::new(
+            Ok(_) => fail(Error::from_code(
                 WSAENETDOWN,
                 "the request's descriptor count does not match what arrived",
             )),

@@ -43,23 +43,10 @@
 //!
 //! # Errors
 //!
-//! Every function returns [`Error`]; [`Error::code`] is the Winsock number:
-//!
-//! | Code | Name | When sockdup returns it |
-//! |-----:|------|-------------------------|
-//! | 10013 | `WSAEACCES` | a `policy` layer refused the call (the message names the rule); a server refused a takeover by a process of another user ([`upgrade`]) |
-//! | 10014 | `WSAEFAULT` | a caller's buffer is too small for a record ([`ProtocolInfo::write_to`]); `EFAULT` from the kernel |
-//! | 10022 | `WSAEINVAL` | an argument is invalid: target pid 0, a pid that names no process, a process that never called [`startup`], a refusal by the target's policy ([`Allow`]), a squatter on the target's inbox address; a record that is malformed, not made by sockdup, made for another process or for an earlier run of this one, already redeemed, expired or cancelled; a takeover ([`upgrade`]) with no pid file, a stale one, one naming a process that is not a sockdup server, a bad or unknown listener name, or a server that already handed over |
-//! | 10024 | `WSAEMFILE` | no descriptor is left (`EMFILE`, `ENFILE`), in this process, or in the target while it receives (`MSG_CTRUNC`) |
-//! | 10036 | `WSAEINPROGRESS` | a blocking call was interrupted (`EINTR`) or would block (`EAGAIN`): retry; another takeover of the same server is in progress ([`upgrade`]) |
-//! | 10038 | `WSAENOTSOCK` | the descriptor is not a socket (`ENOTSOCK`), or not open (`EBADF`) |
-//! | 10047 | `WSAEAFNOSUPPORT` | the socket's family/type/protocol has no base catalog entry (only TCP and UDP over IPv4 and IPv6, and Unix stream, datagram and seqpacket sockets have one) |
-//! | 10048 | `WSAEADDRINUSE` | another process holds this process's inbox address at [`startup`], or its takeover control address; [`upgrade::Upgrade::publish`] with a pid file naming another running server |
-//! | 10050 | `WSAENETDOWN` | the transport to the target failed: its inbox closed the connection, did not answer within the acknowledgement timeout, or answered something that is not a sockdup reply; an old server that does not answer a takeover step in time; any other unexpected OS error |
-//! | 10055 | `WSAENOBUFS` | the target's inbox is full (its capacity of unredeemed duplicates is reached); `ENOBUFS`, `ENOMEM` |
-//! | 10093 | `WSANOTINITIALISED` | this process has no live [`Startup`] guard, or inherited one through `fork()` |
-//!
-//! The message ([`Display`](std::fmt::Display)) says what went wrong and what to do.
+//! Every function returns [`Error`]: [`Error::kind`] names the reason ([`ErrorKind`]: one variant
+//! per reason, each documented with its Winsock code), [`Error::code`] is the Winsock number, and
+//! the message ([`Display`](std::fmt::Display)) says what went wrong and what to do. The README's
+//! error table is generated from [`ErrorKind`] ([`error::markdown_table`]).
 
 mod catalog_file;
 mod client;
@@ -76,7 +63,7 @@ use std::time::Instant;
 pub use catalog_file::{
     catalog_path, load_catalog, load_catalog_from, save_catalog_to, update_catalog_at,
 };
-pub use sockdup_core::error::{self, Error};
+pub use sockdup_core::error::{self, Error, ErrorKind};
 use sockdup_core::error::{WSAEAFNOSUPPORT, WSAENETDOWN, WSAENOTSOCK};
 use sockdup_core::message::{MAX_FDS_PER_MESSAGE, Request};
 pub use sockdup_core::wire::{self, Guid, ProtocolChain, ProtocolInfo};
@@ -90,7 +77,7 @@ use startup::{Runtime, lock};
 pub(crate) fn entry_for(fd: BorrowedFd<'_>) -> Result<ProtocolInfo, Error> {
     let (family, kind, protocol) = sys::socket_triple(fd).map_err(|e| {
         if e.raw_os_error() == Some(rustix::io::Errno::NOTSOCK.raw_os_error()) {
-            Error::new(
+            Error::from_code(
                 WSAENOTSOCK,
                 format!("descriptor {fd:?} is not a socket: only sockets can be duplicated"),
             )
@@ -100,7 +87,7 @@ pub(crate) fn entry_for(fd: BorrowedFd<'_>) -> Result<ProtocolInfo, Error> {
         }
     })?;
     catalog::base_entry_for(family, kind, protocol).ok_or_else(|| {
-        Error::new(
+        Error::from_code(
             WSAEAFNOSUPPORT,
             format!(
                 "sockets of family {family}, type {kind}, protocol {protocol} have no entry in sockdup's base catalog: \
@@ -141,7 +128,7 @@ pub fn duplicate_socket<S: AsFd>(socket: &S, target_pid: u32) -> Result<Protocol
     let mut records = duplicate_sockets(std::slice::from_ref(socket), target_pid)?;
     records
         .pop()
-        .ok_or_else(|| Error::new(WSAENETDOWN, "the target's inbox answered with no ticket"))
+        .ok_or_else(|| Error::from_code(WSAENETDOWN, "the target's inbox answered with no ticket"))
 }
 
 /// Duplicates many sockets for one target in as few messages as possible (253 descriptors per
@@ -220,7 +207,7 @@ fn duplicate_as<S: AsFd>(
                 if reply.tickets.len() != fds.len()
                     || (!tickets.is_empty() && (reply.pid, reply.nonce) != seen)
                 {
-                    Err(Error::new(
+                    Err(Error::from_code(
                         WSAENETDOWN,
                         format!(
                             "process {target_pid}'s inbox answered a push with the wrong tickets"

@@ -270,7 +270,7 @@ impl Runtime {
             let in_use = e.raw_os_error() == Some(rustix::io::Errno::ADDRINUSE.raw_os_error());
             let err = Error::from_errno(e, &format!("opening this process's inbox at {address}"));
             if in_use {
-                Error::new(
+                Error::from_code(
                     sockdup_core::error::WSAEADDRINUSE,
                     format!("another process already listens at this process's inbox address {address}: find it with `ss -xlp | grep sockdup`"),
                 )
@@ -306,11 +306,11 @@ impl Runtime {
     pub(crate) fn current() -> Result<Arc<Self>, Error> {
         match lock(&STATE).as_ref() {
             Some(s) if s.runtime.pid == sys::getpid() => Ok(s.runtime.clone()),
-            Some(_) => Err(Error::new(
+            Some(_) => Err(Error::from_code(
                 WSANOTINITIALISED,
                 "this process was forked from one that called sockdup::startup(), and the inbox does not cross fork(): call sockdup::startup() in this process",
             )),
-            None => Err(Error::new(
+            None => Err(Error::from_code(
                 WSANOTINITIALISED,
                 "sockdup is not started in this process: call sockdup::startup() first and keep its guard alive",
             )),

@@ -186,7 +186,7 @@ impl Acceptor {
         }
         crate::startup::Runtime::current()?;
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)
-            .map_err(|e| Error::from_errno(e.into(), "creating the acceptor's epoll"))?;
+            .map_err(|e| Error::from_errno(e, "creating the acceptor's epoll"))?;
         let mut listeners = Vec::new();
         let mut entries = Vec::new();
         for (i, l) in std::mem::take(&mut self.listeners).into_iter().enumerate() {
@@ -201,7 +201,7 @@ impl Acceptor {
                 epoll::EventData::new_u64(i as u64),
                 epoll::EventFlags::IN,
             )
-            .map_err(|e| Error::from_errno(e.into(), "registering a listener with epoll"))?;
+            .map_err(|e| Error::from_errno(e, "registering a listener with epoll"))?;
             listeners.push(l.0);
         }
         let mut run = Run {
@@ -333,7 +333,7 @@ impl Run<'_> {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| {
-                Error::new(
+                Error::from_code(
                     WSAEINVAL,
                     format!("starting worker {:?} failed: {e}", self.cfg.program),
                 )
@@ -349,7 +349,7 @@ impl Run<'_> {
                 epoll::EventData::new_u64(worker_key(slot, generation)),
                 epoll::EventFlags::IN,
             )
-            .map_err(|e| Error::from_errno(e.into(), "registering a worker's output with epoll"))
+            .map_err(|e| Error::from_errno(e, "registering a worker's output with epoll"))
         });
         if let Err(e) = registered {
             let _ = child.kill();
@@ -385,7 +385,7 @@ impl Run<'_> {
         events.clear();
         match epoll::wait(&self.ep, spare_capacity(events), Some(&ts)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(Error::from_errno(e.into(), "waiting in epoll")),
+            Err(e) => return Err(Error::from_errno(e, "waiting in epoll")),
         }
         let mut ready_listeners = Vec::new();
         for ev in events.iter() {

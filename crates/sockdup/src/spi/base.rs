@@ -36,7 +36,7 @@ fn own_entry(info: &ProtocolInfo, call: &str) -> Result<(), Error> {
 impl BaseProvider {
     fn upcall(&self) -> Result<&Arc<Upcall>, Error> {
         self.upcall.get().ok_or_else(|| {
-            Error::new(
+            Error::from_code(
                 sockdup_core::error::WSANOTINITIALISED,
                 "the base provider was not started",
             )
@@ -91,7 +91,7 @@ impl Provider for BaseProvider {
             },
         );
         if (f, t, p) != (info.address_family, info.socket_type, info.protocol) {
-            return Err(Error::new(
+            return Err(Error::from_code(
                 WSAEAFNOSUPPORT,
                 format!(
                     "catalog entry {} does not serve family {f}, type {t}, protocol {p}",

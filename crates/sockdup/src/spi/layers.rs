@@ -248,7 +248,7 @@ impl Behaviour {
                 connect,
             } => {
                 let refuse = |rule: String| {
-                    Err(Error::new(
+                    Err(Error::from_code(
                         WSAEACCES,
                         format!(
                             "policy layer {} ({:?}) refused {call}: {rule}",
@@ -300,7 +300,7 @@ impl Behaviour {
                     std::thread::sleep(*d);
                 }
                 match fail.get(call) {
-                    Some(&code) => Err(Error::new(
+                    Some(&code) => Err(Error::from_code(
                         code,
                         format!(
                             "fault layer {} injected {} into {call} (as its catalog settings ask)",
@@ -397,7 +397,7 @@ impl Layered {
 
     fn upcall(&self) -> Result<&Arc<Upcall>, Error> {
         self.upcall.get().ok_or_else(|| {
-            Error::new(
+            Error::from_code(
                 sockdup_core::error::WSANOTINITIALISED,
                 "the layer was not started",
             )

@@ -171,7 +171,7 @@ struct UpcallTable {
 }
 
 fn not_a_handle(h: Handle) -> Error {
-    Error::new(
+    Error::from_code(
         WSAENOTSOCK,
         format!(
             "handle {} is not a socket handle of this process (closed already?)",

@@ -111,7 +111,7 @@ impl Socket {
     pub fn new(family: i32, socket_type: i32, protocol: i32) -> Result<Self, Error> {
         let (_, ws2) = ws2()?;
         let entry = ws2.catalog.entry_for_socket(family, socket_type, protocol).ok_or_else(|| {
-            Error::new(
+            Error::from_code(
                 WSAEAFNOSUPPORT,
                 format!("no catalog entry serves family {family}, type {socket_type}, protocol {protocol} (see `sockdup catalog`)"),
             )
@@ -334,7 +334,7 @@ fn entry_for(family: i32, info: Option<&ProtocolInfo>, ws2: &Ws2) -> Result<u32,
             .entry_for_socket(family, SOCK_STREAM, 0)
             .map(|e| e.catalog_entry_id)
             .ok_or_else(|| {
-                Error::new(
+                Error::from_code(
                     WSAEAFNOSUPPORT,
                     format!("no catalog entry serves address family {family}"),
                 )

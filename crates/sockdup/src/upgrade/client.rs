@@ -128,7 +128,7 @@ pub(super) fn take_over(upgrade: &Upgrade, names: &[&str]) -> Result<Takeover, E
 }
 
 fn silent(old_pid: u32, timeout: Duration) -> Error {
-    Error::new(
+    Error::from_code(
         WSAENETDOWN,
         format!(
             "process {old_pid} closed the takeover connection or did not answer within {timeout:?}; it keeps serving"
@@ -137,7 +137,7 @@ fn silent(old_pid: u32, timeout: Duration) -> Error {
 }
 
 fn garbled(old_pid: u32, line: &str) -> Error {
-    Error::new(
+    Error::from_code(
         WSAENETDOWN,
         format!(
             "process {old_pid} answered {:?}, which is not what the takeover protocol expects here",
@@ -208,7 +208,7 @@ impl Takeover {
                 );
                 Ok(published)
             }
-            None => Err(Error::new(
+            None => Err(Error::from_code(
                 WSAENETDOWN,
                 format!(
                     "process {} did not confirm the handover within {:?}: see which pid {} names",

@@ -127,7 +127,7 @@ impl Upgrade {
         check_names(listeners.iter().map(|(n, _)| n.as_str()))?;
         let own = sys::getpid();
         if let Some(pid) = self.running_server()?.filter(|&p| p != own) {
-            return Err(Error::new(
+            return Err(Error::from_code(
                 sockdup_core::error::WSAEADDRINUSE,
                 format!(
                     "the pid file {} names process {pid}, which is running: take over from it (Upgrade::take_over) \
@@ -222,7 +222,7 @@ fn check_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), Error
         }
     }
     if seen.is_empty() {
-        return Err(Error::new(
+        return Err(Error::from_code(
             WSAEINVAL,
             "no listener given: name at least one",
         ));

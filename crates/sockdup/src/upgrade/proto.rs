@@ -150,7 +150,7 @@ pub(crate) fn truncate(line: &str) -> &str {
 /// The error a refusal line carries, as this process's error.
 pub(crate) fn refusal(old_pid: u32, code: i32, message: &str) -> Error {
     let code = if code > 0 { code } else { WSAEINVAL };
-    Error::new(
+    Error::from_code(
         code,
         format!("process {old_pid} refused the takeover: {message}"),
     )

@@ -48,7 +48,7 @@ impl State {
                 *self = Self::Offering(pid);
                 Ok(())
             }
-            Self::Offering(other) => Err(Error::new(
+            Self::Offering(other) => Err(Error::from_code(
                 WSAEINPROGRESS,
                 format!(
                     "process {other} is taking over this server's listeners right now: one takeover at a time; \
@@ -123,7 +123,7 @@ impl Published {
         let address = control_address(rt.pid, rt.runtime_dir());
         let listener = sys::listen_control(&address).map_err(|e| {
             if e.raw_os_error() == Some(rustix::io::Errno::ADDRINUSE.raw_os_error()) {
-                Error::new(
+                Error::from_code(
                     WSAEADDRINUSE,
                     format!(
                         "the control address {address} is in use: this process already publishes listeners, or \
@@ -275,7 +275,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd, waker: &OwnedFd) {
         let stream = UnixStream::from(fd);
         if shared.sessions.fetch_add(1, Ordering::SeqCst) >= MAX_SESSIONS {
             shared.sessions.fetch_sub(1, Ordering::SeqCst);
-            let refusal = Error::new(
+            let refusal = Error::from_code(
                 WSAEINPROGRESS,
                 "too many takeover connections at once: try again",
             );
@@ -342,7 +342,7 @@ fn session(shared: &Shared, stream: UnixStream) {
             .map_err(|e| Error::from_errno(e, "reading a takeover connection's credentials"))?;
         let own_uid = sys::getuid();
         if uid != own_uid && uid != 0 {
-            return Err(Error::new(
+            return Err(Error::from_code(
                 WSAEACCES,
                 format!(
                     "process {pid} runs as uid {uid}; only uid {own_uid} (this server's user) or root may take over"
@@ -351,7 +351,7 @@ fn session(shared: &Shared, stream: UnixStream) {
         }
         let mut reader = BufReader::new(&stream);
         let line = read_line(&mut reader)
-            .ok_or_else(|| Error::new(WSAENETDOWN, "no takeover request arrived"))?;
+            .ok_or_else(|| Error::from_code(WSAENETDOWN, "no takeover request arrived"))?;
         let ToOld::Take(names) = ToOld::parse(&line)? else {
             return Err(Error::invalid(
                 "a takeover starts with `take`: nothing to be ready for or abort",

@@ -1,0 +1,280 @@
+//! Bounded lines: the one framing of every sockdup line protocol (handoff, takeover, the demo),
+//! and the trait their typed messages implement.
+//!
+//! A line is UTF-8 text ended by `\n` (a `\r` before it is dropped). A line longer than the
+//! reader's bound, or one that is not UTF-8, is an error of kind
+//! [`ProtocolViolation`](crate::ErrorKind::ProtocolViolation), never a silent skip: the reader
+//! says so at once, so the side that reads can tell the other and stop waiting for it.
+//!
+//! [`LineBuffer`] is sans-I/O (bytes in, lines out), for event loops that read whatever is ready;
+//! [`LineReader`] wraps any [`Read`] for code that blocks.
+
+use std::io::{self, Read};
+
+use crate::error::{Error, ErrorKind};
+
+/// The default bound of a line: 64 KiB, far above the longest legitimate line (a takeover of
+/// many listeners, each record ~850 bytes of text, is sent as one line per listener).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// A typed message of a line protocol.
+pub trait LineMessage: Sized {
+    /// Appends the message to `out`, with its `\n`.
+    fn encode_into(&self, out: &mut String);
+
+    /// Parses one line (without its `\n`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::ProtocolViolation`] (or a more precise kind) naming what is wrong.
+    fn parse(line: &str) -> Result<Self, Error>;
+
+    /// The message as one line, with its `\n`.
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        self.encode_into(&mut out);
+        out
+    }
+}
+
+/// Bytes in, bounded lines out.
+#[derive(Debug)]
+pub struct LineBuffer {
+    buf: Vec<u8>,
+    /// Where the unread part of `buf` starts.
+    start: usize,
+    /// How far from `start` no `\n` has been found yet (so each byte is searched once).
+    scanned: usize,
+    max: usize,
+}
+
+impl LineBuffer {
+    /// A buffer whose lines may be at most `max` bytes long (without the `\n`).
+    pub fn new(max: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            max: max.max(1),
+        }
+    }
+
+    /// Adds bytes that arrived.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Reads once from `reader` (up to 8 KiB) into the buffer; returns how many bytes came
+    /// (0 at end of input). `WouldBlock` and `Interrupted` are returned as they are.
+    ///
+    /// # Errors
+    /// The reader's.
+    pub fn read_from<R: Read + ?Sized>(&mut self, reader: &mut R) -> io::Result<usize> {
+        self.compact();
+        let old = self.buf.len();
+        self.buf.resize(old + 8192, 0);
+        let got = reader.read(&mut self.buf[old..]);
+        self.buf.truncate(old + *got.as_ref().unwrap_or(&0));
+        got
+    }
+
+    /// The next complete line, if one is buffered.
+    ///
+    /// # Errors
+    /// [`ErrorKind::ProtocolViolation`] for a line longer than the bound (as soon as more than
+    /// the bound has arrived without a `\n`) or one that is not UTF-8. After an error the
+    /// stream is out of step: stop reading it.
+    pub fn next_line(&mut self) -> Result<Option<String>, Error> {
+        let pending = &self.buf[self.start..];
+        let Some(pos) = pending[self.scanned..].iter().position(|&b| b == b'\n') else {
+            self.scanned = pending.len();
+            if pending.len() > self.max {
+                return Err(too_long(self.max));
+            }
+            return Ok(None);
+        };
+        let end = self.scanned + pos;
+        if end > self.max {
+            return Err(too_long(self.max));
+        }
+        let mut line = &pending[..end];
+        if let Some(stripped) = line.strip_suffix(b"\r") {
+            line = stripped;
+        }
+        let text = std::str::from_utf8(line)
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::ProtocolViolation,
+                    "received a line that is not UTF-8: the other side does not speak this protocol",
+                )
+            })?
+            .to_owned();
+        self.start += end + 1;
+        self.scanned = 0;
+        Ok(Some(text))
+    }
+
+    /// The next complete line, parsed as `M`.
+    ///
+    /// # Errors
+    /// As [`next_line`](Self::next_line), and `M`'s parse errors.
+    pub fn next_message<M: LineMessage>(&mut self) -> Result<Option<M>, Error> {
+        self.next_line()?.map(|l| M::parse(&l)).transpose()
+    }
+
+    /// Bytes buffered after the last complete line (a line cut short by the end of input).
+    pub fn partial(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+}
+
+fn too_long(max: usize) -> Error {
+    Error::new(
+        ErrorKind::ProtocolViolation,
+        format!("received a line longer than {max} bytes: the other side does not speak this protocol"),
+    )
+}
+
+/// A blocking reader of bounded lines over any [`Read`].
+#[derive(Debug)]
+pub struct LineReader<R> {
+    inner: R,
+    buf: LineBuffer,
+}
+
+impl<R: Read> LineReader<R> {
+    /// Lines of at most `max` bytes from `inner`.
+    pub fn new(inner: R, max: usize) -> Self {
+        Self {
+            inner,
+            buf: LineBuffer::new(max),
+        }
+    }
+
+    /// The next line, or `None` at the end of input (a last line without `\n` is dropped: the
+    /// other side stopped mid-message).
+    ///
+    /// # Errors
+    /// As [`LineBuffer::next_line`]; a read error becomes an [`Error`] from
+    /// [`Error::from_errno`] (a read timeout: [`ErrorKind::PeerTimedOut`]).
+    pub fn read_line(&mut self) -> Result<Option<String>, Error> {
+        loop {
+            if let Some(line) = self.buf.next_line()? {
+                return Ok(Some(line));
+            }
+            match self.buf.read_from(&mut self.inner) {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(Error::new(
+                        ErrorKind::PeerTimedOut,
+                        "the other side did not send a line in time",
+                    )
+                    .with_source(e));
+                }
+                Err(e) => return Err(Error::from_errno(e, "reading a line")),
+            }
+        }
+    }
+
+    /// The next line parsed as `M`, or `None` at the end of input.
+    ///
+    /// # Errors
+    /// As [`read_line`](Self::read_line), and `M`'s parse errors.
+    pub fn read_message<M: LineMessage>(&mut self) -> Result<Option<M>, Error> {
+        self.read_line()?.map(|l| M::parse(&l)).transpose()
+    }
+
+    /// The underlying reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// The underlying reader, mutably (reading from it directly skips buffered bytes).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// The underlying reader; bytes already buffered are lost.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn splits_lines_across_reads_and_drops_cr() {
+        let mut b = LineBuffer::new(16);
+        b.extend(b"ok 1\r\nok");
+        assert_eq!(b.next_line().unwrap().as_deref(), Some("ok 1"));
+        assert_eq!(b.next_line().unwrap(), None);
+        b.extend(b" 2\n\n");
+        assert_eq!(b.next_line().unwrap().as_deref(), Some("ok 2"));
+        assert_eq!(b.next_line().unwrap().as_deref(), Some(""));
+        assert_eq!(b.next_line().unwrap(), None);
+        assert!(b.partial().is_empty());
+    }
+
+    #[test]
+    fn an_oversized_line_is_an_error_before_its_end_arrives() {
+        let mut b = LineBuffer::new(8);
+        b.extend(b"12345678");
+        assert_eq!(b.next_line().unwrap(), None);
+        b.extend(b"9");
+        let e = b.next_line().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ProtocolViolation);
+        assert!(e.message().contains("longer than 8 bytes"), "{e}");
+        let mut b = LineBuffer::new(8);
+        b.extend(b"123456789\n");
+        assert_eq!(b.next_line().unwrap_err().kind(), ErrorKind::ProtocolViolation);
+        let mut b = LineBuffer::new(8);
+        b.extend(b"12345678\n");
+        assert_eq!(b.next_line().unwrap().as_deref(), Some("12345678"));
+    }
+
+    #[test]
+    fn non_utf8_is_an_error() {
+        let mut b = LineBuffer::new(8);
+        b.extend(b"\xff\n");
+        assert_eq!(b.next_line().unwrap_err().kind(), ErrorKind::ProtocolViolation);
+    }
+
+    #[test]
+    fn the_blocking_reader_ends_at_eof() {
+        let mut r = LineReader::new(&b"a\nb\nc"[..], 8);
+        assert_eq!(r.read_line().unwrap().as_deref(), Some("a"));
+        assert_eq!(r.read_line().unwrap().as_deref(), Some("b"));
+        assert_eq!(r.read_line().unwrap(), None);
+        let mut r = LineReader::new(&[b'x'; 100][..], 8);
+        assert_eq!(r.read_line().unwrap_err().kind(), ErrorKind::ProtocolViolation);
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_in_any_chunks_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            cut in 0usize..512,
+        ) {
+            let mut b = LineBuffer::new(32);
+            let cut = cut.min(bytes.len());
+            b.extend(&bytes[..cut]);
+            while let Ok(Some(_)) = b.next_line() {}
+            b.extend(&bytes[cut..]);
+            while let Ok(Some(line)) = b.next_line() {
+                prop_assert!(line.len() <= 32);
+            }
+        }
+    }
+}
