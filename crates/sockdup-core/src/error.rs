@@ -338,54 +338,122 @@ impl ErrorKind {
     pub const fn description(self) -> &'static str {
         match self {
             Self::NotStarted => "this process has no live `Startup` guard: call `startup()` first",
-            Self::Forked => "this process inherited sockdup through `fork()`; the inbox does not cross it: call `startup()` in the child",
-            Self::BadOption => "an option or `SOCKDUP_*` variable cannot be used (time-to-live, capacity, `SOCKDUP_ALLOW`, a runtime directory that does not exist)",
-            Self::InboxAddressInUse => "another process holds this process's inbox address at `startup()`",
+            Self::Forked => {
+                "this process inherited sockdup through `fork()`; the inbox does not cross it: call `startup()` in the child"
+            }
+            Self::BadOption => {
+                "an option or `SOCKDUP_*` variable cannot be used (time-to-live, capacity, `SOCKDUP_ALLOW`, a runtime directory that does not exist)"
+            }
+            Self::InboxAddressInUse => {
+                "another process holds this process's inbox address at `startup()`"
+            }
             Self::InvalidPid => "the target pid is 0 or out of range",
             Self::NoSuchProcess => "no process has the target pid (it may have exited)",
-            Self::TargetNotStarted => "the target never called `startup()`, or uses another `SOCKDUP_RUNTIME_DIR`",
-            Self::InboxNotReachable => "this process may not connect to the target's inbox (its socket file's permissions)",
-            Self::Squatter => "another process holds the target's inbox (or takeover control) address",
-            Self::RefusedByTarget => "the target's policy (`Allow`, `SOCKDUP_ALLOW`) refuses this process's user",
+            Self::TargetNotStarted => {
+                "the target never called `startup()`, or uses another `SOCKDUP_RUNTIME_DIR`"
+            }
+            Self::InboxNotReachable => {
+                "this process may not connect to the target's inbox (its socket file's permissions)"
+            }
+            Self::Squatter => {
+                "another process holds the target's inbox (or takeover control) address"
+            }
+            Self::RefusedByTarget => {
+                "the target's policy (`Allow`, `SOCKDUP_ALLOW`) refuses this process's user"
+            }
             Self::InboxFull => "the target's inbox holds its capacity of unredeemed duplicates",
-            Self::TargetOutOfDescriptors => "the target is out of descriptors and could not receive them all (`MSG_CTRUNC`)",
-            Self::NotASocket => "the descriptor or handle is not an open socket (`ENOTSOCK`, `EBADF`)",
-            Self::Unsupported => "no catalog entry serves the socket's family, type and protocol (the base catalog has TCP and UDP over IPv4 and IPv6, and Unix stream, datagram and seqpacket sockets)",
-            Self::PeerClosed => "the other process (an inbox, a takeover server) closed the connection before answering",
+            Self::TargetOutOfDescriptors => {
+                "the target is out of descriptors and could not receive them all (`MSG_CTRUNC`)"
+            }
+            Self::NotASocket => {
+                "the descriptor or handle is not an open socket (`ENOTSOCK`, `EBADF`)"
+            }
+            Self::Unsupported => {
+                "no catalog entry serves the socket's family, type and protocol (the base catalog has TCP and UDP over IPv4 and IPv6, and Unix stream, datagram and seqpacket sockets)"
+            }
+            Self::PeerClosed => {
+                "the other process (an inbox, a takeover server) closed the connection before answering"
+            }
             Self::PeerTimedOut => "the other process did not answer within its timeout",
-            Self::ProtocolViolation => "a message or line from the other side is malformed, too long, or not what the protocol expects here",
-            Self::MalformedRecord => "the record's bytes or text are not a protocol-info record (wrong length, corrupt, cut or altered in transit)",
-            Self::BufferTooSmall => "a caller's buffer is too small for a record (`EFAULT` from the kernel too)",
-            Self::NotSockdupRecord => "the record was not made by sockdup's `duplicate_socket` for this process (unknown provider, or a ticket never issued)",
+            Self::ProtocolViolation => {
+                "a message or line from the other side is malformed, too long, or not what the protocol expects here"
+            }
+            Self::MalformedRecord => {
+                "the record's bytes or text are not a protocol-info record (wrong length, corrupt, cut or altered in transit)"
+            }
+            Self::BufferTooSmall => {
+                "a caller's buffer is too small for a record (`EFAULT` from the kernel too)"
+            }
+            Self::NotSockdupRecord => {
+                "the record was not made by sockdup's `duplicate_socket` for this process (unknown provider, or a ticket never issued)"
+            }
             Self::WrongProcess => "the record was made for another process",
-            Self::EarlierRun => "the record was made for an earlier run of this process (sockdup restarted, or the pid was reused)",
-            Self::AlreadyRedeemed => "the record was already redeemed (or appears twice in one batch)",
+            Self::EarlierRun => {
+                "the record was made for an earlier run of this process (sockdup restarted, or the pid was reused)"
+            }
+            Self::AlreadyRedeemed => {
+                "the record was already redeemed (or appears twice in one batch)"
+            }
             Self::Expired => "the record's time-to-live ended before it was redeemed",
             Self::Cancelled => "the source withdrew the duplicate (its batch failed)",
-            Self::UnknownCatalogEntry => "the record or call names a catalog entry this process's catalog lacks, or one sockets never use",
-            Self::NoDescriptor => "the socket's chain has a non-IFS layer, so it has no descriptor of its own: use `spi::Socket`",
-            Self::PropagationRule => "a layer handed a provider an entry that is not its own (the propagation rule is broken)",
-            Self::InvalidCatalog => "the catalog file is not valid (syntax, version, ids, chains, a layer's kind)",
-            Self::InvalidLayerSetting => "a layer setting has an unknown key or a bad value (the message lists the valid keys)",
-            Self::CatalogChangeRefused => "an install or removal cannot be made (no such entry, a base entry, a chain longer than 7, an entry named twice)",
-            Self::RefusedByLayer => "a `policy` layer refused the call (the message names the rule)",
+            Self::UnknownCatalogEntry => {
+                "the record or call names a catalog entry this process's catalog lacks, or one sockets never use"
+            }
+            Self::NoDescriptor => {
+                "the socket's chain has a non-IFS layer, so it has no descriptor of its own: use `spi::Socket`"
+            }
+            Self::PropagationRule => {
+                "a layer handed a provider an entry that is not its own (the propagation rule is broken)"
+            }
+            Self::InvalidCatalog => {
+                "the catalog file is not valid (syntax, version, ids, chains, a layer's kind)"
+            }
+            Self::InvalidLayerSetting => {
+                "a layer setting has an unknown key or a bad value (the message lists the valid keys)"
+            }
+            Self::CatalogChangeRefused => {
+                "an install or removal cannot be made (no such entry, a base entry, a chain longer than 7, an entry named twice)"
+            }
+            Self::RefusedByLayer => {
+                "a `policy` layer refused the call (the message names the rule)"
+            }
             Self::Injected => "a `fault` layer injected this error; its code is the one configured",
             Self::NoPidFile => "a takeover found no pid file: nothing publishes there",
-            Self::StalePidFile => "the pid file names a process that is not running, names this process, or holds no pid",
-            Self::NotAServer => "the process the pid file names answers no takeover (not a sockdup server)",
-            Self::ServerRunning => "`publish` with a pid file naming another running server, or a control address in use",
-            Self::TakeoverNotPermitted => "a server refused a takeover by a process of another user",
+            Self::StalePidFile => {
+                "the pid file names a process that is not running, names this process, or holds no pid"
+            }
+            Self::NotAServer => {
+                "the process the pid file names answers no takeover (not a sockdup server)"
+            }
+            Self::ServerRunning => {
+                "`publish` with a pid file naming another running server, or a control address in use"
+            }
+            Self::TakeoverNotPermitted => {
+                "a server refused a takeover by a process of another user"
+            }
             Self::TakeoverInProgress => "another takeover of the same server is in progress: retry",
             Self::AlreadyHandedOver => "the server already handed its listeners to another process",
-            Self::BadListenerName => "a listener name is empty, too long, has a character outside `A-Za-z0-9._-`, or is given twice",
-            Self::UnknownListener => "the server has no listener of that name, or none was asked for",
-            Self::InvalidArgument => "an argument is invalid (`EINVAL` from the kernel, or a call's own check)",
+            Self::BadListenerName => {
+                "a listener name is empty, too long, has a character outside `A-Za-z0-9._-`, or is given twice"
+            }
+            Self::UnknownListener => {
+                "the server has no listener of that name, or none was asked for"
+            }
+            Self::InvalidArgument => {
+                "an argument is invalid (`EINVAL` from the kernel, or a call's own check)"
+            }
             Self::OutOfDescriptors => "this process is out of descriptors (`EMFILE`, `ENFILE`)",
             Self::WouldBlock => "a call was interrupted (`EINTR`) or would block (`EAGAIN`): retry",
             Self::AddressInUse => "the address is in use (`EADDRINUSE`)",
-            Self::OutOfMemory => "the kernel is out of buffer space or memory (`ENOBUFS`, `ENOMEM`)",
-            Self::Os => "another operating-system error (the message names it; `source()` holds it)",
-            Self::Remote => "another process reported an error whose kind this build does not know; its code is the one reported",
+            Self::OutOfMemory => {
+                "the kernel is out of buffer space or memory (`ENOBUFS`, `ENOMEM`)"
+            }
+            Self::Os => {
+                "another operating-system error (the message names it; `source()` holds it)"
+            }
+            Self::Remote => {
+                "another process reported an error whose kind this build does not know; its code is the one reported"
+            }
         }
     }
 }
@@ -519,9 +587,10 @@ impl Error {
             ),
             libc_errno::ENOTSOCK => (ErrorKind::NotASocket, "the descriptor is not a socket"),
             libc_errno::EBADF => (ErrorKind::NotASocket, "the descriptor is not open"),
-            libc_errno::EAFNOSUPPORT => {
-                (ErrorKind::Unsupported, "the address family is not supported")
-            }
+            libc_errno::EAFNOSUPPORT => (
+                ErrorKind::Unsupported,
+                "the address family is not supported",
+            ),
             libc_errno::EADDRINUSE => (ErrorKind::AddressInUse, "the address is in use"),
             libc_errno::ENOBUFS | libc_errno::ENOMEM => (
                 ErrorKind::OutOfMemory,
@@ -672,8 +741,14 @@ mod tests {
         let readme = include_str!("../../../README.md");
         let begin = "<!-- errors:begin (generated from ErrorKind; a test checks it) -->\n";
         let end = "<!-- errors:end -->";
-        let start = readme.find(begin).expect("the README has an errors:begin marker") + begin.len();
-        let stop = readme[start..].find(end).expect("the README has an errors:end marker") + start;
+        let start = readme
+            .find(begin)
+            .expect("the README has an errors:begin marker")
+            + begin.len();
+        let stop = readme[start..]
+            .find(end)
+            .expect("the README has an errors:end marker")
+            + start;
         let table = markdown_table();
         assert!(
             readme[start..stop] == table,

@@ -7,9 +7,11 @@
 //!   chain, and its one-line text form.
 //! - [`error`]: the one [`Error`] type, whose [`Error::code`] is the Winsock error number.
 //! - [`flags`]: the `XP1_*` and `PFL_*` constants and their names.
+//! - [`allow`]: who may push into an inbox ([`Allow`](allow::Allow)), on kernel-verified uids.
 //! - [`catalog`]: the base provider's built-in catalog entries.
 //! - [`inbox`]: the per-process table of duplicates waiting to be redeemed (tickets, expiry,
 //!   capacity), generic over the descriptor type.
+//! - [`sockopt`]: [`SockOpt`](sockopt::SockOpt) and the `FD_*` network event bits.
 //! - [`message`]: the codec of the inbox's request and reply messages.
 //! - [`line`]: the bounded line reader every line protocol uses, and their message trait.
 //!
@@ -17,12 +19,14 @@
 //! types defined here.
 #![forbid(unsafe_code)]
 
+pub mod allow;
 pub mod catalog;
 pub mod error;
 pub mod flags;
 pub mod inbox;
 pub mod line;
 pub mod message;
+pub mod sockopt;
 pub mod wire;
 
 pub use error::{Error, ErrorKind};

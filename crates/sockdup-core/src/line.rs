@@ -138,7 +138,9 @@ impl LineBuffer {
 fn too_long(max: usize) -> Error {
     Error::new(
         ErrorKind::ProtocolViolation,
-        format!("received a line longer than {max} bytes: the other side does not speak this protocol"),
+        format!(
+            "received a line longer than {max} bytes: the other side does not speak this protocol"
+        ),
     )
 }
 
@@ -238,7 +240,10 @@ mod tests {
         assert!(e.message().contains("longer than 8 bytes"), "{e}");
         let mut b = LineBuffer::new(8);
         b.extend(b"123456789\n");
-        assert_eq!(b.next_line().unwrap_err().kind(), ErrorKind::ProtocolViolation);
+        assert_eq!(
+            b.next_line().unwrap_err().kind(),
+            ErrorKind::ProtocolViolation
+        );
         let mut b = LineBuffer::new(8);
         b.extend(b"12345678\n");
         assert_eq!(b.next_line().unwrap().as_deref(), Some("12345678"));
@@ -248,7 +253,10 @@ mod tests {
     fn non_utf8_is_an_error() {
         let mut b = LineBuffer::new(8);
         b.extend(b"\xff\n");
-        assert_eq!(b.next_line().unwrap_err().kind(), ErrorKind::ProtocolViolation);
+        assert_eq!(
+            b.next_line().unwrap_err().kind(),
+            ErrorKind::ProtocolViolation
+        );
     }
 
     #[test]
@@ -258,7 +266,10 @@ mod tests {
         assert_eq!(r.read_line().unwrap().as_deref(), Some("b"));
         assert_eq!(r.read_line().unwrap(), None);
         let mut r = LineReader::new(&[b'x'; 100][..], 8);
-        assert_eq!(r.read_line().unwrap_err().kind(), ErrorKind::ProtocolViolation);
+        assert_eq!(
+            r.read_line().unwrap_err().kind(),
+            ErrorKind::ProtocolViolation
+        );
     }
 
     proptest! {

@@ -9,7 +9,8 @@ use rustix::io::Errno;
 use sockdup_core::error::{Error, WSAENETDOWN};
 use sockdup_core::message::{MAX_MESSAGE, Reply, Request};
 
-use crate::startup::{Runtime, lock};
+use crate::startup::Runtime;
+use crate::sync::lock;
 use crate::sys::{self, InboxAddress};
 
 /// A connection to one target's inbox, verified to belong to that target.

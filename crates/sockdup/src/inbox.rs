@@ -18,7 +18,8 @@ use sockdup_core::error::{Error, WSAEINVAL, WSAEMFILE, WSAENETDOWN};
 use sockdup_core::inbox::Inbox;
 use sockdup_core::message::{MAX_MESSAGE, Reply, Request};
 
-use crate::startup::{Allow, lock};
+use crate::startup::Allow;
+use crate::sync::lock;
 use crate::sys;
 
 const LISTENER: u64 = 0;

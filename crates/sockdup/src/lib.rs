@@ -54,6 +54,7 @@ pub mod handoff;
 mod inbox;
 pub mod spi;
 mod startup;
+mod sync;
 mod sys;
 pub mod upgrade;
 
@@ -71,7 +72,8 @@ pub use sockdup_core::{catalog, flags};
 pub use startup::{Allow, Options, Startup, startup};
 pub use sys::{InboxAddress, is_cloexec};
 
-use startup::{Runtime, lock};
+use startup::Runtime;
+use sync::lock;
 
 /// The base catalog entry for `fd`'s real family, type and protocol.
 pub(crate) fn entry_for(fd: BorrowedFd<'_>) -> Result<ProtocolInfo, Error> {

@@ -2,55 +2,18 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::time::Duration;
 
+pub use sockdup_core::allow::Allow;
 use sockdup_core::error::{Error, WSANOTINITIALISED};
 use sockdup_core::inbox::{Inbox, Limits};
 
 use crate::client::Connection;
 use crate::inbox::InboxThread;
 use crate::sys::{self, InboxAddress};
-
-/// Who may push descriptors into this process's inbox, checked on the kernel-verified uid of
-/// the pushing process.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Allow {
-    /// Processes of the same user, and root (the default).
-    SameUser,
-    /// Any process that can reach the inbox's address.
-    AnyUser,
-    /// Processes running as one of these uids (and this process's own user).
-    Uids(Vec<u32>),
-}
-
-impl Allow {
-    pub(crate) fn permits(&self, own_uid: u32, peer_uid: u32) -> bool {
-        match self {
-            Self::SameUser => peer_uid == own_uid || peer_uid == 0,
-            Self::AnyUser => true,
-            Self::Uids(uids) => peer_uid == own_uid || uids.contains(&peer_uid),
-        }
-    }
-
-    fn parse(value: &str) -> Result<Self, Error> {
-        match value.trim() {
-            "same-user" | "" => Ok(Self::SameUser),
-            "any" => Ok(Self::AnyUser),
-            list => list
-                .split(',')
-                .map(|u| u.trim().parse::<u32>())
-                .collect::<Result<Vec<_>, _>>()
-                .map(Self::Uids)
-                .map_err(|_| {
-                    Error::invalid(format!(
-                        "SOCKDUP_ALLOW is {value:?}: use \"same-user\", \"any\", or a comma-separated list of uids"
-                    ))
-                }),
-        }
-    }
-}
 
 /// How [`startup`] sets up this process's inbox; a builder.
 ///
@@ -237,10 +200,6 @@ struct State {
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The running state of one `startup()`..last-guard-drop run.
 pub(crate) struct Runtime {
     pub(crate) pid: u32,
@@ -341,30 +300,6 @@ impl Drop for Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn allow_policies() {
-        assert!(Allow::SameUser.permits(1000, 1000));
-        assert!(Allow::SameUser.permits(1000, 0));
-        assert!(!Allow::SameUser.permits(1000, 1001));
-        assert!(Allow::AnyUser.permits(1000, 1001));
-        let some = Allow::Uids(vec![1001]);
-        assert!(some.permits(1000, 1001) && some.permits(1000, 1000));
-        assert!(!some.permits(1000, 0) && !some.permits(1000, 1002));
-    }
-
-    #[test]
-    fn allow_parses_the_environment_forms() {
-        assert_eq!(Allow::parse("same-user").unwrap(), Allow::SameUser);
-        assert_eq!(Allow::parse(" any ").unwrap(), Allow::AnyUser);
-        assert_eq!(
-            Allow::parse("1000, 1001").unwrap(),
-            Allow::Uids(vec![1000, 1001])
-        );
-        let e = Allow::parse("root").unwrap_err();
-        assert_eq!(e.code(), 10022);
-        assert!(e.message().contains("SOCKDUP_ALLOW"));
-    }
 
     #[test]
     fn zero_ttl_means_until_exit() {

@@ -17,7 +17,7 @@ use sockdup_core::error::{Error, WSAEINVAL};
 use sockdup_core::wire::ProtocolInfo;
 
 use super::proto::{Line, from_worker};
-use crate::startup::lock;
+use crate::sync::lock;
 
 /// How the acceptor picks a worker for a connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

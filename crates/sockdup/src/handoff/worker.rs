@@ -13,7 +13,8 @@ use sockdup_core::error::Error;
 use sockdup_core::wire::ProtocolInfo;
 
 use super::proto::{Line, to_acceptor};
-use crate::startup::{Runtime, lock};
+use crate::startup::Runtime;
+use crate::sync::lock;
 
 /// A worker process of an [`Acceptor`](super::Acceptor): its standard input and output are the
 /// acceptor's channel (so the application must log to standard error, not standard output).

@@ -137,7 +137,7 @@ impl Provider for BaseProvider {
     }
 
     fn close_socket(&self, s: Handle) -> Result<(), Error> {
-        crate::startup::lock(&self.events).remove(&s);
+        crate::sync::lock(&self.events).remove(&s);
         self.upcall()?.close_socket_handle(s)
     }
 
@@ -166,7 +166,7 @@ impl Provider for BaseProvider {
     /// socket across processes; sockdup keeps it per descriptor in this process.)
     fn event_select(&self, s: Handle, events: u32) -> Result<(), Error> {
         self.upcall()?.with_fd(s, |_| Ok(()))?;
-        let mut map = crate::startup::lock(&self.events);
+        let mut map = crate::sync::lock(&self.events);
         if events == 0 {
             map.remove(&s);
         } else {

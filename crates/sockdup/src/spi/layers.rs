@@ -22,7 +22,7 @@ use sockdup_core::error::{Error, WSAEACCES, code_name};
 use sockdup_core::wire::ProtocolInfo;
 
 use super::{Handle, Provider, SockOpt, Upcall};
-use crate::startup::lock;
+use crate::sync::lock;
 
 /// Counters of one socket, or of a whole layer instance.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -32,7 +32,7 @@ pub(crate) use base::BaseProvider;
 pub use ws2::{Socket, address_to_string, string_to_address};
 pub(crate) use ws2::{Ws2, redeem_fd};
 
-use crate::startup::lock;
+use crate::sync::lock;
 
 /// A socket descriptor as the dispatcher hands it out: a real file descriptor for IFS
 /// providers, or an entry of the [`Upcall`] handle table for non-IFS ones.
@@ -54,32 +54,7 @@ impl Handle {
     }
 }
 
-/// The socket options a provider can get and set (a typed subset of `SOL_SOCKET`/`IPPROTO_TCP`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum SockOpt {
-    /// `SO_KEEPALIVE` (0 or 1).
-    KeepAlive,
-    /// `SO_REUSEADDR` (0 or 1).
-    ReuseAddr,
-    /// `TCP_NODELAY` (0 or 1).
-    NoDelay,
-    /// `SO_RCVBUF`, in bytes.
-    RecvBufferSize,
-    /// `SO_SNDBUF`, in bytes.
-    SendBufferSize,
-}
-
-/// `FD_READ`: `WSAEventSelect` network event bits.
-pub const FD_READ: u32 = 0x01;
-/// `FD_WRITE`
-pub const FD_WRITE: u32 = 0x02;
-/// `FD_ACCEPT`
-pub const FD_ACCEPT: u32 = 0x08;
-/// `FD_CONNECT`
-pub const FD_CONNECT: u32 = 0x10;
-/// `FD_CLOSE`
-pub const FD_CLOSE: u32 = 0x20;
+pub use sockdup_core::sockopt::{FD_ACCEPT, FD_CLOSE, FD_CONNECT, FD_READ, FD_WRITE, SockOpt};
 
 /// `WSPPROC_TABLE`: what a provider implements. `info` arguments follow the propagation rule
 /// (see the [module docs](self)).

@@ -12,7 +12,8 @@ use sockdup_core::wire::ProtocolInfo;
 
 use super::layers::Layered;
 use super::{BaseProvider, Handle, Provider, SockOpt, Upcall};
-use crate::startup::{Runtime, lock};
+use crate::startup::Runtime;
+use crate::sync::lock;
 
 /// One run's dispatcher: the catalog it loaded, the upcall table, and the providers built so far.
 #[derive(Debug)]

@@ -14,7 +14,8 @@ use sockdup_core::error::{Error, WSAEACCES, WSAEADDRINUSE, WSAEINPROGRESS, WSAEN
 
 use super::proto::{ToNew, ToOld};
 use super::{Upgrade, control_address};
-use crate::startup::{Runtime, lock};
+use crate::startup::Runtime;
+use crate::sync::lock;
 use crate::sys::{self, InboxAddress};
 
 /// The longest line either side reads.

@@ -388,24 +388,29 @@ pub(crate) mod socket {
     }
 
     /// The option's value as an integer.
-    pub(crate) fn get_opt(fd: BorrowedFd<'_>, opt: crate::spi::SockOpt) -> io::Result<i64> {
-        use crate::spi::SockOpt::*;
+    pub(crate) fn get_opt(
+        fd: BorrowedFd<'_>,
+        opt: sockdup_core::sockopt::SockOpt,
+    ) -> io::Result<i64> {
+        use sockdup_core::sockopt::SockOpt::*;
         Ok(match opt {
             KeepAlive => i64::from(sockopt::socket_keepalive(fd)?),
             ReuseAddr => i64::from(sockopt::socket_reuseaddr(fd)?),
             NoDelay => i64::from(sockopt::tcp_nodelay(fd)?),
             RecvBufferSize => sockopt::socket_recv_buffer_size(fd)? as i64,
             SendBufferSize => sockopt::socket_send_buffer_size(fd)? as i64,
+            // An option a newer core names and this layer does not know yet.
+            _ => return Err(rustix::io::Errno::NOPROTOOPT.into()),
         })
     }
 
     /// Sets the option from an integer.
     pub(crate) fn set_opt(
         fd: BorrowedFd<'_>,
-        opt: crate::spi::SockOpt,
+        opt: sockdup_core::sockopt::SockOpt,
         value: i64,
     ) -> io::Result<()> {
-        use crate::spi::SockOpt::*;
+        use sockdup_core::sockopt::SockOpt::*;
         let size = || usize::try_from(value).map_err(|_| io::Error::from_raw_os_error(22));
         match opt {
             KeepAlive => sockopt::set_socket_keepalive(fd, value != 0)?,
@@ -413,6 +418,7 @@ pub(crate) mod socket {
             NoDelay => sockopt::set_tcp_nodelay(fd, value != 0)?,
             RecvBufferSize => sockopt::set_socket_recv_buffer_size(fd, size()?)?,
             SendBufferSize => sockopt::set_socket_send_buffer_size(fd, size()?)?,
+            _ => return Err(rustix::io::Errno::NOPROTOOPT.into()),
         }
         Ok(())
     }
