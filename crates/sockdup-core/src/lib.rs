@@ -12,6 +12,7 @@
 //! - [`inbox`]: the per-process table of duplicates waiting to be redeemed (tickets, expiry,
 //!   capacity), generic over the descriptor type.
 //! - [`sockopt`]: [`SockOpt`](sockopt::SockOpt) and the `FD_*` network event bits.
+//! - [`proto`]: the codecs of the line protocols (handoff, takeover, demo).
 //! - [`message`]: the codec of the inbox's request and reply messages.
 //! - [`line`]: the bounded line reader every line protocol uses, and their message trait.
 //!
@@ -26,6 +27,7 @@ pub mod flags;
 pub mod inbox;
 pub mod line;
 pub mod message;
+pub mod proto;
 pub mod sockopt;
 pub mod wire;
 

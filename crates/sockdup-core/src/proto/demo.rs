@@ -1,0 +1,1 @@
+//! The demo line protocol (being moved here).

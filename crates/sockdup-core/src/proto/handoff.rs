@@ -1,0 +1,1 @@
+//! The handoff line protocol (being moved here).

@@ -1,0 +1,1 @@
+//! The upgrade line protocol (being moved here).
