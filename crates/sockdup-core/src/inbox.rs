@@ -19,7 +19,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::catalog;
-use crate::error::{Error, WSAENOBUFS};
+use crate::error::{Error, ErrorKind};
 use crate::wire::ProtocolInfo;
 
 /// How long unredeemed duplicates live, and how many may wait at once.
@@ -171,8 +171,8 @@ impl<F> Inbox<F> {
     ) -> Result<Vec<u32>, (Error, Vec<F>)> {
         let free = self.limits.capacity.saturating_sub(self.pending.len());
         if fds.len() > free {
-            let err = Error::from_code(
-                WSAENOBUFS,
+            let err = Error::new(
+                ErrorKind::InboxFull,
                 format!(
                     "process {}'s inbox holds {} unredeemed duplicates (capacity {}) and cannot take {} more: \
                      have it redeem them, wait for them to expire, or start it with a larger capacity (SOCKDUP_CAPACITY)",
@@ -261,8 +261,27 @@ impl<F> Inbox<F> {
     /// the error names the first such record by its index.
     ///
     /// # Errors
-    /// As [`claim`](Self::claim), and `WSAEINVAL` if the batch holds the same record twice.
+    /// As [`claim`](Self::claim), and [`ErrorKind::AlreadyRedeemed`] if the batch holds the
+    /// same record twice.
     pub fn claim_all(&mut self, now: Instant, infos: &[ProtocolInfo]) -> Result<Vec<F>, Error> {
+        let tickets = self.verify_all(now, infos)?;
+        Ok(tickets
+            .into_iter()
+            .filter_map(|t| self.take(t, Spent::Redeemed))
+            .collect())
+    }
+
+    /// Checks, changing nothing (but closing what has expired), that [`claim_all`](Self::claim_all)
+    /// would redeem every record of `infos` now.
+    ///
+    /// # Errors
+    /// As [`claim_all`](Self::claim_all).
+    pub fn check_all(&mut self, now: Instant, infos: &[ProtocolInfo]) -> Result<(), Error> {
+        self.verify_all(now, infos).map(drop)
+    }
+
+    /// The tickets of `infos`, if every one can be redeemed now and none appears twice.
+    fn verify_all(&mut self, now: Instant, infos: &[ProtocolInfo]) -> Result<Vec<u32>, Error> {
         let mut tickets = Vec::with_capacity(infos.len());
         let mut seen = std::collections::HashSet::with_capacity(infos.len());
         for (i, info) in infos.iter().enumerate() {
@@ -270,26 +289,44 @@ impl<F> Inbox<F> {
                 if seen.insert(t) {
                     Ok(t)
                 } else {
-                    Err(Error::invalid(format!(
-                        "ticket {t:#010x} appears twice in the batch: a duplicate's record can be used only once"
-                    )))
+                    Err(Error::new(
+                        ErrorKind::AlreadyRedeemed,
+                        format!(
+                            "ticket {t:#010x} appears twice in the batch: a duplicate's record can be used only once"
+                        ),
+                    ))
                 }
             });
             match checked {
                 Ok(t) => tickets.push(t),
                 Err(e) => {
                     drop(self.handle_timeout(now));
-                    return Err(Error::from_code(
-                        e.code(),
-                        format!("record {i} of the batch: {}", e.message()),
-                    ));
+                    return Err(e.context(format_args!("record {i} of the batch")));
                 }
             }
         }
-        Ok(tickets
-            .into_iter()
-            .filter_map(|t| self.take(t, Spent::Redeemed))
-            .collect())
+        Ok(tickets)
+    }
+
+    /// Puts a descriptor redeemed from `ticket` back, pending again (the undo of a batch that
+    /// failed after some of its records were redeemed). Its time-to-live starts anew at `now`,
+    /// and no source may cancel it any more.
+    pub fn restore(&mut self, now: Instant, ticket: u32, fd: F) {
+        if self.spent.get(&ticket) == Some(&Spent::Redeemed) {
+            self.spent.remove(&ticket);
+        }
+        let deadline = self.limits.ttl.map(|ttl| now + ttl);
+        if let Some(d) = deadline {
+            self.deadlines.insert((d, ticket));
+        }
+        self.pending.insert(
+            ticket,
+            Slot {
+                fd,
+                deadline,
+                source_pid: 0,
+            },
+        );
     }
 
     /// Checks that `info` is a record this inbox can redeem now, and returns its ticket.
@@ -297,11 +334,14 @@ impl<F> Inbox<F> {
         if !catalog::is_base_id(info.catalog_entry_id)
             || info.provider_id != catalog::BASE_PROVIDER_ID
         {
-            return Err(Error::invalid(format!(
-                "the record names catalog entry {} of provider {}, which is not in this process's catalog: it was not \
+            return Err(Error::new(
+                ErrorKind::NotSockdupRecord,
+                format!(
+                    "the record names catalog entry {} of provider {}, which is not in this process's catalog: it was not \
                  made by sockdup's duplicate_socket (records from Windows or Wine can be inspected but not redeemed here)",
-                info.catalog_entry_id, info.provider_id
-            )));
+                    info.catalog_entry_id, info.provider_id
+                ),
+            ));
         }
         let (target, nonce, ticket) = (
             info.service_flags3,
@@ -309,18 +349,24 @@ impl<F> Inbox<F> {
             info.provider_reserved,
         );
         if target != self.pid {
-            return Err(Error::invalid(format!(
-                "this record was made for process {target}, but this is process {}: redeem it in the process it was \
+            return Err(Error::new(
+                ErrorKind::WrongProcess,
+                format!(
+                    "this record was made for process {target}, but this is process {}: redeem it in the process it was \
                  duplicated to, or duplicate the socket again for this one",
-                self.pid
-            )));
+                    self.pid
+                ),
+            ));
         }
         if nonce != self.nonce {
-            return Err(Error::invalid(format!(
-                "this record was made for an earlier run of process {} (its inbox has been restarted since, or the pid \
+            return Err(Error::new(
+                ErrorKind::EarlierRun,
+                format!(
+                    "this record was made for an earlier run of process {} (its inbox has been restarted since, or the pid \
                  was reused): the descriptor it stood for was closed with that run; duplicate the socket again",
-                self.pid
-            )));
+                    self.pid
+                ),
+            ));
         }
         match self.pending.get(&ticket) {
             Some(slot) if slot.deadline.is_some_and(|d| d <= now) => {
@@ -335,29 +381,40 @@ impl<F> Inbox<F> {
     fn not_pending(&self, ticket: u32) -> Error {
         match self.spent.get(&ticket) {
             Some(&why) => self.spent_error(ticket, why),
-            None => Error::invalid(format!(
-                "ticket {ticket:#010x} was never issued by this process's inbox (or was spent long ago): the record is not a \
+            None => Error::new(
+                ErrorKind::NotSockdupRecord,
+                format!(
+                    "ticket {ticket:#010x} was never issued by this process's inbox (or was spent long ago): the record is not a \
                  duplicate made for this process"
-            )),
+                ),
+            ),
         }
     }
 
     fn spent_error(&self, ticket: u32, why: Spent) -> Error {
-        Error::invalid(match why {
-            Spent::Redeemed => format!(
-                "ticket {ticket:#010x} was already redeemed: a duplicate's record can be used only once; duplicate the socket again for another descriptor"
-            ),
-            Spent::Expired => format!(
-                "ticket {ticket:#010x} expired before it was redeemed (time-to-live {}) and its descriptor was closed: redeem sooner, \
+        let kind = match why {
+            Spent::Redeemed => ErrorKind::AlreadyRedeemed,
+            Spent::Expired => ErrorKind::Expired,
+            Spent::Cancelled => ErrorKind::Cancelled,
+        };
+        Error::new(
+            kind,
+            match why {
+                Spent::Redeemed => format!(
+                    "ticket {ticket:#010x} was already redeemed: a duplicate's record can be used only once; duplicate the socket again for another descriptor"
+                ),
+                Spent::Expired => format!(
+                    "ticket {ticket:#010x} expired before it was redeemed (time-to-live {}) and its descriptor was closed: redeem sooner, \
                  or start the target with a longer time-to-live (SOCKDUP_TTL)",
-                self.limits
-                    .ttl
-                    .map_or_else(|| "none".to_owned(), |t| format!("{} s", t.as_secs_f64()))
-            ),
-            Spent::Cancelled => format!(
-                "ticket {ticket:#010x} was cancelled by its source (its batch failed) and its descriptor was closed"
-            ),
-        })
+                    self.limits
+                        .ttl
+                        .map_or_else(|| "none".to_owned(), |t| format!("{} s", t.as_secs_f64()))
+                ),
+                Spent::Cancelled => format!(
+                    "ticket {ticket:#010x} was cancelled by its source (its batch failed) and its descriptor was closed"
+                ),
+            },
+        )
     }
 }
 
@@ -413,7 +470,7 @@ mod tests {
         assert_eq!(fd.0, 1);
         let err = inbox.claim(t0, &record(PID, NONCE, 8)).unwrap_err();
         assert_eq!(err.code(), 10022);
-        assert!(err.message().contains("already redeemed"), "{err}");
+        assert_eq!(err.kind(), ErrorKind::AlreadyRedeemed, "{err}");
         assert!(closed.borrow().is_empty());
         assert_eq!(inbox.len(), 2);
     }
@@ -426,10 +483,12 @@ mod tests {
             .map_err(|e| e.0)
             .unwrap()[0];
         let e = inbox.claim(t0, &record(PID + 1, NONCE, t)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WrongProcess, "{e}");
         assert!(e.message().contains("made for process 4243"), "{e}");
         let e = inbox.claim(t0, &record(PID, NONCE + 1, t)).unwrap_err();
-        assert!(e.message().contains("earlier run"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::EarlierRun, "{e}");
         let e = inbox.claim(t0, &record(PID, NONCE, t + 100)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotSockdupRecord, "{e}");
         assert!(e.message().contains("never issued"), "{e}");
         let e = inbox
             .claim(
@@ -440,6 +499,7 @@ mod tests {
                 },
             )
             .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotSockdupRecord, "{e}");
         assert!(e.message().contains("catalog entry 9"), "{e}");
         // Wine writes catalog id 1001 too, but with Microsoft's provider GUID.
         let msafd: crate::Guid = "e70f1aa0-ab8b-11cf-8ca3-00805f48a192".parse().unwrap();
@@ -448,7 +508,7 @@ mod tests {
             ..record(PID, NONCE, t)
         };
         let e = inbox.claim(t0, &wine).unwrap_err();
-        assert!(e.message().contains("not made by sockdup"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::NotSockdupRecord, "{e}");
         assert_eq!(inbox.claim(t0, &record(PID, NONCE, t)).unwrap().0, 0);
     }
 
@@ -475,12 +535,12 @@ mod tests {
         let e = inbox
             .claim(t0 + Duration::from_secs(5), &record(PID, NONCE, a))
             .unwrap_err();
-        assert!(e.message().contains("expired"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::Expired, "{e}");
         // Past its deadline but before handle_timeout ran: still refused, and closed.
         let e = inbox
             .claim(t0 + Duration::from_secs(8), &record(PID, NONCE, b))
             .unwrap_err();
-        assert!(e.message().contains("expired"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::Expired, "{e}");
         assert_eq!(*closed.borrow(), [0, 1]);
         assert_eq!(inbox.poll_timeout(), None);
     }
@@ -519,7 +579,7 @@ mod tests {
             .map_err(|e| e.0)
             .unwrap();
         let (err, back) = inbox.handle_push(t0, 1, tokens(&closed, 2..4)).unwrap_err();
-        assert_eq!(err.code(), WSAENOBUFS);
+        assert_eq!((err.code(), err.kind()), (10055, ErrorKind::InboxFull));
         assert_eq!(back.len(), 2);
         assert_eq!(inbox.len(), 2);
         drop(back);
@@ -537,7 +597,7 @@ mod tests {
         drop(inbox.handle_cancel(1, &ts[..2]));
         assert_eq!(*closed.borrow(), [0, 1]);
         let e = inbox.claim(t0, &record(PID, NONCE, ts[0])).unwrap_err();
-        assert!(e.message().contains("cancelled"), "{e}");
+        assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
         assert!(inbox.claim(t0, &record(PID, NONCE, ts[2])).is_ok());
     }
 
@@ -566,26 +626,44 @@ mod tests {
         let mut bad = good.clone();
         bad[2].service_flags3 = PID + 1;
         let e = inbox.claim_all(t0, &bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WrongProcess);
         assert!(e.message().starts_with("record 2 of the batch: "), "{e}");
         let twice = vec![good[0].clone(), good[0].clone()];
-        assert!(
-            inbox
-                .claim_all(t0, &twice)
-                .unwrap_err()
-                .message()
-                .contains("twice")
+        let e = inbox.claim_all(t0, &twice).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyRedeemed);
+        assert!(e.message().contains("twice"), "{e}");
+        assert!(inbox.check_all(t0, &good).is_ok());
+        assert_eq!(
+            inbox.check_all(t0, &bad).unwrap_err().kind(),
+            ErrorKind::WrongProcess
         );
         assert_eq!(inbox.len(), 3);
         let fds = inbox.claim_all(t0, &good).unwrap();
         assert_eq!(fds.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 1, 2]);
         assert!(inbox.is_empty());
-        assert!(
-            inbox
-                .claim_all(t0, &good[..1])
-                .unwrap_err()
-                .message()
-                .contains("already redeemed")
+        let e = inbox.claim_all(t0, &good[..1]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyRedeemed);
+    }
+
+    #[test]
+    fn restored_descriptors_can_be_redeemed_again() {
+        let (mut inbox, closed, t0) = setup(Limits::default());
+        let ts = inbox
+            .handle_push(t0, 1, tokens(&closed, 0..2))
+            .map_err(|e| e.0)
+            .unwrap();
+        let good: Vec<ProtocolInfo> = ts.iter().map(|&t| record(PID, NONCE, t)).collect();
+        let mut fds = inbox.claim_all(t0, &good).unwrap();
+        let second = fds.pop().unwrap();
+        inbox.restore(t0, ts[1], second);
+        assert_eq!(inbox.len(), 1);
+        let again = inbox.claim(t0, &good[1]).unwrap();
+        assert_eq!(again.0, 1);
+        assert_eq!(
+            inbox.claim(t0, &good[0]).unwrap_err().kind(),
+            ErrorKind::AlreadyRedeemed
         );
+        assert!(closed.borrow().is_empty(), "nothing closed on the way");
     }
 
     #[test]

@@ -6,13 +6,16 @@
 //! ```text
 //! request: MAGIC, op (PUSH | CANCEL), count, then for CANCEL `count` tickets
 //! reply:   MAGIC, status (0 or a Winsock code), inbox pid, inbox nonce, count, `count` tickets,
-//!          then, when status != 0, a UTF-8 message
+//!          then, when status != 0, UTF-8 text: the error's kind name, a space, its message
 //! ```
+//!
+//! A refusal thus reaches the source with its [`ErrorKind`] (e.g. `inbox-full`), rebuilt by
+//! [`Reply::into_result`] with [`Error::remote`].
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 
-/// `"SDP1"`, the first word of every message.
-pub const MAGIC: u32 = u32::from_le_bytes(*b"SDP1");
+/// `"SDP2"`, the first word of every message (version 2: replies carry the error's kind).
+pub const MAGIC: u32 = u32::from_le_bytes(*b"SDP2");
 /// Linux's `SCM_MAX_FD`: the most descriptors one message may carry.
 pub const MAX_FDS_PER_MESSAGE: usize = 253;
 /// The largest message either side sends.
@@ -49,7 +52,7 @@ pub struct Reply {
     pub nonce: u32,
     /// For a successful push, one ticket per descriptor, in order.
     pub tickets: Vec<u32>,
-    /// For a failure, what went wrong.
+    /// For a failure, the [`ErrorKind`]'s name and the message, separated by a space.
     pub text: String,
 }
 
@@ -67,8 +70,8 @@ fn put(out: &mut Vec<u8>, w: u32) {
 }
 
 fn malformed(what: &str) -> Error {
-    Error::from_code(
-        crate::error::WSAENETDOWN,
+    Error::new(
+        ErrorKind::ProtocolViolation,
         format!(
             "received a malformed sockdup {what}: the peer is not a compatible sockdup inbox or source"
         ),
@@ -164,16 +167,28 @@ impl Reply {
         })
     }
 
+    /// A failed reply from an inbox of process `pid`, run `nonce`, carrying `error`'s code,
+    /// kind and message.
+    pub fn failure(pid: u32, nonce: u32, error: &Error) -> Self {
+        Self {
+            status: error.code(),
+            pid,
+            nonce,
+            tickets: Vec::new(),
+            text: format!("{} {}", error.kind().name(), error.message()),
+        }
+    }
+
     /// The reply as a result: its tickets, or the inbox's error.
     ///
     /// # Errors
-    /// The error the inbox reported, with its code and text.
+    /// The error the inbox reported, with its code, kind and message.
     pub fn into_result(self) -> Result<Self, Error> {
         if self.status == 0 {
-            Ok(self)
-        } else {
-            Err(Error::from_code(self.status, self.text))
+            return Ok(self);
         }
+        let (kind, message) = self.text.split_once(' ').unwrap_or(("", &self.text));
+        Err(Error::remote(kind, self.status, message))
     }
 }
 
@@ -201,16 +216,14 @@ mod tests {
             text: String::new(),
         };
         assert_eq!(Reply::decode(&r.encode()).unwrap(), r);
-        let r = Reply {
-            status: 10055,
-            pid: 9,
-            nonce: 7,
-            tickets: vec![],
-            text: "full é".into(),
-        };
+        let r = Reply::failure(9, 7, &Error::new(ErrorKind::InboxFull, "full é"));
         let back = Reply::decode(&r.encode()).unwrap();
         assert_eq!(back, r);
-        assert_eq!(back.into_result().unwrap_err().code(), 10055);
+        let e = back.into_result().unwrap_err();
+        assert_eq!(
+            (e.code(), e.kind(), e.message()),
+            (10055, ErrorKind::InboxFull, "full é")
+        );
         let long = Reply {
             text: "é".repeat(MAX_MESSAGE),
             ..r
@@ -221,9 +234,11 @@ mod tests {
     #[test]
     fn refuses_garbage() {
         assert!(Request::decode(b"").is_err());
-        assert!(Request::decode(b"SDP1\x01\0\0\0").is_err());
+        assert!(Request::decode(b"SDP2\x01\0\0\0").is_err());
         assert!(Request::decode(&Request::Cancel { tickets: vec![1] }.encode()[..12]).is_err());
-        assert!(Reply::decode(b"SDP1").is_err());
+        assert!(Reply::decode(b"SDP2").is_err());
+        let e = Request::decode(b"").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ProtocolViolation);
     }
 
     proptest! {

@@ -31,7 +31,7 @@ use std::str::FromStr;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::error::{Error, WSAEFAULT};
+use crate::error::{Error, ErrorKind};
 
 /// `MAX_PROTOCOL_CHAIN`: the most entries a protocol chain holds.
 pub const MAX_PROTOCOL_CHAIN: usize = 7;
@@ -128,9 +128,10 @@ impl FromStr for Guid {
     /// Parses `8-4-4-4-12` hex groups, optionally in braces, in either case.
     fn from_str(s: &str) -> Result<Self, Error> {
         let bad = || {
-            Error::invalid(format!(
-                "{s:?} is not a GUID: expected the form 8-4-4-4-12 of hex digits"
-            ))
+            Error::new(
+                ErrorKind::MalformedRecord,
+                format!("{s:?} is not a GUID: expected the form 8-4-4-4-12 of hex digits"),
+            )
         };
         let t = s.trim();
         let t = t
@@ -315,8 +316,8 @@ impl ProtocolInfo {
     /// buffer it cannot write).
     pub fn write_to(&self, out: &mut [u8]) -> Result<(), Error> {
         let Some(dst) = out.get_mut(..Self::LEN) else {
-            return Err(Error::from_code(
-                WSAEFAULT,
+            return Err(Error::new(
+                ErrorKind::BufferTooSmall,
                 format!(
                     "the buffer holds {} bytes, but a protocol-info record needs 628: pass a larger buffer",
                     out.len()
@@ -334,17 +335,23 @@ impl ProtocolInfo {
     /// `0..=7`, or `szProtocol` has no NUL or is not valid UTF-16. Never panics.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
         if bytes.len() != Self::LEN {
-            return Err(Error::invalid(format!(
-                "a protocol-info record is exactly 628 bytes (WSAPROTOCOL_INFOW), but {} were given: pass the whole record, unchanged",
-                bytes.len()
-            )));
+            return Err(Error::new(
+                ErrorKind::MalformedRecord,
+                format!(
+                    "a protocol-info record is exactly 628 bytes (WSAPROTOCOL_INFOW), but {} were given: pass the whole record, unchanged",
+                    bytes.len()
+                ),
+            ));
         }
         let b = bytes;
         let chain_len = rd_i32(b, field::CHAIN_LEN);
         if !(0..=MAX_PROTOCOL_CHAIN as i32).contains(&chain_len) {
-            return Err(Error::invalid(format!(
-                "field protocol_chain.len (ChainLen) is {chain_len}, but a chain holds 0 to 7 entries: the record is corrupt"
-            )));
+            return Err(Error::new(
+                ErrorKind::MalformedRecord,
+                format!(
+                    "field protocol_chain.len (ChainLen) is {chain_len}, but a chain holds 0 to 7 entries: the record is corrupt"
+                ),
+            ));
         }
         let mut entries = [0u32; MAX_PROTOCOL_CHAIN];
         for (i, e) in entries.iter_mut().enumerate() {
@@ -354,14 +361,16 @@ impl ProtocolInfo {
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]));
         let Some(nul) = units.clone().position(|u| u == 0) else {
-            return Err(Error::invalid(
+            return Err(Error::new(
+                ErrorKind::MalformedRecord,
                 "field protocol_name (szProtocol) has no NUL terminator within its 256 UTF-16 units: the record is corrupt",
             ));
         };
         let protocol_name = char::decode_utf16(units.take(nul))
             .collect::<Result<String, _>>()
             .map_err(|_| {
-                Error::invalid(
+                Error::new(
+                    ErrorKind::MalformedRecord,
                     "field protocol_name (szProtocol) is not valid UTF-16: the record is corrupt",
                 )
             })?;
@@ -436,18 +445,24 @@ impl FromStr for ProtocolInfo {
         let t = s.trim();
         let Some(body) = t.strip_prefix(TEXT_PREFIX) else {
             let shown: String = t.chars().take(24).collect();
-            return Err(Error::invalid(format!(
-                "{shown:?} is not a sockdup record: the text form starts with \"{TEXT_PREFIX}\"; pass the line printed by the source unchanged"
-            )));
+            return Err(Error::new(
+                ErrorKind::MalformedRecord,
+                format!(
+                    "{shown:?} is not a sockdup record: the text form starts with \"{TEXT_PREFIX}\"; pass the line printed by the source unchanged"
+                ),
+            ));
         };
         let mut bytes = URL_SAFE_NO_PAD.decode(body).map_err(|e| {
-            Error::invalid(format!("the text record is not valid URL-safe base64 ({e}): it was cut or altered in transit"))
+            Error::new(ErrorKind::MalformedRecord, format!("the text record is not valid URL-safe base64 ({e}): it was cut or altered in transit"))
         })?;
         if bytes.len() > Self::LEN {
-            return Err(Error::invalid(format!(
-                "the text record decodes to {} bytes, more than the 628 of a protocol-info record: it was altered in transit",
-                bytes.len()
-            )));
+            return Err(Error::new(
+                ErrorKind::MalformedRecord,
+                format!(
+                    "the text record decodes to {} bytes, more than the 628 of a protocol-info record: it was altered in transit",
+                    bytes.len()
+                ),
+            ));
         }
         bytes.resize(Self::LEN, 0);
         Self::from_bytes(&bytes)
@@ -535,7 +550,10 @@ mod tests {
         assert_eq!(&buf[..628], wine_tcp_record().as_slice());
         assert_eq!(buf[628], 0xa5);
         let err = info.write_to(&mut [0u8; 627]).unwrap_err();
-        assert_eq!(err.code(), WSAEFAULT);
+        assert_eq!(
+            (err.code(), err.kind()),
+            (crate::error::WSAEFAULT, ErrorKind::BufferTooSmall)
+        );
     }
 
     #[test]

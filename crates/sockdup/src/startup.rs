@@ -1,19 +1,22 @@
-//! `startup()` (`WSAStartup`): the options, the process-wide state and its guard.
+//! The runtime: `startup()` (`WSAStartup`), its options, its guard, and the process-wide state
+//! of one run (this process's inbox table and thread, the connection pool to other inboxes).
+//!
+//! Floors above keep their own per-run state here without this module knowing their types
+//! ([`Runtime::extension`]): the SPI's dispatcher lives and dies with the run that way.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-
-use crate::sync::lock;
 use std::time::Duration;
 
 pub use sockdup_core::allow::Allow;
-use sockdup_core::error::{Error, WSANOTINITIALISED};
+use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::inbox::{Inbox, Limits};
 
-use crate::client::Connection;
-use crate::inbox::InboxThread;
+use crate::sync::lock;
 use crate::sys::{self, InboxAddress};
+use crate::transport::{InboxThread, Pool};
 
 /// How [`startup`] sets up this process's inbox; a builder.
 ///
@@ -61,13 +64,13 @@ impl Options {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         if let Some(v) = var("SOCKDUP_TTL") {
             let secs: f64 = v.trim().parse().ok().filter(|s: &f64| s.is_finite() && *s >= 0.0).ok_or_else(|| {
-                Error::invalid(format!("SOCKDUP_TTL is {v:?}: give a number of seconds (0 keeps duplicates until the process exits)"))
+                Error::new(ErrorKind::BadOption, format!("SOCKDUP_TTL is {v:?}: give a number of seconds (0 keeps duplicates until the process exits)"))
             })?;
             o = o.ttl(Duration::from_secs_f64(secs));
         }
         if let Some(v) = var("SOCKDUP_CAPACITY") {
             let n = v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                Error::invalid(format!(
+                Error::new(ErrorKind::BadOption, format!(
                     "SOCKDUP_CAPACITY is {v:?}: give a whole number of duplicates, at least 1"
                 ))
             })?;
@@ -200,15 +203,17 @@ struct State {
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
+/// Per-run state of a floor above, by type ([`Runtime::extension`]).
+type Extensions = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
+
 /// The running state of one `startup()`..last-guard-drop run.
 pub(crate) struct Runtime {
     pub(crate) pid: u32,
-    pub(crate) options: Options,
     pub(crate) address: InboxAddress,
     pub(crate) table: Arc<Mutex<Inbox<std::os::fd::OwnedFd>>>,
-    pub(crate) connections: Mutex<HashMap<u32, Arc<Mutex<Connection>>>>,
-    /// The provider dispatcher, built on first use of the SPI (it loads the catalog file).
-    pub(crate) ws2: Mutex<Option<Arc<crate::spi::Ws2>>>,
+    /// Connections to other processes' inboxes.
+    pub(crate) pool: Pool,
+    extensions: Mutex<Extensions>,
     thread: Option<InboxThread>,
 }
 
@@ -218,23 +223,24 @@ impl Runtime {
         if let Some(dir) = &options.runtime_dir
             && !dir.is_dir()
         {
-            return Err(Error::invalid(format!(
-                "the runtime directory {} (SOCKDUP_RUNTIME_DIR) does not exist or is not a directory: create it, \
-                 or unset SOCKDUP_RUNTIME_DIR to use the abstract namespace",
-                dir.display()
-            )));
+            return Err(Error::new(
+                ErrorKind::BadOption,
+                format!(
+                    "the runtime directory {} (SOCKDUP_RUNTIME_DIR) does not exist or is not a directory: create it, \
+                     or unset SOCKDUP_RUNTIME_DIR to use the abstract namespace",
+                    dir.display()
+                ),
+            ));
         }
         let address = InboxAddress::for_pid(pid, options.runtime_dir.as_deref());
         let listener = sys::listen_inbox(&address).map_err(|e| {
-            let in_use = e.raw_os_error() == Some(rustix::io::Errno::ADDRINUSE.raw_os_error());
-            let err = Error::from_errno(e, &format!("opening this process's inbox at {address}"));
-            if in_use {
-                Error::from_code(
-                    sockdup_core::error::WSAEADDRINUSE,
+            if e == rustix::io::Errno::ADDRINUSE {
+                Error::new(
+                    ErrorKind::InboxAddressInUse,
                     format!("another process already listens at this process's inbox address {address}: find it with `ss -xlp | grep sockdup`"),
                 )
             } else {
-                err
+                Error::from_errno(e, &format!("opening this process's inbox at {address}"))
             }
         })?;
         let table = Arc::new(Mutex::new(Inbox::new(
@@ -252,11 +258,10 @@ impl Runtime {
         tracing::debug!(pid, %address, "sockdup inbox started");
         Ok(Self {
             pid,
-            options: options.clone(),
             address,
             table,
-            connections: Mutex::new(HashMap::new()),
-            ws2: Mutex::new(None),
+            pool: Pool::new(options.runtime_dir.clone(), options.ack_timeout),
+            extensions: Mutex::new(HashMap::new()),
             thread: Some(thread),
         })
     }
@@ -265,24 +270,44 @@ impl Runtime {
     pub(crate) fn current() -> Result<Arc<Self>, Error> {
         match lock(&STATE).as_ref() {
             Some(s) if s.runtime.pid == sys::getpid() => Ok(s.runtime.clone()),
-            Some(_) => Err(Error::from_code(
-                WSANOTINITIALISED,
+            Some(_) => Err(Error::new(
+                ErrorKind::Forked,
                 "this process was forked from one that called sockdup::startup(), and the inbox does not cross fork(): call sockdup::startup() in this process",
             )),
-            None => Err(Error::from_code(
-                WSANOTINITIALISED,
+            None => Err(Error::new(
+                ErrorKind::NotStarted,
                 "sockdup is not started in this process: call sockdup::startup() first and keep its guard alive",
             )),
         }
     }
 
-    pub(crate) fn ack_timeout(&self) -> Duration {
-        self.options.ack_timeout
+    /// The directory of inbox and control socket files (`SOCKDUP_RUNTIME_DIR`), or `None` for
+    /// the abstract namespace.
+    pub(crate) fn runtime_dir(&self) -> Option<&std::path::Path> {
+        self.pool.runtime_dir()
     }
 
-    pub(crate) fn runtime_dir(&self) -> Option<&std::path::Path> {
-        self.options.runtime_dir.as_deref()
+    /// This run's state of type `T`, made by `init` on first use; it lives as long as the run.
+    /// `init` runs without the runtime's locks held.
+    pub(crate) fn extension<T: Any + Send + Sync>(
+        &self,
+        init: impl FnOnce() -> Result<T, Error>,
+    ) -> Result<Arc<T>, Error> {
+        let id = TypeId::of::<T>();
+        if let Some(found) = lock(&self.extensions).get(&id) {
+            return Ok(downcast(found.clone()));
+        }
+        let made: Arc<dyn Any + Send + Sync> = Arc::new(init()?);
+        // Another thread may have made one meanwhile: the first stays.
+        let kept = lock(&self.extensions).entry(id).or_insert(made).clone();
+        Ok(downcast(kept))
     }
+}
+
+fn downcast<T: Any + Send + Sync>(value: Arc<dyn Any + Send + Sync>) -> Arc<T> {
+    value
+        .downcast::<T>()
+        .unwrap_or_else(|_| unreachable!("extensions are stored under their own TypeId"))
 }
 
 impl Drop for Runtime {

@@ -17,7 +17,6 @@ use sockdup_core::error::{Error, WSAEINVAL};
 use sockdup_core::wire::ProtocolInfo;
 
 use super::proto::{Line, from_worker};
-use crate::sync::lock;
 
 /// How the acceptor picks a worker for a connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -192,7 +191,7 @@ impl Acceptor {
         for (i, l) in std::mem::take(&mut self.listeners).into_iter().enumerate() {
             // Connections accepted from a listener have its family, type and protocol: the
             // catalog entry is learned once here, not three getsockopt per connection.
-            entries.push(crate::entry_for(l.0.as_fd())?);
+            entries.push(crate::transfer::entry_for(l.0.as_fd())?);
             crate::sys::socket::set_nonblocking(l.0.as_fd())
                 .map_err(|e| Error::from_errno(e, "making a listener non-blocking"))?;
             epoll::add(
@@ -246,7 +245,7 @@ impl Acceptor {
 /// for every worker that ever exited.
 fn forget_inbox_connection(pid: u32) {
     if let Ok(rt) = crate::startup::Runtime::current() {
-        lock(&rt.connections).remove(&pid);
+        rt.pool.forget(pid);
     }
 }
 
@@ -761,7 +760,7 @@ impl Run<'_> {
             return false;
         };
         let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|p| p.fd.as_fd()).collect();
-        let sent = crate::duplicate_known(&fds, records, pid).and_then(|records| {
+        let sent = crate::transfer::duplicate_known(&fds, records, pid).and_then(|records| {
             let stdin = w
                 .stdin
                 .as_mut()

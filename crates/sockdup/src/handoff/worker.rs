@@ -148,7 +148,7 @@ impl Worker {
     ) -> Result<Stream, Error> {
         let redeemed = text.parse::<ProtocolInfo>().and_then(|info| {
             let fd: OwnedFd = match rt {
-                Some(rt) => crate::redeem_in(rt, &info)?,
+                Some(rt) => crate::api::redeem_one(rt, &info)?,
                 // Not started: the public call says why.
                 None => crate::socket_from_info(&info)?,
             };

@@ -2,15 +2,17 @@
 //! duplication through the inbox transport of the crate root.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::{Arc, OnceLock};
 
 use sockdup_core::catalog::{self, BASE_PROVIDER_ID};
-use sockdup_core::error::{Error, WSAEAFNOSUPPORT};
+use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::wire::ProtocolInfo;
 
 use super::{Handle, Provider, SockOpt, Upcall};
+use crate::startup::Runtime;
 use crate::sys::socket as os;
+use crate::transfer;
 
 /// The base provider. One instance serves every base entry.
 #[derive(Debug, Default)]
@@ -26,7 +28,7 @@ fn own_entry(info: &ProtocolInfo, call: &str) -> Result<(), Error> {
     if info.provider_id == BASE_PROVIDER_ID && catalog::is_base_id(info.catalog_entry_id) {
         return Ok(());
     }
-    Err(Error::invalid(format!(
+    Err(Error::new(ErrorKind::PropagationRule, format!(
         "the base provider's {call} received catalog entry {} of provider {}, not one of its own entries: the layer \
          above must substitute the base provider's entry (the propagation rule)",
         info.catalog_entry_id, info.provider_id
@@ -36,8 +38,8 @@ fn own_entry(info: &ProtocolInfo, call: &str) -> Result<(), Error> {
 impl BaseProvider {
     fn upcall(&self) -> Result<&Arc<Upcall>, Error> {
         self.upcall.get().ok_or_else(|| {
-            Error::from_code(
-                sockdup_core::error::WSANOTINITIALISED,
+            Error::new(
+                ErrorKind::NotStarted,
                 "the base provider was not started",
             )
         })
@@ -47,7 +49,7 @@ impl BaseProvider {
         &self,
         s: Handle,
         doing: &str,
-        f: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<T>,
+        f: impl FnOnce(BorrowedFd<'_>) -> rustix::io::Result<T>,
     ) -> Result<T, Error> {
         self.upcall()?
             .with_fd(s, |fd| f(fd).map_err(|e| Error::from_errno(e, doing)))
@@ -91,8 +93,8 @@ impl Provider for BaseProvider {
             },
         );
         if (f, t, p) != (info.address_family, info.socket_type, info.protocol) {
-            return Err(Error::from_code(
-                WSAEAFNOSUPPORT,
+            return Err(Error::new(
+                ErrorKind::Unsupported,
                 format!(
                     "catalog entry {} does not serve family {f}, type {t}, protocol {p}",
                     info.catalog_entry_id
@@ -105,7 +107,7 @@ impl Provider for BaseProvider {
 
     fn socket_from_info(&self, info: &ProtocolInfo) -> Result<Handle, Error> {
         own_entry(info, "WSPSocket")?;
-        let fd = crate::socket_from_info(info)?;
+        let fd = transfer::claim(&*Runtime::current()?, info)?;
         Ok(self.upcall()?.modify_ifs_handle(info.catalog_entry_id, fd))
     }
 
@@ -149,7 +151,12 @@ impl Provider for BaseProvider {
     ) -> Result<ProtocolInfo, Error> {
         own_entry(info, "WSPDuplicateSocket")?;
         self.upcall()?
-            .with_fd(s, |fd| crate::duplicate_socket(&fd.as_fd(), target_pid))
+            .with_fd(s, |fd| {
+                let mut records = transfer::duplicate(&*Runtime::current()?, &[fd], target_pid)?;
+                records.pop().ok_or_else(|| {
+                    Error::new(ErrorKind::ProtocolViolation, "the target's inbox answered with no ticket")
+                })
+            })
     }
 
     fn get_sock_opt(&self, s: Handle, opt: SockOpt) -> Result<i64, Error> {
@@ -183,7 +190,7 @@ impl Provider for BaseProvider {
     fn string_to_address(&self, text: &str, info: &ProtocolInfo) -> Result<SocketAddr, Error> {
         own_entry(info, "WSPStringToAddress")?;
         text.trim().parse().map_err(|_| {
-            Error::invalid(format!(
+            Error::new(ErrorKind::InvalidArgument, format!(
                 "{text:?} is not an address: expected 1.2.3.4:80 or [::1]:80"
             ))
         })

@@ -25,12 +25,12 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use sockdup_core::error::{Error, WSAENOTSOCK};
+use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::wire::ProtocolInfo;
 
 pub(crate) use base::BaseProvider;
 pub use ws2::{Socket, address_to_string, string_to_address};
-pub(crate) use ws2::{Ws2, redeem_fd};
+pub(crate) use ws2::redeem_fds;
 
 use crate::sync::lock;
 
@@ -146,8 +146,8 @@ struct UpcallTable {
 }
 
 fn not_a_handle(h: Handle) -> Error {
-    Error::from_code(
-        WSAENOTSOCK,
+    Error::new(
+        ErrorKind::NotASocket,
         format!(
             "handle {} is not a socket handle of this process (closed already?)",
             h.0
@@ -231,7 +231,7 @@ impl Upcall {
                 .map_err(|e| Error::from_errno(e, "taking a socket handle's descriptor")),
             Some(other) => {
                 t.entries.insert(h.0, other);
-                Err(Error::invalid(format!(
+                Err(Error::new(ErrorKind::NoDescriptor, format!(
                     "handle {} belongs to a non-IFS layer and has no descriptor of its own: use it through sockdup::spi::Socket",
                     h.0
                 )))

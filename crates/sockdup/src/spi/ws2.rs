@@ -6,14 +6,16 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-use sockdup_core::catalog::{Catalog, SOCK_STREAM};
-use sockdup_core::error::{Error, WSAEAFNOSUPPORT};
+use sockdup_core::catalog::{self, Catalog, SOCK_STREAM};
+use sockdup_core::error::{Error, ErrorKind};
+use sockdup_core::flags::XP1_IFS_HANDLES;
 use sockdup_core::wire::ProtocolInfo;
 
 use super::layers::Layered;
 use super::{BaseProvider, Handle, Provider, SockOpt, Upcall};
 use crate::startup::Runtime;
 use crate::sync::lock;
+use crate::transfer;
 
 /// One run's dispatcher: the catalog it loaded, the upcall table, and the providers built so far.
 #[derive(Debug)]
@@ -47,11 +49,12 @@ impl Ws2 {
             return Ok(stack.clone());
         }
         let (layers, base_info) = self.catalog.resolve(id)?;
-        let entry = Arc::new(
-            self.catalog
-                .entry(id)
-                .ok_or_else(|| Error::invalid(format!("catalog entry {id} vanished")))?,
-        );
+        let entry = Arc::new(self.catalog.entry(id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnknownCatalogEntry,
+                format!("catalog entry {id} vanished"),
+            )
+        })?);
         let mut next: Arc<dyn Provider> = self.base.clone();
         let mut next_is_base = true;
         for layer in layers.iter().rev() {
@@ -72,20 +75,29 @@ impl Ws2 {
     }
 }
 
-/// The dispatcher of this process's current run (loading the catalog on first use).
+impl Ws2 {
+    /// The record the base provider would receive for chain record `info`: the chain's base
+    /// entry, with `info`'s provider fields (ticket, target pid, run nonce).
+    fn base_form(&self, info: &ProtocolInfo) -> Result<ProtocolInfo, Error> {
+        let (_, mut base) = self.catalog.resolve(info.catalog_entry_id)?;
+        base.provider_reserved = info.provider_reserved;
+        base.service_flags2 = info.service_flags2;
+        base.service_flags3 = info.service_flags3;
+        base.service_flags4 = info.service_flags4;
+        Ok(base)
+    }
+}
+
+/// This run's dispatcher, kept with the run ([`Runtime::extension`]): built, loading the
+/// catalog, on first use.
+fn ws2_of(rt: &Runtime) -> Result<Arc<Ws2>, Error> {
+    rt.extension(|| Ws2::new(crate::load_catalog()?))
+}
+
+/// The dispatcher of this process's current run.
 fn ws2() -> Result<(Arc<Runtime>, Arc<Ws2>), Error> {
     let rt = Runtime::current()?;
-    let ws2 = {
-        let mut slot = lock(&rt.ws2);
-        match slot.as_ref() {
-            Some(w) => w.clone(),
-            None => {
-                let w = Arc::new(Ws2::new(crate::load_catalog()?)?);
-                *slot = Some(w.clone());
-                w
-            }
-        }
-    };
+    let ws2 = ws2_of(&rt)?;
     Ok((rt, ws2))
 }
 
@@ -112,8 +124,8 @@ impl Socket {
     pub fn new(family: i32, socket_type: i32, protocol: i32) -> Result<Self, Error> {
         let (_, ws2) = ws2()?;
         let entry = ws2.catalog.entry_for_socket(family, socket_type, protocol).ok_or_else(|| {
-            Error::from_code(
-                WSAEAFNOSUPPORT,
+            Error::new(
+                ErrorKind::Unsupported,
                 format!("no catalog entry serves family {family}, type {socket_type}, protocol {protocol} (see `sockdup catalog`)"),
             )
         })?;
@@ -128,7 +140,17 @@ impl Socket {
         id: u32,
         make: impl FnOnce(&dyn Provider, &ProtocolInfo) -> Result<Handle, Error>,
     ) -> Result<Self, Error> {
-        let (provider, entry) = ws2.provider(id)?;
+        let stack = ws2.provider(id)?;
+        Self::on(ws2, stack, make)
+    }
+
+    /// A socket of the chain `stack` (its top provider and entry), whose top provider `make`
+    /// asks for a handle.
+    fn on(
+        ws2: Arc<Ws2>,
+        (provider, entry): Stack,
+        make: impl FnOnce(&dyn Provider, &ProtocolInfo) -> Result<Handle, Error>,
+    ) -> Result<Self, Error> {
         let handle = make(provider.as_ref(), &entry)?;
         Ok(Self {
             handle,
@@ -291,7 +313,7 @@ impl Socket {
     /// `WSAEINVAL` for a non-IFS handle, which has no descriptor of its own.
     pub fn into_fd(mut self) -> Result<OwnedFd, Error> {
         if !self.handle.is_ifs() {
-            return Err(Error::invalid(format!(
+            return Err(Error::new(ErrorKind::NoDescriptor, format!(
                 "the socket of catalog entry {} has a non-IFS handle (a layer hands out its own): use it through sockdup::spi::Socket",
                 self.entry.catalog_entry_id
             )));
@@ -302,21 +324,64 @@ impl Socket {
     }
 }
 
-/// `socket_from_info` for a chain's record: through the chain, keeping only the descriptor.
-/// A chain with a non-IFS layer has none to give, which is refused before anything is redeemed.
-pub(crate) fn redeem_fd(info: &ProtocolInfo) -> Result<OwnedFd, Error> {
-    let (_, ws2) = ws2()?;
-    Socket::open(ws2, info.catalog_entry_id, |p, entry| {
-        if entry.service_flags1 & sockdup_core::flags::XP1_IFS_HANDLES == 0 {
-            return Err(Error::invalid(format!(
-                "the record names catalog entry {}, a chain with a non-IFS layer, whose sockets have no \
-                 descriptor of their own: redeem it with sockdup::spi::Socket::from_info",
-                info.catalog_entry_id
-            )));
+/// Redeems `infos` through their chains (base records from the table), keeping only the
+/// descriptors: all or nothing. Every chain is resolved, and refused if it has a non-IFS layer
+/// (its sockets have no descriptor of their own), and every ticket checked, before anything
+/// is redeemed; a layer that fails part way gets what was redeemed put back.
+pub(crate) fn redeem_fds(rt: &Runtime, infos: &[ProtocolInfo]) -> Result<Vec<OwnedFd>, Error> {
+    let ws2 = ws2_of(rt)?;
+    let batch = infos.len() > 1;
+    let at = |i: usize, e: Error| {
+        if batch {
+            e.context(format_args!("record {i} of the batch"))
+        } else {
+            e
         }
-        p.socket_from_info(info)
-    })?
-    .into_fd()
+    };
+    let mut stacks = Vec::with_capacity(infos.len());
+    let mut base_forms = Vec::with_capacity(infos.len());
+    for (i, info) in infos.iter().enumerate() {
+        if catalog::is_base_id(info.catalog_entry_id) {
+            stacks.push(None);
+            base_forms.push(info.clone());
+            continue;
+        }
+        let (provider, entry) = ws2.provider(info.catalog_entry_id).map_err(|e| at(i, e))?;
+        if entry.service_flags1 & XP1_IFS_HANDLES == 0 {
+            return Err(at(
+                i,
+                Error::new(
+                    ErrorKind::NoDescriptor,
+                    format!(
+                        "the record names catalog entry {}, a chain with a non-IFS layer, whose sockets have no \
+                         descriptor of their own: redeem it with sockdup::spi::Socket::from_info",
+                        info.catalog_entry_id
+                    ),
+                ),
+            ));
+        }
+        base_forms.push(ws2.base_form(info).map_err(|e| at(i, e))?);
+        stacks.push(Some((provider, entry)));
+    }
+    if batch {
+        transfer::check_all(rt, &base_forms)?;
+    }
+    let mut out: Vec<OwnedFd> = Vec::with_capacity(infos.len());
+    for (i, (info, stack)) in infos.iter().zip(stacks).enumerate() {
+        let redeemed = match stack {
+            None => transfer::claim(rt, info),
+            Some(stack) => Socket::on(ws2.clone(), stack, |p, _| p.socket_from_info(info))
+                .and_then(Socket::into_fd),
+        };
+        match redeemed {
+            Ok(fd) => out.push(fd),
+            Err(e) => {
+                transfer::restore(rt, base_forms.into_iter().zip(out).collect());
+                return Err(at(i, e));
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Drop for Socket {
@@ -335,8 +400,8 @@ fn entry_for(family: i32, info: Option<&ProtocolInfo>, ws2: &Ws2) -> Result<u32,
             .entry_for_socket(family, SOCK_STREAM, 0)
             .map(|e| e.catalog_entry_id)
             .ok_or_else(|| {
-                Error::from_code(
-                    WSAEAFNOSUPPORT,
+                Error::new(
+                    ErrorKind::Unsupported,
                     format!("no catalog entry serves address family {family}"),
                 )
             }),

@@ -5,9 +5,14 @@
 //! `MSG_CMSG_CLOEXEC`, truncation reported, unclaimed descriptors closed), peer credentials,
 //! pidfds, and reading a socket's family, type and protocol. Every descriptor created here is
 //! close-on-exec.
+//!
+//! Failures come out as rustix's typed [`Errno`]; turning them into sockdup's `Error` is the
+//! callers' business ([`Error::from_errno`](sockdup_core::Error::from_errno) takes an `Errno`).
 
 use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut};
+
+use rustix::io::{Errno, Result};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -41,7 +46,7 @@ impl InboxAddress {
         }
     }
 
-    fn to_sockaddr(&self) -> io::Result<SocketAddrUnix> {
+    fn to_sockaddr(&self) -> Result<SocketAddrUnix> {
         match self {
             Self::Abstract(name) => Ok(SocketAddrUnix::new_abstract_name(name.as_bytes())?),
             Self::Path(path) => Ok(SocketAddrUnix::new(path.as_path())?),
@@ -83,7 +88,7 @@ pub(crate) fn random_u32() -> u32 {
     }
 }
 
-fn unix_socket(kind: SocketType, flags: SocketFlags) -> io::Result<OwnedFd> {
+fn unix_socket(kind: SocketType, flags: SocketFlags) -> Result<OwnedFd> {
     Ok(net::socket_with(
         AddressFamily::UNIX,
         kind,
@@ -94,11 +99,13 @@ fn unix_socket(kind: SocketType, flags: SocketFlags) -> io::Result<OwnedFd> {
 
 /// A non-blocking listening socket of `kind` bound at `addr`. A stale socket file left by a
 /// dead process with the same pid is replaced.
-fn listen_at(addr: &InboxAddress, kind: SocketType) -> io::Result<OwnedFd> {
+fn listen_at(addr: &InboxAddress, kind: SocketType) -> Result<OwnedFd> {
     let fd = unix_socket(kind, SocketFlags::NONBLOCK)?;
     if let InboxAddress::Path(path) = addr {
         match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(Errno::from_io_error(&e).unwrap_or(Errno::IO));
+            }
             _ => {}
         }
     }
@@ -109,7 +116,7 @@ fn listen_at(addr: &InboxAddress, kind: SocketType) -> io::Result<OwnedFd> {
 
 /// A blocking connection of `kind` to `addr`; reads and writes that take longer than
 /// `timeout` fail with `EAGAIN`.
-fn connect_at(addr: &InboxAddress, kind: SocketType, timeout: Duration) -> io::Result<OwnedFd> {
+fn connect_at(addr: &InboxAddress, kind: SocketType, timeout: Duration) -> Result<OwnedFd> {
     let fd = unix_socket(kind, SocketFlags::empty())?;
     sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, Some(timeout))?;
     sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(timeout))?;
@@ -118,40 +125,40 @@ fn connect_at(addr: &InboxAddress, kind: SocketType, timeout: Duration) -> io::R
 }
 
 /// The inbox's listening `SOCK_SEQPACKET` socket at `addr`, non-blocking.
-pub(crate) fn listen_inbox(addr: &InboxAddress) -> io::Result<OwnedFd> {
+pub(crate) fn listen_inbox(addr: &InboxAddress) -> Result<OwnedFd> {
     listen_at(addr, SocketType::SEQPACKET)
 }
 
 /// A takeover control socket (`SOCK_STREAM`, for lines of text) listening at `addr`,
 /// non-blocking.
-pub(crate) fn listen_control(addr: &InboxAddress) -> io::Result<OwnedFd> {
+pub(crate) fn listen_control(addr: &InboxAddress) -> Result<OwnedFd> {
     listen_at(addr, SocketType::STREAM)
 }
 
 /// A blocking connection to the takeover control socket at `addr`.
-pub(crate) fn connect_control(addr: &InboxAddress, timeout: Duration) -> io::Result<OwnedFd> {
+pub(crate) fn connect_control(addr: &InboxAddress, timeout: Duration) -> Result<OwnedFd> {
     connect_at(addr, SocketType::STREAM, timeout)
 }
 
 /// Accepts one connection, non-blocking and close-on-exec; `Ok(None)` when none is waiting.
-pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+pub(crate) fn accept(listener: BorrowedFd<'_>) -> Result<Option<OwnedFd>> {
     match net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
         Ok(fd) => Ok(Some(fd)),
-        Err(rustix::io::Errno::AGAIN) => Ok(None),
+        Err(Errno::AGAIN) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
 /// A blocking connection to the inbox at `addr`; replies that take longer than `timeout` fail
 /// with `EAGAIN`.
-pub(crate) fn connect_inbox(addr: &InboxAddress, timeout: Duration) -> io::Result<OwnedFd> {
+pub(crate) fn connect_inbox(addr: &InboxAddress, timeout: Duration) -> Result<OwnedFd> {
     connect_at(addr, SocketType::SEQPACKET, timeout)
 }
 
 /// The kernel-verified pid and uid of the process at the other end (`SO_PEERCRED`): for a
 /// connecting client, the process that called `listen`; for the listener, the one that
 /// called `connect`.
-pub(crate) fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+pub(crate) fn peer_cred(fd: BorrowedFd<'_>) -> Result<(u32, u32)> {
     let cred = sockopt::socket_peercred(fd)?;
     Ok((cred.pid.as_raw_nonzero().get() as u32, cred.uid.as_raw()))
 }
@@ -161,14 +168,12 @@ pub(crate) fn send_with_fds(
     fd: BorrowedFd<'_>,
     bytes: &[u8],
     fds: &[BorrowedFd<'_>],
-) -> io::Result<()> {
+) -> Result<()> {
     debug_assert!(fds.len() <= MAX_FDS_PER_MESSAGE);
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::from_raw_os_error(
-            rustix::io::Errno::NOBUFS.raw_os_error(),
-        ));
+        return Err(Errno::NOBUFS);
     }
     net::sendmsg(
         fd,
@@ -192,7 +197,7 @@ pub(crate) struct Received {
 }
 
 /// Receives one message and up to 253 descriptors, with `MSG_CMSG_CLOEXEC`.
-pub(crate) fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+pub(crate) fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Received> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = net::recvmsg(
@@ -219,7 +224,7 @@ pub(crate) fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Re
 
 /// The socket's family, type and protocol as the kernel reports them (`SO_DOMAIN`, `SO_TYPE`,
 /// `SO_PROTOCOL`). Fails with `ENOTSOCK` for anything that is not a socket.
-pub(crate) fn socket_triple(fd: BorrowedFd<'_>) -> io::Result<(i32, i32, i32)> {
+pub(crate) fn socket_triple(fd: BorrowedFd<'_>) -> Result<(i32, i32, i32)> {
     let family = sockopt::socket_domain(fd)?;
     let kind = sockopt::socket_type(fd)?;
     let protocol = sockopt::socket_protocol(fd)?;
@@ -231,26 +236,26 @@ pub(crate) fn socket_triple(fd: BorrowedFd<'_>) -> io::Result<(i32, i32, i32)> {
 }
 
 /// A new close-on-exec descriptor of the same open file (`F_DUPFD_CLOEXEC`).
-pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)
 }
 
 /// A pidfd for `pid` (`pidfd_open`); `ESRCH` if no such process exists.
-pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: u32) -> Result<OwnedFd> {
     let pid = i32::try_from(pid)
         .ok()
         .and_then(Pid::from_raw)
-        .ok_or_else(|| io::Error::from_raw_os_error(rustix::io::Errno::SRCH.raw_os_error()))?;
+        .ok_or(Errno::SRCH)?;
     Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// Whether the process behind `pidfd` has exited (its pidfd polls readable).
-pub(crate) fn has_exited(pidfd: BorrowedFd<'_>) -> io::Result<bool> {
+pub(crate) fn has_exited(pidfd: BorrowedFd<'_>) -> Result<bool> {
     exits_within(pidfd, Duration::ZERO)
 }
 
 /// Whether the process behind `pidfd` exits within `wait` (at once if it already has).
-pub(crate) fn exits_within(pidfd: BorrowedFd<'_>, wait: Duration) -> io::Result<bool> {
+pub(crate) fn exits_within(pidfd: BorrowedFd<'_>, wait: Duration) -> Result<bool> {
     let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
     let timeout = rustix::time::Timespec {
         tv_sec: wait.as_secs() as i64,
@@ -260,14 +265,14 @@ pub(crate) fn exits_within(pidfd: BorrowedFd<'_>, wait: Duration) -> io::Result<
 }
 
 /// Blocks until at least one of `fds` is readable (or hung up); says which are.
-pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
+pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>]) -> Result<Vec<bool>> {
     let mut polled: Vec<PollFd<'_>> = fds
         .iter()
         .map(|fd| PollFd::new(fd, PollFlags::IN))
         .collect();
     loop {
         match rustix::event::poll(&mut polled, None) {
-            Err(rustix::io::Errno::INTR) => continue,
+            Err(Errno::INTR) => continue,
             other => {
                 other?;
                 break;
@@ -278,7 +283,7 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
 }
 
 /// An `eventfd` used to wake the inbox thread.
-pub(crate) fn waker() -> io::Result<OwnedFd> {
+pub(crate) fn waker() -> Result<OwnedFd> {
     Ok(rustix::event::eventfd(
         0,
         rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
@@ -286,16 +291,16 @@ pub(crate) fn waker() -> io::Result<OwnedFd> {
 }
 
 /// Wakes whoever polls `waker`.
-pub(crate) fn wake(waker: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn wake(waker: BorrowedFd<'_>) -> Result<()> {
     rustix::io::write(waker, &1u64.to_ne_bytes())?;
     Ok(())
 }
 
 /// Blocks until this process holds an exclusive `flock` on `file` (released when it closes).
-pub(crate) fn lock_exclusive(file: &std::fs::File) -> io::Result<()> {
+pub(crate) fn lock_exclusive(file: &std::fs::File) -> Result<()> {
     loop {
         match rustix::fs::flock(file, rustix::fs::FlockOperation::LockExclusive) {
-            Err(rustix::io::Errno::INTR) => continue,
+            Err(Errno::INTR) => continue,
             other => return Ok(other?),
         }
     }
@@ -308,19 +313,19 @@ pub fn is_cloexec<Fd: AsFd>(fd: Fd) -> io::Result<bool> {
 
 /// Socket calls of the base provider, one syscall each.
 pub(crate) mod socket {
-    use std::io;
     use std::net::SocketAddr;
     use std::os::fd::{BorrowedFd, OwnedFd};
 
+    use rustix::io::{Errno, Result};
     use rustix::net::{self, AddressFamily, Protocol, SendFlags, SocketFlags, SocketType, sockopt};
 
     /// `socket(family, type | SOCK_CLOEXEC, protocol)`.
-    pub(crate) fn open(family: i32, socket_type: i32, protocol: i32) -> io::Result<OwnedFd> {
+    pub(crate) fn open(family: i32, socket_type: i32, protocol: i32) -> Result<OwnedFd> {
         let family = AddressFamily::from_raw(
-            u16::try_from(family).map_err(|_| io::Error::from_raw_os_error(97))?,
+            u16::try_from(family).map_err(|_| Errno::AFNOSUPPORT)?,
         );
         let kind = SocketType::from_raw(
-            u32::try_from(socket_type).map_err(|_| io::Error::from_raw_os_error(22))?,
+            u32::try_from(socket_type).map_err(|_| Errno::INVAL)?,
         );
         let protocol = u32::try_from(protocol)
             .ok()
@@ -335,41 +340,41 @@ pub(crate) mod socket {
     }
 
     /// `connect(2)`.
-    pub(crate) fn connect(fd: BorrowedFd<'_>, addr: &SocketAddr) -> io::Result<()> {
+    pub(crate) fn connect(fd: BorrowedFd<'_>, addr: &SocketAddr) -> Result<()> {
         Ok(net::connect(fd, addr)?)
     }
 
     /// `bind(2)`.
-    pub(crate) fn bind(fd: BorrowedFd<'_>, addr: &SocketAddr) -> io::Result<()> {
+    pub(crate) fn bind(fd: BorrowedFd<'_>, addr: &SocketAddr) -> Result<()> {
         Ok(net::bind(fd, addr)?)
     }
 
     /// `listen(2)`.
-    pub(crate) fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    pub(crate) fn listen(fd: BorrowedFd<'_>, backlog: i32) -> Result<()> {
         Ok(net::listen(fd, backlog)?)
     }
 
     /// `accept4(2)` with `SOCK_CLOEXEC`.
-    pub(crate) fn accept(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    pub(crate) fn accept(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
         Ok(net::accept_with(fd, SocketFlags::CLOEXEC)?)
     }
 
     /// Accepts one connection from a non-blocking listener ([`set_nonblocking`]),
     /// close-on-exec and blocking; `Ok(None)` when none is waiting. A connection that was
     /// aborted before it was accepted is skipped.
-    pub(crate) fn try_accept(listener: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    pub(crate) fn try_accept(listener: BorrowedFd<'_>) -> Result<Option<OwnedFd>> {
         loop {
             match net::accept_with(listener, SocketFlags::CLOEXEC) {
                 Ok(fd) => return Ok(Some(fd)),
-                Err(rustix::io::Errno::AGAIN) => return Ok(None),
-                Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => {}
+                Err(Errno::AGAIN) => return Ok(None),
+                Err(Errno::INTR | Errno::CONNABORTED) => {}
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
     /// Makes `fd` non-blocking (`O_NONBLOCK` on its open file description).
-    pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
         let fl = rustix::fs::fcntl_getfl(fd)?;
         Ok(rustix::fs::fcntl_setfl(
             fd,
@@ -378,12 +383,12 @@ pub(crate) mod socket {
     }
 
     /// `send(2)` with `MSG_NOSIGNAL`.
-    pub(crate) fn send(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    pub(crate) fn send(fd: BorrowedFd<'_>, data: &[u8]) -> Result<usize> {
         Ok(net::send(fd, data, SendFlags::NOSIGNAL)?)
     }
 
     /// `read(2)` (a `recv` without flags).
-    pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize> {
         Ok(rustix::io::read(fd, buf)?)
     }
 
@@ -391,7 +396,7 @@ pub(crate) mod socket {
     pub(crate) fn get_opt(
         fd: BorrowedFd<'_>,
         opt: sockdup_core::sockopt::SockOpt,
-    ) -> io::Result<i64> {
+    ) -> Result<i64> {
         use sockdup_core::sockopt::SockOpt::*;
         Ok(match opt {
             KeepAlive => i64::from(sockopt::socket_keepalive(fd)?),
@@ -400,7 +405,7 @@ pub(crate) mod socket {
             RecvBufferSize => sockopt::socket_recv_buffer_size(fd)? as i64,
             SendBufferSize => sockopt::socket_send_buffer_size(fd)? as i64,
             // An option a newer core names and this layer does not know yet.
-            _ => return Err(rustix::io::Errno::NOPROTOOPT.into()),
+            _ => return Err(Errno::NOPROTOOPT),
         })
     }
 
@@ -409,16 +414,16 @@ pub(crate) mod socket {
         fd: BorrowedFd<'_>,
         opt: sockdup_core::sockopt::SockOpt,
         value: i64,
-    ) -> io::Result<()> {
+    ) -> Result<()> {
         use sockdup_core::sockopt::SockOpt::*;
-        let size = || usize::try_from(value).map_err(|_| io::Error::from_raw_os_error(22));
+        let size = || usize::try_from(value).map_err(|_| Errno::INVAL);
         match opt {
             KeepAlive => sockopt::set_socket_keepalive(fd, value != 0)?,
             ReuseAddr => sockopt::set_socket_reuseaddr(fd, value != 0)?,
             NoDelay => sockopt::set_tcp_nodelay(fd, value != 0)?,
             RecvBufferSize => sockopt::set_socket_recv_buffer_size(fd, size()?)?,
             SendBufferSize => sockopt::set_socket_send_buffer_size(fd, size()?)?,
-            _ => return Err(rustix::io::Errno::NOPROTOOPT.into()),
+            _ => return Err(Errno::NOPROTOOPT),
         }
         Ok(())
     }

@@ -73,8 +73,7 @@ pub(super) fn take_over(upgrade: &Upgrade, names: &[&str]) -> Result<Takeover, E
     })?;
     let address = control_address(old_pid, rt.runtime_dir());
     let fd = sys::connect_control(&address, upgrade.timeout).map_err(|e| {
-        let errno = e.raw_os_error();
-        if errno == Some(Errno::CONNREFUSED.raw_os_error()) || errno == Some(Errno::NOENT.raw_os_error()) {
+        if e == Errno::CONNREFUSED || e == Errno::NOENT {
             Error::invalid(format!(
                 "process {old_pid}, named by the pid file {pid_file}, is not a sockdup server: nothing answers \
                  takeovers at {address} (is the pid file someone else's?)"

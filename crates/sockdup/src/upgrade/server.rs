@@ -123,7 +123,7 @@ impl Published {
         let rt = Runtime::current()?;
         let address = control_address(rt.pid, rt.runtime_dir());
         let listener = sys::listen_control(&address).map_err(|e| {
-            if e.raw_os_error() == Some(rustix::io::Errno::ADDRINUSE.raw_os_error()) {
+            if e == rustix::io::Errno::ADDRINUSE {
                 Error::from_code(
                     WSAEADDRINUSE,
                     format!(
@@ -131,7 +131,7 @@ impl Published {
                          another process squats the address"
                     ),
                 )
-                .with_source(e)
+                .with_source(e.into())
             } else {
                 Error::from_errno(e, &format!("listening for takeovers at {address}"))
             }

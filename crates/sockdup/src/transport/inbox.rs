@@ -7,20 +7,24 @@
 //! descriptors.
 
 use std::collections::HashMap;
-use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::event::epoll;
-use sockdup_core::error::{Error, WSAEINVAL, WSAEMFILE, WSAENETDOWN};
+use rustix::io::Errno;
+use sockdup_core::allow::Allow;
+use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::inbox::Inbox;
 use sockdup_core::message::{MAX_MESSAGE, Reply, Request};
 
-use crate::startup::Allow;
 use crate::sync::lock;
 use crate::sys;
+
+/// How long accepting pauses when it fails (out of descriptors): the connection waits in the
+/// backlog meanwhile, and the loop sleeps in `epoll_wait`, not in a spin.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
 
 const LISTENER: u64 = 0;
 const WAKER: u64 = 1;
@@ -65,6 +69,7 @@ impl InboxThread {
             own_uid,
             conns: HashMap::new(),
             next_key: 2,
+            accept_paused_until: None,
         };
         let handle = std::thread::Builder::new()
             .name("sockdup-inbox".into())
@@ -98,6 +103,8 @@ struct Serve {
     /// The table's pid and nonce, fixed for the run, copied here to answer without its lock.
     pid: u32,
     nonce: u32,
+    /// While accepting is paused (the listener is out of the epoll set), until when.
+    accept_paused_until: Option<Instant>,
 }
 
 impl Serve {
@@ -105,7 +112,12 @@ impl Serve {
         let mut events = Vec::with_capacity(64);
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
-            let timeout = lock(&self.table).poll_timeout().map(|deadline| {
+            let next_expiry = lock(&self.table).poll_timeout();
+            let due = match (next_expiry, self.accept_paused_until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = due.map(|deadline| {
                 let d = deadline.saturating_duration_since(Instant::now());
                 // Round up so we never wake a hair early and spin.
                 rustix::time::Timespec {
@@ -132,6 +144,7 @@ impl Serve {
                     key => self.serve(key, &mut buf),
                 }
             }
+            self.resume_accepting();
             let expired = lock(&self.table).handle_timeout(Instant::now());
             if !expired.is_empty() {
                 tracing::debug!(
@@ -165,13 +178,35 @@ impl Serve {
                 }
                 Ok(None) => return,
                 Err(e) => {
-                    // Out of descriptors: leave the connection in the backlog and try again
-                    // shortly rather than spin.
+                    // Out of descriptors: leave the connection in the backlog, take the
+                    // listener out of the epoll set (it stays readable and would spin the
+                    // loop) and try again after a pause.
                     tracing::warn!(error = %e, "sockdup inbox: accept failed");
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    if epoll::delete(&self.ep, &self.listener).is_ok() {
+                        self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                    }
                     return;
                 }
             }
+        }
+    }
+
+    /// Puts the listener back into the epoll set once its pause is over.
+    fn resume_accepting(&mut self) {
+        if self
+            .accept_paused_until
+            .is_some_and(|until| until <= Instant::now())
+        {
+            let added = epoll::add(
+                &self.ep,
+                &self.listener,
+                epoll::EventData::new_u64(LISTENER),
+                epoll::EventFlags::IN,
+            );
+            if let Err(e) = added {
+                tracing::error!(error = %e, "sockdup inbox: cannot resume accepting");
+            }
+            self.accept_paused_until = None;
         }
     }
 
@@ -184,14 +219,7 @@ impl Serve {
         };
         let received = match sys::recv_with_fds(peer.fd.as_fd(), buf) {
             Ok(r) => r,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                return;
-            }
+            Err(Errno::AGAIN | Errno::INTR) => return,
             Err(_) => {
                 self.conns.remove(&key);
                 return;
@@ -209,16 +237,10 @@ impl Serve {
 
     fn handle(&self, peer: &Peer, bytes: &[u8], fds: Vec<OwnedFd>, truncated: bool) -> Reply {
         let (pid, nonce) = (self.pid, self.nonce);
-        let fail = |e: Error| Reply {
-            status: e.code(),
-            pid,
-            nonce,
-            tickets: Vec::new(),
-            text: e.message().to_owned(),
-        };
+        let fail = |e: Error| Reply::failure(pid, nonce, &e);
         if !self.allow.permits(self.own_uid, peer.uid) {
-            return fail(Error::from_code(
-                WSAEINVAL,
+            return fail(Error::new(
+                ErrorKind::RefusedByTarget,
                 format!(
                     "process {pid} refuses descriptors from process {} (uid {}): its policy ({:?}) does not allow that user; \
                      start the target with SOCKDUP_ALLOW naming that uid",
@@ -227,8 +249,8 @@ impl Serve {
             ));
         }
         if truncated {
-            return fail(Error::from_code(
-                WSAEMFILE,
+            return fail(Error::new(
+                ErrorKind::TargetOutOfDescriptors,
                 format!(
                     "process {pid} could not receive all the descriptors (MSG_CTRUNC: it is out of descriptors); \
                      it must close some or raise its limit (ulimit -n)"
@@ -263,8 +285,8 @@ impl Serve {
                     text: String::new(),
                 }
             }
-            Ok(_) => fail(Error::from_code(
-                WSAENETDOWN,
+            Ok(_) => fail(Error::new(
+                ErrorKind::ProtocolViolation,
                 "the request's descriptor count does not match what arrived",
             )),
             Err(e) => fail(e),

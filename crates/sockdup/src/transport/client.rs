@@ -1,0 +1,210 @@
+//! The source side of the transport: connections to other processes' inboxes, kept for later
+//! duplicates, and the request/reply exchange.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustix::io::Errno;
+use sockdup_core::error::{Error, ErrorKind};
+use sockdup_core::message::{MAX_MESSAGE, Reply, Request};
+
+use crate::sync::lock;
+use crate::sys::{self, InboxAddress};
+
+/// The kept connections of one run to other processes' inboxes, by target pid.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    conns: Mutex<HashMap<u32, Arc<Mutex<OwnedFd>>>>,
+    runtime_dir: Option<PathBuf>,
+    ack_timeout: Duration,
+}
+
+enum Failure {
+    /// The connection was closed by the other side before it answered (the target restarted
+    /// sockdup, or exited): a fresh connection may succeed.
+    Closed,
+    /// No answer within the acknowledgement timeout.
+    Timeout,
+    Os(Errno),
+    Malformed(Error),
+}
+
+impl Pool {
+    /// An empty pool; inboxes are found in `runtime_dir` (or the abstract namespace), and a
+    /// target has `ack_timeout` to answer.
+    pub(crate) fn new(runtime_dir: Option<PathBuf>, ack_timeout: Duration) -> Self {
+        Self {
+            conns: Mutex::new(HashMap::new()),
+            runtime_dir,
+            ack_timeout,
+        }
+    }
+
+    /// Where inboxes are found (`SOCKDUP_RUNTIME_DIR`), or `None` for the abstract namespace.
+    pub(crate) fn runtime_dir(&self) -> Option<&Path> {
+        self.runtime_dir.as_deref()
+    }
+
+    /// Forgets the kept connection to `target` (it exited, or will not be written to again).
+    pub(crate) fn forget(&self, target: u32) {
+        lock(&self.conns).remove(&target);
+    }
+
+    /// Sends `request` (with `fds`) to `target`'s inbox and returns its successful reply.
+    ///
+    /// A kept connection that turns out closed (the target restarted sockdup) is replaced once.
+    pub(crate) fn request(
+        &self,
+        target: u32,
+        request: &Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Reply, Error> {
+        let bytes = request.encode();
+        let mut retried = false;
+        loop {
+            let (conn, fresh) = {
+                let cached = lock(&self.conns).get(&target).cloned();
+                match cached {
+                    Some(c) => (c, false),
+                    None => {
+                        let c = Arc::new(Mutex::new(self.connect(target)?));
+                        lock(&self.conns).insert(target, c.clone());
+                        (c, true)
+                    }
+                }
+            };
+            let outcome = exchange(lock(&conn).as_fd(), &bytes, fds);
+            let forget = || {
+                let mut map = lock(&self.conns);
+                if map.get(&target).is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+                    map.remove(&target);
+                }
+            };
+            let err = match outcome {
+                Ok(reply) => return reply.into_result(),
+                Err(Failure::Closed) if !fresh && !retried => {
+                    forget();
+                    retried = true;
+                    continue;
+                }
+                Err(failure) => self.failure(target, failure),
+            };
+            forget();
+            return Err(err);
+        }
+    }
+
+    fn failure(&self, target: u32, failure: Failure) -> Error {
+        match failure {
+            Failure::Closed => Error::new(
+                ErrorKind::PeerClosed,
+                format!(
+                    "process {target}'s inbox closed the connection before answering: the target stopped sockdup or exited"
+                ),
+            ),
+            Failure::Timeout => Error::new(
+                ErrorKind::PeerTimedOut,
+                format!(
+                    "process {target}'s inbox did not answer within {:?}: the target may be stopped or overloaded; \
+                     whether it kept the descriptor is unknown (if it did, it expires with its time-to-live)",
+                    self.ack_timeout
+                ),
+            ),
+            Failure::Os(e) => Error::from_errno(e, &format!("talking to process {target}'s inbox")),
+            Failure::Malformed(e) => e,
+        }
+    }
+
+    /// Opens a connection to `target`'s inbox and checks, with the kernel's word, that `target`
+    /// itself listens there (not a squatter on its address, not a process that reused its pid).
+    fn connect(&self, target: u32) -> Result<OwnedFd, Error> {
+        let pidfd = sys::pidfd_open(target).map_err(|e| {
+            if e == Errno::SRCH {
+                Error::new(
+                    ErrorKind::NoSuchProcess,
+                    format!(
+                        "no process with pid {target} exists: pass the pid of the running target process (it may have exited)"
+                    ),
+                )
+            } else {
+                Error::from_errno(e, &format!("opening a pidfd for process {target}"))
+            }
+        })?;
+        let addr = InboxAddress::for_pid(target, self.runtime_dir());
+        let fd = sys::connect_inbox(&addr, self.ack_timeout).map_err(|e| self.connect_error(target, &addr, e))?;
+        let (peer_pid, peer_uid) = sys::peer_cred(fd.as_fd())
+            .map_err(|e| Error::from_errno(e, "reading the inbox's peer credentials"))?;
+        if peer_pid != target {
+            return Err(Error::new(
+                ErrorKind::Squatter,
+                format!(
+                    "the inbox address {addr} of process {target} is held by process {peer_pid} (uid {peer_uid}), not by \
+                     {target}: refusing to hand it a socket; find and stop the squatter"
+                ),
+            ));
+        }
+        if sys::has_exited(pidfd.as_fd())
+            .map_err(|e| Error::from_errno(e, "polling the target's pidfd"))?
+        {
+            return Err(Error::new(
+                ErrorKind::NoSuchProcess,
+                format!("process {target} exited while this process connected to it"),
+            ));
+        }
+        Ok(fd)
+    }
+
+    fn connect_error(&self, target: u32, addr: &InboxAddress, e: Errno) -> Error {
+        if e == Errno::CONNREFUSED || e == Errno::NOENT {
+            Error::new(
+                ErrorKind::TargetNotStarted,
+                format!(
+                    "process {target} has not called sockdup::startup() (nothing listens at {addr}): start sockdup in the \
+                     target before duplicating to it{}",
+                    if self.runtime_dir.is_some() {
+                        ", with the same SOCKDUP_RUNTIME_DIR"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        } else if e == Errno::ACCESS {
+            Error::new(
+                ErrorKind::InboxNotReachable,
+                format!(
+                    "this process may not connect to process {target}'s inbox at {addr} (permission denied)"
+                ),
+            )
+        } else {
+            Error::from_errno(e, &format!("connecting to process {target}'s inbox at {addr}"))
+        }
+    }
+}
+
+fn exchange(fd: BorrowedFd<'_>, request: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Reply, Failure> {
+    if let Err(e) = sys::send_with_fds(fd, request, fds) {
+        return Err(match e {
+            Errno::PIPE | Errno::CONNRESET => Failure::Closed,
+            Errno::AGAIN => Failure::Timeout,
+            e => Failure::Os(e),
+        });
+    }
+    let mut buf = [0u8; MAX_MESSAGE];
+    let received = loop {
+        match sys::recv_with_fds(fd, &mut buf) {
+            Err(Errno::INTR) => continue,
+            other => break other,
+        }
+    };
+    match received {
+        Ok(r) if r.len == 0 => Err(Failure::Closed),
+        // An inbox never sends descriptors; any that came are closed as `r` drops.
+        Ok(r) => Reply::decode(&buf[..r.len]).map_err(Failure::Malformed),
+        Err(Errno::AGAIN) => Err(Failure::Timeout),
+        Err(Errno::CONNRESET) => Err(Failure::Closed),
+        Err(e) => Err(Failure::Os(e)),
+    }
+}
