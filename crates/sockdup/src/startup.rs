@@ -70,9 +70,12 @@ impl Options {
         }
         if let Some(v) = var("SOCKDUP_CAPACITY") {
             let n = v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                Error::new(ErrorKind::BadOption, format!(
-                    "SOCKDUP_CAPACITY is {v:?}: give a whole number of duplicates, at least 1"
-                ))
+                Error::new(
+                    ErrorKind::BadOption,
+                    format!(
+                        "SOCKDUP_CAPACITY is {v:?}: give a whole number of duplicates, at least 1"
+                    ),
+                )
             })?;
             o = o.capacity(n);
         }

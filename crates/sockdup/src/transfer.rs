@@ -140,18 +140,23 @@ fn push_remote<S: AsFd>(
         let request = Request::Push {
             count: fds.len() as u32,
         };
-        let outcome = rt.pool.request(target_pid, &request, &fds).and_then(|reply| {
-            if reply.tickets.len() != fds.len()
-                || (!tickets.is_empty() && (reply.pid, reply.nonce) != seen)
-            {
-                Err(Error::new(
-                    ErrorKind::ProtocolViolation,
-                    format!("process {target_pid}'s inbox answered a push with the wrong tickets"),
-                ))
-            } else {
-                Ok(reply)
-            }
-        });
+        let outcome = rt
+            .pool
+            .request(target_pid, &request, &fds)
+            .and_then(|reply| {
+                if reply.tickets.len() != fds.len()
+                    || (!tickets.is_empty() && (reply.pid, reply.nonce) != seen)
+                {
+                    Err(Error::new(
+                        ErrorKind::ProtocolViolation,
+                        format!(
+                            "process {target_pid}'s inbox answered a push with the wrong tickets"
+                        ),
+                    ))
+                } else {
+                    Ok(reply)
+                }
+            });
         match outcome {
             Ok(reply) => {
                 seen = (reply.pid, reply.nonce);

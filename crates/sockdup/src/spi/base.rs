@@ -28,21 +28,21 @@ fn own_entry(info: &ProtocolInfo, call: &str) -> Result<(), Error> {
     if info.provider_id == BASE_PROVIDER_ID && catalog::is_base_id(info.catalog_entry_id) {
         return Ok(());
     }
-    Err(Error::new(ErrorKind::PropagationRule, format!(
-        "the base provider's {call} received catalog entry {} of provider {}, not one of its own entries: the layer \
+    Err(Error::new(
+        ErrorKind::PropagationRule,
+        format!(
+            "the base provider's {call} received catalog entry {} of provider {}, not one of its own entries: the layer \
          above must substitute the base provider's entry (the propagation rule)",
-        info.catalog_entry_id, info.provider_id
-    )))
+            info.catalog_entry_id, info.provider_id
+        ),
+    ))
 }
 
 impl BaseProvider {
     fn upcall(&self) -> Result<&Arc<Upcall>, Error> {
-        self.upcall.get().ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotStarted,
-                "the base provider was not started",
-            )
-        })
+        self.upcall
+            .get()
+            .ok_or_else(|| Error::new(ErrorKind::NotStarted, "the base provider was not started"))
     }
 
     fn on<T>(
@@ -150,13 +150,15 @@ impl Provider for BaseProvider {
         info: &ProtocolInfo,
     ) -> Result<ProtocolInfo, Error> {
         own_entry(info, "WSPDuplicateSocket")?;
-        self.upcall()?
-            .with_fd(s, |fd| {
-                let mut records = transfer::duplicate(&*Runtime::current()?, &[fd], target_pid)?;
-                records.pop().ok_or_else(|| {
-                    Error::new(ErrorKind::ProtocolViolation, "the target's inbox answered with no ticket")
-                })
+        self.upcall()?.with_fd(s, |fd| {
+            let mut records = transfer::duplicate(&*Runtime::current()?, &[fd], target_pid)?;
+            records.pop().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::ProtocolViolation,
+                    "the target's inbox answered with no ticket",
+                )
             })
+        })
     }
 
     fn get_sock_opt(&self, s: Handle, opt: SockOpt) -> Result<i64, Error> {
@@ -190,9 +192,10 @@ impl Provider for BaseProvider {
     fn string_to_address(&self, text: &str, info: &ProtocolInfo) -> Result<SocketAddr, Error> {
         own_entry(info, "WSPStringToAddress")?;
         text.trim().parse().map_err(|_| {
-            Error::new(ErrorKind::InvalidArgument, format!(
-                "{text:?} is not an address: expected 1.2.3.4:80 or [::1]:80"
-            ))
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("{text:?} is not an address: expected 1.2.3.4:80 or [::1]:80"),
+            )
         })
     }
 }

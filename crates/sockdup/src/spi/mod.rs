@@ -29,8 +29,8 @@ use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::wire::ProtocolInfo;
 
 pub(crate) use base::BaseProvider;
-pub use ws2::{Socket, address_to_string, string_to_address};
 pub(crate) use ws2::redeem_fds;
+pub use ws2::{Socket, address_to_string, string_to_address};
 
 use crate::sync::lock;
 
@@ -231,10 +231,13 @@ impl Upcall {
                 .map_err(|e| Error::from_errno(e, "taking a socket handle's descriptor")),
             Some(other) => {
                 t.entries.insert(h.0, other);
-                Err(Error::new(ErrorKind::NoDescriptor, format!(
-                    "handle {} belongs to a non-IFS layer and has no descriptor of its own: use it through sockdup::spi::Socket",
-                    h.0
-                )))
+                Err(Error::new(
+                    ErrorKind::NoDescriptor,
+                    format!(
+                        "handle {} belongs to a non-IFS layer and has no descriptor of its own: use it through sockdup::spi::Socket",
+                        h.0
+                    ),
+                ))
             }
             None => Err(not_a_handle(h)),
         }

@@ -313,10 +313,13 @@ impl Socket {
     /// `WSAEINVAL` for a non-IFS handle, which has no descriptor of its own.
     pub fn into_fd(mut self) -> Result<OwnedFd, Error> {
         if !self.handle.is_ifs() {
-            return Err(Error::new(ErrorKind::NoDescriptor, format!(
-                "the socket of catalog entry {} has a non-IFS handle (a layer hands out its own): use it through sockdup::spi::Socket",
-                self.entry.catalog_entry_id
-            )));
+            return Err(Error::new(
+                ErrorKind::NoDescriptor,
+                format!(
+                    "the socket of catalog entry {} has a non-IFS handle (a layer hands out its own): use it through sockdup::spi::Socket",
+                    self.entry.catalog_entry_id
+                ),
+            ));
         }
         let fd = self.ws2.upcall.take_fd(self.handle)?;
         self.closed = true;

@@ -321,12 +321,9 @@ pub(crate) mod socket {
 
     /// `socket(family, type | SOCK_CLOEXEC, protocol)`.
     pub(crate) fn open(family: i32, socket_type: i32, protocol: i32) -> Result<OwnedFd> {
-        let family = AddressFamily::from_raw(
-            u16::try_from(family).map_err(|_| Errno::AFNOSUPPORT)?,
-        );
-        let kind = SocketType::from_raw(
-            u32::try_from(socket_type).map_err(|_| Errno::INVAL)?,
-        );
+        let family =
+            AddressFamily::from_raw(u16::try_from(family).map_err(|_| Errno::AFNOSUPPORT)?);
+        let kind = SocketType::from_raw(u32::try_from(socket_type).map_err(|_| Errno::INVAL)?);
         let protocol = u32::try_from(protocol)
             .ok()
             .and_then(std::num::NonZeroU32::new)
@@ -393,10 +390,7 @@ pub(crate) mod socket {
     }
 
     /// The option's value as an integer.
-    pub(crate) fn get_opt(
-        fd: BorrowedFd<'_>,
-        opt: sockdup_core::sockopt::SockOpt,
-    ) -> Result<i64> {
+    pub(crate) fn get_opt(fd: BorrowedFd<'_>, opt: sockdup_core::sockopt::SockOpt) -> Result<i64> {
         use sockdup_core::sockopt::SockOpt::*;
         Ok(match opt {
             KeepAlive => i64::from(sockopt::socket_keepalive(fd)?),

@@ -134,7 +134,8 @@ impl Pool {
             }
         })?;
         let addr = InboxAddress::for_pid(target, self.runtime_dir());
-        let fd = sys::connect_inbox(&addr, self.ack_timeout).map_err(|e| self.connect_error(target, &addr, e))?;
+        let fd = sys::connect_inbox(&addr, self.ack_timeout)
+            .map_err(|e| self.connect_error(target, &addr, e))?;
         let (peer_pid, peer_uid) = sys::peer_cred(fd.as_fd())
             .map_err(|e| Error::from_errno(e, "reading the inbox's peer credentials"))?;
         if peer_pid != target {
@@ -179,7 +180,10 @@ impl Pool {
                 ),
             )
         } else {
-            Error::from_errno(e, &format!("connecting to process {target}'s inbox at {addr}"))
+            Error::from_errno(
+                e,
+                &format!("connecting to process {target}'s inbox at {addr}"),
+            )
         }
     }
 }
