@@ -326,7 +326,7 @@ pub struct Net {
 
 impl Net {
     /// Parses `ADDR`, `ADDR/PREFIX` or `IP:PORT` (`[IPV6]:PORT`); `None` if it is none of
-    /// those.
+    /// those, or the prefix is longer than the address (33 for IPv4, 129 for IPv6).
     pub fn parse(text: &str) -> Option<Self> {
         let text = text.trim();
         if let Ok(sa) = text.parse::<SocketAddr>() {
@@ -338,12 +338,14 @@ impl Net {
             });
         }
         let (ip, prefix) = match text.split_once('/') {
-            Some((ip, p)) => (ip.parse::<IpAddr>().ok()?, p.parse().ok()?),
-            None => {
-                let ip = text.parse::<IpAddr>().ok()?;
-                (ip, if ip.is_ipv4() { 32 } else { 128 })
-            }
+            Some((ip, p)) => (ip.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (text.parse::<IpAddr>().ok()?, None),
         };
+        let width = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(width);
+        if prefix > width {
+            return None;
+        }
         Some(Self {
             ip,
             prefix,
@@ -515,5 +517,8 @@ mod tests {
                 .contains(&"8.8.8.8:53".parse().unwrap())
         );
         assert!(Net::parse("bogus").is_none());
+        assert!(Net::parse("10.0.0.0/33").is_none() && Net::parse("::/129").is_none());
+        assert!(Net::parse("10.0.0.0/255").is_none());
+        assert!(Net::parse("::/128").is_some() && Net::parse("10.0.0.0/0").is_some());
     }
 }
