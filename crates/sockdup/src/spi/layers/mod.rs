@@ -1,6 +1,6 @@
 //! The built-in layered service providers, one module each, and the plumbing they share.
 //!
-//! - [`trace`](self::trace) counts calls, bytes and errors per socket, remembers which catalog
+//! - `trace` counts calls, bytes and errors per socket, remembers which catalog
 //!   entries it was handed, and emits `tracing` events; read it with [`trace_reports`].
 //! - `policy` refuses duplicates to targets outside its rules (`target_uids`, `target_exe`) and
 //!   connections to addresses outside them (`connect`), with `WSAEACCES` naming the rule.
@@ -11,16 +11,16 @@
 //! kind's typed struct ([`sockdup_core::catalog::settings`]): the same parser refuses a bad
 //! setting at install, when the catalog file is loaded, and here when a layer is built.
 //!
-//! What every layer shares is in one place, [`Layered`]: a layer is IFS (it passes the lower
+//! What every layer shares is in one place, `Layered`: a layer is IFS (it passes the lower
 //! provider's descriptors through) or non-IFS (it hands out its own handles from the upcall
 //! table and maps them to the lower ones), and it follows the propagation rule (the record
 //! goes down unmodified to a next layer, as the base entry with the provider fields to the base
 //! provider, and comes back up as the chain's entry). A layer kind only says what it does
-//! before and after each call ([`Hooks`]).
+//! before and after each call (`Hooks`).
 //!
 //! Adding a layer kind: its settings struct in `sockdup_core::catalog::settings` (with its
-//! name in `LAYER_KINDS`), a module here whose type implements [`LayerKind`], and one line in
-//! [`REGISTRY`].
+//! name in `LAYER_KINDS`), a module here whose type implements `LayerKind`, and one line in
+//! `REGISTRY`.
 
 mod fault;
 mod layered;
@@ -104,12 +104,15 @@ pub(crate) trait LayerKind: Hooks + Sized + 'static {
     fn new(spec: &Layer, chain_id: u32, settings: Self::Settings) -> Self;
 }
 
+/// Parses a layer's settings with its kind's parser and builds its hooks.
+pub(crate) type Build = fn(spec: &Layer, chain_id: u32) -> Result<Box<dyn Hooks>, Error>;
+
 /// A registry line: a kind's name, and a constructor that parses the settings and builds it.
 pub(crate) struct Registered {
     /// The kind's name (`"trace"`, …), as in the catalog file.
     pub(crate) name: &'static str,
     /// Parses `spec`'s settings with the kind's parser and builds its hooks.
-    pub(crate) build: fn(spec: &Layer, chain_id: u32) -> Result<Box<dyn Hooks>, Error>,
+    pub(crate) build: Build,
 }
 
 impl fmt::Debug for Registered {
