@@ -40,7 +40,15 @@ enum Action {
     /// placed first in the catalog so that new sockets pick it. Prints the new ids.
     #[command(after_long_help = "Examples:\n  \
         sockdup catalog install trace --over 1001 1003\n  \
-        sockdup catalog install fault --over 1102 --name flaky --set fail=connect")]
+        sockdup catalog install fault --over 1102 --name flaky --set fail.connect=10061 --set delay.send=50\n  \
+        sockdup catalog install policy --over 1001 --set connect=10.0.0.0/8,127.0.0.1:8080\n\n\
+        Settings (--set KEY=VALUE), checked at install and whenever the catalog is read:\n  \
+        trace   none\n  \
+        policy  target_uids=UID,...  target_exe=PATH-PREFIX,...  connect=ADDR[/PREFIX]|IP:PORT,...\n  \
+        fault   fail.CALL=WINSOCK-CODE  delay.CALL=MILLISECONDS, where CALL is a provider call:\n          \
+        startup, cleanup, socket, socket_from_info, connect, bind, listen, accept, send, recv,\n          \
+        close, duplicate, getsockopt, setsockopt, event_select, address_to_string,\n          \
+        string_to_address")]
     #[command(override_usage = "sockdup catalog install <LAYER> --over <ID>... [OPTIONS]")]
     Install(InstallArgs),
 
@@ -77,7 +85,8 @@ struct InstallArgs {
     #[arg(long)]
     non_ifs: bool,
 
-    /// A setting of the layer, kept in its config map; may be repeated.
+    /// A setting of the layer, kept in its config map; may be repeated. An unknown key or a bad
+    /// value is refused, naming the valid keys (see the examples below).
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
     settings: Vec<(String, String)>,
 }
@@ -204,103 +213,125 @@ fn layer_label(layer: &Layer) -> String {
 
 /// The human-readable description of one entry, appended to `s`.
 fn describe(s: &mut String, catalog: &Catalog, info: &ProtocolInfo) {
-    let id = info.catalog_entry_id;
-    let layered = info.protocol_chain.len == LAYERED_PROTOCOL;
-    let hidden = info.provider_flags & PFL_HIDDEN != 0;
-    let _ = writeln!(s, "Catalog entry {id}");
+    let _ = writeln!(s, "Catalog entry {}", info.catalog_entry_id);
     let mut field = |name: &str, value: String| {
         let _ = writeln!(s, "  {name:<16}{value}");
     };
     field("chain", chain_summary(info));
-    if info.protocol_chain.len > 1 {
-        if let Some((base, layers)) = info.protocol_chain.used().split_last() {
-            let layers: Vec<String> = layers
-                .iter()
-                .map(|id| match catalog.layer(*id) {
-                    Some(layer) => format!("{id} {}", layer_label(layer)),
-                    None => id.to_string(),
-                })
-                .collect();
-            field(
-                "layers",
-                format!("{} (top first), over base entry {base}", layers.join(", ")),
-            );
+    if let Some(layers) = chain_layers(catalog, info) {
+        field("layers", layers);
+    }
+    if let Some(layer) = own_layer(catalog, info) {
+        field("layer", layer);
+    }
+    for (name, value) in protocol_fields(info) {
+        field(name, value);
+    }
+}
+
+/// For a chain: its layers, top first, and the base entry under them.
+fn chain_layers(catalog: &Catalog, info: &ProtocolInfo) -> Option<String> {
+    if info.protocol_chain.len <= 1 {
+        return None;
+    }
+    let (base, layers) = info.protocol_chain.used().split_last()?;
+    let layers: Vec<String> = layers
+        .iter()
+        .map(|id| match catalog.layer(*id) {
+            Some(layer) => format!("{id} {}", layer_label(layer)),
+            None => id.to_string(),
+        })
+        .collect();
+    Some(format!(
+        "{} (top first), over base entry {base}",
+        layers.join(", ")
+    ))
+}
+
+/// For a layer's own entry: its kind, name, handles and settings.
+fn own_layer(catalog: &Catalog, info: &ProtocolInfo) -> Option<String> {
+    if info.protocol_chain.len != LAYERED_PROTOCOL {
+        return None;
+    }
+    let layer = catalog.layer(info.catalog_entry_id)?;
+    let config = if layer.config.is_empty() {
+        "no settings".to_owned()
+    } else {
+        layer
+            .config
+            .iter()
+            .map(|(k, v)| format!("{}={v:?}", k.escape_debug()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(format!(
+        "{}, {}, {config}",
+        layer_label(layer),
+        if layer.ifs {
+            "IFS (hands out the base provider's descriptors)"
+        } else {
+            "non-IFS (hands out handles of its own)"
         }
-    }
-    if let Some(layer) = catalog.layer(id).filter(|_| layered) {
-        let config = if layer.config.is_empty() {
-            "no settings".to_owned()
-        } else {
-            layer
-                .config
-                .iter()
-                .map(|(k, v)| format!("{}={v:?}", k.escape_debug()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        field(
-            "layer",
+    ))
+}
+
+/// The fields every entry has: provider, flags, family, type, protocol, whether hidden.
+fn protocol_fields(info: &ProtocolInfo) -> [(&'static str, String); 7] {
+    let layered = info.protocol_chain.len == LAYERED_PROTOCOL;
+    let hidden = info.provider_flags & PFL_HIDDEN != 0;
+    [
+        (
+            "provider",
+            format!("{:?}  {}", info.protocol_name, info.provider_id),
+        ),
+        (
+            "service flags",
             format!(
-                "{}, {}, {config}",
-                layer_label(layer),
-                if layer.ifs {
-                    "IFS (hands out the base provider's descriptors)"
-                } else {
-                    "non-IFS (hands out handles of its own)"
-                }
+                "{}  {}",
+                hex(info.service_flags1),
+                flag_list(&service_flag_names(info.service_flags1))
             ),
-        );
-    }
-    field(
-        "provider",
-        format!("{:?}  {}", info.protocol_name, info.provider_id),
-    );
-    field(
-        "service flags",
-        format!(
-            "{}  {}",
-            hex(info.service_flags1),
-            flag_list(&service_flag_names(info.service_flags1))
         ),
-    );
-    field(
-        "provider flags",
-        format!(
-            "{}  {}",
-            hex(info.provider_flags),
-            flag_list(&provider_flag_names(info.provider_flags))
+        (
+            "provider flags",
+            format!(
+                "{}  {}",
+                hex(info.provider_flags),
+                flag_list(&provider_flag_names(info.provider_flags))
+            ),
         ),
-    );
-    field(
-        "family",
-        named(
-            info.address_family,
-            record::family_name(info.address_family),
-        ),
-    );
-    field(
-        "type",
-        named(info.socket_type, record::socket_type_name(info.socket_type)),
-    );
-    field(
-        "protocol",
-        if layered {
-            format!("{}  none (a layer's own entry)", info.protocol)
-        } else {
+        (
+            "family",
             named(
-                info.protocol,
-                record::protocol_name(info.address_family, info.protocol),
-            )
-        },
-    );
-    field(
-        "hidden",
-        if hidden {
-            "yes (PFL_HIDDEN: WSAEnumProtocols does not list it; sockets never use it)".to_owned()
-        } else {
-            "no".to_owned()
-        },
-    );
+                info.address_family,
+                record::family_name(info.address_family),
+            ),
+        ),
+        (
+            "type",
+            named(info.socket_type, record::socket_type_name(info.socket_type)),
+        ),
+        (
+            "protocol",
+            if layered {
+                format!("{}  none (a layer's own entry)", info.protocol)
+            } else {
+                named(
+                    info.protocol,
+                    record::protocol_name(info.address_family, info.protocol),
+                )
+            },
+        ),
+        (
+            "hidden",
+            if hidden {
+                "yes (PFL_HIDDEN: WSAEnumProtocols does not list it; sockets never use it)"
+                    .to_owned()
+            } else {
+                "no".to_owned()
+            },
+        ),
+    ]
 }
 
 /// Checks a layer's name: it goes into `szProtocol`, so no control characters (NUL would end

@@ -381,9 +381,9 @@ fn install_over_a_chain_makes_a_three_long_chain_with_name_settings_and_non_ifs(
         "block lan",
         "--non-ifs",
         "--set",
-        "deny=10.0.0.0/8",
+        "connect=10.0.0.0/8",
         "--set",
-        "mode=a=b",
+        "target_exe=/opt/a=b",
     ]);
     assert_eq!(over.len(), 1);
     let catalog = file.catalog();
@@ -398,10 +398,14 @@ fn install_over_a_chain_makes_a_three_long_chain_with_name_settings_and_non_ifs(
     assert_eq!(layer.name, "block lan");
     assert!(!layer.ifs);
     assert_eq!(
-        layer.config.get("deny").map(String::as_str),
+        layer.config.get("connect").map(String::as_str),
         Some("10.0.0.0/8")
     );
-    assert_eq!(layer.config.get("mode").map(String::as_str), Some("a=b"));
+    assert_eq!(
+        layer.config.get("target_exe").map(String::as_str),
+        Some("/opt/a=b"),
+        "the value is everything after the first '='"
+    );
 
     assert_eq!(file.ids()[..2], [u64::from(over[0]), u64::from(chains[0])]);
     let entries = file.json();
@@ -421,7 +425,7 @@ fn install_over_a_chain_makes_a_three_long_chain_with_name_settings_and_non_ifs(
     assert!(!b.contains("XP1_IFS_HANDLES"), "{b}");
     let hidden = block(&listing, policy);
     assert!(
-        hidden.contains("non-IFS") && hidden.contains("deny=\"10.0.0.0/8\""),
+        hidden.contains("non-IFS") && hidden.contains("connect=\"10.0.0.0/8\""),
         "{hidden}"
     );
 }
@@ -482,6 +486,111 @@ fn bad_installs_fail_clearly_and_change_nothing() {
         assert_fails(&out, code, &[needle]);
         assert_eq!(file.contents(), before, "{args:?} changed the file");
     }
+}
+
+/// The valid keys of a fault layer, as its refusals list them.
+const FAULT_KEYS: [&str; 5] = [
+    "fail.CALL",
+    "delay.CALL",
+    "connect",
+    "socket_from_info",
+    "string_to_address",
+];
+
+#[test]
+fn install_refuses_a_setting_the_layer_does_not_take_naming_the_valid_keys() {
+    let file = CatalogFile::new();
+    let out = file.run(&[
+        "catalog",
+        "install",
+        "fault",
+        "--over",
+        "1001",
+        "--set",
+        "fail.conect=10050",
+    ]);
+    let mut needles = vec!["\"fail.conect\"", "WSAEINVAL 10022"];
+    needles.extend(FAULT_KEYS);
+    assert_fails(&out, 1, &needles);
+    assert_eq!(file.contents(), None, "a refused install writes nothing");
+
+    let (_, chains) = file.install(&["trace", "--over", "1001"]);
+    let before = file.contents();
+    let over = chains[0].to_string();
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["fault", "--over", "1001", "--set", "fail.send=many"],
+            &[
+                "\"fail.send\"",
+                "\"many\"",
+                "Winsock error number",
+                "delay.CALL",
+            ],
+        ),
+        (
+            &["fault", "--over", &over, "--set", "delay.connect=-5"],
+            &["\"delay.connect\"", "milliseconds", "fail.CALL"],
+        ),
+        (
+            &["policy", "--over", "1001", "--set", "deny=10.0.0.0/8"],
+            &["\"deny\"", "target_uids", "target_exe", "connect"],
+        ),
+        (
+            &["policy", "--over", "1001", "--set", "connect=10.0.0.0/33"],
+            &["\"connect\"", "10.0.0.0/33", "target_uids"],
+        ),
+        (
+            &["trace", "--over", "1002", "--set", "verbose=1"],
+            &["\"verbose\"", "takes no settings"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let mut all = vec!["catalog", "install"];
+        all.extend_from_slice(args);
+        let out = file.run(&all);
+        assert_fails(&out, 1, needles);
+        assert_eq!(file.contents(), before, "{args:?} changed the file");
+    }
+    // The same settings, spelt right, install.
+    file.install(&[
+        "fault",
+        "--over",
+        "1001",
+        "--set",
+        "fail.connect=10050",
+        "--set",
+        "delay.send=5",
+    ]);
+}
+
+#[test]
+fn a_hand_edited_setting_is_refused_when_the_catalog_is_read() {
+    let file = CatalogFile::new();
+    file.install(&["fault", "--over", "1001", "--set", "fail.connect=10050"]);
+    let good = String::from_utf8(file.contents().expect("the file")).expect("UTF-8");
+    assert!(good.contains("\"fail.connect\""), "{good}");
+    let edited = good.replace("\"fail.connect\"", "\"fail.conect\"");
+    std::fs::write(file.path(), &edited).expect("write");
+    let shown = file.path().display().to_string();
+    let mut needles = vec![shown.as_str(), "\"fail.conect\"", "WSAEINVAL 10022"];
+    needles.extend(FAULT_KEYS);
+    for args in [
+        &["catalog"][..],
+        &["catalog", "--json"],
+        &["catalog", "install", "trace", "--over", "1001"],
+        &["catalog", "remove", "1102"],
+    ] {
+        let out = file.run(args);
+        assert_fails(&out, 1, &needles);
+        assert_eq!(
+            file.contents().as_deref(),
+            Some(edited.as_bytes()),
+            "{args:?} changed the file"
+        );
+    }
+    let e = sockdup::load_catalog_from(file.path()).expect_err("refused on load");
+    assert_eq!(e.kind(), sockdup::ErrorKind::InvalidLayerSetting);
+    assert!(e.message().contains("fail.conect"), "{e}");
 }
 
 // --- remove and reset -----------------------------------------------------------------------
@@ -627,6 +736,18 @@ fn help_describes_the_catalog_commands() {
     }
     let text = file.ok(&["catalog", "install", "--help"]);
     assert!(text.contains("trace, policy or fault"), "{text}");
+    for key in [
+        "target_uids",
+        "target_exe",
+        "connect=",
+        "fail.CALL",
+        "delay.CALL",
+    ] {
+        assert!(text.contains(key), "{key}: {text}");
+    }
+    for call in sockdup::catalog::ProviderCall::ALL {
+        assert!(text.contains(call.name()), "{call:?}: {text}");
+    }
     let out = file.run(&["catalog", "--json", "reset"]);
     assert_fails(&out, 2, &["--json"]);
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sockdup::catalog::Catalog;
-use util::Peer;
+use util::{Peer, PeerError};
 
 /// A catalog file of its own for each test.
 struct CatalogFile(PathBuf);
@@ -57,6 +57,17 @@ fn traces(p: &mut Peer) -> Vec<BTreeMap<String, String>> {
                 .collect()
         })
         .collect()
+}
+
+/// Asserts a peer's error: its Winsock code and its kind (`ErrorKind::name()`).
+#[track_caller]
+fn assert_error(e: &PeerError, code: i32, kind: &str) {
+    assert_eq!(e.code, code, "{e:?}");
+    // A peer answering in the older `err CODE MESSAGE` form reports no kind; every peer that
+    // reports one must report this one.
+    if !e.kind.is_empty() {
+        assert_eq!(e.kind, kind, "{e:?}");
+    }
 }
 
 fn listener() -> (TcpListener, String) {
@@ -199,18 +210,15 @@ fn records_of_unknown_entries_and_broken_catalogs_are_einval() {
     let s = out.split(' ').next().unwrap();
     let record = source.ok(&format!("spi-dup {s} {}", bare_target.pid));
     let e = bare_target.fails(&format!("spi-redeem {record}"));
-    assert_eq!(e.code, 10022);
+    assert_error(&e, 10022, "unknown-catalog-entry");
     assert!(
         e.message.contains("not in this process's catalog"),
         "{}",
         e.message
     );
     let e = bare_target.fails(&format!("redeem {record}"));
-    assert_eq!(
-        e.code, 10022,
-        "socket_from_info routes by the entry too: {}",
-        e.message
-    );
+    // socket_from_info routes by the entry too.
+    assert_error(&e, 10022, "unknown-catalog-entry");
 
     // A layer missing from the catalog file: refused on load, naming the entry.
     let broken =
@@ -222,13 +230,40 @@ fn records_of_unknown_entries_and_broken_catalogs_are_einval() {
     .unwrap();
     let mut p = Peer::spawn_with_env(Some(""), &[("SOCKDUP_CATALOG", broken.to_str().unwrap())]);
     let e = p.fails(&format!("spi-tcp-connect {addr}"));
-    assert_eq!(e.code, 10022);
+    assert_error(&e, 10022, "invalid-catalog");
     assert!(
         e.message.contains("catalog entry 1102") && e.message.contains("1101"),
         "{}",
         e.message
     );
     let _ = std::fs::remove_file(&broken);
+}
+
+#[test]
+fn a_hand_edited_layer_setting_is_refused_when_a_process_loads_the_catalog() {
+    let mut c = Catalog::builtin();
+    c.install(
+        "fault",
+        "flaky",
+        true,
+        config(&[("fail.connect", "10050")]),
+        &[1001],
+    )
+    .unwrap();
+    let file = CatalogFile::new("bad-setting", &c);
+    let text = std::fs::read_to_string(&file.0).unwrap();
+    std::fs::write(&file.0, text.replace("\"fail.connect\"", "\"fail.conect\"")).unwrap();
+    let mut p = file.peer();
+    let (_l, addr) = listener();
+    let e = p.fails(&format!("spi-tcp-connect {addr}"));
+    assert_error(&e, 10022, "invalid-layer-setting");
+    assert!(
+        e.message.contains("\"fail.conect\"")
+            && e.message.contains("fail.CALL")
+            && e.message.contains("delay.CALL"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
@@ -246,7 +281,7 @@ fn the_policy_layer_refuses_with_the_rule() {
     let mut p = file.peer();
     let (_l, addr) = listener();
     let e = p.fails(&format!("spi-tcp-connect {addr}"));
-    assert_eq!(e.code, 10013);
+    assert_error(&e, 10013, "refused-by-layer");
     assert!(
         e.message.contains("rule connect=10.0.0.0/8"),
         "{}",
@@ -268,7 +303,7 @@ fn the_policy_layer_refuses_with_the_rule() {
     let out = source.ok(&format!("spi-tcp-connect {addr}"));
     let s = out.split(' ').next().unwrap();
     let e = source.fails(&format!("spi-dup {s} {}", target.pid));
-    assert_eq!(e.code, 10013);
+    assert_error(&e, 10013, "refused-by-layer");
     assert!(e.message.contains("rule target_uids=4242"), "{}", e.message);
 }
 
@@ -294,7 +329,7 @@ fn the_fault_layer_injects_errors_and_delays() {
     );
     let s = out.split(' ').next().unwrap();
     let e = p.fails(&format!("spi-send {s} x"));
-    assert_eq!(e.code, 10055);
+    assert_error(&e, 10055, "injected");
     assert!(
         e.message.contains("injected WSAENOBUFS into send"),
         "{}",
@@ -328,7 +363,7 @@ fn a_non_ifs_layer_hands_out_its_own_handles() {
     let record = source.ok(&format!("spi-dup {s} {}", target.pid));
     // Without the chain, a non-IFS socket has no descriptor to give.
     let e = target.fails(&format!("redeem {record}"));
-    assert_eq!(e.code, 10022);
+    assert_error(&e, 10022, "no-descriptor");
     assert!(e.message.contains("non-IFS"), "{}", e.message);
     // The refusal came before anything was redeemed: the record still works through the chain.
     let t = target.ok(&format!("spi-redeem {record}"));
@@ -412,7 +447,7 @@ fn the_policy_layer_checks_the_targets_executable() {
             Ok(_) => assert!(allowed, "{rule} should have refused"),
             Err(e) => {
                 assert!(!allowed, "{rule} refused: {}", e.message);
-                assert_eq!(e.code, 10013);
+                assert_error(&e, 10013, "refused-by-layer");
                 assert!(
                     e.message.contains("rule target_exe=/nonexistent/"),
                     "{}",

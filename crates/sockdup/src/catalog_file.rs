@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use sockdup_core::catalog::Catalog;
-use sockdup_core::error::Error;
+use sockdup_core::error::{Error, ErrorKind};
 
 /// The catalog file this process uses (it need not exist).
 pub fn catalog_path() -> Option<PathBuf> {
@@ -36,12 +36,15 @@ pub fn load_catalog() -> Result<Catalog, Error> {
 ///
 /// # Errors
 /// `WSAEINVAL` naming the file and the entry at fault if it is invalid (see
-/// [`Catalog::from_json`]); an OS error if it cannot be read.
+/// [`Catalog::from_json`]): [`ErrorKind::InvalidCatalog`], or
+/// [`ErrorKind::InvalidLayerSetting`] for a layer setting its kind does not take (naming the
+/// key); [`ErrorKind::InvalidCatalog`] if the path is a directory; an OS error if it cannot be
+/// read.
 pub fn load_catalog_from(path: &Path) -> Result<Catalog, Error> {
     match std::fs::read_to_string(path) {
         Ok(text) => Catalog::from_json(&text).map_err(|e| {
-            Error::from_code(
-                e.code(),
+            Error::new(
+                e.kind(),
                 format!(
                     "{}: {} (fix the file, or `sockdup catalog reset` to start over)",
                     path.display(),
@@ -50,10 +53,13 @@ pub fn load_catalog_from(path: &Path) -> Result<Catalog, Error> {
             )
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Catalog::builtin()),
-        Err(e) if e.kind() == io::ErrorKind::IsADirectory => Err(Error::invalid(format!(
-            "the catalog path {} is a directory: point SOCKDUP_CATALOG at a file",
-            path.display()
-        ))),
+        Err(e) if e.kind() == io::ErrorKind::IsADirectory => Err(Error::new(
+            ErrorKind::InvalidCatalog,
+            format!(
+                "the catalog path {} is a directory: point SOCKDUP_CATALOG at a file",
+                path.display()
+            ),
+        )),
         Err(e) => Err(Error::from_errno(
             e,
             &format!("reading the catalog file {}", path.display()),
@@ -160,7 +166,25 @@ mod tests {
         std::fs::write(&path, "{ not json").unwrap();
         let e = load_catalog_from(&path).unwrap_err();
         assert_eq!(e.code(), 10022);
+        assert_eq!(e.kind(), ErrorKind::InvalidCatalog);
         assert!(e.message().contains("catalog.json"), "{e}");
+        // A hand-edited setting the layer does not take: refused, naming the key.
+        let mut f = Catalog::builtin();
+        f.install("fault", "f", true, BTreeMap::new(), &[1001])
+            .unwrap();
+        let edited = f
+            .to_json()
+            .replace("\"config\": {}", "\"config\": {\"fail.conect\": \"10050\"}");
+        assert_ne!(edited, f.to_json());
+        std::fs::write(&path, edited).unwrap();
+        let e = load_catalog_from(&path).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidLayerSetting);
+        assert!(
+            e.message().contains("catalog.json") && e.message().contains("\"fail.conect\""),
+            "{e}"
+        );
+        let e = load_catalog_from(path.parent().unwrap()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidCatalog);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -14,8 +14,11 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::settings::{
+    FaultSettings, LayerSettings, PolicySettings, TraceSettings, check_settings,
+};
 use super::{BASE_PROVIDER_ID, FIRST_CATALOG_ID, base_entries, base_entry};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::flags::{PFL_HIDDEN, PFL_MATCHES_PROTOCOL_ZERO, XP1_IFS_HANDLES};
 use crate::wire::{Guid, LAYERED_PROTOCOL, MAX_PROTOCOL_CHAIN, ProtocolChain, ProtocolInfo};
 
@@ -74,20 +77,29 @@ pub struct Catalog {
 /// The longest layer name, in characters (it becomes part of a 255-unit `szProtocol`).
 pub const MAX_LAYER_NAME: usize = 100;
 
-fn check_name(name: &str) -> Result<(), Error> {
+/// Checks a layer's name; a bad one is an error of `kind`.
+fn check_name(name: &str, kind: ErrorKind) -> Result<(), Error> {
     if name.is_empty()
         || name.chars().count() > MAX_LAYER_NAME
         || name.chars().any(char::is_control)
     {
-        return Err(Error::invalid(format!(
-            "layer name {name:?} must be 1 to {MAX_LAYER_NAME} characters without control characters"
-        )));
+        return Err(Error::new(
+            kind,
+            format!(
+                "layer name {name:?} must be 1 to {MAX_LAYER_NAME} characters without control characters"
+            ),
+        ));
     }
     Ok(())
 }
 
-/// The layer kinds sockdup implements.
-pub const LAYER_KINDS: [&str; 3] = ["trace", "policy", "fault"];
+/// The layer kinds sockdup implements, each with its settings' parser in
+/// [`settings`](super::settings).
+pub const LAYER_KINDS: [&str; 3] = [
+    TraceSettings::KIND,
+    PolicySettings::KIND,
+    FaultSettings::KIND,
+];
 
 fn guid_for(kind: &str, id: u32) -> Guid {
     // Deterministic per (kind, id), so a catalog file can be rebuilt identically.
@@ -111,18 +123,27 @@ impl Catalog {
     /// Reads a catalog file's contents, validating every entry.
     ///
     /// # Errors
-    /// `WSAEINVAL` naming the entry at fault: unparsable JSON, an unknown layer kind, a
-    /// duplicate id, a chain entry naming an id that does not exist, a layer twice in one
-    /// chain, a chain longer than 7 or shorter than 2, or whose last entry is not a base entry
-    /// or whose others are not layers.
+    /// [`ErrorKind::InvalidCatalog`] (`WSAEINVAL`) naming the entry at fault: unparsable JSON,
+    /// an unknown layer kind, a duplicate id, a chain entry naming an id that does not exist, a
+    /// layer twice in one chain, a chain longer than 7 or shorter than 2, or whose last entry is
+    /// not a base entry or whose others are not layers; [`ErrorKind::InvalidLayerSetting`]
+    /// (`WSAEINVAL`) naming the layer and the key for a layer setting its kind does not take or
+    /// a bad value (see [`settings`](super::settings)).
     pub fn from_json(text: &str) -> Result<Self, Error> {
-        let stored: Stored = serde_json::from_str(text)
-            .map_err(|e| Error::invalid(format!("the catalog file is not valid: {e}")))?;
+        let stored: Stored = serde_json::from_str(text).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidCatalog,
+                format!("the catalog file is not valid: {e}"),
+            )
+        })?;
         if stored.version != 1 {
-            return Err(Error::invalid(format!(
-                "the catalog file has version {}, but this sockdup reads version 1",
-                stored.version
-            )));
+            return Err(Error::new(
+                ErrorKind::InvalidCatalog,
+                format!(
+                    "the catalog file has version {}, but this sockdup reads version 1",
+                    stored.version
+                ),
+            ));
         }
         let catalog = Self {
             layers: stored.layers,
@@ -142,38 +163,50 @@ impl Catalog {
         serde_json::to_string_pretty(&stored).unwrap_or_default()
     }
 
-    /// Checks every invariant; see [`from_json`](Self::from_json).
+    /// Checks every invariant, and every layer's settings; see [`from_json`](Self::from_json).
     ///
     /// # Errors
-    /// `WSAEINVAL` naming the entry at fault.
+    /// [`ErrorKind::InvalidCatalog`] or [`ErrorKind::InvalidLayerSetting`] naming the entry at
+    /// fault.
     pub fn validate(&self) -> Result<(), Error> {
         let mut ids = HashSet::new();
         for layer in &self.layers {
             if !LAYER_KINDS.contains(&layer.kind.as_str()) {
-                return Err(Error::invalid(format!(
-                    "catalog entry {} (layer {:?}) has kind {:?}; the kinds are {}",
-                    layer.id,
-                    layer.name,
-                    layer.kind,
-                    LAYER_KINDS.join(", ")
-                )));
+                return Err(Error::new(
+                    ErrorKind::InvalidCatalog,
+                    format!(
+                        "catalog entry {} (layer {:?}) has kind {:?}; the kinds are {}",
+                        layer.id,
+                        layer.name,
+                        layer.kind,
+                        LAYER_KINDS.join(", ")
+                    ),
+                ));
             }
-            check_name(&layer.name).map_err(|e| {
-                Error::invalid(format!("catalog entry {}: {}", layer.id, e.message()))
+            check_name(&layer.name, ErrorKind::InvalidCatalog)
+                .map_err(|e| e.context(format!("catalog entry {}", layer.id)))?;
+            check_settings(&layer.kind, &layer.config).map_err(|e| {
+                e.context(format!(
+                    "catalog entry {} ({} layer {:?})",
+                    layer.id, layer.kind, layer.name
+                ))
             })?;
             if base_entry(layer.id).is_some() || !ids.insert(layer.id) {
-                return Err(Error::invalid(format!(
-                    "catalog entry {} (layer {:?}) reuses an id",
-                    layer.id, layer.name
-                )));
+                return Err(Error::new(
+                    ErrorKind::InvalidCatalog,
+                    format!(
+                        "catalog entry {} (layer {:?}) reuses an id",
+                        layer.id, layer.name
+                    ),
+                ));
             }
         }
         for chain in &self.chains {
             if base_entry(chain.id).is_some() || !ids.insert(chain.id) {
-                return Err(Error::invalid(format!(
-                    "catalog entry {} (chain) reuses an id",
-                    chain.id
-                )));
+                return Err(Error::new(
+                    ErrorKind::InvalidCatalog,
+                    format!("catalog entry {} (chain) reuses an id", chain.id),
+                ));
             }
             self.check_chain(chain)?;
         }
@@ -182,10 +215,13 @@ impl Catalog {
 
     fn check_chain(&self, chain: &Chain) -> Result<(), Error> {
         let bad = |why: String| {
-            Err(Error::invalid(format!(
-                "catalog entry {} (chain {:?}) {why}",
-                chain.id, chain.entries
-            )))
+            Err(Error::new(
+                ErrorKind::InvalidCatalog,
+                format!(
+                    "catalog entry {} (chain {:?}) {why}",
+                    chain.id, chain.entries
+                ),
+            ))
         };
         let n = chain.entries.len();
         if n < 2 {
@@ -257,9 +293,12 @@ impl Catalog {
         if let Some(chain) = self.chains.iter().find(|c| c.id == id) {
             return Ok(chain.entries.clone());
         }
-        Err(Error::invalid(format!(
-            "catalog entry {id} is neither a base entry nor a chain: a layer goes over those (see `sockdup catalog`)"
-        )))
+        Err(Error::new(
+            ErrorKind::CatalogChangeRefused,
+            format!(
+                "catalog entry {id} is neither a base entry nor a chain: a layer goes over those (see `sockdup catalog`)"
+            ),
+        ))
     }
 
     /// Installs a layer of `kind` over the entries `over` (base entries or chains): one hidden
@@ -267,8 +306,11 @@ impl Catalog {
     /// Returns the layer's id and the new chains' ids, in the order of `over`.
     ///
     /// # Errors
-    /// `WSAEINVAL` for an unknown kind, an empty `over`, an entry that is neither base nor
-    /// chain, or a chain that would grow beyond 7 entries. The catalog is unchanged then.
+    /// [`ErrorKind::CatalogChangeRefused`] (`WSAEINVAL`) for an unknown kind, a bad name, an
+    /// empty `over`, an entry named twice, an entry that is neither base nor chain, or a chain
+    /// that would grow beyond 7 entries; [`ErrorKind::InvalidLayerSetting`] (`WSAEINVAL`) for a
+    /// setting the kind does not take or a bad value, naming the key and listing the valid ones
+    /// (see [`settings`](super::settings)). The catalog is unchanged then.
     #[doc(alias = "WSCInstallProvider")]
     pub fn install(
         &mut self,
@@ -279,32 +321,41 @@ impl Catalog {
         over: &[u32],
     ) -> Result<(u32, Vec<u32>), Error> {
         if over.is_empty() {
-            return Err(Error::invalid(
+            return Err(Error::new(
+                ErrorKind::CatalogChangeRefused,
                 "a layer must be installed over at least one catalog entry",
             ));
         }
         if !LAYER_KINDS.contains(&kind) {
-            return Err(Error::invalid(format!(
-                "there is no layer kind {kind:?}; the kinds are {}",
-                LAYER_KINDS.join(", ")
-            )));
+            return Err(Error::new(
+                ErrorKind::CatalogChangeRefused,
+                format!(
+                    "there is no layer kind {kind:?}; the kinds are {}",
+                    LAYER_KINDS.join(", ")
+                ),
+            ));
         }
-        check_name(name)?;
+        check_name(name, ErrorKind::CatalogChangeRefused)?;
+        check_settings(kind, &config)?;
         if let Some(dup) = over
             .iter()
             .enumerate()
             .find_map(|(i, id)| over[..i].contains(id).then_some(id))
         {
-            return Err(Error::invalid(format!(
-                "entry {dup} is named twice: a layer goes over each entry once"
-            )));
+            return Err(Error::new(
+                ErrorKind::CatalogChangeRefused,
+                format!("entry {dup} is named twice: a layer goes over each entry once"),
+            ));
         }
         for &id in over {
             let n = self.lower_entries(id)?.len() + 1;
             if n > MAX_PROTOCOL_CHAIN {
-                return Err(Error::invalid(format!(
-                    "a layer over entry {id} would make a chain of {n} entries, more than MAX_PROTOCOL_CHAIN (7)"
-                )));
+                return Err(Error::new(
+                    ErrorKind::CatalogChangeRefused,
+                    format!(
+                        "a layer over entry {id} would make a chain of {n} entries, more than MAX_PROTOCOL_CHAIN (7)"
+                    ),
+                ));
             }
         }
         let mut next = self.next_id();
@@ -337,13 +388,15 @@ impl Catalog {
     /// Removes entry `id`: a chain, or a layer with every chain that holds it.
     ///
     /// # Errors
-    /// `WSAEINVAL` for a built-in base entry or an id the catalog does not have.
+    /// [`ErrorKind::CatalogChangeRefused`] (`WSAEINVAL`) for a built-in base entry or an id the
+    /// catalog does not have.
     #[doc(alias = "WSCDeinstallProvider")]
     pub fn remove(&mut self, id: u32) -> Result<(), Error> {
         if base_entry(id).is_some() {
-            return Err(Error::invalid(format!(
-                "catalog entry {id} is a built-in base entry and cannot be removed"
-            )));
+            return Err(Error::new(
+                ErrorKind::CatalogChangeRefused,
+                format!("catalog entry {id} is a built-in base entry and cannot be removed"),
+            ));
         }
         if self.layer(id).is_some() {
             self.layers.retain(|l| l.id != id);
@@ -352,9 +405,10 @@ impl Catalog {
             let before = self.chains.len();
             self.chains.retain(|c| c.id != id);
             if self.chains.len() == before {
-                return Err(Error::invalid(format!(
-                    "the catalog has no entry {id} (see `sockdup catalog`)"
-                )));
+                return Err(Error::new(
+                    ErrorKind::CatalogChangeRefused,
+                    format!("the catalog has no entry {id} (see `sockdup catalog`)"),
+                ));
             }
         }
         // A layer left in no chain serves nothing: it goes too, as an uninstaller would.
@@ -457,17 +511,17 @@ impl Catalog {
     /// that entry passes through. A base entry has no layers.
     ///
     /// # Errors
-    /// `WSAEINVAL` if the catalog has no entry `id`, or `id` is a layer's own entry (those
-    /// are never used for sockets).
+    /// [`ErrorKind::UnknownCatalogEntry`] (`WSAEINVAL`) if the catalog has no entry `id`, or
+    /// `id` is a layer's own entry (those are never used for sockets).
     pub fn resolve(&self, id: u32) -> Result<(Vec<&Layer>, ProtocolInfo), Error> {
         if let Some(base) = base_entry(id) {
             return Ok((Vec::new(), base));
         }
         let chain = self.chains.iter().find(|c| c.id == id).ok_or_else(|| {
             if self.layer(id).is_some() {
-                Error::invalid(format!("catalog entry {id} is a layer's own entry, which sockets never use: use one of its chains"))
+                Error::new(ErrorKind::UnknownCatalogEntry, format!("catalog entry {id} is a layer's own entry, which sockets never use: use one of its chains"))
             } else {
-                Error::invalid(format!(
+                Error::new(ErrorKind::UnknownCatalogEntry, format!(
                     "the record names catalog entry {id}, which is not in this process's catalog: install the same \
                      chain in the target (sockdup catalog), or duplicate through a chain both processes have"
                 ))
@@ -476,10 +530,14 @@ impl Catalog {
         let (base_id, layers) = chain
             .entries
             .split_last()
-            .ok_or_else(|| Error::invalid("empty chain"))?;
+            .ok_or_else(|| Error::new(ErrorKind::InvalidCatalog, format!("chain {id} is empty")))?;
         let layers = layers.iter().filter_map(|id| self.layer(*id)).collect();
-        let base = base_entry(*base_id)
-            .ok_or_else(|| Error::invalid(format!("chain {id} has no base entry")))?;
+        let base = base_entry(*base_id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidCatalog,
+                format!("chain {id} has no base entry"),
+            )
+        })?;
         Ok((layers, base))
     }
 }
@@ -544,6 +602,7 @@ mod tests {
         let e = c
             .install("trace", "x", true, BTreeMap::new(), &[top])
             .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CatalogChangeRefused);
         assert!(
             e.message()
                 .contains(&format!("over entry {top} would make a chain of 8")),
@@ -552,15 +611,25 @@ mod tests {
         let e = c
             .install("magic", "x", true, BTreeMap::new(), &[1001])
             .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CatalogChangeRefused);
         assert!(e.message().contains("no layer kind \"magic\""), "{e}");
         let e = c
             .install("trace", "x", true, BTreeMap::new(), &[1001, 1001])
             .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CatalogChangeRefused);
         assert!(e.message().contains("named twice"), "{e}");
         let e = c
             .install("trace", "a\u{0}b", true, BTreeMap::new(), &[1001])
             .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CatalogChangeRefused);
         assert!(e.message().contains("control characters"), "{e}");
+        let fault = [("fail.conect".to_owned(), "10050".to_owned())].into();
+        let e = c.install("fault", "x", true, fault, &[1001]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidLayerSetting);
+        assert!(
+            e.message().contains("\"fail.conect\"") && e.message().contains("fail.CALL"),
+            "{e}"
+        );
         assert_eq!(c, before);
     }
 
@@ -576,13 +645,12 @@ mod tests {
             "the fault layer, now in no chain, went too"
         );
         assert!(c.entry(over[0]).is_none());
-        assert!(c.remove(1001).unwrap_err().message().contains("built-in"));
-        assert!(
-            c.remove(4242)
-                .unwrap_err()
-                .message()
-                .contains("no entry 4242")
-        );
+        let e = c.remove(1001).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CatalogChangeRefused);
+        assert!(e.message().contains("built-in"), "{e}");
+        let e = c.remove(4242).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CatalogChangeRefused);
+        assert!(e.message().contains("no entry 4242"), "{e}");
     }
 
     #[test]
@@ -621,26 +689,36 @@ mod tests {
         for (text, needle) in cases {
             let e = Catalog::from_json(text).unwrap_err();
             assert_eq!(e.code(), 10022);
+            assert_eq!(e.kind(), ErrorKind::InvalidCatalog, "{text}: {e}");
             assert!(e.message().contains(needle), "{text}: {e}");
         }
+        // A hand-edited setting the layer does not take: refused on load, naming the key.
+        let edited = r#"{"version":1,"layers":[{"id":1101,"kind":"fault","name":"f","ifs":true,"provider_id":"5d0c4d75-7b3e-4c1a-9e51-736f636b6475","config":{"fail.conect":"10050"}}],"chains":[{"id":1102,"entries":[1101,1001]}]}"#;
+        let e = Catalog::from_json(edited).unwrap_err();
+        assert_eq!(
+            (e.kind(), e.code()),
+            (ErrorKind::InvalidLayerSetting, 10022)
+        );
+        assert!(
+            e.message().contains("catalog entry 1101")
+                && e.message().contains("\"fail.conect\"")
+                && e.message().contains("delay.CALL"),
+            "{e}"
+        );
+        let fixed = edited.replace("fail.conect", "fail.connect");
+        assert!(Catalog::from_json(&fixed).is_ok());
     }
 
     #[test]
     fn resolving_unknown_entries_is_einval() {
         let mut c = Catalog::builtin();
         let (trace, _) = install(&mut c, "trace", &[1001]);
-        assert!(
-            c.resolve(777)
-                .unwrap_err()
-                .message()
-                .contains("not in this process's catalog")
-        );
-        assert!(
-            c.resolve(trace)
-                .unwrap_err()
-                .message()
-                .contains("layer's own entry")
-        );
+        let e = c.resolve(777).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnknownCatalogEntry);
+        assert!(e.message().contains("not in this process's catalog"), "{e}");
+        let e = c.resolve(trace).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnknownCatalogEntry);
+        assert!(e.message().contains("layer's own entry"), "{e}");
         assert!(c.resolve(1005).unwrap().0.is_empty());
     }
 }

@@ -6,8 +6,12 @@
 //! the host's numbering (`AF_INET6` is 10 here, not Windows's 23).
 
 mod installed;
+pub mod settings;
 
 pub use installed::{Catalog, Chain, FIRST_INSTALLED_ID, LAYER_KINDS, Layer, MAX_LAYER_NAME};
+pub use settings::{
+    FaultSettings, LayerSettings, PolicySettings, ProviderCall, TraceSettings, check_settings,
+};
 
 use crate::flags::*;
 use crate::wire::{BASE_PROTOCOL, Guid, MAX_PROTOCOL_CHAIN, ProtocolChain, ProtocolInfo};

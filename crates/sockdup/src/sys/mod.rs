@@ -27,6 +27,8 @@ use rustix::net::{
 use rustix::process::{Pid, PidfdFlags};
 use sockdup_core::message::MAX_FDS_PER_MESSAGE;
 
+pub(crate) mod procfs;
+
 /// Where a process's inbox listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InboxAddress {

@@ -1,0 +1,143 @@
+//! The `trace` layer: counts calls, bytes and errors per open socket and in total, remembers
+//! which catalog entries it was handed, and emits a `tracing` event per call.
+//!
+//! Memory stays bounded however many sockets come and go: a socket's counters go when it
+//! closes (its counts live on in the totals), a new socket that gets the number of one that
+//! left without a close (`Socket::into_fd`) starts afresh, and the process-wide list of
+//! instances ([`trace_reports`]) holds weak references, pruned whenever an instance is added
+//! or the list is read, so the instances of a dropped dispatcher do not pile up.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use sockdup_core::catalog::{Layer, ProviderCall, TraceSettings};
+
+use super::{Call, Hooks, LayerKind, Outcome};
+use crate::spi::Handle;
+use crate::sync::lock;
+
+/// Counters of one socket, or of a whole layer instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Calls by name (`"send"`, `"duplicate"`, …).
+    pub calls: BTreeMap<&'static str, u64>,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Calls that failed.
+    pub errors: u64,
+}
+
+impl Counters {
+    fn count(&mut self, call: ProviderCall, outcome: Outcome) {
+        *self.calls.entry(call.name()).or_default() += 1;
+        match outcome {
+            Outcome::Failed => self.errors += 1,
+            Outcome::Sent(n) => self.bytes_sent += n as u64,
+            Outcome::Received(n) => self.bytes_received += n as u64,
+            Outcome::Done | Outcome::Opened(_) => {}
+        }
+    }
+}
+
+/// What one `trace` layer instance saw in this process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceReport {
+    /// The layer's own catalog entry id.
+    pub layer_id: u32,
+    /// The chain entry this instance serves.
+    pub chain_id: u32,
+    /// Totals over every socket.
+    pub totals: Counters,
+    /// Per open socket, by this layer's handle number (a socket's entry goes when it closes;
+    /// its counts stay in `totals`).
+    pub sockets: BTreeMap<u64, Counters>,
+    /// `dwCatalogEntryId` of every record handed to this layer, in order (the last 256).
+    pub entries_seen: Vec<u32>,
+}
+
+/// How many entries `entries_seen` keeps.
+const ENTRIES_KEPT: usize = 256;
+
+/// Every live `trace` instance of this process; dead ones are pruned on each add and read.
+static TRACES: Mutex<Vec<Weak<Mutex<TraceReport>>>> = Mutex::new(Vec::new());
+
+/// What every live `trace` layer instance of this process has counted so far (the instances of
+/// a dispatcher that is gone, after the last `Startup` guard dropped, are gone too).
+pub fn trace_reports() -> Vec<TraceReport> {
+    let mut traces = lock(&TRACES);
+    traces.retain(|t| t.strong_count() > 0);
+    traces
+        .iter()
+        .filter_map(Weak::upgrade)
+        .map(|t| lock(&t).clone())
+        .collect()
+}
+
+/// How many instances the process-wide list holds, live or not yet pruned.
+#[cfg(test)]
+pub(super) fn registered_instances() -> usize {
+    lock(&TRACES).len()
+}
+
+/// One `trace` layer instance.
+#[derive(Debug)]
+pub(crate) struct Trace {
+    report: Arc<Mutex<TraceReport>>,
+}
+
+impl LayerKind for Trace {
+    type Settings = TraceSettings;
+
+    fn new(spec: &Layer, chain_id: u32, _: TraceSettings) -> Self {
+        let report = Arc::new(Mutex::new(TraceReport {
+            layer_id: spec.id,
+            chain_id,
+            ..TraceReport::default()
+        }));
+        let mut traces = lock(&TRACES);
+        traces.retain(|t| t.strong_count() > 0);
+        traces.push(Arc::downgrade(&report));
+        Self { report }
+    }
+}
+
+impl Hooks for Trace {
+    // Everything is counted after the call, under one lock per call.
+    fn after(&self, call: &Call<'_>, outcome: Outcome) {
+        let mut r = lock(&self.report);
+        if let Some(info) = call.info {
+            if r.entries_seen.len() == ENTRIES_KEPT {
+                r.entries_seen.remove(0);
+            }
+            r.entries_seen.push(info.catalog_entry_id);
+        }
+        r.totals.count(call.name, outcome);
+        if let Outcome::Opened(new) = outcome {
+            // A socket that left without a close (its descriptor taken out) had this number:
+            // the new socket starts with no counts of its own.
+            r.sockets.remove(&new.raw());
+        }
+        if let Some(s) = call.socket {
+            if call.name == ProviderCall::Close {
+                // A closed socket's counters live on in the totals only, so a long-running
+                // process does not collect one entry per socket it ever had.
+                r.sockets.remove(&s.raw());
+            } else {
+                r.sockets
+                    .entry(s.raw())
+                    .or_default()
+                    .count(call.name, outcome);
+            }
+        }
+        tracing::debug!(
+            layer = r.layer_id,
+            chain = r.chain_id,
+            call = call.name.name(),
+            socket = call.socket.map(Handle::raw),
+            failed = matches!(outcome, Outcome::Failed),
+            "sockdup trace"
+        );
+    }
+}
