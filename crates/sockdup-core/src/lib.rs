@@ -14,7 +14,7 @@
 //! - [`sockopt`]: [`SockOpt`](sockopt::SockOpt) and the `FD_*` network event bits.
 //! - [`proto`]: the codecs of the line protocols (handoff, takeover, demo).
 //! - [`message`]: the codec of the inbox's request and reply messages.
-//! - [`line`]: the bounded line reader every line protocol uses, and their message trait.
+//! - [`line`](mod@line): the bounded line reader every line protocol uses, and their message trait.
 //!
 //! The `sockdup` crate joins this core to Linux; users depend on that crate, which re-exports the
 //! types defined here.
