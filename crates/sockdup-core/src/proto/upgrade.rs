@@ -15,7 +15,7 @@
 //!
 //! [`ToOld`] is what the new process sends, [`ToNew`] what the old one answers; both implement
 //! [`LineMessage`] and are read with [`LineReader`](crate::line::LineReader) bounded by
-//! [`MAX_LINE`](crate::line::MAX_LINE). A line either side cannot parse ends the takeover at once:
+//! [`MAX_LINE`]. A line either side cannot parse ends the takeover at once:
 //! the old process answers it with an `error` line of kind
 //! [`ProtocolViolation`](ErrorKind::ProtocolViolation) and closes the session (it keeps
 //! serving); the new process sends `abort` and reports the violation.
