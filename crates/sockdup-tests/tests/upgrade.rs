@@ -354,7 +354,9 @@ fn a_garbage_line_to_a_publishing_server_is_answered_at_once_and_it_serves_on() 
         conn.set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         let start = Instant::now();
-        conn.write_all(garbage).unwrap();
+        // The server may stop reading (and close) before the last bytes of an oversized line:
+        // its answer is what counts.
+        let _ = conn.write_all(garbage);
         let answer = read_line_from(&mut conn);
         assert!(
             start.elapsed() < Duration::from_secs(3),
@@ -373,10 +375,11 @@ fn a_garbage_line_to_a_publishing_server_is_answered_at_once_and_it_serves_on() 
         let expected = sockdup::ErrorKind::from_name(kind).unwrap().code();
         assert_eq!(Some(code.parse().unwrap()), expected, "{answer:?}");
         assert!(words.next().unwrap().contains(problem), "{answer:?}");
-        // And the session ends.
-        assert_eq!(
-            read_line_from(&mut conn),
-            "",
+        // And the session ends (a reset if the server left bytes of the line unread).
+        let end = conn.read(&mut [0u8; 1]);
+        assert!(
+            matches!(end, Ok(0))
+                || end.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
             "the session closes after a refusal"
         );
     }
@@ -416,7 +419,8 @@ fn a_new_process_aborts_at_once_when_the_old_one_breaks_the_protocol() {
                 conn.set_read_timeout(Some(Duration::from_secs(20)))
                     .unwrap();
                 assert_eq!(read_line_from(&mut conn), "take 1 web");
-                conn.write_all(answer.as_bytes()).unwrap();
+                // The new process may stop reading an oversized line before its end.
+                let _ = conn.write_all(answer.as_bytes());
                 read_line_from(&mut conn)
             }
         });
@@ -435,4 +439,22 @@ fn a_new_process_aborts_at_once_when_the_old_one_breaks_the_protocol() {
             "the new process tells the old one"
         );
     }
+}
+
+#[test]
+fn only_the_same_user_or_root_may_take_over() {
+    if !util::is_root() {
+        eprintln!("skipped: starting a peer as another user needs root");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let pf = pid_file("other-user");
+    // The directory and pid file must be readable by the other user.
+    let (mut old, ls) = server(&pf, &["web"], "");
+    let mut stranger = Peer::spawn_as(NOBODY, Some(""));
+    let e = stranger.fails(&format!("take-over {} web", pf.display()));
+    assert_eq!(e.kind, "takeover-not-permitted", "{e:?}");
+    assert_eq!(e.code, 10013);
+    assert!(e.message.contains("uid 65534"), "{}", e.message);
+    untouched(&mut old, &pf, &ls[0]);
 }

@@ -55,10 +55,20 @@ pub(super) fn take_over(upgrade: &Upgrade, names: &[&str]) -> Result<Takeover, E
     let (old_pid, pidfd) = find_server(upgrade, rt.pid)?;
     let mut conn = connect(upgrade, rt.runtime_dir(), old_pid, &pidfd)?;
     let take = ToOld::Take(names.iter().map(|&n| n.to_owned()).collect());
-    conn.send(
+    let asked = conn.send(
         &take,
         &format!("asking process {old_pid} for its listeners"),
-    )?;
+    );
+    if let Err(e) = asked {
+        // The old process may have refused before reading (this process's user): its refusal
+        // is waiting to be read.
+        return Err(
+            match receive_offer(&mut conn, old_pid, names, upgrade.timeout) {
+                Ok(Answer::Refused(refusal)) => refusal,
+                _ => e,
+            },
+        );
+    }
     let records = match receive_offer(&mut conn, old_pid, names, upgrade.timeout) {
         Ok(Answer::Offered(records)) => records,
         Ok(Answer::Refused(e)) => return Err(e),
