@@ -59,20 +59,13 @@ pub(super) fn take_over(upgrade: &Upgrade, names: &[&str]) -> Result<Takeover, E
         &take,
         &format!("asking process {old_pid} for its listeners"),
     );
-    if let Err(e) = asked {
-        // The old process may have refused before reading (this process's user): its refusal
-        // is waiting to be read.
-        return Err(
-            match receive_offer(&mut conn, old_pid, names, upgrade.timeout) {
-                Ok(Answer::Refused(refusal)) => refusal,
-                _ => e,
-            },
-        );
-    }
-    let records = match receive_offer(&mut conn, old_pid, names, upgrade.timeout) {
-        Ok(Answer::Offered(records)) => records,
-        Ok(Answer::Refused(e)) => return Err(e),
-        Err(e) => return Err(abort_now(&conn, e)),
+    // Read the answer even if asking failed: the old process may have refused before reading
+    // (this process's user), and its refusal is what to report.
+    let answer = receive_offer(&mut conn, old_pid, names, upgrade.timeout);
+    let records = match (asked, answer) {
+        (_, Ok(Answer::Refused(e))) | (Err(e), _) => return Err(e),
+        (Ok(()), Ok(Answer::Offered(records))) => records,
+        (Ok(()), Err(e)) => return Err(abort_now(&conn, e)),
     };
     let fds = crate::sockets_from_info(&records).map_err(|e| abort_now(&conn, e))?;
     tracing::debug!(old_pid, ?names, "took listeners over");
@@ -197,7 +190,7 @@ fn recv(conn: &mut Conn, old_pid: u32, timeout: Duration) -> Result<ToNew, Error
             ErrorKind::ProtocolViolation => e.context(format!(
                 "{peer} broke the takeover protocol; takeover aborted"
             )),
-            _ => e.context("the takeover failed; the old process keeps serving"),
+            _ => e.context("the takeover failed (the old process keeps serving)"),
         })
 }
 
