@@ -298,14 +298,16 @@ fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd, waker: &OwnedFd) {
             let _ = Conn::new(stream).send(&refusal_of(&refusal), "refusing a takeover");
             continue;
         }
-        let shared = shared.clone();
+        let in_session = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("sockdup-takeover".into())
             .spawn(move || {
-                session(&shared, stream);
-                shared.sessions.fetch_sub(1, Ordering::SeqCst);
+                session(&in_session, stream);
+                in_session.sessions.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
+            // The session never ran: its place is free again.
+            shared.sessions.fetch_sub(1, Ordering::SeqCst);
             tracing::warn!(error = %e, "starting a takeover session");
         }
     }
