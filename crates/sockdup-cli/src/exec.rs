@@ -21,7 +21,8 @@
 
 use std::ffi::OsString;
 use std::net::{TcpListener, ToSocketAddrs};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, ExitStatus};
@@ -138,6 +139,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, CliError> {
     let _guard = sockdup::startup().map_err(|e| CliError::sockdup("starting sockdup", e))?;
     let stop = Arc::new(AtomicBool::new(false));
     crate::graceful_signals(&stop)?;
+    let events = Events::new(stop)?;
     let upgrade = Upgrade::new(&pid_file).timeout(args.timeout);
     let running = upgrade
         .running_server()
@@ -149,10 +151,10 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, CliError> {
     };
     let Started {
         published,
-        mut child,
+        mut server,
         socket_files,
     } = match running {
-        Some(old) => take_over(&upgrade, &launch, old, args.ready_after, &stop)?,
+        Some(old) => take_over(&upgrade, &launch, old, args.ready_after, &events)?,
         None if args.takeover => {
             return Err(CliError::failed(format!(
                 "--takeover: no server runs with the pid file {}: nothing to take over",
@@ -161,7 +163,7 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, CliError> {
         }
         None => start_fresh(&upgrade, &launch)?,
     };
-    let outcome = supervise(&published, &mut child, &stop, args.drain_deadline);
+    let outcome = supervise(&published, &mut server, &events, args.drain_deadline);
     let handed_over = published.handed_over().is_some();
     drop(published);
     if !handed_over {
@@ -181,7 +183,7 @@ struct Launch<'a> {
 
 impl Launch<'_> {
     /// Starts COMMAND with `fds` (in `--listen` order) as descriptors 3, 4, ...
-    fn spawn(&self, fds: &[BorrowedFd<'_>]) -> Result<Child, CliError> {
+    fn spawn(&self, fds: &[BorrowedFd<'_>]) -> Result<Server, CliError> {
         let exe = std::env::current_exe()
             .map_err(|e| CliError::failed(format!("finding this executable: {e}")))?;
         let mappings = fds
@@ -206,9 +208,10 @@ impl Launch<'_> {
             .env_remove("LISTEN_PID");
         cmd.fd_mappings(mappings)
             .map_err(|e| CliError::failed(format!("passing the listeners: {e}")))?;
-        cmd.spawn().map_err(|e| {
+        let child = cmd.spawn().map_err(|e| {
             CliError::failed(format!("starting {}: {e}", self.program.to_string_lossy()))
-        })
+        })?;
+        Server::new(child)
     }
 
     fn shown(&self) -> String {
@@ -224,7 +227,7 @@ impl Launch<'_> {
 /// process created (removed at exit unless handed over).
 struct Started {
     published: Published,
-    child: Child,
+    server: Server,
     socket_files: Vec<SocketFile>,
 }
 
@@ -241,19 +244,19 @@ fn start_fresh(upgrade: &Upgrade, launch: &Launch<'_>) -> Result<Started, CliErr
             .publish(bound)
             .map_err(|e| CliError::sockdup("publishing the listeners", e))?;
         let fds: Vec<BorrowedFd<'_>> = published.listeners().map(|(_, fd)| fd).collect();
-        let child = launch.spawn(&fds)?;
+        let server = launch.spawn(&fds)?;
         eprintln!(
             "sockdup exec: listening {} (pid file {}); pid {} runs the server",
             launch.shown(),
             upgrade.pid_file().display(),
-            child.id()
+            server.id()
         );
-        Ok((published, child))
+        Ok((published, server))
     })();
     match result {
-        Ok((published, child)) => Ok(Started {
+        Ok((published, server)) => Ok(Started {
             published,
-            child,
+            server,
             socket_files: files,
         }),
         Err(e) => {
@@ -270,7 +273,7 @@ fn take_over(
     launch: &Launch<'_>,
     old: u32,
     ready_after: Duration,
-    stop: &AtomicBool,
+    events: &Events,
 ) -> Result<Started, CliError> {
     let names: Vec<&str> = launch.specs.iter().map(|s| s.name.as_str()).collect();
     let takeover = upgrade.take_over(&names).map_err(|e| {
@@ -283,37 +286,37 @@ fn take_over(
         check_bound_as_asked(spec, fd)?;
     }
     let fds: Vec<BorrowedFd<'_>> = takeover.listeners().map(|(_, fd)| fd).collect();
-    let mut child = launch.spawn(&fds)?;
-    let started = Instant::now();
-    while started.elapsed() < ready_after {
-        if let Some(status) = child.try_wait().ok().flatten() {
+    let mut server = launch.spawn(&fds)?;
+    match events.wait(&server, None, Some(Instant::now() + ready_after))? {
+        Event::TimedOut => {}
+        Event::Exited => {
             drop(takeover);
+            let status = server.wait();
             return Err(CliError::failed(format!(
                 "the server exited ({}) before it was ready (--ready-after {ready_after:?}): takeover aborted, \
                  process {old} keeps serving",
                 describe(status)
             )));
         }
-        if stop.load(Ordering::SeqCst) {
+        Event::Signal | Event::HandedOver => {
             drop(takeover);
-            let status = stop_child(&mut child, Duration::from_secs(5));
+            let status = stop_child(&mut server, Duration::from_secs(5));
             return Err(CliError::failed(format!(
                 "stopped by a signal before the server was ready: takeover aborted, the server {}, process {old} \
                  keeps serving",
                 describe(status)
             )));
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
     let published = takeover.complete().map_err(|e| {
-        stop_child(&mut child, Duration::from_secs(1));
+        stop_child(&mut server, Duration::from_secs(1));
         CliError::sockdup(format!("completing the takeover from process {old}"), e)
     })?;
     eprintln!(
         "sockdup exec: took over {} from process {old} (pid file {}); pid {} runs the server",
         launch.shown(),
         upgrade.pid_file().display(),
-        child.id()
+        server.id()
     );
     // The Unix socket files now belong to this server: the old one leaves them in place,
     // and whichever server stops without handing over removes them.
@@ -327,7 +330,7 @@ fn take_over(
         .collect();
     Ok(Started {
         published,
-        child,
+        server,
         socket_files,
     })
 }
@@ -367,63 +370,187 @@ fn check_bound_as_asked(spec: &Spec, fd: BorrowedFd<'_>) -> Result<(), CliError>
 /// Waits for COMMAND to exit, a handover, or a signal; returns this process's exit status.
 fn supervise(
     published: &Published,
-    child: &mut Child,
-    stop: &AtomicBool,
+    server: &mut Server,
+    events: &Events,
     drain: Duration,
 ) -> Result<ExitCode, CliError> {
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                eprintln!("sockdup exec: the server exited ({})", describe(status));
-                return Ok(exit_code(status));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(CliError::failed(format!("waiting for the server: {e}"))),
+    let mut event = Event::TimedOut;
+    // Without a deadline, nothing times out; the loop only guards against a spurious wakeup.
+    while event == Event::TimedOut {
+        event = events.wait(server, Some(published.handover_fd()), None)?;
+    }
+    match event {
+        Event::Exited => {
+            let status = server.wait();
+            eprintln!("sockdup exec: the server exited ({})", describe(status));
+            Ok(exit_code(status))
         }
-        if let Some(h) = published.handed_over() {
+        Event::HandedOver => {
+            let h = published.handed_over().ok_or_else(|| {
+                CliError::failed("the handover descriptor fired without a handover".to_owned())
+            })?;
             eprintln!(
                 "sockdup exec: process {} took over {}; stopping the server (pid {})",
                 h.pid,
                 h.names.join(", "),
-                child.id()
+                server.id()
             );
-            let status = stop_child(child, drain);
+            let status = stop_child(server, drain);
             eprintln!(
                 "sockdup exec: the old server stopped ({})",
                 describe(status)
             );
-            return Ok(ExitCode::SUCCESS);
+            Ok(ExitCode::SUCCESS)
         }
-        if stop.load(Ordering::SeqCst) {
-            let status = stop_child(child, drain);
+        Event::Signal | Event::TimedOut => {
+            let status = stop_child(server, drain);
             eprintln!("sockdup exec: stopped; the server {}", describe(status));
-            return Ok(exit_code(status));
+            Ok(exit_code(status))
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// SIGTERM, then SIGKILL after `deadline`; returns how COMMAND ended.
-fn stop_child(child: &mut Child, deadline: Duration) -> ExitStatus {
-    if let Some(pid) = i32::try_from(child.id())
+fn stop_child(server: &mut Server, deadline: Duration) -> ExitStatus {
+    if let Some(pid) = i32::try_from(server.id())
         .ok()
         .and_then(rustix::process::Pid::from_raw)
     {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
-    let start = Instant::now();
-    while start.elapsed() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let exited = poll_until(&[server.pidfd.as_fd()], Some(Instant::now() + deadline))
+        .is_ok_and(|ready| ready[0]);
+    if !exited {
+        tracing::warn!(
+            pid = server.id(),
+            "the server did not stop within the drain deadline; killing it"
+        );
+        let _ = server.child.kill();
     }
-    tracing::warn!(
-        pid = child.id(),
-        "the server did not stop within the drain deadline; killing it"
-    );
-    let _ = child.kill();
-    child.wait().unwrap_or_else(|_| ExitStatus::from_raw(9))
+    server.wait()
+}
+
+/// COMMAND, and a pidfd that polls readable when it exits.
+struct Server {
+    child: Child,
+    pidfd: OwnedFd,
+}
+
+impl Server {
+    fn new(mut child: Child) -> Result<Self, CliError> {
+        match rustix::process::pidfd_open(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::PidfdFlags::empty(),
+        ) {
+            Ok(pidfd) => Ok(Self { child, pidfd }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(CliError::failed(format!(
+                    "watching the server (pidfd_open): {e}"
+                )))
+            }
+        }
+    }
+
+    fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How COMMAND ended (it has, or is about to).
+    fn wait(&mut self) -> ExitStatus {
+        self.child
+            .wait()
+            .unwrap_or_else(|_| ExitStatus::from_raw(9))
+    }
+}
+
+/// What woke [`Events::wait`], in order of precedence when several happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Event {
+    /// COMMAND exited.
+    Exited,
+    /// A successor took over.
+    HandedOver,
+    /// SIGTERM or SIGINT arrived.
+    Signal,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// What `sockdup exec` waits for, all in one `poll`: COMMAND's exit (its pidfd), SIGTERM or
+/// SIGINT (a socket the signal handler writes to, beside the flag), and a handover
+/// ([`Published::handover_fd`]).
+struct Events {
+    /// Readable once a signal arrived; never drained (a signal means stop, for good).
+    signal: UnixStream,
+    stop: Arc<AtomicBool>,
+}
+
+impl Events {
+    fn new(stop: Arc<AtomicBool>) -> Result<Self, CliError> {
+        let failed =
+            |e: std::io::Error| CliError::failed(format!("installing a signal handler: {e}"));
+        let (signal, write) = UnixStream::pair().map_err(failed)?;
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            let write = write.try_clone().map_err(failed)?;
+            signal_hook::low_level::pipe::register(sig, write).map_err(failed)?;
+        }
+        Ok(Self { signal, stop })
+    }
+
+    /// Blocks until COMMAND exits, a handover (if `handover` is given), a signal, or
+    /// `deadline`.
+    fn wait(
+        &self,
+        server: &Server,
+        handover: Option<BorrowedFd<'_>>,
+        deadline: Option<Instant>,
+    ) -> Result<Event, CliError> {
+        let mut fds = vec![server.pidfd.as_fd(), self.signal.as_fd()];
+        fds.extend(handover);
+        // A signal before the handler's socket was registered shows in the flag only.
+        let signalled = self.stop.load(Ordering::SeqCst);
+        let ready = if signalled {
+            vec![false; fds.len()]
+        } else {
+            poll_until(&fds, deadline)
+                .map_err(|e| CliError::failed(format!("waiting for the server: {e}")))?
+        };
+        Ok(if ready[0] {
+            Event::Exited
+        } else if ready.get(2) == Some(&true) {
+            Event::HandedOver
+        } else if signalled || ready[1] || self.stop.load(Ordering::SeqCst) {
+            Event::Signal
+        } else {
+            Event::TimedOut
+        })
+    }
+}
+
+/// Blocks until one of `fds` is readable (or hung up) or `deadline` passes; says which are
+/// (none after the deadline). An interrupted `poll` resumes with the time left.
+fn poll_until(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> std::io::Result<Vec<bool>> {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut polled: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    loop {
+        let timeout = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(left.subsec_nanos()),
+            }
+        });
+        match rustix::event::poll(&mut polled, timeout.as_ref()) {
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+            Ok(_) => return Ok(polled.iter().map(|p| !p.revents().is_empty()).collect()),
+        }
+    }
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -484,6 +611,30 @@ mod tests {
         ] {
             assert!(matches!(Spec::parse(bad), Err(CliError::Usage(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_server_exit_wakes_the_wait_and_a_deadline_ends_it() {
+        let mut done = Server::new(Command::new("true").spawn().unwrap()).unwrap();
+        let start = Instant::now();
+        let ready = poll_until(&[done.pidfd.as_fd()], Some(start + Duration::from_secs(10)));
+        assert_eq!(ready.unwrap(), vec![true], "the exit wakes the poll");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(done.wait().success());
+        let mut running = Server::new(Command::new("sleep").arg("10").spawn().unwrap()).unwrap();
+        let start = Instant::now();
+        let ready = poll_until(
+            &[running.pidfd.as_fd()],
+            Some(start + Duration::from_millis(50)),
+        );
+        assert_eq!(ready.unwrap(), vec![false], "the deadline ends the wait");
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        let status = stop_child(&mut running, Duration::from_secs(5));
+        assert_eq!(
+            status.signal(),
+            Some(15),
+            "stopped by its SIGTERM, not by waiting"
+        );
     }
 
     #[test]

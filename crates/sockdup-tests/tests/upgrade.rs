@@ -5,10 +5,14 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use util::Peer;
+
+/// The bound of a takeover line (`sockdup_core::line::MAX_LINE`).
+const MAX_LINE: usize = 64 * 1024;
 
 /// A fresh directory for one test's pid file.
 fn pid_file(test: &str) -> PathBuf {
@@ -119,6 +123,7 @@ fn a_new_process_takes_over_by_name_and_the_old_one_keeps_the_rest() {
     let mut late = Peer::spawn(Some(""));
     std::fs::write(&pf, format!("{}\n", new.pid)).unwrap();
     let e = late.fails(&format!("take-over {} web", pf.display()));
+    assert_eq!(e.kind, "already-handed-over", "{e:?}");
     assert_eq!(e.code, 10022);
     assert!(
         e.message.contains(&format!("process {}", third.pid)),
@@ -133,43 +138,44 @@ fn unknown_names_bad_names_and_bad_pid_files_are_refused_and_change_nothing() {
     let (mut old, ls) = server(&pf, &["web"], "");
     let mut new = Peer::spawn(Some(""));
     let e = new.fails(&format!("take-over {} web api", pf.display()));
+    assert_eq!(e.kind, "unknown-listener", "{e:?}");
     assert_eq!(e.code, 10022);
-    assert!(
-        e.message.contains("no listener named \"api\"") && e.message.contains("it has web"),
-        "{}",
-        e.message
-    );
+    // The old process's refusal lists what it has.
+    assert!(e.message.contains("it has web"), "{}", e.message);
     let e = new.fails(&format!("take-over {} web web", pf.display()));
-    assert!(e.message.contains("twice"), "{}", e.message);
+    assert_eq!(e.kind, "bad-listener-name", "{e:?}");
     let e = new.fails(&format!("take-over {} a:b", pf.display()));
-    assert!(e.message.contains("listener name"), "{}", e.message);
+    assert_eq!(e.kind, "bad-listener-name", "{e:?}");
     untouched(&mut old, &pf, &ls[0]);
 
     // No pid file, a stale one, garbage, one naming a process that is not a sockdup server.
     let dir = pf.parent().unwrap();
     let missing = dir.join("missing.pid");
     let e = new.fails(&format!("take-over {} web", missing.display()));
+    assert_eq!(e.kind, "no-pid-file", "{e:?}");
     assert_eq!(e.code, 10022);
-    assert!(e.message.contains("no pid file"), "{}", e.message);
     let stale = dir.join("stale.pid");
     let mut gone = std::process::Command::new("true").spawn().unwrap();
     let gone_pid = gone.id();
     gone.wait().unwrap();
     std::fs::write(&stale, format!("{gone_pid}\n")).unwrap();
     let e = new.fails(&format!("take-over {} web", stale.display()));
+    assert_eq!(e.kind, "stale-pid-file", "{e:?}");
     assert_eq!(e.code, 10022);
     assert!(e.message.contains("not running"), "{}", e.message);
     let garbage = dir.join("garbage.pid");
     std::fs::write(&garbage, "hello\n").unwrap();
     let e = new.fails(&format!("take-over {} web", garbage.display()));
+    assert_eq!(e.kind, "stale-pid-file", "{e:?}");
     assert!(e.message.contains("does not hold a pid"), "{}", e.message);
     let stranger = dir.join("stranger.pid");
     std::fs::write(&stranger, format!("{}\n", std::process::id())).unwrap();
     let e = new.fails(&format!("take-over {} web", stranger.display()));
+    assert_eq!(e.kind, "not-a-server", "{e:?}");
     assert_eq!(e.code, 10022);
-    assert!(e.message.contains("not a sockdup server"), "{}", e.message);
     // Taking over from oneself.
     let e = old.fails(&format!("take-over {} web", pf.display()));
+    assert_eq!(e.kind, "stale-pid-file", "{e:?}");
     assert!(e.message.contains("from itself"), "{}", e.message);
     untouched(&mut old, &pf, &ls[0]);
     // A second server publishing beside a running one.
@@ -180,6 +186,7 @@ fn unknown_names_bad_names_and_bad_pid_files_are_refused_and_change_nothing() {
         pf.display(),
         l.split(' ').next().unwrap()
     ));
+    assert_eq!(e.kind, "server-running", "{e:?}");
     assert_eq!(e.code, 10048);
     untouched(&mut old, &pf, &ls[0]);
 }
@@ -192,6 +199,7 @@ fn one_takeover_at_a_time_and_an_abort_leaves_the_old_one_serving() {
     let mut second = Peer::spawn(Some(""));
     first.ok(&format!("take-over {} web", pf.display()));
     let e = second.fails(&format!("take-over {} web", pf.display()));
+    assert_eq!(e.kind, "takeover-in-progress", "{e:?}");
     assert_eq!(e.code, 10036, "{}", e.message);
     assert!(
         e.message.contains(&format!("process {}", first.pid)),
@@ -238,6 +246,7 @@ fn a_new_process_that_dies_before_redeeming_or_never_gets_ready_leaves_the_old_o
     served_by(&mut after, idx_of(&got, "web"), &ls[0].2);
     // The hung process's own completion is now refused.
     let e = hung.fails("complete");
+    assert_eq!(e.kind, "peer-closed", "{e:?}");
     assert_ne!(e.code, 0, "{}", e.message);
 }
 
@@ -299,4 +308,153 @@ fn an_old_process_that_exits_mid_takeover_leaves_the_new_one_serving() {
     next.ok(&format!("take-over {} web", pf.display()));
     next.ok("complete");
     assert_eq!(new.ok("wait-handover 5"), format!("{} web", next.pid));
+}
+
+/// Where process `pid` answers takeovers, as the library computes it, for speaking the protocol
+/// by hand.
+fn control_addr(pid: u32) -> std::os::unix::net::SocketAddr {
+    use std::os::linux::net::SocketAddrExt;
+    let dir = std::env::var_os("SOCKDUP_RUNTIME_DIR").map(PathBuf::from);
+    match sockdup::upgrade::control_address(pid, dir.as_deref()) {
+        sockdup::InboxAddress::Abstract(name) => {
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap()
+        }
+        sockdup::InboxAddress::Path(path) => {
+            std::os::unix::net::SocketAddr::from_pathname(path).unwrap()
+        }
+    }
+}
+
+/// Reads one line (without its `\n`) from `stream`, as bytes arrive.
+fn read_line_from(stream: &mut UnixStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while stream.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+#[test]
+fn a_garbage_line_to_a_publishing_server_is_answered_at_once_and_it_serves_on() {
+    let pf = pid_file("garbage-to-old");
+    // The default step timeout (10 s): an answer well within it is not the timeout's.
+    let (mut old, ls) = server(&pf, &["web"], "");
+    let oversized = "x".repeat(MAX_LINE + 100);
+    let cases: [(&[u8], &str); 6] = [
+        (b"hello\n", "not a line of the sockdup takeover protocol"),
+        (b"take 2 web\n", "version"),
+        (b"ready\n", "starts with `take`"),
+        (b"take 1 web\xff\n", "not UTF-8"),
+        (oversized.as_bytes(), "longer than 65536 bytes"),
+        (b"take 1 a:b\n", "listener name"),
+    ];
+    for (garbage, problem) in cases {
+        let mut conn = UnixStream::connect_addr(&control_addr(old.pid)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let start = Instant::now();
+        // The server may stop reading (and close) before the last bytes of an oversized line:
+        // its answer is what counts.
+        let _ = conn.write_all(garbage);
+        let answer = read_line_from(&mut conn);
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "answered after {:?}, not at once",
+            start.elapsed()
+        );
+        let kind = if problem == "listener name" {
+            "bad-listener-name"
+        } else {
+            "protocol-violation"
+        };
+        let mut words = answer.splitn(4, ' ');
+        assert_eq!(words.next(), Some("error"), "{answer:?}");
+        let code = words.next().unwrap();
+        assert_eq!(words.next(), Some(kind), "{answer:?}");
+        let expected = sockdup::ErrorKind::from_name(kind).unwrap().code();
+        assert_eq!(Some(code.parse().unwrap()), expected, "{answer:?}");
+        assert!(words.next().unwrap().contains(problem), "{answer:?}");
+        // And the session ends (a reset if the server left bytes of the line unread).
+        let end = conn.read(&mut [0u8; 1]);
+        assert!(
+            matches!(end, Ok(0))
+                || end.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "the session closes after a refusal"
+        );
+    }
+    untouched(&mut old, &pf, &ls[0]);
+    // A proper takeover still completes.
+    let mut new = Peer::spawn(Some(""));
+    let got = new.ok(&format!("take-over {} web", pf.display()));
+    new.ok("complete");
+    assert_eq!(old.ok("wait-handover 5"), format!("{} web", new.pid));
+    served_by(&mut new, idx_of(&got, "web"), &ls[0].2);
+}
+
+#[test]
+fn a_new_process_aborts_at_once_when_the_old_one_breaks_the_protocol() {
+    // This test process plays the old server by hand: its own pid in the pid file, its own
+    // control address, and a broken answer to `take`.
+    let pf = pid_file("garbage-to-new");
+    std::fs::write(&pf, format!("{}\n", std::process::id())).unwrap();
+    let listener = UnixListener::bind_addr(&control_addr(std::process::id())).unwrap();
+    let not_a_record = "listener web sockdup1:!!!!\n".to_owned();
+    let oversized = "y".repeat(MAX_LINE + 100);
+    let mut new = Peer::spawn(Some(""));
+    for (answer, problem) in [
+        (
+            "offered later\n",
+            "not a line of the sockdup takeover protocol",
+        ),
+        ("listener api sockdup1:AAAA\n", "listener api"),
+        (not_a_record.as_str(), "does not parse"),
+        (oversized.as_str(), "longer than 65536 bytes"),
+    ] {
+        let answer = answer.to_owned();
+        let old = std::thread::spawn({
+            let listener = listener.try_clone().unwrap();
+            move || {
+                let (mut conn, _) = listener.accept().unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                assert_eq!(read_line_from(&mut conn), "take 1 web");
+                // The new process may stop reading an oversized line before its end.
+                let _ = conn.write_all(answer.as_bytes());
+                read_line_from(&mut conn)
+            }
+        });
+        let start = Instant::now();
+        let e = new.fails(&format!("take-over {} web", pf.display()));
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "gave up after {:?}, not at once",
+            start.elapsed()
+        );
+        assert_eq!(e.kind, "protocol-violation", "{e:?}");
+        assert!(e.message.contains(problem), "{problem}: {e:?}");
+        assert_eq!(
+            old.join().unwrap(),
+            "abort",
+            "the new process tells the old one"
+        );
+    }
+}
+
+#[test]
+fn only_the_same_user_or_root_may_take_over() {
+    if !util::is_root() {
+        eprintln!("skipped: starting a peer as another user needs root");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let pf = pid_file("other-user");
+    // The directory and pid file must be readable by the other user.
+    let (mut old, ls) = server(&pf, &["web"], "");
+    let mut stranger = Peer::spawn_as(NOBODY, Some(""));
+    let e = stranger.fails(&format!("take-over {} web", pf.display()));
+    assert_eq!(e.kind, "takeover-not-permitted", "{e:?}");
+    assert_eq!(e.code, 10013);
+    assert!(e.message.contains("uid 65534"), "{}", e.message);
+    untouched(&mut old, &pf, &ls[0]);
 }

@@ -37,7 +37,7 @@ struct Peer {
 type Answer = Result<String, String>;
 
 fn err(e: sockdup::Error) -> String {
-    format!("{} {}", e.code(), e)
+    format!("{} {} {}", e.code(), e.kind().name(), e)
 }
 
 fn io(e: std::io::Error) -> String {

@@ -14,9 +14,8 @@ pub struct Peer {
     pub pid: u32,
 }
 
-/// An `err` answer: the Winsock code (0 for a non-sockdup error), the error's kind (its
-/// `ErrorKind::name()`, empty if the peer answered in the older `err CODE MESSAGE` form) and
-/// the message.
+/// An `err` answer: the Winsock code (0 for a non-sockdup error), the kind's name (empty for a
+/// non-sockdup error) and the message.
 #[derive(Debug)]
 pub struct PeerError {
     pub code: i32,
@@ -79,15 +78,17 @@ impl Peer {
         if let Some(rest) = answer.strip_prefix("ok") {
             Ok(rest.trim_start().to_owned())
         } else if let Some(rest) = answer.strip_prefix("err ") {
+            // `err CODE KIND MESSAGE`, or `err CODE MESSAGE` for an error without a kind.
             let (code, rest) = rest.split_once(' ').unwrap_or((rest, ""));
-            // `err CODE KIND MESSAGE`, or the older `err CODE MESSAGE`.
             let (kind, message) = match rest.split_once(' ').unwrap_or((rest, "")) {
-                (kind, message) if sockdup::ErrorKind::from_name(kind).is_some() => (kind, message),
-                _ => ("", rest),
+                (kind, message) if sockdup::ErrorKind::from_name(kind).is_some() => {
+                    (kind.to_owned(), message)
+                }
+                _ => (String::new(), rest),
             };
             Err(PeerError {
                 code: code.parse().unwrap_or(-1),
-                kind: kind.to_owned(),
+                kind,
                 message: message.to_owned(),
             })
         } else {

@@ -1,18 +1,18 @@
 //! The new process's side: asking the running server for its listeners, redeeming them, and
 //! telling it to stop (or to carry on).
 
-use std::io::{BufReader, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use rustix::io::Errno;
-use sockdup_core::error::{Error, WSAENETDOWN};
+use sockdup_core::error::{Error, ErrorKind};
+use sockdup_core::line::LineMessage;
+use sockdup_core::proto::upgrade::{ToNew, ToOld, check_names, truncate};
 use sockdup_core::wire::ProtocolInfo;
 
-use super::proto::{ToNew, ToOld, refusal, truncate};
-use super::server::read_line;
-use super::{Published, Upgrade, check_names, control_address};
+use super::proto::Conn;
+use super::{Published, Upgrade, control_address};
 use crate::startup::Runtime;
 use crate::sys;
 
@@ -28,7 +28,7 @@ const EXIT_WAIT: Duration = Duration::from_secs(1);
 /// serving, unchanged; this process's descriptors close).
 pub struct Takeover {
     upgrade: Upgrade,
-    stream: UnixStream,
+    conn: Conn,
     old_pid: u32,
     /// The old process, to tell "it exited" from "it did not answer".
     old_pidfd: OwnedFd,
@@ -52,73 +52,26 @@ impl std::fmt::Debug for Takeover {
 pub(super) fn take_over(upgrade: &Upgrade, names: &[&str]) -> Result<Takeover, Error> {
     let rt = Runtime::current()?;
     check_names(names.iter().copied())?;
-    let pid_file = upgrade.pid_file().display();
-    let old_pid = upgrade.read_pid_file()?.ok_or_else(|| {
-        Error::invalid(format!(
-            "there is no pid file at {pid_file}: no server publishes there, so there is nothing to take over \
-             (start the server afresh, or pass the running server's pid file)"
-        ))
-    })?;
-    if old_pid == rt.pid {
-        return Err(Error::invalid(format!(
-            "the pid file {pid_file} names this process ({old_pid}): a process cannot take over from itself"
-        )));
-    }
-    // Taken before connecting, so a pid reused after this check cannot pass for the server.
-    let pidfd = sys::pidfd_open(old_pid).map_err(|_| {
-        Error::invalid(format!(
-            "the pid file {pid_file} names process {old_pid}, which is not running (a stale pid file): \
-             start the server afresh"
-        ))
-    })?;
-    let address = control_address(old_pid, rt.runtime_dir());
-    let fd = sys::connect_control(&address, upgrade.timeout).map_err(|e| {
-        if e == Errno::CONNREFUSED || e == Errno::NOENT {
-            Error::invalid(format!(
-                "process {old_pid}, named by the pid file {pid_file}, is not a sockdup server: nothing answers \
-                 takeovers at {address} (is the pid file someone else's?)"
-            ))
-        } else {
-            Error::from_errno(e, &format!("connecting to process {old_pid}'s control socket {address}"))
-        }
-    })?;
-    let (peer, peer_uid) = sys::peer_cred(fd.as_fd())
-        .map_err(|e| Error::from_errno(e, "reading the control socket's credentials"))?;
-    if peer != old_pid
-        || sys::has_exited(pidfd.as_fd()).map_err(|e| Error::from_errno(e, "polling a pidfd"))?
-    {
-        return Err(Error::invalid(format!(
-            "the control address {address} of process {old_pid} is held by process {peer} (uid {peer_uid}): \
-             refusing to take listeners from a squatter"
-        )));
-    }
-    let stream = UnixStream::from(fd);
+    let (old_pid, pidfd) = find_server(upgrade, rt.pid)?;
+    let mut conn = connect(upgrade, rt.runtime_dir(), old_pid, &pidfd)?;
     let take = ToOld::Take(names.iter().map(|&n| n.to_owned()).collect());
-    (&stream).write_all(take.encode().as_bytes()).map_err(|e| {
-        Error::from_errno(e, &format!("asking process {old_pid} for its listeners"))
-    })?;
-    let mut reader = BufReader::new(&stream);
-    let mut records = Vec::with_capacity(names.len());
-    loop {
-        let line = read_line(&mut reader).ok_or_else(|| silent(old_pid, upgrade.timeout))?;
-        match ToNew::parse(&line) {
-            Some(ToNew::Listener(name, text)) => {
-                if records.len() >= names.len() || name != names[records.len()] {
-                    return Err(garbled(old_pid, &line));
-                }
-                records.push(text.parse::<ProtocolInfo>()?);
-            }
-            Some(ToNew::Offered) if records.len() == names.len() => break,
-            Some(ToNew::Refused(code, message)) => return Err(refusal(old_pid, code, &message)),
-            _ => return Err(garbled(old_pid, &line)),
-        }
-    }
-    drop(reader);
-    let fds = crate::sockets_from_info(&records)?;
+    let asked = conn.send(
+        &take,
+        &format!("asking process {old_pid} for its listeners"),
+    );
+    // Read the answer even if asking failed: the old process may have refused before reading
+    // (this process's user), and its refusal is what to report.
+    let answer = receive_offer(&mut conn, old_pid, names, upgrade.timeout);
+    let records = match (asked, answer) {
+        (_, Ok(Answer::Refused(e))) | (Err(e), _) => return Err(e),
+        (Ok(()), Ok(Answer::Offered(records))) => records,
+        (Ok(()), Err(e)) => return Err(abort_now(&conn, e)),
+    };
+    let fds = crate::sockets_from_info(&records).map_err(|e| abort_now(&conn, e))?;
     tracing::debug!(old_pid, ?names, "took listeners over");
     Ok(Takeover {
         upgrade: upgrade.clone(),
-        stream,
+        conn,
         old_pid,
         old_pidfd: pidfd,
         listeners: names.iter().map(|&n| n.to_owned()).zip(fds).collect(),
@@ -126,21 +79,138 @@ pub(super) fn take_over(upgrade: &Upgrade, names: &[&str]) -> Result<Takeover, E
     })
 }
 
-fn silent(old_pid: u32, timeout: Duration) -> Error {
-    Error::from_code(
-        WSAENETDOWN,
-        format!(
-            "process {old_pid} closed the takeover connection or did not answer within {timeout:?}; it keeps serving"
-        ),
-    )
+/// The running server the pid file names, and a pidfd of it (taken before connecting, so a
+/// pid reused after this check cannot pass for the server).
+fn find_server(upgrade: &Upgrade, own_pid: u32) -> Result<(u32, OwnedFd), Error> {
+    let pid_file = upgrade.pid_file().display();
+    let old_pid = upgrade.read_pid_file()?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::NoPidFile,
+            format!(
+                "there is no pid file at {pid_file}: no server publishes there, so there is nothing to take over \
+                 (start the server afresh, or pass the running server's pid file)"
+            ),
+        )
+    })?;
+    if old_pid == own_pid {
+        return Err(Error::new(
+            ErrorKind::StalePidFile,
+            format!(
+                "the pid file {pid_file} names this process ({old_pid}): a process cannot take over from itself"
+            ),
+        ));
+    }
+    let pidfd = sys::pidfd_open(old_pid).map_err(|_| {
+        Error::new(
+            ErrorKind::StalePidFile,
+            format!(
+                "the pid file {pid_file} names process {old_pid}, which is not running (a stale pid file): \
+                 start the server afresh"
+            ),
+        )
+    })?;
+    Ok((old_pid, pidfd))
 }
 
-fn garbled(old_pid: u32, line: &str) -> Error {
-    Error::from_code(
-        WSAENETDOWN,
+/// A connection to the control socket of `old_pid`, checked to be held by that process.
+fn connect(
+    upgrade: &Upgrade,
+    runtime_dir: Option<&std::path::Path>,
+    old_pid: u32,
+    pidfd: &OwnedFd,
+) -> Result<Conn, Error> {
+    let pid_file = upgrade.pid_file().display();
+    let address = control_address(old_pid, runtime_dir);
+    let fd = sys::connect_control(&address, upgrade.timeout).map_err(|e| {
+        if e == Errno::CONNREFUSED || e == Errno::NOENT {
+            Error::new(
+                ErrorKind::NotAServer,
+                format!(
+                    "process {old_pid}, named by the pid file {pid_file}, is not a sockdup server: nothing answers \
+                     takeovers at {address} (is the pid file someone else's?)"
+                ),
+            )
+        } else {
+            Error::from_errno(e, &format!("connecting to process {old_pid}'s control socket {address}"))
+        }
+    })?;
+    let (peer, peer_uid) = sys::peer_cred(fd.as_fd())
+        .map_err(|e| Error::from_errno(e, "reading the control socket's credentials"))?;
+    let exited =
+        sys::has_exited(pidfd.as_fd()).map_err(|e| Error::from_errno(e, "polling a pidfd"))?;
+    if peer != old_pid || exited {
+        return Err(Error::new(
+            ErrorKind::Squatter,
+            format!(
+                "the control address {address} of process {old_pid} is held by process {peer} (uid {peer_uid}): \
+                 refusing to take listeners from a squatter"
+            ),
+        ));
+    }
+    Ok(Conn::new(UnixStream::from(fd)))
+}
+
+/// The old process's answer to `take`.
+enum Answer {
+    /// One record per name, in the order asked.
+    Offered(Vec<ProtocolInfo>),
+    /// Its refusal, as this process's error; the old process ended the session.
+    Refused(Error),
+}
+
+/// Reads the old process's answer to `take`: one record per name, in order, then `offered`.
+fn receive_offer(
+    conn: &mut Conn,
+    old_pid: u32,
+    names: &[&str],
+    timeout: Duration,
+) -> Result<Answer, Error> {
+    let peer = format!("process {old_pid}");
+    let mut records = Vec::with_capacity(names.len());
+    loop {
+        match recv(conn, old_pid, timeout)? {
+            ToNew::Listener(name, record) if names.get(records.len()) == Some(&name.as_str()) => {
+                records.push(record);
+            }
+            ToNew::Offered if records.len() == names.len() => return Ok(Answer::Offered(records)),
+            ToNew::Refused(r) => return Ok(Answer::Refused(refused(old_pid, &r))),
+            other => return Err(unexpected(&peer, &other)),
+        }
+    }
+}
+
+/// The next line from the old process; a line that breaks the protocol is an error that says
+/// so (and where it came from).
+fn recv(conn: &mut Conn, old_pid: u32, timeout: Duration) -> Result<ToNew, Error> {
+    let peer = format!("process {old_pid}");
+    conn.recv::<ToNew>(&peer, timeout)
+        .map_err(|e| match e.kind() {
+            ErrorKind::ProtocolViolation => e.context(format!(
+                "{peer} broke the takeover protocol; takeover aborted"
+            )),
+            _ => e.context("the takeover failed (the old process keeps serving)"),
+        })
+}
+
+/// The old process's refusal, as this process's error (its kind and code).
+fn refused(old_pid: u32, r: &sockdup_core::proto::upgrade::Refusal) -> Error {
+    r.to_error()
+        .context(format!("process {old_pid} refused the takeover"))
+}
+
+/// Tells the old process at once that this takeover is over (it keeps serving, and need not
+/// wait out its timeout); returns `e`.
+fn abort_now(conn: &Conn, e: Error) -> Error {
+    let _ = conn.send(&ToOld::Abort, "aborting the takeover");
+    e
+}
+
+fn unexpected(peer: &str, line: &ToNew) -> Error {
+    Error::new(
+        ErrorKind::ProtocolViolation,
         format!(
-            "process {old_pid} answered {:?}, which is not what the takeover protocol expects here",
-            truncate(line)
+            "{peer} answered {:?}, which is not what the takeover protocol expects here; takeover aborted",
+            truncate(line.encode().trim_end())
         ),
     )
 }
@@ -171,9 +241,11 @@ impl Takeover {
     ///
     /// # Errors
     /// The errors of [`Upgrade::publish`] (then the old process keeps serving);
-    /// `WSAENETDOWN` if the old process does not confirm within the timeout (it may or may
-    /// not have handed over: check which pid the pid file names); the old process's refusal
-    /// (e.g. it could not write the pid file; it keeps serving).
+    /// [`ErrorKind::PeerTimedOut`] or [`ErrorKind::PeerClosed`] if the old process does not
+    /// confirm within the timeout or closes the connection without exiting (it may or may not
+    /// have handed over: check which pid the pid file names); [`ErrorKind::ProtocolViolation`]
+    /// for an answer that breaks the protocol; the old process's refusal (e.g. it could not
+    /// write the pid file; it keeps serving).
     pub fn complete(mut self) -> Result<Published, Error> {
         let listeners = std::mem::take(&mut self.listeners);
         let published = match Published::start(self.upgrade.clone(), listeners) {
@@ -185,37 +257,43 @@ impl Takeover {
             }
         };
         self.finished = true;
-        let sent = (&self.stream).write_all(ToOld::Ready.encode().as_bytes());
-        let line = sent
-            .ok()
-            .and_then(|()| read_line(&mut BufReader::new(&self.stream)));
-        match line.as_deref().map(ToNew::parse) {
-            Some(Some(ToNew::Done)) => {
-                tracing::info!(old_pid = self.old_pid, "takeover complete");
+        let (old_pid, timeout) = (self.old_pid, self.upgrade.timeout);
+        let answer = self
+            .conn
+            .send(&ToOld::Ready, "telling the old process this one is ready")
+            .and_then(|()| recv(&mut self.conn, old_pid, timeout));
+        match answer {
+            Ok(ToNew::Done) => {
+                tracing::info!(old_pid, "takeover complete");
                 Ok(published)
             }
-            Some(Some(ToNew::Refused(code, message))) => Err(refusal(self.old_pid, code, &message)),
-            Some(_) => Err(garbled(self.old_pid, line.as_deref().unwrap_or(""))),
+            Ok(ToNew::Refused(r)) => Err(refused(old_pid, &r)),
+            Ok(other) => Err(unexpected(&format!("process {old_pid}"), &other)),
+            Err(e) if e.kind() == ErrorKind::ProtocolViolation => Err(e),
             // The old process exited before confirming (stopped by a signal, say): this
             // process holds the listeners and nobody else serves, so the takeover stands. (A
             // process closes its descriptors a moment before it counts as exited.)
-            None if sys::exits_within(self.old_pidfd.as_fd(), EXIT_WAIT).unwrap_or(false) => {
+            Err(_) if sys::exits_within(self.old_pidfd.as_fd(), EXIT_WAIT).unwrap_or(false) => {
                 self.upgrade.write_pid_file(sys::getpid())?;
                 tracing::warn!(
-                    old_pid = self.old_pid,
+                    old_pid,
                     "the old process exited before confirming the handover; this one serves now"
                 );
                 Ok(published)
             }
-            None => Err(Error::from_code(
-                WSAENETDOWN,
-                format!(
-                    "process {} did not confirm the handover within {:?}: see which pid {} names",
-                    self.old_pid,
-                    self.upgrade.timeout,
-                    self.upgrade.pid_file().display()
-                ),
-            )),
+            Err(e) => {
+                let kind = match e.kind() {
+                    ErrorKind::PeerTimedOut => ErrorKind::PeerTimedOut,
+                    _ => ErrorKind::PeerClosed,
+                };
+                Err(Error::new(
+                    kind,
+                    format!(
+                        "process {old_pid} did not confirm the handover within {timeout:?}: see which pid {} names",
+                        self.upgrade.pid_file().display()
+                    ),
+                ))
+            }
         }
     }
 
@@ -223,8 +301,9 @@ impl Takeover {
     /// serving, unchanged. Returns once the old process has confirmed.
     ///
     /// # Errors
-    /// `WSAENETDOWN` if the old process did not confirm (it then notices the closed
-    /// connection and keeps serving all the same).
+    /// [`ErrorKind::PeerClosed`], [`ErrorKind::PeerTimedOut`] or
+    /// [`ErrorKind::ProtocolViolation`] (`WSAENETDOWN`) if the old process did not confirm (it
+    /// then notices the closed connection and keeps serving all the same).
     pub fn abort(mut self) -> Result<(), Error> {
         self.abort_within(self.upgrade.timeout)
     }
@@ -232,14 +311,12 @@ impl Takeover {
     fn abort_within(&mut self, timeout: Duration) -> Result<(), Error> {
         self.finished = true;
         self.listeners.clear();
-        let _ = self.stream.set_read_timeout(Some(timeout));
-        (&self.stream)
-            .write_all(ToOld::Abort.encode().as_bytes())
-            .map_err(|e| Error::from_errno(e, "sending the abort"))?;
-        let mut reader = BufReader::new(&self.stream);
-        match read_line(&mut reader).map(|l| ToNew::parse(&l)) {
-            Some(Some(ToNew::Aborted)) => Ok(()),
-            _ => Err(silent(self.old_pid, timeout)),
+        self.conn.set_read_timeout(timeout);
+        self.conn.send(&ToOld::Abort, "sending the abort")?;
+        match recv(&mut self.conn, self.old_pid, timeout)? {
+            ToNew::Aborted => Ok(()),
+            ToNew::Refused(r) => Err(refused(self.old_pid, &r)),
+            other => Err(unexpected(&format!("process {}", self.old_pid), &other)),
         }
     }
 }

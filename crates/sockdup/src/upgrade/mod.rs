@@ -35,13 +35,16 @@
 //! ```
 //!
 //! One takeover at a time: a second one while the first is in progress is refused with
-//! `WSAEINPROGRESS`. A takeover that fails, times out, or whose new process dies or calls
-//! [`Takeover::abort`], leaves the old process serving, unchanged. Listeners the new process
-//! does not ask for stay with the old one until it exits; asking for a name the old process
-//! does not have is an error. Only a process of the same user, or root, may take over.
+//! [`ErrorKind::TakeoverInProgress`] (`WSAEINPROGRESS`). A takeover that fails, times out, or
+//! whose new process dies or calls [`Takeover::abort`], leaves the old process serving,
+//! unchanged. Listeners the new process does not ask for stay with the old one until it exits;
+//! asking for a name the old process does not have is an error. Only a process of the same
+//! user, or root, may take over.
 //!
 //! The protocol is lines of text over an `AF_UNIX` stream socket at `@sockdup/v1/PID/upgrade`
-//! (or `$SOCKDUP_RUNTIME_DIR/sockdup-PID.upgrade.sock`); see the `proto` module in the source.
+//! (or `$SOCKDUP_RUNTIME_DIR/sockdup-PID.upgrade.sock`; [`control_address`]); its codec is
+//! [`sockdup_core::proto::upgrade`]. Errors of the old process reach the new one with their
+//! [`ErrorKind`].
 
 mod client;
 mod proto;
@@ -52,11 +55,12 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sockdup_core::error::{Error, WSAEINVAL};
+use sockdup_core::error::{Error, ErrorKind};
+use sockdup_core::proto::upgrade::{check_names, truncate};
 
 pub use client::Takeover;
-pub use proto::{MAX_NAME_LEN, check_name};
 pub use server::{Handover, Published};
+pub use sockdup_core::proto::upgrade::{MAX_NAME_LEN, check_name};
 
 use crate::sys;
 
@@ -94,8 +98,8 @@ impl Upgrade {
     /// the process really is a sockdup server shows when [`take_over`](Self::take_over) asks.
     ///
     /// # Errors
-    /// `WSAEINVAL` if the file holds something other than a pid; an OS error if it cannot be
-    /// read.
+    /// [`ErrorKind::StalePidFile`] if the file holds something other than a pid; an OS error if
+    /// it cannot be read.
     pub fn running_server(&self) -> Result<Option<u32>, Error> {
         let Some(pid) = self.read_pid_file()? else {
             return Ok(None);
@@ -109,10 +113,12 @@ impl Upgrade {
     /// [`Published::listener`].
     ///
     /// # Errors
-    /// `WSANOTINITIALISED` without [`startup`](crate::startup); `WSAEINVAL` for a bad or
-    /// repeated name or no listener; `WSAEADDRINUSE` if the pid file names another running
-    /// process (take over from it instead), or another process holds this process's control
-    /// socket address; an OS error if the pid file cannot be written.
+    /// [`ErrorKind::NotStarted`] without [`startup`](crate::startup);
+    /// [`ErrorKind::BadListenerName`] for a bad or repeated name, [`ErrorKind::UnknownListener`]
+    /// for no listener; [`ErrorKind::ServerRunning`] if the pid file names another running
+    /// process (take over from it instead), or this process's control socket address is in use;
+    /// [`ErrorKind::StalePidFile`] for a pid file that holds no pid; an OS error if the pid file
+    /// cannot be written.
     #[doc(alias = "WSPDuplicateSocket")]
     pub fn publish<I, N, L>(&self, listeners: I) -> Result<Published, Error>
     where
@@ -127,8 +133,8 @@ impl Upgrade {
         check_names(listeners.iter().map(|(n, _)| n.as_str()))?;
         let own = sys::getpid();
         if let Some(pid) = self.running_server()?.filter(|&p| p != own) {
-            return Err(Error::from_code(
-                sockdup_core::error::WSAEADDRINUSE,
+            return Err(Error::new(
+                ErrorKind::ServerRunning,
                 format!(
                     "the pid file {} names process {pid}, which is running: take over from it (Upgrade::take_over) \
                      instead of publishing beside it, or stop it first",
@@ -147,13 +153,19 @@ impl Upgrade {
     /// [`Takeover::abort`] (it keeps serving, unchanged).
     ///
     /// # Errors
-    /// `WSANOTINITIALISED` without [`startup`](crate::startup); `WSAEINVAL` for no pid file, a
-    /// stale one, one naming this process, a process that is not a sockdup server, a bad,
-    /// repeated or unknown name (the message lists the names the old process has), or a
-    /// server that already handed over; `WSAEINPROGRESS` while another takeover of the same
-    /// server is in progress; `WSAEACCES` if the old process refuses this process's user;
-    /// `WSAENETDOWN` if it does not answer within the timeout; the errors of
-    /// [`sockets_from_info`](crate::sockets_from_info).
+    /// [`ErrorKind::NotStarted`] without [`startup`](crate::startup);
+    /// [`ErrorKind::NoPidFile`]; [`ErrorKind::StalePidFile`] for a pid file naming no running
+    /// process or this one, or holding no pid; [`ErrorKind::NotAServer`] if nothing answers
+    /// takeovers for that process; [`ErrorKind::Squatter`] if another process holds its control
+    /// address; [`ErrorKind::BadListenerName`] for a bad or repeated name;
+    /// [`ErrorKind::UnknownListener`] for a name the old process does not have (the message
+    /// lists the ones it has) or none; [`ErrorKind::AlreadyHandedOver`] from a server that
+    /// already handed over; [`ErrorKind::TakeoverInProgress`] while another takeover of the
+    /// same server is in progress; [`ErrorKind::TakeoverNotPermitted`] if the old process
+    /// refuses this process's user; [`ErrorKind::PeerClosed`] or [`ErrorKind::PeerTimedOut`] if
+    /// it closes the connection or does not answer within the timeout;
+    /// [`ErrorKind::ProtocolViolation`] for an answer that breaks the protocol (this process
+    /// aborts the takeover at once); the errors of [`sockets_from_info`](crate::sockets_from_info).
     #[doc(alias = "WSPSocket")]
     pub fn take_over(&self, names: &[&str]) -> Result<Takeover, Error> {
         client::take_over(self, names)
@@ -172,11 +184,14 @@ impl Upgrade {
         };
         match text.trim().parse::<u32>() {
             Ok(pid) if pid != 0 && pid <= i32::MAX as u32 => Ok(Some(pid)),
-            _ => Err(Error::invalid(format!(
-                "the pid file {} does not hold a pid (it holds {:?}): remove it, or pass the right path",
-                self.pid_file.display(),
-                proto::truncate(text.trim())
-            ))),
+            _ => Err(Error::new(
+                ErrorKind::StalePidFile,
+                format!(
+                    "the pid file {} does not hold a pid (it holds {:?}): remove it, or pass the right path",
+                    self.pid_file.display(),
+                    truncate(text.trim())
+                ),
+            )),
         }
     }
 
@@ -198,8 +213,10 @@ impl Upgrade {
     }
 }
 
-/// Where process `pid` answers takeovers: next to its inbox, in `runtime_dir` if given.
-pub(crate) fn control_address(pid: u32, runtime_dir: Option<&Path>) -> sys::InboxAddress {
+/// Where process `pid` answers takeovers: next to its inbox, in `runtime_dir` if given
+/// (`SOCKDUP_RUNTIME_DIR`, [`Options::runtime_dir`](crate::Options::runtime_dir)), else in the
+/// abstract namespace.
+pub fn control_address(pid: u32, runtime_dir: Option<&Path>) -> sys::InboxAddress {
     match runtime_dir {
         Some(dir) => sys::InboxAddress::Path(dir.join(format!("sockdup-{pid}.upgrade.sock"))),
         None => sys::InboxAddress::Abstract(format!("sockdup/v1/{pid}/upgrade")),
@@ -210,47 +227,9 @@ fn process_exists(pid: u32) -> bool {
     sys::pidfd_open(pid).is_ok()
 }
 
-/// Checks each name and that none repeats.
-fn check_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), Error> {
-    let mut seen = std::collections::HashSet::new();
-    for name in names {
-        check_name(name)?;
-        if !seen.insert(name) {
-            return Err(Error::invalid(format!(
-                "the listener name {name:?} is given twice: each listener needs its own name"
-            )));
-        }
-    }
-    if seen.is_empty() {
-        return Err(Error::from_code(
-            WSAEINVAL,
-            "no listener given: name at least one",
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_checked_and_unique() {
-        check_names(["a", "b"]).unwrap();
-        assert!(
-            check_names(["a", "a"])
-                .unwrap_err()
-                .message()
-                .contains("twice")
-        );
-        assert!(
-            check_names([])
-                .unwrap_err()
-                .message()
-                .contains("no listener")
-        );
-        assert_eq!(check_names(["a b"]).unwrap_err().code(), 10022);
-    }
 
     #[test]
     fn pid_files() {
@@ -263,6 +242,7 @@ mod tests {
         assert_eq!(up.running_server().unwrap(), None, "stale");
         std::fs::write(up.pid_file(), "nonsense").unwrap();
         let e = up.running_server().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::StalePidFile);
         assert!(e.message().contains("does not hold a pid"), "{e}");
         up.remove_pid_file_of(1);
         assert!(up.pid_file().exists(), "only removed when it names the pid");

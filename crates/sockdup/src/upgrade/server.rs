@@ -2,7 +2,6 @@
 //! per takeover attempt.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,16 +9,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sockdup_core::error::{Error, WSAEACCES, WSAEADDRINUSE, WSAEINPROGRESS, WSAENETDOWN};
+use sockdup_core::allow::Allow;
+use sockdup_core::error::{Error, ErrorKind};
+use sockdup_core::line::LineMessage;
+use sockdup_core::proto::upgrade::{Refusal, ToNew, ToOld, check_names};
 
-use super::proto::{ToNew, ToOld};
+use super::proto::Conn;
 use super::{Upgrade, control_address};
 use crate::startup::Runtime;
 use crate::sync::lock;
 use crate::sys::{self, InboxAddress};
-
-/// The longest line either side reads.
-pub(super) const MAX_LINE: u64 = 64 * 1024;
 
 /// The most takeover connections served at once; more are refused at once.
 const MAX_SESSIONS: usize = 8;
@@ -49,18 +48,21 @@ impl State {
                 *self = Self::Offering(pid);
                 Ok(())
             }
-            Self::Offering(other) => Err(Error::from_code(
-                WSAEINPROGRESS,
+            Self::Offering(other) => Err(Error::new(
+                ErrorKind::TakeoverInProgress,
                 format!(
                     "process {other} is taking over this server's listeners right now: one takeover at a time; \
                      try again when it has finished or given up"
                 ),
             )),
-            Self::HandedOver(h) => Err(Error::invalid(format!(
-                "this server already handed its listeners to process {}, which the pid file names now: take over \
-                 from that one",
-                h.pid
-            ))),
+            Self::HandedOver(h) => Err(Error::new(
+                ErrorKind::AlreadyHandedOver,
+                format!(
+                    "this server already handed its listeners to process {}, which the pid file names now: take \
+                     over from that one",
+                    h.pid
+                ),
+            )),
         }
     }
 
@@ -88,6 +90,8 @@ struct Shared {
     fds: Vec<OwnedFd>,
     state: Mutex<State>,
     changed: Condvar,
+    /// An eventfd made readable (and left so) by the handover, for event loops.
+    handed_over: OwnedFd,
     sessions: AtomicUsize,
 }
 
@@ -124,8 +128,8 @@ impl Published {
         let address = control_address(rt.pid, rt.runtime_dir());
         let listener = sys::listen_control(&address).map_err(|e| {
             if e == rustix::io::Errno::ADDRINUSE {
-                Error::from_code(
-                    WSAEADDRINUSE,
+                Error::new(
+                    ErrorKind::ServerRunning,
                     format!(
                         "the control address {address} is in use: this process already publishes listeners, or \
                          another process squats the address"
@@ -137,6 +141,7 @@ impl Published {
             }
         })?;
         let waker = sys::waker().map_err(|e| Error::from_errno(e, "creating an eventfd"))?;
+        let handed_over = sys::waker().map_err(|e| Error::from_errno(e, "creating an eventfd"))?;
         let (names, fds): (Vec<String>, Vec<OwnedFd>) = listeners.into_iter().unzip();
         let index = names
             .iter()
@@ -151,6 +156,7 @@ impl Published {
             fds,
             state: Mutex::new(State::Serving),
             changed: Condvar::new(),
+            handed_over,
             sessions: AtomicUsize::new(0),
         });
         let thread = {
@@ -203,6 +209,14 @@ impl Published {
             State::HandedOver(h) => Some(h.clone()),
             _ => None,
         }
+    }
+
+    /// A descriptor that polls readable once a successor has taken over, and stays readable:
+    /// for event loops (`poll`, `epoll`, an async runtime) that wait on other things too and
+    /// cannot block in [`wait`](Self::wait). Do not read from it; then call
+    /// [`handed_over`](Self::handed_over).
+    pub fn handover_fd(&self) -> BorrowedFd<'_> {
+        self.shared.handed_over.as_fd()
     }
 
     /// Blocks until a successor has taken over. Then this process should stop accepting on
@@ -276,52 +290,37 @@ fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd, waker: &OwnedFd) {
         let stream = UnixStream::from(fd);
         if shared.sessions.fetch_add(1, Ordering::SeqCst) >= MAX_SESSIONS {
             shared.sessions.fetch_sub(1, Ordering::SeqCst);
-            let refusal = Error::from_code(
-                WSAEINPROGRESS,
+            let refusal = Error::new(
+                ErrorKind::TakeoverInProgress,
                 "too many takeover connections at once: try again",
             );
-            let _ = refuse(&stream, &refusal);
+            let _ = Conn::new(stream).send(&refusal_of(&refusal), "refusing a takeover");
             continue;
         }
-        let shared = shared.clone();
+        let in_session = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("sockdup-takeover".into())
             .spawn(move || {
-                session(&shared, stream);
-                shared.sessions.fetch_sub(1, Ordering::SeqCst);
+                session(&in_session, stream);
+                in_session.sessions.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
+            // The session never ran: its place is free again.
+            shared.sessions.fetch_sub(1, Ordering::SeqCst);
             tracing::warn!(error = %e, "starting a takeover session");
         }
     }
 }
 
-fn refuse(mut stream: &UnixStream, e: &Error) -> std::io::Result<()> {
-    stream.write_all(
-        ToNew::Refused(e.code(), e.message().to_owned())
-            .encode()
-            .as_bytes(),
-    )
-}
-
-/// Reads one line of at most [`MAX_LINE`] bytes; `None` at end of file, on a timeout or an
-/// error.
-pub(super) fn read_line(reader: &mut BufReader<&UnixStream>) -> Option<String> {
-    let mut line = String::new();
-    match reader.by_ref().take(MAX_LINE).read_line(&mut line) {
-        Ok(0) | Err(_) => None,
-        Ok(_) if !line.ends_with('\n') => None,
-        Ok(_) => {
-            line.pop();
-            Some(line)
-        }
-    }
+fn refusal_of(e: &Error) -> ToNew {
+    ToNew::Refused(Refusal::of(e))
 }
 
 /// Abandons the offer to `pid` unless it completed, whatever way the session ends.
 struct Offer<'a> {
     shared: &'a Shared,
     pid: u32,
+    names: Vec<String>,
 }
 
 impl Drop for Offer<'_> {
@@ -331,89 +330,113 @@ impl Drop for Offer<'_> {
     }
 }
 
-/// One takeover attempt, from the `take` line to `done`, `aborted` or a refusal.
+/// One takeover attempt, from the `take` line to `done`, `aborted` or a refusal: a refusal
+/// (of a malformed line too) is sent as an `error` line, and ends the session; the listeners
+/// stay with this process.
 fn session(shared: &Shared, stream: UnixStream) {
-    let outcome = (|| -> Result<(), Error> {
-        stream
-            .set_nonblocking(false)
-            .and_then(|()| stream.set_read_timeout(Some(shared.upgrade.timeout)))
-            .and_then(|()| stream.set_write_timeout(Some(shared.upgrade.timeout)))
-            .map_err(|e| Error::from_errno(e, "configuring a takeover connection"))?;
-        let (pid, uid) = sys::peer_cred(stream.as_fd())
-            .map_err(|e| Error::from_errno(e, "reading a takeover connection's credentials"))?;
-        let own_uid = sys::getuid();
-        if uid != own_uid && uid != 0 {
-            return Err(Error::from_code(
-                WSAEACCES,
-                format!(
-                    "process {pid} runs as uid {uid}; only uid {own_uid} (this server's user) or root may take over"
-                ),
-            ));
-        }
-        let mut reader = BufReader::new(&stream);
-        let line = read_line(&mut reader)
-            .ok_or_else(|| Error::from_code(WSAENETDOWN, "no takeover request arrived"))?;
-        let ToOld::Take(names) = ToOld::parse(&line)? else {
-            return Err(Error::invalid(
-                "a takeover starts with `take`: nothing to be ready for or abort",
-            ));
-        };
-        super::check_names(names.iter().map(String::as_str))?;
-        let picked = names
-            .iter()
-            .map(|n| {
-                shared.index.get(n).copied().ok_or_else(|| {
-                    Error::invalid(format!(
+    let mut conn = Conn::new(stream);
+    let outcome = admit(shared, &conn)
+        .and_then(|pid| offer(shared, &mut conn, pid))
+        .and_then(|offer| conclude(&mut conn, offer));
+    if let Err(e) = outcome {
+        tracing::info!(code = e.code(), kind = %e.kind(), error = %e, "takeover refused");
+        let _ = conn.send(&refusal_of(&e), "refusing a takeover");
+    }
+}
+
+/// Configures a takeover connection and checks who is at the other end: the pid of the new
+/// process, if its user may take over.
+fn admit(shared: &Shared, conn: &Conn) -> Result<u32, Error> {
+    let stream = conn.stream();
+    stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_read_timeout(Some(shared.upgrade.timeout)))
+        .and_then(|()| stream.set_write_timeout(Some(shared.upgrade.timeout)))
+        .map_err(|e| Error::from_errno(e, "configuring a takeover connection"))?;
+    let (pid, uid) = sys::peer_cred(stream.as_fd())
+        .map_err(|e| Error::from_errno(e, "reading a takeover connection's credentials"))?;
+    let own_uid = sys::getuid();
+    if !Allow::SameUser.permits(own_uid, uid) {
+        return Err(Error::new(
+            ErrorKind::TakeoverNotPermitted,
+            format!(
+                "process {pid} runs as uid {uid}; only uid {own_uid} (this server's user) or root may take over"
+            ),
+        ));
+    }
+    Ok(pid)
+}
+
+/// Reads the `take` line and offers the listeners it names to `pid`: duplicates for it, one
+/// `listener` line each, then `offered`.
+fn offer<'a>(shared: &'a Shared, conn: &mut Conn, pid: u32) -> Result<Offer<'a>, Error> {
+    let peer = format!("the new process {pid}");
+    let ToOld::Take(names) = conn.recv::<ToOld>(&peer, shared.upgrade.timeout)? else {
+        return Err(Error::new(
+            ErrorKind::ProtocolViolation,
+            "a takeover starts with `take`: nothing to be ready for or abort",
+        ));
+    };
+    check_names(names.iter().map(String::as_str))?;
+    let picked = names
+        .iter()
+        .map(|n| {
+            shared.index.get(n).copied().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::UnknownListener,
+                    format!(
                         "this server has no listener named {n:?}; it has {}",
                         shared.names.join(", ")
-                    ))
-                })
+                    ),
+                )
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        lock(&shared.state).begin(pid)?;
-        let offer = Offer { shared, pid };
-        let fds: Vec<BorrowedFd<'_>> = picked.iter().map(|&i| shared.fds[i].as_fd()).collect();
-        let records = crate::duplicate_sockets(&fds, pid)?;
-        let mut out = String::new();
-        for (name, record) in names.iter().zip(&records) {
-            out.push_str(&ToNew::Listener(name.clone(), record.to_string()).encode());
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    lock(&shared.state).begin(pid)?;
+    let offer = Offer { shared, pid, names };
+    let fds: Vec<BorrowedFd<'_>> = picked.iter().map(|&i| shared.fds[i].as_fd()).collect();
+    let records = crate::duplicate_sockets(&fds, pid)?;
+    let mut out = String::new();
+    for (name, record) in offer.names.iter().zip(records) {
+        ToNew::Listener(name.clone(), record).encode_into(&mut out);
+    }
+    ToNew::Offered.encode_into(&mut out);
+    conn.send_raw(&out, "sending the records")?;
+    tracing::debug!(pid, names = ?offer.names, "offered listeners");
+    Ok(offer)
+}
+
+/// Waits for the new process's `ready` (hand over) or `abort` (keep serving).
+fn conclude(conn: &mut Conn, offer: Offer<'_>) -> Result<(), Error> {
+    let (shared, pid) = (offer.shared, offer.pid);
+    let peer = format!("the new process {pid}");
+    match conn.recv::<ToOld>(&peer, shared.upgrade.timeout) {
+        Ok(ToOld::Ready) => {
+            shared.upgrade.write_pid_file(pid)?;
+            lock(&shared.state).finish(pid, offer.names.clone());
+            shared.changed.notify_all();
+            let _ = sys::wake(shared.handed_over.as_fd());
+            let _ = conn.send(&ToNew::Done, "confirming the handover");
+            tracing::info!(pid, names = ?offer.names, "handed listeners over");
+            Ok(())
         }
-        out.push_str(&ToNew::Offered.encode());
-        (&stream)
-            .write_all(out.as_bytes())
-            .map_err(|e| Error::from_errno(e, "sending the records"))?;
-        tracing::debug!(pid, ?names, "offered listeners");
-        match read_line(&mut reader).map(|l| ToOld::parse(&l)) {
-            Some(Ok(ToOld::Ready)) => {
-                shared.upgrade.write_pid_file(pid)?;
-                lock(&shared.state).finish(pid, names.clone());
-                shared.changed.notify_all();
-                let _ = (&stream).write_all(ToNew::Done.encode().as_bytes());
-                tracing::info!(pid, ?names, "handed listeners over");
-                Ok(())
-            }
-            Some(Ok(ToOld::Abort)) => {
-                // Serving as before by the time the new process hears it, so it (or another)
-                // can start the next takeover at once.
-                drop(offer);
-                let _ = (&stream).write_all(ToNew::Aborted.encode().as_bytes());
-                tracing::info!(pid, "takeover aborted by the new process; still serving");
-                Ok(())
-            }
-            Some(Ok(ToOld::Take(_))) => Err(Error::invalid("a second `take` in one takeover")),
-            Some(Err(e)) => Err(e),
-            None => {
-                tracing::warn!(
-                    pid,
-                    "the new process left before it was ready; still serving"
-                );
-                Ok(())
-            }
+        Ok(ToOld::Abort) => {
+            // Serving as before by the time the new process hears it, so it (or another)
+            // can start the next takeover at once.
+            drop(offer);
+            let _ = conn.send(&ToNew::Aborted, "confirming the abort");
+            tracing::info!(pid, "takeover aborted by the new process; still serving");
+            Ok(())
         }
-    })();
-    if let Err(e) = outcome {
-        tracing::info!(code = e.code(), error = %e, "takeover refused");
-        let _ = refuse(&stream, &e);
+        Ok(ToOld::Take(_)) => Err(Error::new(
+            ErrorKind::ProtocolViolation,
+            "a second `take` in one takeover",
+        )),
+        Err(e) if matches!(e.kind(), ErrorKind::PeerClosed | ErrorKind::PeerTimedOut) => {
+            tracing::warn!(pid, error = %e, "the new process left or hung before it was ready; still serving");
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -426,6 +449,7 @@ mod tests {
         let mut s = State::Serving;
         s.begin(10).unwrap();
         let e = s.begin(11).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TakeoverInProgress);
         assert_eq!(e.code(), 10036);
         assert!(e.message().contains("process 10"), "{e}");
         s.abandon(11);
@@ -453,6 +477,7 @@ mod tests {
         );
         s.abandon(11);
         let e = s.begin(12).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyHandedOver);
         assert_eq!(e.code(), 10022);
         assert!(e.message().contains("process 11"), "{e}");
     }
