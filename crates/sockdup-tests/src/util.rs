@@ -55,6 +55,31 @@ impl TempDir {
     }
 }
 
+/// A temporary file holding given bytes, removed when dropped, also when the test panics.
+#[derive(Debug)]
+pub struct TempFile(tempfile::TempPath);
+
+impl TempFile {
+    /// A new file (under the system's temporary directory) holding `contents`.
+    ///
+    /// # Panics
+    /// If it cannot be created or written.
+    #[track_caller]
+    pub fn new(contents: &[u8]) -> Self {
+        let mut file = tempfile::Builder::new()
+            .prefix("sockdup-test-")
+            .tempfile()
+            .expect("create a temporary file");
+        file.write_all(contents).expect("write a temporary file");
+        Self(file.into_temp_path())
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
 /// Starts `cmd` with piped stdin, stdout and stderr.
 ///
 /// # Panics

@@ -846,19 +846,19 @@ impl Target {
         &mut self,
         to_source: &ToSource,
         me: u32,
-        text: &str,
+        record: &ProtocolInfo,
     ) -> Result<String, CliError> {
         if self.tally.is_some() {
             return Err(CliError::failed(
                 "the source sent a second record: the demo redeems one",
             ));
         }
-        let record = receive_record(to_source, me, text, true)?;
-        let chain = Chain::for_record(&record)?;
+        receive_record(to_source, me, record, true)?;
+        let chain = Chain::for_record(record)?;
 
         // 8) WSPSocket with the record, through the chain.
         let tally = self.tally.insert(Tally::default());
-        let made = Socket::from_info(&record);
+        let made = Socket::from_info(record);
         tally.count("socket_from_info", None, true, &made, |_| (0, 0));
         let socket = made.map_err(spi_failed(
             "redeeming the record through its chain (sockdup::spi::Socket::from_info, WSASocketW \
@@ -874,7 +874,7 @@ impl Target {
             chain.id,
             ids(&chain.entries)
         ))?;
-        let again = Socket::from_info(&record);
+        let again = Socket::from_info(record);
         tally.count("socket_from_info", None, true, &again, |_| (0, 0));
         match again {
             Ok(_) => {
