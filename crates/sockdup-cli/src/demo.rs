@@ -453,16 +453,7 @@ impl Target {
         };
         thread::Builder::new()
             .name("demo-target-reader".into())
-            .spawn(move || {
-                let mut reader = LineReader::new(stdout, MAX_LINE);
-                // Until the end of output (`None`), or the first malformed line.
-                while let Some(reply) = reader.read_message::<Reply>().transpose() {
-                    let stop = reply.is_err();
-                    if tx.send(reply).is_err() || stop {
-                        break;
-                    }
-                }
-            })
+            .spawn(move || read_replies(stdout, &tx))
             .map_err(io_failed("starting the thread that reads the target"))?;
         Ok(target)
     }
@@ -509,24 +500,8 @@ impl Target {
                     )));
                 }
             };
-            match reply {
-                Reply::Log(text) => {
-                    let mut out = io::stdout().lock();
-                    let _ = writeln!(out, "{text}");
-                    let _ = out.flush();
-                }
-                Reply::Ok(answer) => return Ok(answer),
-                Reply::Err(e) => {
-                    return Err(CliError::sockdup(
-                        format!("the target (pid {pid}) failed"),
-                        e,
-                    ));
-                }
-                Reply::Failed(message) => {
-                    return Err(CliError::failed(format!(
-                        "the target (pid {pid}) failed: {message}"
-                    )));
-                }
+            if let Some(answer) = answer(pid, reply)? {
+                return Ok(answer);
             }
         }
     }
@@ -592,6 +567,40 @@ impl Drop for Target {
     /// Never leaves a zombie or a stray target behind, whatever step failed.
     fn drop(&mut self) {
         self.reap(Duration::from_secs(1));
+    }
+}
+
+/// The target's replies, parsed, from `from` to `to`: until the end of output, or the first
+/// malformed line (sent as its error, so the source hears of it at once).
+fn read_replies(from: impl Read, to: &Sender<Result<Reply, sockdup::Error>>) {
+    let mut reader = LineReader::new(from, MAX_LINE);
+    while let Some(reply) = reader.read_message::<Reply>().transpose() {
+        let stop = reply.is_err();
+        if to.send(reply).is_err() || stop {
+            break;
+        }
+    }
+}
+
+/// What a reply of the target (pid `pid`) means to the source: a log line is printed (and
+/// `None` returned: the answer is still to come); `ok` is the answer; `err` and `fail` are
+/// failures.
+fn answer(pid: u32, reply: Reply) -> Result<Option<String>, CliError> {
+    match reply {
+        Reply::Log(text) => {
+            let mut out = io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+            Ok(None)
+        }
+        Reply::Ok(answer) => Ok(Some(answer)),
+        Reply::Err(e) => Err(CliError::sockdup(
+            format!("the target (pid {pid}) failed"),
+            e,
+        )),
+        Reply::Failed(message) => Err(CliError::failed(format!(
+            "the target (pid {pid}) failed: {message}"
+        ))),
     }
 }
 
@@ -1113,4 +1122,47 @@ fn redeem(
 /// already gone).
 fn close_stream(stream: &mut Option<TcpStream>) -> String {
     format!("fd {}", stream.take().map_or(-1, |s| s.as_raw_fd()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sockdup::ErrorKind;
+
+    /// The replies `read_replies` passes on for `bytes`.
+    fn replies(bytes: &[u8]) -> Vec<Result<Reply, sockdup::Error>> {
+        let (tx, rx) = mpsc::channel();
+        read_replies(bytes, &tx);
+        drop(tx);
+        rx.into_iter().collect()
+    }
+
+    #[test]
+    fn a_malformed_line_from_the_target_stops_the_source_at_once() {
+        let got = replies(b"log [target 1] 3) hello\nwhat is this\nok 1\n");
+        assert_eq!(got.len(), 2, "nothing after the malformed line: {got:?}");
+        assert!(matches!(&got[0], Ok(Reply::Log(t)) if t == "[target 1] 3) hello"));
+        let Err(e) = &got[1] else { panic!("{got:?}") };
+        assert_eq!(e.kind(), ErrorKind::ProtocolViolation);
+        // An oversized line too, before its end.
+        let got = replies(&[b'x'; MAX_LINE + 1]);
+        assert!(matches!(&got[..], [Err(e)] if e.kind() == ErrorKind::ProtocolViolation));
+    }
+
+    #[test]
+    fn the_targets_errors_keep_their_kind() {
+        let line = "err 10022 already-redeemed the record was already redeemed";
+        let reply = Reply::parse(line).expect("a reply");
+        let Err(CliError::Sockdup { context, error }) = answer(42, reply) else {
+            panic!("not a sockdup error");
+        };
+        assert_eq!(context, "the target (pid 42) failed");
+        assert_eq!(error.kind(), ErrorKind::AlreadyRedeemed);
+        let e = answer(42, Reply::Failed("a check".into())).unwrap_err();
+        assert!(matches!(e, CliError::Failed(m) if m == "the target (pid 42) failed: a check"));
+        assert_eq!(
+            answer(42, Reply::Ok("7".into())).unwrap().as_deref(),
+            Some("7")
+        );
+    }
 }

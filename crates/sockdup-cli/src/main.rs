@@ -332,3 +332,32 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_errors_print_their_kind_and_others_do_not() {
+        let e = CliError::sockdup(
+            "redeeming the record",
+            sockdup::Error::new(
+                sockdup::ErrorKind::AlreadyRedeemed,
+                "the record was already redeemed",
+            ),
+        );
+        assert_eq!(
+            e.report(),
+            "sockdup: error[already-redeemed]: redeeming the record: the record was already \
+             redeemed (WSAEINVAL 10022)"
+        );
+        assert_eq!(
+            CliError::failed("no such file").report(),
+            "sockdup: error: no such file"
+        );
+        assert_eq!(
+            CliError::Usage("bad flag".into()).report(),
+            "sockdup: error: bad flag"
+        );
+    }
+}
