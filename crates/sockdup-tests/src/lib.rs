@@ -9,7 +9,7 @@
 //!
 //! One command per line on the peer's stdin (`VERB [ARG...]`, see [`Verb`]), one answer per line
 //! on its stdout: `ok [VALUE]`, or `err CODE KIND MESSAGE` where `CODE` is the Winsock number
-//! and `KIND` the stable name of the error's [`ErrorKind`](sockdup::ErrorKind) (its
+//! and `KIND` the stable name of the error's [`ErrorKind`] (its
 //! [`name()`](sockdup::ErrorKind::name)). Lines are read with the one bounded reader of
 //! [`sockdup_core::line`]; a malformed command (an unknown verb, a missing or bad argument) is
 //! answered at once with an `err` of kind `protocol-violation` or `invalid-argument`.
