@@ -14,11 +14,15 @@
 //! | 9 | target, peer | exchange data both ways |
 //! | 10 | source, target | close; the peer sees EOF only after the last close |
 //!
-//! The pipes carry lines. Source to target (the target's stdin): `pid?`, `record <text>`,
-//! `send <step> <text>`, `expect <step> <text>`, `close`, `report`, `quit`. Target to source
-//! (its stdout): `log <line>` (printed by the source as it is, so the output stays in order),
-//! `ok <result>` and `err <message>`, one answer per request. Every wait is bounded by
-//! [`TIMEOUT`].
+//! The pipes carry lines, typed by the demo protocol's codec
+//! (`sockdup_core::proto::demo`) and read with the one bounded line reader. Source to target
+//! (the target's stdin): `pid?`, `record <record>`, `send <step> <text>`,
+//! `expect <step> <text>`, `close`, `report`, `quit`. Target to source (its stdout):
+//! `log <line>` (printed by the source as it is, so the output stays in order), then one
+//! answer per request: `ok <result>`, `err <code> <kind> <message>` (a sockdup error) or
+//! `fail <message>`. A malformed line is an error at once on either side: the target answers
+//! it with `err` and exits with status 1; the source stops with a `protocol-violation` error.
+//! Every wait is bounded by [`TIMEOUT`].
 //!
 //! `sockdup demo --chain LAYER[,LAYER...]` runs the same scenario through a layered protocol
 //! chain ([`chain`]): only how the sockets are made, duplicated, redeemed, used and closed
@@ -30,7 +34,7 @@
 
 mod chain;
 
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
@@ -40,6 +44,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sockdup::ProtocolInfo;
+use sockdup_core::line::{LineMessage, LineReader, MAX_LINE};
+use sockdup_core::proto::demo::{Reply, Request};
 
 pub(crate) use chain::run as run_chain;
 
@@ -204,8 +210,7 @@ impl SourceSocket {
 /// plain demo, or with `chain`, the chain variant in a process started with the chain's
 /// catalog (`sockdup demo-source`).
 pub(crate) fn run_source(chain: Option<&chain::ChainSpec>) -> Result<(), CliError> {
-    let me = std::process::id();
-    let src = format!("source {me}");
+    let src = format!("source {}", std::process::id());
     let _guard = sockdup::startup().map_err(|e| {
         CliError::sockdup(
             "starting sockdup in the source (sockdup::startup, WSAStartup)",
@@ -216,13 +221,50 @@ pub(crate) fn run_source(chain: Option<&chain::ChainSpec>) -> Result<(), CliErro
     if let Some(chain) = &chain {
         say(&src, &chain.introduce());
     }
-
-    // 1) LPWSPSocket, LPWSPConnect.
     let mut peer = Peer::start()?;
-    let mut socket = SourceSocket::connect(chain, peer.addr)?;
-    let (local, remote) = socket.addrs()?;
+    let (mut socket, local, remote) = connect(&src, chain, &mut peer)?;
+    let mut target = Target::spawn(socket.catalog())?;
+    let pid = target_pid(&src, &socket, &mut target)?;
+    let record = duplicate(&src, &mut socket, pid)?;
+    hand_over(&src, &mut target, &record, &format!("{local} {remote}"))?;
+
+    // 9) Data exchange, both ways.
+    let to_peer = format!("hello peer, from target {pid}");
+    exchange(
+        &mut target,
+        &mut peer,
+        "9",
+        &to_peer,
+        "hello target, from the peer",
+    )?;
+    close_both(&src, &mut socket, &mut target, &mut peer)?;
+
+    // The chain variant: what each layer saw, in the target, then in the source.
+    if let SourceSocket::Chain(c) = &socket {
+        target.request(&Request::Report)?;
+        for line in c.report()? {
+            say(&src, &line);
+        }
+    }
+    target.finish()?;
     say(
         &src,
+        &format!("the target (pid {pid}) exited with status 0; all 10 steps checked out"),
+    );
+    Ok(())
+}
+
+/// Step 1 (`LPWSPSocket`, `LPWSPConnect`): the source's socket, connected to the peer, which
+/// must have accepted it; returns it with its local and remote addresses.
+fn connect(
+    src: &str,
+    chain: Option<chain::Chain>,
+    peer: &mut Peer,
+) -> Result<(SourceSocket, SocketAddr, SocketAddr), CliError> {
+    let socket = SourceSocket::connect(chain, peer.addr)?;
+    let (local, remote) = socket.addrs()?;
+    say(
+        src,
         &format!(
             "1) socket + connect: {}",
             socket.connected(local, peer.addr)
@@ -234,11 +276,15 @@ pub(crate) fn run_source(chain: Option<&chain::ChainSpec>) -> Result<(), CliErro
             "the peer accepted a connection from {accepted}, not from the source's socket {local}"
         )));
     }
+    Ok((socket, local, remote))
+}
 
+/// Steps 2 to 4: asks the target for its process id, which must be the one the source
+/// started.
+fn target_pid(src: &str, socket: &SourceSocket, target: &mut Target) -> Result<u32, CliError> {
     // 2) Request the target's process identifier.
-    let mut target = Target::spawn(socket.catalog())?;
     say(
-        &src,
+        src,
         &format!(
             "2) started the target (a copy of this program{}) and asks for its process id over \
              its stdin pipe: \"pid?\"",
@@ -249,7 +295,7 @@ pub(crate) fn run_source(chain: Option<&chain::ChainSpec>) -> Result<(), CliErro
             }
         ),
     );
-    let answer = target.request("pid?")?;
+    let answer = target.request(&Request::Pid)?;
 
     // 4) Receive the process identifier.
     let pid: u32 = answer.trim().parse().map_err(|_| {
@@ -263,9 +309,12 @@ pub(crate) fn run_source(chain: Option<&chain::ChainSpec>) -> Result<(), CliErro
             target.child.id()
         )));
     }
-    say(&src, &format!("4) received the target's process id: {pid}"));
+    say(src, &format!("4) received the target's process id: {pid}"));
+    Ok(pid)
+}
 
-    // 5) WSPDuplicateSocket.
+/// Step 5 (`WSPDuplicateSocket`): the record for process `pid`, which must name it.
+fn duplicate(src: &str, socket: &mut SourceSocket, pid: u32) -> Result<ProtocolInfo, CliError> {
     let (record, call) = socket.duplicate(pid)?;
     if record.service_flags3 != pid {
         return Err(CliError::failed(format!(
@@ -274,7 +323,7 @@ pub(crate) fn run_source(chain: Option<&chain::ChainSpec>) -> Result<(), CliErro
         )));
     }
     say(
-        &src,
+        src,
         &format!(
             "5) {call} -> record for pid {pid} (catalog entry {}{}, ticket {:#010x}); \
              the target already holds the descriptor",
@@ -283,63 +332,61 @@ pub(crate) fn run_source(chain: Option<&chain::ChainSpec>) -> Result<(), CliErro
             record.provider_reserved
         ),
     );
+    Ok(record)
+}
 
-    // 6) Send the WSAPROTOCOL_INFO structure to the target.
+/// Step 6 (send the `WSAPROTOCOL_INFO` structure to the target); steps 7 and 8 happen in the
+/// target, which answers with its socket's addresses: they must be `addrs`, the source's.
+fn hand_over(
+    src: &str,
+    target: &mut Target,
+    record: &ProtocolInfo,
+    addrs: &str,
+) -> Result<(), CliError> {
     let line = record.to_string();
-    target.send(&format!("record {line}"))?;
+    target.send(&Request::Record(record.clone()))?;
     say(
-        &src,
+        src,
         &format!(
             "6) sent the record to the target as one line of {} characters: {}",
             line.len(),
             abbreviate(&line, 40)
         ),
     );
-    // 7) and 8) happen in the target, which answers with its socket's addresses.
-    let addrs = target.reply()?;
-    let expected = format!("{local} {remote}");
-    if addrs != expected {
+    let theirs = target.reply()?;
+    if theirs != addrs {
         return Err(CliError::failed(format!(
-            "the target's socket has addresses {addrs}, but the source's has {expected}: not the same socket"
+            "the target's socket has addresses {theirs}, but the source's has {addrs}: not the same socket"
         )));
     }
+    Ok(())
+}
 
-    // 9) Data exchange, both ways.
-    let to_peer = format!("hello peer, from target {pid}");
-    let to_target = "hello target, from the peer";
-    exchange(&mut target, &mut peer, "9", &to_peer, to_target)?;
-
-    // 10) LPWSPCloseSocket, in the source first.
+/// Step 10 (`LPWSPCloseSocket`): the source closes first, the socket must stay open (the peer
+/// sees no EOF, data still flows); then the target closes, and the peer sees EOF.
+fn close_both(
+    src: &str,
+    socket: &mut SourceSocket,
+    target: &mut Target,
+    peer: &mut Peer,
+) -> Result<(), CliError> {
     let closed = socket.close()?;
     say(
-        &src,
+        src,
         &format!(
             "10) closed its descriptor ({closed}); the socket stays open: the target holds another"
         ),
     );
     peer.ask(PeerCmd::NoEofWithin(NO_EOF_WATCH))?;
     exchange(
-        &mut target,
-        &mut peer,
+        target,
+        peer,
         "10",
         "still connected after the source closed",
         "acknowledged",
     )?;
-    target.request("close")?;
+    target.request(&Request::Close)?;
     peer.ask(PeerCmd::ExpectEof)?;
-
-    // The chain variant: what each layer saw, in the target, then in the source.
-    if let SourceSocket::Chain(c) = &socket {
-        target.request("report")?;
-        for line in c.report()? {
-            say(&src, &line);
-        }
-    }
-    target.finish()?;
-    say(
-        &src,
-        &format!("the target (pid {pid}) exited with status 0; all 10 steps checked out"),
-    );
     Ok(())
 }
 
@@ -352,10 +399,16 @@ fn exchange(
     to_peer: &str,
     to_target: &str,
 ) -> Result<(), CliError> {
-    target.request(&format!("send {step} {to_peer}"))?;
+    target.request(&Request::Send {
+        step: step.to_owned(),
+        text: to_peer.to_owned(),
+    })?;
     peer.ask(PeerCmd::Expect(step.to_owned(), to_peer.to_owned()))?;
     peer.ask(PeerCmd::Send(step.to_owned(), to_target.to_owned()))?;
-    target.request(&format!("expect {step} {to_target}"))?;
+    target.request(&Request::Expect {
+        step: step.to_owned(),
+        text: to_target.to_owned(),
+    })?;
     Ok(())
 }
 
@@ -364,7 +417,8 @@ fn exchange(
 struct Target {
     child: Child,
     stdin: Option<ChildStdin>,
-    lines: Receiver<io::Result<String>>,
+    /// What the reader thread read: each line, parsed; after an error, nothing more.
+    lines: Receiver<Result<Reply, sockdup::Error>>,
 }
 
 impl Target {
@@ -399,25 +453,20 @@ impl Target {
         };
         thread::Builder::new()
             .name("demo-target-reader".into())
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            })
+            .spawn(move || read_replies(stdout, &tx))
             .map_err(io_failed("starting the thread that reads the target"))?;
         Ok(target)
     }
 
-    /// Writes one line to the target's stdin.
-    fn send(&mut self, line: &str) -> Result<(), CliError> {
+    /// Writes one request to the target's stdin.
+    fn send(&mut self, request: &Request) -> Result<(), CliError> {
         let pid = self.child.id();
         let stdin = self
             .stdin
             .as_mut()
             .ok_or_else(|| CliError::failed("the pipe to the target is already closed"))?;
-        writeln!(stdin, "{line}")
+        stdin
+            .write_all(request.encode().as_bytes())
             .and_then(|()| stdin.flush())
             .map_err(io_failed(&format!(
                 "writing to the target's (pid {pid}) stdin"
@@ -430,12 +479,13 @@ impl Target {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
-            let line = match self.lines.recv_timeout(wait) {
-                Ok(Ok(line)) => line,
+            let reply = match self.lines.recv_timeout(wait) {
+                Ok(Ok(reply)) => reply,
                 Ok(Err(e)) => {
-                    return Err(CliError::failed(format!(
-                        "reading from the target (pid {pid}) failed: {e}"
-                    )));
+                    return Err(CliError::sockdup(
+                        format!("reading the answer of the target (pid {pid})"),
+                        e,
+                    ));
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(CliError::failed(format!(
@@ -450,39 +500,22 @@ impl Target {
                     )));
                 }
             };
-            let (kind, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-            match kind {
-                "log" => {
-                    let mut out = io::stdout().lock();
-                    let _ = writeln!(out, "{rest}");
-                    let _ = out.flush();
-                }
-                "ok" => return Ok(rest.to_owned()),
-                "err" => {
-                    return Err(CliError::failed(format!(
-                        "the target (pid {pid}) failed: {rest}"
-                    )));
-                }
-                _ => {
-                    return Err(CliError::failed(format!(
-                        "the target (pid {pid}) wrote {:?}, which is not a demo protocol line",
-                        abbreviate(&line, 80)
-                    )));
-                }
+            if let Some(answer) = answer(pid, reply)? {
+                return Ok(answer);
             }
         }
     }
 
-    /// Sends `line` and waits for the answer.
-    fn request(&mut self, line: &str) -> Result<String, CliError> {
-        self.send(line)?;
+    /// Sends `request` and waits for the answer.
+    fn request(&mut self, request: &Request) -> Result<String, CliError> {
+        self.send(request)?;
         self.reply()
     }
 
     /// Tells the target to quit, closes its stdin and checks that it exits with status 0.
     fn finish(mut self) -> Result<(), CliError> {
         let pid = self.child.id();
-        self.send("quit")?;
+        self.send(&Request::Quit)?;
         self.stdin = None;
         let deadline = Instant::now() + TIMEOUT;
         loop {
@@ -534,6 +567,40 @@ impl Drop for Target {
     /// Never leaves a zombie or a stray target behind, whatever step failed.
     fn drop(&mut self) {
         self.reap(Duration::from_secs(1));
+    }
+}
+
+/// The target's replies, parsed, from `from` to `to`: until the end of output, or the first
+/// malformed line (sent as its error, so the source hears of it at once).
+fn read_replies(from: impl Read, to: &Sender<Result<Reply, sockdup::Error>>) {
+    let mut reader = LineReader::new(from, MAX_LINE);
+    while let Some(reply) = reader.read_message::<Reply>().transpose() {
+        let stop = reply.is_err();
+        if to.send(reply).is_err() || stop {
+            break;
+        }
+    }
+}
+
+/// What a reply of the target (pid `pid`) means to the source: a log line is printed (and
+/// `None` returned: the answer is still to come); `ok` is the answer; `err` and `fail` are
+/// failures.
+fn answer(pid: u32, reply: Reply) -> Result<Option<String>, CliError> {
+    match reply {
+        Reply::Log(text) => {
+            let mut out = io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+            Ok(None)
+        }
+        Reply::Ok(answer) => Ok(Some(answer)),
+        Reply::Err(e) => Err(CliError::sockdup(
+            format!("the target (pid {pid}) failed"),
+            e,
+        )),
+        Reply::Failed(message) => Err(CliError::failed(format!(
+            "the target (pid {pid}) failed: {message}"
+        ))),
     }
 }
 
@@ -780,29 +847,29 @@ struct ToSource {
 }
 
 impl ToSource {
-    fn line(&self, kind: &str, text: &str) -> Result<(), CliError> {
+    fn send(&self, reply: &Reply) -> Result<(), CliError> {
         let mut out = io::stdout().lock();
-        // One line per message: a record or a message never holds a newline, but make sure.
-        let text = text.replace('\n', " ");
-        writeln!(out, "{kind} {text}")
+        out.write_all(reply.encode().as_bytes())
             .and_then(|()| out.flush())
             .map_err(io_failed("writing to the source over stdout"))
     }
 
     /// A log line, printed by the source as `[target <pid>] <text>`.
     fn log(&self, text: &str) -> Result<(), CliError> {
-        self.line("log", &format!("[{}] {text}", self.label))
+        self.send(&Reply::Log(format!("[{}] {text}", self.label)))
     }
 
     /// The answer to the current request.
     fn ok(&self, text: &str) -> Result<(), CliError> {
-        self.line("ok", text)
+        self.send(&Reply::Ok(text.to_owned()))
     }
 }
 
 /// Runs the target side of the demo (`sockdup demo-target`): answers the source's requests on
-/// stdin until `quit` or end of input. A failure is reported to the source as an `err` line
-/// (and on stderr only if the source cannot be told).
+/// stdin until `quit` or end of input. A failure, a malformed request among them, is reported
+/// to the source at once as an `err` line (a sockdup error, with its code and kind) or a
+/// `fail` line (a check that did not hold), and the target exits with status 1; the failure
+/// goes to stderr only if the source cannot be told.
 pub(crate) fn run_target(args: &TargetArgs) -> ExitCode {
     let to_source = ToSource {
         label: format!("target {}", std::process::id()),
@@ -810,8 +877,13 @@ pub(crate) fn run_target(args: &TargetArgs) -> ExitCode {
     match serve_target(&to_source, args.spi) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if to_source.line("err", &e.to_string()).is_err() {
-                let _ = writeln!(io::stderr(), "sockdup demo-target: error: {e}");
+            let shown = e.to_string();
+            let reply = match e {
+                CliError::Sockdup { context, error } => Reply::Err(error.context(context)),
+                CliError::Usage(message) | CliError::Failed(message) => Reply::Failed(message),
+            };
+            if to_source.send(&reply).is_err() {
+                let _ = writeln!(io::stderr(), "sockdup demo-target: error: {shown}");
             }
             ExitCode::FAILURE
         }
@@ -836,14 +908,19 @@ impl Held {
     }
 
     /// Steps 7 and 8; returns the socket's addresses ("local peer").
-    fn redeem(&mut self, to_source: &ToSource, me: u32, text: &str) -> Result<String, CliError> {
+    fn redeem(
+        &mut self,
+        to_source: &ToSource,
+        me: u32,
+        record: &ProtocolInfo,
+    ) -> Result<String, CliError> {
         match self {
             Self::Stream(slot) => {
-                let (stream, addrs) = redeem(to_source, me, text)?;
+                let (stream, addrs) = redeem(to_source, me, record)?;
                 *slot = Some(stream);
                 Ok(addrs)
             }
-            Self::Chain(c) => c.redeem(to_source, me, text),
+            Self::Chain(c) => c.redeem(to_source, me, record),
         }
     }
 
@@ -899,11 +976,23 @@ fn serve_target(to_source: &ToSource, spi: bool) -> Result<(), CliError> {
     } else {
         Held::Stream(None)
     };
-    for line in io::stdin().lock().lines() {
-        let line = line.map_err(io_failed("reading the source's request from stdin"))?;
-        let (cmd, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
-        match cmd {
-            "pid?" => {
+    let mut requests = LineReader::new(io::stdin().lock(), MAX_LINE);
+    while let Some(request) = requests
+        .read_message::<Request>()
+        .map_err(|e| CliError::sockdup("reading the source's request", e))?
+    {
+        let verb = request.verb();
+        if matches!(
+            request,
+            Request::Send { .. } | Request::Expect { .. } | Request::Close
+        ) && !held.holds_socket()
+        {
+            return Err(CliError::failed(format!(
+                "the source asked for {verb:?} before the target holds a socket"
+            )));
+        }
+        match request {
+            Request::Pid => {
                 // 3) Receive the process identifier request and respond.
                 to_source.log(&format!(
                     "3) received the process-id request; answers {me} (its sockdup inbox \
@@ -912,65 +1001,49 @@ fn serve_target(to_source: &ToSource, spi: bool) -> Result<(), CliError> {
                 ))?;
                 to_source.ok(&me.to_string())?;
             }
-            "record" => {
-                let addrs = held.redeem(to_source, me, arg)?;
+            Request::Record(record) => {
+                let addrs = held.redeem(to_source, me, &record)?;
                 to_source.ok(&addrs)?;
             }
-            "send" | "expect" | "close" if !held.holds_socket() => {
-                return Err(CliError::failed(format!(
-                    "the source asked for {cmd:?} before the target holds a socket"
-                )));
-            }
-            "send" => {
-                let (step, text) = arg.split_once(' ').unwrap_or((arg, ""));
-                held.send_all(text)?;
+            Request::Send { step, text } => {
+                held.send_all(&text)?;
                 to_source.log(&format!("{step}) sent {text:?} to the peer"))?;
                 to_source.ok("")?;
             }
-            "expect" => {
-                let (step, text) = arg.split_once(' ').unwrap_or((arg, ""));
-                held.expect(text)?;
+            Request::Expect { step, text } => {
+                held.expect(&text)?;
                 to_source.log(&format!("{step}) received {text:?} from the peer: as sent"))?;
                 to_source.ok("")?;
             }
-            "close" => {
+            Request::Close => {
                 let closed = held.close()?;
                 to_source.log(&format!(
                     "10) closed its descriptor ({closed}), the socket's last one"
                 ))?;
                 to_source.ok("")?;
             }
-            "report" => {
+            Request::Report => {
                 for line in held.report()? {
                     to_source.log(&line)?;
                 }
                 to_source.ok("")?;
             }
-            "quit" => return Ok(()),
-            _ => {
-                return Err(CliError::failed(format!(
-                    "{:?} is not a demo request",
-                    abbreviate(&line, 80)
-                )));
-            }
+            Request::Quit => return Ok(()),
         }
     }
     // The source closed the pipe: nothing more to do.
     Ok(())
 }
 
-/// Step 7: decodes the record and checks that it was made for this process (`me`); with
+/// Step 7: checks that the record received was made for this process (`me`); with
 /// `show_chain`, its protocol chain is part of the line.
 fn receive_record(
     to_source: &ToSource,
     me: u32,
-    text: &str,
+    record: &ProtocolInfo,
     show_chain: bool,
-) -> Result<ProtocolInfo, CliError> {
+) -> Result<(), CliError> {
     // 7) Receive the WSAPROTOCOL_INFO structure.
-    let record: ProtocolInfo = text
-        .parse()
-        .map_err(|e| CliError::sockdup("decoding the record received from the source", e))?;
     if record.service_flags3 != me {
         return Err(CliError::failed(format!(
             "the record was made for process {}, not for this target ({me})",
@@ -980,7 +1053,7 @@ fn receive_record(
     to_source.log(&format!(
         "7) received the record ({} characters): catalog entry {} {:?}{}, made for pid {me}, \
          ticket {:#010x}",
-        text.len(),
+        record.to_string().len(),
         record.catalog_entry_id,
         record.protocol_name,
         if show_chain {
@@ -990,16 +1063,20 @@ fn receive_record(
         },
         record.provider_reserved
     ))?;
-    Ok(record)
+    Ok(())
 }
 
 /// Steps 7 and 8: decodes the record, redeems it, and checks that it works once only. Returns
 /// the stream and its addresses ("local peer") for the source to compare with its own.
-fn redeem(to_source: &ToSource, me: u32, text: &str) -> Result<(TcpStream, String), CliError> {
-    let record = receive_record(to_source, me, text, false)?;
+fn redeem(
+    to_source: &ToSource,
+    me: u32,
+    record: &ProtocolInfo,
+) -> Result<(TcpStream, String), CliError> {
+    receive_record(to_source, me, record, false)?;
 
     // 8) WSPSocket with the record: the shared socket's descriptor.
-    let fd = sockdup::socket_from_info(&record).map_err(|e| {
+    let fd = sockdup::socket_from_info(record).map_err(|e| {
         CliError::sockdup(
             "redeeming the record (sockdup::socket_from_info, WSASocketW with FROM_PROTOCOL_INFO)",
             e,
@@ -1028,7 +1105,7 @@ fn redeem(to_source: &ToSource, me: u32, text: &str) -> Result<(TcpStream, Strin
         "8) socket_from_info -> fd {raw} (close-on-exec): a TCP socket connected from {local} \
          to {peer}, the source's socket"
     ))?;
-    match sockdup::socket_from_info(&record) {
+    match sockdup::socket_from_info(record) {
         Ok(_) => {
             return Err(CliError::failed(
                 "the record was redeemed a second time: it must work once only",
@@ -1045,4 +1122,47 @@ fn redeem(to_source: &ToSource, me: u32, text: &str) -> Result<(TcpStream, Strin
 /// already gone).
 fn close_stream(stream: &mut Option<TcpStream>) -> String {
     format!("fd {}", stream.take().map_or(-1, |s| s.as_raw_fd()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sockdup::ErrorKind;
+
+    /// The replies `read_replies` passes on for `bytes`.
+    fn replies(bytes: &[u8]) -> Vec<Result<Reply, sockdup::Error>> {
+        let (tx, rx) = mpsc::channel();
+        read_replies(bytes, &tx);
+        drop(tx);
+        rx.into_iter().collect()
+    }
+
+    #[test]
+    fn a_malformed_line_from_the_target_stops_the_source_at_once() {
+        let got = replies(b"log [target 1] 3) hello\nwhat is this\nok 1\n");
+        assert_eq!(got.len(), 2, "nothing after the malformed line: {got:?}");
+        assert!(matches!(&got[0], Ok(Reply::Log(t)) if t == "[target 1] 3) hello"));
+        let Err(e) = &got[1] else { panic!("{got:?}") };
+        assert_eq!(e.kind(), ErrorKind::ProtocolViolation);
+        // An oversized line too, before its end.
+        let got = replies(&[b'x'; MAX_LINE + 1]);
+        assert!(matches!(&got[..], [Err(e)] if e.kind() == ErrorKind::ProtocolViolation));
+    }
+
+    #[test]
+    fn the_targets_errors_keep_their_kind() {
+        let line = "err 10022 already-redeemed the record was already redeemed";
+        let reply = Reply::parse(line).expect("a reply");
+        let Err(CliError::Sockdup { context, error }) = answer(42, reply) else {
+            panic!("not a sockdup error");
+        };
+        assert_eq!(context, "the target (pid 42) failed");
+        assert_eq!(error.kind(), ErrorKind::AlreadyRedeemed);
+        let e = answer(42, Reply::Failed("a check".into())).unwrap_err();
+        assert!(matches!(e, CliError::Failed(m) if m == "the target (pid 42) failed: a check"));
+        assert_eq!(
+            answer(42, Reply::Ok("7".into())).unwrap().as_deref(),
+            Some("7")
+        );
+    }
 }

@@ -145,93 +145,119 @@ fn entry_label(id: u32) -> String {
     }
 }
 
+/// A field's name and its value as shown.
+type Field = (&'static str, String);
+
 /// The human-readable listing: every field on its own line, then what the record is.
 fn describe(info: &ProtocolInfo) -> String {
     let origin = record::origin(info);
     let sockdup_dup = matches!(origin, Origin::Sockdup { .. }) && info.service_flags3 != 0;
     let wine = matches!(origin, Origin::Wine);
     let mut s = String::new();
-    let mut field = |name: &str, value: String| {
+    let fields = [
+        service_fields(info, sockdup_dup, wine),
+        provider_fields(info),
+        chain_fields(info),
+        socket_fields(info),
+        tail_fields(info, sockdup_dup),
+    ];
+    for (name, value) in fields.into_iter().flatten() {
         let _ = writeln!(s, "{name:<24}{value}");
-    };
+    }
+    s.push('\n');
+    s.push_str(&wrap(&summary(info, &origin), 100));
+    s
+}
 
-    field(
-        "service_flags1",
-        format!(
-            "{}  {}",
-            hex(info.service_flags1),
-            flag_list(&service_flag_names(info.service_flags1))
-        ),
-    );
-    field(
-        "service_flags2",
-        format!("{}  (reserved)", hex(info.service_flags2)),
-    );
-    field(
-        "service_flags3",
-        if sockdup_dup {
+/// `service_flags1` to `service_flags4`; what flags 3 and 4 hold depends on who made the
+/// record (a sockdup duplicate, Wine).
+fn service_fields(info: &ProtocolInfo, sockdup_dup: bool, wine: bool) -> Vec<Field> {
+    vec![
+        (
+            "service_flags1",
             format!(
-                "{}  (sockdup: the target's process id)",
-                info.service_flags3
-            )
-        } else if wine {
-            format!(
-                "{}  (Wine: the socket's handle in the target process)",
-                hex(info.service_flags3)
-            )
-        } else {
-            format!("{}  (reserved)", hex(info.service_flags3))
-        },
-    );
-    field(
-        "service_flags4",
-        if sockdup_dup {
-            format!(
-                "{}  (sockdup: the nonce of the target inbox's run)",
-                hex(info.service_flags4)
-            )
-        } else if wine {
-            format!("{}  (Wine's duplicate magic)", hex(info.service_flags4))
-        } else {
-            format!("{}  (reserved)", hex(info.service_flags4))
-        },
-    );
-    field(
-        "provider_flags",
-        format!(
-            "{}  {}",
-            hex(info.provider_flags),
-            flag_list(&provider_flag_names(info.provider_flags))
-        ),
-    );
-    field(
-        "provider_id",
-        match record::provider_name(info) {
-            Some(name) => format!("{}  ({name})", info.provider_id),
-            None => info.provider_id.to_string(),
-        },
-    );
-    field(
-        "catalog_entry_id",
-        match sockdup::catalog::base_entry(info.catalog_entry_id) {
-            Some(entry) if info.provider_id == sockdup::catalog::BASE_PROVIDER_ID => format!(
-                "{}  (sockdup base entry {:?})",
-                info.catalog_entry_id, entry.protocol_name
+                "{}  {}",
+                hex(info.service_flags1),
+                flag_list(&service_flag_names(info.service_flags1))
             ),
-            _ => info.catalog_entry_id.to_string(),
-        },
-    );
+        ),
+        (
+            "service_flags2",
+            format!("{}  (reserved)", hex(info.service_flags2)),
+        ),
+        (
+            "service_flags3",
+            if sockdup_dup {
+                format!(
+                    "{}  (sockdup: the target's process id)",
+                    info.service_flags3
+                )
+            } else if wine {
+                format!(
+                    "{}  (Wine: the socket's handle in the target process)",
+                    hex(info.service_flags3)
+                )
+            } else {
+                format!("{}  (reserved)", hex(info.service_flags3))
+            },
+        ),
+        (
+            "service_flags4",
+            if sockdup_dup {
+                format!(
+                    "{}  (sockdup: the nonce of the target inbox's run)",
+                    hex(info.service_flags4)
+                )
+            } else if wine {
+                format!("{}  (Wine's duplicate magic)", hex(info.service_flags4))
+            } else {
+                format!("{}  (reserved)", hex(info.service_flags4))
+            },
+        ),
+    ]
+}
+
+/// `provider_flags`, `provider_id` and `catalog_entry_id`.
+fn provider_fields(info: &ProtocolInfo) -> Vec<Field> {
+    vec![
+        (
+            "provider_flags",
+            format!(
+                "{}  {}",
+                hex(info.provider_flags),
+                flag_list(&provider_flag_names(info.provider_flags))
+            ),
+        ),
+        (
+            "provider_id",
+            match record::provider_name(info) {
+                Some(name) => format!("{}  ({name})", info.provider_id),
+                None => info.provider_id.to_string(),
+            },
+        ),
+        (
+            "catalog_entry_id",
+            match sockdup::catalog::base_entry(info.catalog_entry_id) {
+                Some(entry) if info.provider_id == sockdup::catalog::BASE_PROVIDER_ID => format!(
+                    "{}  (sockdup base entry {:?})",
+                    info.catalog_entry_id, entry.protocol_name
+                ),
+                _ => info.catalog_entry_id.to_string(),
+            },
+        ),
+    ]
+}
+
+/// `protocol_chain.len` and `protocol_chain.entries`, the chain top layer first.
+fn chain_fields(info: &ProtocolInfo) -> Vec<Field> {
     let chain = &info.protocol_chain;
-    field(
-        "protocol_chain.len",
-        match chain.len {
-            LAYERED_PROTOCOL => {
-                format!("{LAYERED_PROTOCOL}  (LAYERED_PROTOCOL: a layered provider's own entry)")
-            }
-            BASE_PROTOCOL => format!("{BASE_PROTOCOL}  (BASE_PROTOCOL: a base provider's entry)"),
-            n => format!("{n}  (a protocol chain of {n} providers, top layer first)"),
-        },
-    );
+    let len = match chain.len {
+        LAYERED_PROTOCOL => {
+            format!("{LAYERED_PROTOCOL}  (LAYERED_PROTOCOL: a layered provider's own entry)")
+        }
+        BASE_PROTOCOL => format!("{BASE_PROTOCOL}  (BASE_PROTOCOL: a base provider's entry)"),
+        n => format!("{n}  (a protocol chain of {n} providers, top layer first)"),
+    };
     let all = chain
         .entries
         .iter()
@@ -239,90 +265,100 @@ fn describe(info: &ProtocolInfo) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let used = chain.used();
-    field(
-        "protocol_chain.entries",
-        match chain.len {
-            LAYERED_PROTOCOL => format!("[{all}]  (none in use)"),
-            BASE_PROTOCOL => format!("[{all}]  (Winsock ignores them for a base entry)"),
-            _ => {
-                let last = used.len().saturating_sub(1);
-                let path = used
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &id)| match i {
-                        0 => format!("{} (top layer)", entry_label(id)),
-                        i if i == last => format!("{} (base)", entry_label(id)),
-                        _ => entry_label(id),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" -> ");
-                format!("[{all}]  ({path})")
-            }
-        },
-    );
-    field("version", info.version.to_string());
-    field(
-        "address_family",
-        named(
-            info.address_family,
-            record::family_name(info.address_family),
+    let entries = match chain.len {
+        LAYERED_PROTOCOL => format!("[{all}]  (none in use)"),
+        BASE_PROTOCOL => format!("[{all}]  (Winsock ignores them for a base entry)"),
+        _ => {
+            let last = used.len().saturating_sub(1);
+            let path = used
+                .iter()
+                .enumerate()
+                .map(|(i, &id)| match i {
+                    0 => format!("{} (top layer)", entry_label(id)),
+                    i if i == last => format!("{} (base)", entry_label(id)),
+                    _ => entry_label(id),
+                })
+                .collect::<Vec<_>>()
+                .join(" -> ");
+            format!("[{all}]  ({path})")
+        }
+    };
+    vec![
+        ("protocol_chain.len", len),
+        ("protocol_chain.entries", entries),
+    ]
+}
+
+/// From `version` to `protocol_max_offset`: what kind of socket the record describes.
+fn socket_fields(info: &ProtocolInfo) -> Vec<Field> {
+    vec![
+        ("version", info.version.to_string()),
+        (
+            "address_family",
+            named(
+                info.address_family,
+                record::family_name(info.address_family),
+            ),
         ),
-    );
-    field("max_sockaddr", format!("{}  (bytes)", info.max_sockaddr));
-    field("min_sockaddr", format!("{}  (bytes)", info.min_sockaddr));
-    field(
-        "socket_type",
-        named(info.socket_type, record::socket_type_name(info.socket_type)),
-    );
-    field(
-        "protocol",
-        named(
-            info.protocol,
-            record::protocol_name(info.address_family, info.protocol),
+        ("max_sockaddr", format!("{}  (bytes)", info.max_sockaddr)),
+        ("min_sockaddr", format!("{}  (bytes)", info.min_sockaddr)),
+        (
+            "socket_type",
+            named(info.socket_type, record::socket_type_name(info.socket_type)),
         ),
-    );
-    field("protocol_max_offset", info.protocol_max_offset.to_string());
-    field(
-        "network_byte_order",
-        named(
-            info.network_byte_order,
-            match info.network_byte_order {
-                0 => Some("BIGENDIAN"),
-                1 => Some("LITTLEENDIAN"),
-                _ => None,
+        (
+            "protocol",
+            named(
+                info.protocol,
+                record::protocol_name(info.address_family, info.protocol),
+            ),
+        ),
+        ("protocol_max_offset", info.protocol_max_offset.to_string()),
+    ]
+}
+
+/// From `network_byte_order` to `protocol_name`.
+fn tail_fields(info: &ProtocolInfo, sockdup_dup: bool) -> Vec<Field> {
+    vec![
+        (
+            "network_byte_order",
+            named(
+                info.network_byte_order,
+                match info.network_byte_order {
+                    0 => Some("BIGENDIAN"),
+                    1 => Some("LITTLEENDIAN"),
+                    _ => None,
+                },
+            ),
+        ),
+        (
+            "security_scheme",
+            named(
+                info.security_scheme,
+                (info.security_scheme == 0).then_some("SECURITY_PROTOCOL_NONE"),
+            ),
+        ),
+        (
+            "message_size",
+            format!(
+                "{}  ({})",
+                info.message_size,
+                record::message_size_meaning(info.message_size)
+            ),
+        ),
+        (
+            "provider_reserved",
+            if sockdup_dup {
+                format!(
+                    "{}  (sockdup: the ticket of the duplicate in the target's inbox)",
+                    hex(info.provider_reserved)
+                )
+            } else {
+                format!("{}  (provider context)", hex(info.provider_reserved))
             },
         ),
-    );
-    field(
-        "security_scheme",
-        named(
-            info.security_scheme,
-            (info.security_scheme == 0).then_some("SECURITY_PROTOCOL_NONE"),
-        ),
-    );
-    field(
-        "message_size",
-        format!(
-            "{}  ({})",
-            info.message_size,
-            record::message_size_meaning(info.message_size)
-        ),
-    );
-    field(
-        "provider_reserved",
-        if sockdup_dup {
-            format!(
-                "{}  (sockdup: the ticket of the duplicate in the target's inbox)",
-                hex(info.provider_reserved)
-            )
-        } else {
-            format!("{}  (provider context)", hex(info.provider_reserved))
-        },
-    );
-    field("protocol_name", format!("{:?}", info.protocol_name));
-    s.push('\n');
-    s.push_str(&wrap(&summary(info, &origin), 100));
-    s
+        ("protocol_name", format!("{:?}", info.protocol_name)),
+    ]
 }
 
 /// `text` broken into lines of at most `width` characters, at spaces.

@@ -19,7 +19,9 @@
 //!   ([`worker`]) is such a worker, with a built-in app (`echo`, or `hello`: HTTP/1.1).
 //!
 //! Exit status: 0 on success, 1 when a step or a decode fails (the message, with the Winsock
-//! error code, goes to stderr), 2 for a usage error.
+//! error code, goes to stderr), 2 for a usage error. A failure of the library prints as
+//! `sockdup: error[KIND]: MESSAGE (NAME CODE)`, `KIND` being the stable name of its
+//! [`sockdup::ErrorKind`] (`already-redeemed`); other failures as `sockdup: error: MESSAGE`.
 #![forbid(unsafe_code)]
 
 mod catalog;
@@ -241,6 +243,16 @@ impl CliError {
             Self::Sockdup { .. } | Self::Failed(_) => 1,
         }
     }
+
+    /// The line `main` prints on stderr: `sockdup: error[KIND]: MESSAGE (NAME CODE)` for a
+    /// library error (its kind's stable name, then what the command was doing and the error),
+    /// `sockdup: error: MESSAGE` for anything else.
+    fn report(&self) -> String {
+        match self {
+            Self::Sockdup { error, .. } => format!("sockdup: error[{}]: {self}", error.kind()),
+            Self::Usage(_) | Self::Failed(_) => format!("sockdup: error: {self}"),
+        }
+    }
 }
 
 impl fmt::Display for CliError {
@@ -315,8 +327,37 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let _ = writeln!(io::stderr(), "sockdup: error: {e}");
+            let _ = writeln!(io::stderr(), "{}", e.report());
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_errors_print_their_kind_and_others_do_not() {
+        let e = CliError::sockdup(
+            "redeeming the record",
+            sockdup::Error::new(
+                sockdup::ErrorKind::AlreadyRedeemed,
+                "the record was already redeemed",
+            ),
+        );
+        assert_eq!(
+            e.report(),
+            "sockdup: error[already-redeemed]: redeeming the record: the record was already \
+             redeemed (WSAEINVAL 10022)"
+        );
+        assert_eq!(
+            CliError::failed("no such file").report(),
+            "sockdup: error: no such file"
+        );
+        assert_eq!(
+            CliError::Usage("bad flag".into()).report(),
+            "sockdup: error: bad flag"
+        );
     }
 }

@@ -3,13 +3,13 @@
 //! input.
 
 mod util;
-use util::{DEMO_STEPS, assert_ok, stderr, stdout};
+use util::{DEMO_STEPS, TempDir, assert_ok, error_kind, stderr, stdout};
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sockdup::{ProtocolChain, ProtocolInfo};
@@ -42,19 +42,15 @@ const FIELDS: [&str; 20] = [
 
 /// Runs `sockdup args...` with `stdin` (or an empty stdin).
 fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sockdup");
-    let mut input = child.stdin.take().expect("stdin");
-    if let Some(bytes) = stdin {
-        input.write_all(bytes).expect("write stdin");
-    }
-    drop(input);
-    child.wait_with_output().expect("wait for sockdup")
+    util::run_with_stdin(Command::new(BIN).args(args), stdin.unwrap_or_default())
+}
+
+/// Asserts a clean failure of the library with error `kind`: `sockdup: error[KIND]: ...` on
+/// stderr, with `expect_in_stderr`, and no panic.
+#[track_caller]
+fn assert_fails_with(out: &Output, kind: &str, expect_in_stderr: &str) {
+    assert_fails_cleanly(out, expect_in_stderr);
+    assert_eq!(error_kind(out).as_deref(), Some(kind), "{}", stderr(out));
 }
 
 /// Asserts a clean failure: non-zero status, a message on stderr, no panic.
@@ -75,29 +71,16 @@ fn assert_fails_cleanly(out: &Output, expect_in_stderr: &str) {
     assert!(out.stdout.is_empty(), "stdout: {}", stdout(out));
 }
 
-/// A temporary file that is removed when dropped.
-struct TempFile(PathBuf);
+/// A temporary file that is removed when dropped (even when the test panics).
+struct TempFile(util::TempFile);
 
 impl TempFile {
     fn new(contents: &[u8]) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "sockdup-cli-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&path, contents).expect("write temp file");
-        Self(path)
+        Self(util::TempFile::new(contents))
     }
 
     fn path(&self) -> &str {
-        self.0.to_str().expect("temp path is UTF-8")
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        self.0.path().to_str().expect("temp path is UTF-8")
     }
 }
 
@@ -476,12 +459,12 @@ fn inspect_decodes_a_wine_like_record() {
 #[test]
 fn inspect_rejects_garbage_text() {
     let out = run(&["inspect", "sockdup1:!!!"], None);
-    assert_fails_cleanly(&out, "WSAEINVAL 10022");
+    assert_fails_with(&out, "malformed-record", "(WSAEINVAL 10022)");
     let out = run(&["inspect", "-"], Some(b"this is not a record at all\n"));
-    assert_fails_cleanly(&out, "sockdup1:");
+    assert_fails_with(&out, "malformed-record", "sockdup1:");
     assert!(stderr(&out).contains("WSAEINVAL 10022"));
     let out = run(&["inspect", "-"], Some(b""));
-    assert_fails_cleanly(&out, "WSAEINVAL 10022");
+    assert_fails_with(&out, "malformed-record", "(WSAEINVAL 10022)");
 }
 
 #[test]
@@ -493,9 +476,16 @@ fn inspect_treats_other_words_as_paths_and_says_so() {
         "{}",
         stderr(&out)
     );
-    let missing = std::env::temp_dir().join("sockdup-cli-test-does-not-exist");
+    let dir = TempDir::new("cli-missing");
+    let missing = dir.path().join("does-not-exist");
     let out = run(&["inspect", missing.to_str().expect("UTF-8")], None);
     assert_fails_cleanly(&out, "no file");
+    // Not a library error: no kind.
+    assert!(
+        stderr(&out).starts_with("sockdup: error: "),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -503,16 +493,16 @@ fn inspect_rejects_files_of_the_wrong_length() {
     let bytes: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(37) | 0x80).collect();
     let file = TempFile::new(&bytes);
     let out = run(&["inspect", file.path()], None);
-    assert_fails_cleanly(&out, "628");
+    assert_fails_with(&out, "malformed-record", "628");
     assert!(stderr(&out).contains("WSAEINVAL 10022"));
 
     let zeros = TempFile::new(&[0u8; 100]);
     let out = run(&["inspect", zeros.path()], None);
-    assert_fails_cleanly(&out, "WSAEINVAL 10022");
+    assert_fails_with(&out, "malformed-record", "(WSAEINVAL 10022)");
 
     let long = TempFile::new(&[0u8; 629]);
     let out = run(&["inspect", long.path()], None);
-    assert_fails_cleanly(&out, "628");
+    assert_fails_with(&out, "malformed-record", "628");
 }
 
 #[test]
@@ -527,14 +517,14 @@ fn inspect_rejects_a_chain_of_nine() {
     // to_bytes writes what it is given; from_bytes refuses it.
     let file = TempFile::new(&record.to_bytes());
     let out = run(&["inspect", file.path()], None);
-    assert_fails_cleanly(&out, "protocol_chain.len");
+    assert_fails_with(&out, "malformed-record", "protocol_chain.len");
     assert!(stderr(&out).contains("WSAEINVAL 10022"));
 
     let out = run(&["inspect", "--json", &record.to_string()], None);
-    assert_fails_cleanly(&out, "protocol_chain.len");
+    assert_fails_with(&out, "malformed-record", "protocol_chain.len");
 
     let out = run(&["inspect", "-"], Some(&record.to_bytes()));
-    assert_fails_cleanly(&out, "protocol_chain.len");
+    assert_fails_with(&out, "malformed-record", "protocol_chain.len");
 }
 
 #[test]
@@ -543,13 +533,65 @@ fn inspect_rejects_a_name_without_nul() {
     bytes[116..].fill(0x41);
     let file = TempFile::new(&bytes);
     let out = run(&["inspect", file.path()], None);
-    assert_fails_cleanly(&out, "protocol_name");
+    assert_fails_with(&out, "malformed-record", "protocol_name");
 }
 
 #[test]
 fn inspect_rejects_a_directory() {
-    let dir = std::env::temp_dir();
-    let out = run(&["inspect", dir.to_str().expect("UTF-8")], None);
+    let dir = TempDir::new("cli-dir");
+    let out = run(&["inspect", dir.path().to_str().expect("UTF-8")], None);
     assert_fails_cleanly(&out, "directory");
-    assert!(Path::new(&dir).is_dir());
+    assert!(Path::new(dir.path()).is_dir());
+}
+
+// --- the demo's line protocol ---------------------------------------------------------------
+
+/// Runs `sockdup demo-target` as the demo does, writes `bytes` on its stdin (which stays
+/// open), and returns its first answer line and its exit status, both within a bound: a
+/// malformed request must be answered at once, not when the source gives up waiting.
+fn demo_target_refuses(bytes: &[u8]) -> (String, std::process::ExitStatus) {
+    let mut target = util::spawn_piped(Command::new(BIN).arg("demo-target"));
+    let mut stdin = target.stdin.take().expect("stdin");
+    stdin.write_all(bytes).expect("write the request");
+    stdin.flush().expect("flush");
+    let start = Instant::now();
+    let answer = util::first_line_within(&mut target, Duration::from_secs(5))
+        .expect("an answer line before the end of output");
+    let status = util::exits_within(&mut target, Duration::from_secs(5));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    drop(stdin);
+    (answer, status)
+}
+
+#[test]
+fn the_demo_target_answers_a_malformed_request_at_once() {
+    for garbage in [
+        &b"hello target\n"[..],
+        b"pid? now\n",
+        b"send\n",
+        b"\xff\xfe\n",
+    ] {
+        let (answer, status) = demo_target_refuses(garbage);
+        assert!(
+            answer.starts_with("err 10050 protocol-violation "),
+            "{garbage:?}: {answer}"
+        );
+        assert_eq!(status.code(), Some(1), "{garbage:?}");
+    }
+    // A line longer than the bound: answered before its end arrives.
+    let (answer, status) = demo_target_refuses(&[b'x'; 64 * 1024 + 1]);
+    assert!(
+        answer.starts_with("err 10050 protocol-violation "),
+        "{answer}"
+    );
+    assert!(answer.contains("longer than"), "{answer}");
+    assert_eq!(status.code(), Some(1));
+    // Well-formed requests get their answers.
+    let out = run(&["demo-target"], Some(b"pid?\nquit\n"));
+    assert_ok(&out);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("log [target "), "{text}");
+    assert!(lines[1].starts_with("ok "), "{text}");
 }

@@ -3,10 +3,9 @@
 //! lists; and its hidden helper subcommands used on their own.
 
 mod util;
-use util::{DEMO_STEPS, assert_fails, assert_ok, stderr, stdout};
+use util::{DEMO_STEPS, TempDir, assert_fails, assert_ok, stderr, stdout};
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -14,18 +13,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_sockdup");
 
 /// Runs `sockdup args...` with `env` added and `stdin` (or an empty stdin).
 fn run_with(args: &[&str], env: &[(&str, &Path)], stdin: &[u8]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sockdup");
-    let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin).expect("write stdin");
-    drop(input);
-    child.wait_with_output().expect("wait for sockdup")
+    util::run_with_stdin(
+        Command::new(BIN).args(args).envs(env.iter().copied()),
+        stdin,
+    )
 }
 
 fn run(args: &[&str]) -> Output {
@@ -305,31 +296,22 @@ fn help_mentions_chain_and_hides_the_helpers() {
     assert!(text.contains("Socket::from_info"), "{text}");
 }
 
-/// A catalog file in a directory of its own, removed when dropped.
-struct TempCatalog(PathBuf);
+/// A catalog file in a directory of its own, removed when dropped (even when the test panics).
+struct TempCatalog(TempDir);
 
 impl TempCatalog {
     fn with_layer(kind: &str, name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "sockdup-demo-chain-test-{}-{name}",
-            std::process::id()
-        ));
+        let dir = TempDir::new(&format!("demo-chain-test-{name}"));
         let mut catalog = sockdup::catalog::Catalog::builtin();
         catalog
             .install(kind, kind, true, BTreeMap::new(), &[1001])
             .expect("install");
-        sockdup::save_catalog_to(&dir.join("catalog.json"), &catalog).expect("save");
+        sockdup::save_catalog_to(&dir.path().join("catalog.json"), &catalog).expect("save");
         Self(dir)
     }
 
     fn path(&self) -> PathBuf {
-        self.0.join("catalog.json")
-    }
-}
-
-impl Drop for TempCatalog {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path().join("catalog.json")
     }
 }
 
@@ -342,7 +324,7 @@ fn the_source_helper_checks_its_catalog() {
         .stdin(Stdio::null())
         .output()
         .expect("run");
-    assert_fails(&out, 1, &["SOCKDUP_CATALOG is not set"]);
+    assert_fails(&out, 1, &["sockdup: error: SOCKDUP_CATALOG is not set"]);
 
     // A catalog whose chain is not the one asked for.
     let catalog = TempCatalog::with_layer("trace", "mismatch");
@@ -360,16 +342,21 @@ fn the_target_helper_refuses_requests_out_of_order() {
     let catalog = TempCatalog::with_layer("trace", "order");
     let path = catalog.path();
     let env = [("SOCKDUP_CATALOG", path.as_path())];
+    // A request out of order fails a check of the demo (`fail`); a record that does not
+    // decode is a sockdup error, with its code and kind (`err`).
     for (input, want) in [
         (
             &b"report\n"[..],
-            "err the source asked for a layer report before",
+            "fail the source asked for a layer report before",
         ),
         (
             b"send 9 hello\n",
-            "err the source asked for \"send\" before",
+            "fail the source asked for \"send\" before",
         ),
-        (b"record sockdup1:garbage\n", "err decoding the record"),
+        (
+            b"record sockdup1:garbage\n",
+            "err 10022 malformed-record reading the source's request: decoding the record",
+        ),
     ] {
         let out = run_with(&["demo-target", "--spi"], &env, input);
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

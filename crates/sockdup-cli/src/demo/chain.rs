@@ -24,13 +24,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sockdup::ProtocolInfo;
 use sockdup::catalog::{AF_INET, Catalog, IPPROTO_TCP, LAYER_KINDS, Layer, SOCK_STREAM};
@@ -112,45 +110,18 @@ fn tcp_ipv4() -> Result<ProtocolInfo, CliError> {
 // `sockdup demo --chain`: the catalog, and the source process
 // ---------------------------------------------------------------------------------------------
 
-/// A fresh directory of its own under the system's temporary directory (mode 0700), removed
-/// with its contents when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn create() -> Result<Self, CliError> {
-        let base = std::env::temp_dir();
-        let salt = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        for attempt in 0..64u32 {
-            let dir = base.join(format!(
-                "sockdup-demo-{}-{:08x}",
-                std::process::id(),
-                salt.wrapping_add(attempt)
-            ));
-            // create() fails if anything (a directory, a symlink) is there already.
-            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Ok(()) => return Ok(Self(dir)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(CliError::failed(format!(
-                        "creating a temporary directory in {} failed: {e}",
-                        base.display()
-                    )));
-                }
-            }
-        }
-        Err(CliError::failed(format!(
-            "creating a temporary directory in {} failed: every name tried exists",
-            base.display()
-        )))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory of its own under the system's temporary directory (mode 0700, made by
+/// `tempfile`, which retries names that exist), removed with its contents when dropped.
+fn temp_dir() -> Result<tempfile::TempDir, CliError> {
+    tempfile::Builder::new()
+        .prefix("sockdup-demo-")
+        .tempdir()
+        .map_err(|e| {
+            CliError::failed(format!(
+                "creating a temporary directory in {} failed: {e}",
+                std::env::temp_dir().display()
+            ))
+        })
 }
 
 /// The built-in catalog with the layers of `spec` installed over TCP/IPv4, the first on top:
@@ -186,8 +157,8 @@ fn build_catalog(spec: &ChainSpec) -> Result<(Catalog, u32), CliError> {
 /// or does not finish within [`SOURCE_LIMIT`] (it is killed and reaped then).
 pub(crate) fn run(spec: &ChainSpec) -> Result<ExitCode, CliError> {
     let (catalog, _) = build_catalog(spec)?;
-    let dir = TempDir::create()?;
-    let path = dir.0.join("catalog.json");
+    let dir = temp_dir()?;
+    let path = dir.path().join("catalog.json");
     sockdup::save_catalog_to(&path, &catalog)
         .map_err(|e| CliError::sockdup("writing the demo's temporary catalog", e))?;
 
@@ -530,6 +501,24 @@ fn settings(layer: &Layer) -> String {
 /// been handed only records of the chain's entry; the process must have no other trace layer.
 fn report(chain: &Chain, tally: &Tally) -> Result<Vec<String>, CliError> {
     let reports = layers::trace_reports();
+    check_trace_layers(chain, &reports)?;
+    let mut lines = Vec::new();
+    for (i, layer) in chain.layers.iter().enumerate() {
+        let name = format!("layer {} ({} {:?})", layer.id, layer.kind, layer.name);
+        if layer.kind != "trace" {
+            lines.push(passed_through(chain, i, &name, tally));
+            continue;
+        }
+        let Some(r) = reports.iter().find(|r| r.layer_id == layer.id) else {
+            return Err(CliError::failed(format!("{name} has no trace report")));
+        };
+        lines.push(trace_line(chain, &name, r, tally)?);
+    }
+    Ok(lines)
+}
+
+/// Checks that this process has trace reports of exactly the chain's trace layers.
+fn check_trace_layers(chain: &Chain, reports: &[layers::TraceReport]) -> Result<(), CliError> {
     let mut have: Vec<u32> = reports.iter().map(|r| r.layer_id).collect();
     let mut want: Vec<u32> = chain
         .layers
@@ -547,83 +536,88 @@ fn report(chain: &Chain, tally: &Tally) -> Result<Vec<String>, CliError> {
             ids(&want)
         )));
     }
+    Ok(())
+}
+
+/// The report line of layer `i` of the chain (`name`), which is not a trace layer and keeps
+/// no counters: every call went through it, as the trace layer below it (if any) shows.
+fn passed_through(chain: &Chain, i: usize, name: &str, tally: &Tally) -> String {
+    let layer = &chain.layers[i];
     let mine = calls(&tally.totals);
     let total: u64 = tally.totals.calls.values().sum();
-    let records = vec![chain.id; tally.records];
-    let mut lines = Vec::new();
-    for (i, layer) in chain.layers.iter().enumerate() {
-        let name = format!("layer {} ({} {:?})", layer.id, layer.kind, layer.name);
-        if layer.kind != "trace" {
-            let evidence = match chain.layers[i + 1..].iter().find(|l| l.kind == "trace") {
-                Some(below) => format!("the trace layer {} below it counted every one", below.id),
-                None => "the base provider below it, the only provider that touches the socket, \
-                         carried them out"
-                    .to_owned(),
-            };
-            lines.push(format!(
-                "report: {name}, {}, keeps no counters: all {total} calls this process made \
-                 through chain {} ({mine}) went through it ({evidence})",
-                settings(layer),
-                chain.id
-            ));
-            continue;
-        }
-        let Some(r) = reports.iter().find(|r| r.layer_id == layer.id) else {
-            return Err(CliError::failed(format!("{name} has no trace report")));
-        };
-        if r.chain_id != chain.id {
-            return Err(CliError::failed(format!(
-                "{name} reports for chain {}, not {}",
-                r.chain_id, chain.id
-            )));
-        }
-        if r.totals != tally.totals {
-            return Err(CliError::failed(format!(
-                "{name} counted calls {{{}}}, bytes_sent {}, bytes_received {}, errors {}; but \
-                 this process made calls {{{mine}}}, bytes_sent {}, bytes_received {}, errors {}",
-                calls(&r.totals),
-                r.totals.bytes_sent,
-                r.totals.bytes_received,
-                r.totals.errors,
-                tally.totals.bytes_sent,
-                tally.totals.bytes_received,
-                tally.totals.errors
-            )));
-        }
-        if r.sockets != tally.sockets {
-            return Err(CliError::failed(format!(
-                "{name} counted per socket {:?}, but this process made {:?}",
-                r.sockets, tally.sockets
-            )));
-        }
-        if r.entries_seen != records {
-            return Err(CliError::failed(format!(
-                "{name} was handed records of catalog entries {}, but this process handed the \
-                 chain {} records, all of chain entry {}",
-                ids(&r.entries_seen),
-                tally.records,
-                chain.id
-            )));
-        }
-        let at_close = tally
-            .at_close
-            .as_ref()
-            .map(|open| format!("just before the close: {open}; now: "))
-            .unwrap_or_default();
-        lines.push(format!(
-            "report: {name} of chain {} saw: calls {{{}}}, bytes_sent {}, bytes_received {}, \
-             errors {}; entries_seen {}; per socket, {at_close}{}: exactly the calls this \
-             process made",
-            r.chain_id,
+    let evidence = match chain.layers[i + 1..].iter().find(|l| l.kind == "trace") {
+        Some(below) => format!("the trace layer {} below it counted every one", below.id),
+        None => "the base provider below it, the only provider that touches the socket, \
+                 carried them out"
+            .to_owned(),
+    };
+    format!(
+        "report: {name}, {}, keeps no counters: all {total} calls this process made \
+         through chain {} ({mine}) went through it ({evidence})",
+        settings(layer),
+        chain.id
+    )
+}
+
+/// The report line of trace layer `name`, whose report `r` must match `tally` exactly.
+fn trace_line(
+    chain: &Chain,
+    name: &str,
+    r: &layers::TraceReport,
+    tally: &Tally,
+) -> Result<String, CliError> {
+    if r.chain_id != chain.id {
+        return Err(CliError::failed(format!(
+            "{name} reports for chain {}, not {}",
+            r.chain_id, chain.id
+        )));
+    }
+    if r.totals != tally.totals {
+        return Err(CliError::failed(format!(
+            "{name} counted calls {{{}}}, bytes_sent {}, bytes_received {}, errors {}; but \
+             this process made calls {{{}}}, bytes_sent {}, bytes_received {}, errors {}",
             calls(&r.totals),
             r.totals.bytes_sent,
             r.totals.bytes_received,
             r.totals.errors,
-            ids(&r.entries_seen),
-            per_socket(&r.sockets),
-        ));
+            calls(&tally.totals),
+            tally.totals.bytes_sent,
+            tally.totals.bytes_received,
+            tally.totals.errors
+        )));
     }
-    Ok(lines)
+    if r.sockets != tally.sockets {
+        return Err(CliError::failed(format!(
+            "{name} counted per socket {:?}, but this process made {:?}",
+            r.sockets, tally.sockets
+        )));
+    }
+    if r.entries_seen != vec![chain.id; tally.records] {
+        return Err(CliError::failed(format!(
+            "{name} was handed records of catalog entries {}, but this process handed the \
+             chain {} records, all of chain entry {}",
+            ids(&r.entries_seen),
+            tally.records,
+            chain.id
+        )));
+    }
+    let at_close = tally
+        .at_close
+        .as_ref()
+        .map(|open| format!("just before the close: {open}; now: "))
+        .unwrap_or_default();
+    Ok(format!(
+        "report: {name} of chain {} saw: calls {{{}}}, bytes_sent {}, bytes_received {}, \
+         errors {}; entries_seen {}; per socket, {at_close}{}: exactly the calls this \
+         process made",
+        r.chain_id,
+        calls(&r.totals),
+        r.totals.bytes_sent,
+        r.totals.bytes_received,
+        r.totals.errors,
+        ids(&r.entries_seen),
+        per_socket(&r.sockets),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -846,19 +840,19 @@ impl Target {
         &mut self,
         to_source: &ToSource,
         me: u32,
-        text: &str,
+        record: &ProtocolInfo,
     ) -> Result<String, CliError> {
         if self.tally.is_some() {
             return Err(CliError::failed(
                 "the source sent a second record: the demo redeems one",
             ));
         }
-        let record = receive_record(to_source, me, text, true)?;
-        let chain = Chain::for_record(&record)?;
+        receive_record(to_source, me, record, true)?;
+        let chain = Chain::for_record(record)?;
 
         // 8) WSPSocket with the record, through the chain.
         let tally = self.tally.insert(Tally::default());
-        let made = Socket::from_info(&record);
+        let made = Socket::from_info(record);
         tally.count("socket_from_info", None, true, &made, |_| (0, 0));
         let socket = made.map_err(spi_failed(
             "redeeming the record through its chain (sockdup::spi::Socket::from_info, WSASocketW \
@@ -874,7 +868,7 @@ impl Target {
             chain.id,
             ids(&chain.entries)
         ))?;
-        let again = Socket::from_info(&record);
+        let again = Socket::from_info(record);
         tally.count("socket_from_info", None, true, &again, |_| (0, 0));
         match again {
             Ok(_) => {

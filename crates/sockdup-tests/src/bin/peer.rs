@@ -1,5 +1,6 @@
 //! A process for the tests to drive: one command per line on stdin, one answer per line on
-//! stdout, `ok [VALUE...]` or `err CODE MESSAGE`. Descriptors it holds are named by index.
+//! stdout, `ok [VALUE...]` or `err CODE KIND MESSAGE` (the codec: [`sockdup_tests::Command`],
+//! [`sockdup_tests::Answer`]). Descriptors it holds are named by index.
 //!
 //! Commands: `startup [ttl=S] [capacity=N] [ack=S] [allow=any|nobody]`, `cleanup`, `pid`, `tcp-listen`,
 //! `tcp-connect ADDR`, `udp-bind`, `unix-pair`, `pipe`, `dup IDX PID`, `dup-many IDX,IDX PID`,
@@ -13,17 +14,25 @@
 //! `NAME=IDX...`, this process's own copies), `complete`, `abort`, `drop-takeover`,
 //! `handed-over` (`none` or `PID NAME...`), `wait-handover SECONDS`, `unpublish`,
 //! `take-and-crash PIDFILE NAME` (asks by hand, reads the first answer line, aborts).
+//!
+//! A command that is not one of these, or lacks an argument, is answered at once with an `err`
+//! (kind `protocol-violation` or `invalid-argument`); a line too long or not UTF-8 is answered
+//! so too, and the peer then exits (status 1): its input is out of step.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
+use sockdup::{Error, ErrorKind};
+use sockdup_core::line::{LineMessage, LineReader};
+use sockdup_tests::{Answer, Command, MAX_LINE, Verb};
 
+#[derive(Default)]
 struct Peer {
     fds: HashMap<usize, OwnedFd>,
     socks: HashMap<usize, sockdup::spi::Socket>,
@@ -34,14 +43,22 @@ struct Peer {
     takeover: Option<sockdup::upgrade::Takeover>,
 }
 
-type Answer = Result<String, String>;
+/// What a command answers: `ok VALUE` or the error.
+type Outcome = Result<String, Error>;
 
-fn err(e: sockdup::Error) -> String {
-    format!("{} {} {}", e.code(), e.kind().name(), e)
+/// A closure turning an OS error into an [`Error`] saying what was being done.
+fn os<E: Into<std::io::Error>>(doing: &str) -> impl FnOnce(E) -> Error + '_ {
+    move |e| Error::from_errno(e, doing)
 }
 
-fn io(e: std::io::Error) -> String {
-    format!("0 {e}")
+/// An [`ErrorKind::InvalidArgument`] error: the command does not fit the peer's state.
+fn refused(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidArgument, message)
+}
+
+/// Answers with nothing.
+fn done() -> Outcome {
+    Ok(String::new())
 }
 
 impl Peer {
@@ -63,425 +80,511 @@ impl Peer {
         out
     }
 
-    fn spi(&self, arg: Option<&str>) -> Result<&sockdup::spi::Socket, String> {
-        let idx: usize = arg
-            .and_then(|a| a.parse().ok())
-            .ok_or("0 missing socket index")?;
+    /// The chain socket named by argument `i`.
+    fn spi(&self, c: &Command, i: usize) -> Result<&sockdup::spi::Socket, Error> {
+        let idx: usize = c.parsed(i, "socket index")?;
         self.socks
             .get(&idx)
-            .ok_or_else(|| format!("0 no socket {idx}"))
+            .ok_or_else(|| refused(format!("no socket {idx}")))
     }
 
-    fn fd(&self, arg: Option<&str>) -> Result<&OwnedFd, String> {
-        let idx: usize = arg
-            .and_then(|a| a.parse().ok())
-            .ok_or("0 missing descriptor index")?;
+    /// The descriptor named by argument `i`.
+    fn fd(&self, c: &Command, i: usize) -> Result<&OwnedFd, Error> {
+        let idx: usize = c.parsed(i, "descriptor index")?;
+        self.fd_at(idx)
+    }
+
+    fn fd_at(&self, idx: usize) -> Result<&OwnedFd, Error> {
         self.fds
             .get(&idx)
-            .ok_or_else(|| format!("0 no descriptor {idx}"))
+            .ok_or_else(|| refused(format!("no descriptor {idx}")))
     }
 
-    fn run(&mut self, line: &str) -> Answer {
-        let mut words = line.split_whitespace();
-        let cmd = words.next().unwrap_or("");
-        let a = words.next();
-        let b = words.next();
-        match cmd {
-            "startup" => {
-                let mut o = sockdup::Options::from_env().map_err(err)?;
-                for opt in line.split_whitespace().skip(1) {
-                    match opt.split_once('=') {
-                        Some(("ttl", v)) => {
-                            o = o.ttl(Duration::from_secs_f64(v.parse().map_err(|_| "0 bad ttl")?))
-                        }
-                        Some(("capacity", v)) => {
-                            o = o.capacity(v.parse().map_err(|_| "0 bad capacity")?)
-                        }
-                        Some(("ack", v)) => {
-                            o = o.ack_timeout(Duration::from_secs_f64(
-                                v.parse().map_err(|_| "0 bad ack")?,
-                            ))
-                        }
-                        Some(("allow", "any")) => o = o.allow(sockdup::Allow::AnyUser),
-                        Some(("allow", "nobody")) => o = o.allow(sockdup::Allow::Uids(vec![])),
-                        _ => return Err(format!("0 unknown option {opt}")),
-                    }
-                }
-                self.guard = Some(o.startup().map_err(err)?);
-                Ok(String::new())
-            }
-            "cleanup" => {
+    /// Carries out one command.
+    fn run(&mut self, c: &Command) -> Outcome {
+        match c.verb {
+            Verb::Startup => self.startup(c),
+            Verb::Cleanup => {
                 self.guard = None;
-                Ok(String::new())
+                done()
             }
-            "pid" => Ok(std::process::id().to_string()),
-            "tcp-listen" => {
-                let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
-                let addr = l.local_addr().map_err(io)?;
+            Verb::Pid => Ok(std::process::id().to_string()),
+            Verb::Exit => std::process::exit(0),
+            Verb::TcpListen
+            | Verb::TcpConnect
+            | Verb::UdpBind
+            | Verb::UdpConnect
+            | Verb::UnixPair
+            | Verb::Pipe => self.make(c),
+            Verb::Dup | Verb::DupMany | Verb::Redeem | Verb::RedeemMany => self.handoff(c),
+            Verb::Close
+            | Verb::Write
+            | Verb::Read
+            | Verb::Accept
+            | Verb::Keepalive
+            | Verb::SetKeepalive
+            | Verb::Nonblock
+            | Verb::SetNonblock => self.use_fd(c),
+            Verb::FdCount => fd_count(),
+            Verb::Cloexec => inheritable(),
+            Verb::Squat => self.squat(c),
+            Verb::SpiTcpConnect
+            | Verb::SpiDup
+            | Verb::SpiRedeem
+            | Verb::SpiSend
+            | Verb::SpiRecv
+            | Verb::SpiClose
+            | Verb::SpiIntoFd => self.spi_call(c),
+            Verb::Addr2Str | Verb::Str2Addr | Verb::Trace => spi_info(c),
+            Verb::Publish
+            | Verb::TakeOver
+            | Verb::Complete
+            | Verb::Abort
+            | Verb::DropTakeover
+            | Verb::HandedOver
+            | Verb::WaitHandover
+            | Verb::Unpublish
+            | Verb::TakeAndCrash => self.upgrade(c),
+        }
+    }
+
+    /// `startup [ttl=S] [capacity=N] [ack=S] [allow=any|nobody]`.
+    fn startup(&mut self, c: &Command) -> Outcome {
+        let mut o = sockdup::Options::from_env()?;
+        let seconds = |v: &str, what: &str| {
+            v.parse()
+                .map(Duration::from_secs_f64)
+                .map_err(|_| c.bad(format!("bad {what} {v:?}")))
+        };
+        for opt in c.words() {
+            o = match opt.split_once('=') {
+                Some(("ttl", v)) => o.ttl(seconds(v, "ttl")?),
+                Some(("capacity", v)) => o.capacity(
+                    v.parse()
+                        .map_err(|_| c.bad(format!("bad capacity {v:?}")))?,
+                ),
+                Some(("ack", v)) => o.ack_timeout(seconds(v, "ack")?),
+                Some(("allow", "any")) => o.allow(sockdup::Allow::AnyUser),
+                Some(("allow", "nobody")) => o.allow(sockdup::Allow::Uids(vec![])),
+                _ => return Err(c.bad(format!("unknown option {opt}"))),
+            };
+        }
+        self.guard = Some(o.startup()?);
+        done()
+    }
+
+    /// Makes sockets (or a pipe) and keeps them: `tcp-listen`, `tcp-connect ADDR`, `udp-bind`,
+    /// `udp-connect ADDR`, `unix-pair`, `pipe`.
+    fn make(&mut self, c: &Command) -> Outcome {
+        match c.verb {
+            Verb::TcpListen => {
+                let l = TcpListener::bind("127.0.0.1:0").map_err(os("binding"))?;
+                let addr = l.local_addr().map_err(os("getsockname"))?;
                 Ok(format!("{} {addr}", self.keep(l)))
             }
-            "tcp-connect" => {
-                let s = TcpStream::connect(a.ok_or("0 missing address")?).map_err(io)?;
+            Verb::TcpConnect => {
+                let to = c.required(0, "address")?;
+                let s = TcpStream::connect(to).map_err(os("connecting"))?;
                 Ok(self.keep(s).to_string())
             }
-            "udp-bind" => {
-                let s = UdpSocket::bind("127.0.0.1:0").map_err(io)?;
-                let addr = s.local_addr().map_err(io)?;
+            Verb::UdpBind | Verb::UdpConnect => {
+                let s = UdpSocket::bind("127.0.0.1:0").map_err(os("binding"))?;
+                if c.verb == Verb::UdpConnect {
+                    s.connect(c.required(0, "address")?)
+                        .map_err(os("connecting"))?;
+                }
+                let addr = s.local_addr().map_err(os("getsockname"))?;
                 Ok(format!("{} {addr}", self.keep(s)))
             }
-            "unix-pair" => {
-                let (x, y) = UnixStream::pair().map_err(io)?;
+            Verb::UnixPair => {
+                let (x, y) = UnixStream::pair().map_err(os("socketpair"))?;
                 Ok(format!("{} {}", self.keep(x), self.keep(y)))
             }
-            "pipe" => {
+            _ => {
                 let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                    .map_err(|e| io(e.into()))?;
+                    .map_err(os("pipe"))?;
                 Ok(format!("{} {}", self.keep(r), self.keep(w)))
             }
-            "dup" => {
-                let pid = b.and_then(|p| p.parse().ok()).ok_or("0 missing pid")?;
-                Ok(sockdup::duplicate_socket(self.fd(a)?, pid)
-                    .map_err(err)?
-                    .to_string())
+        }
+    }
+
+    /// `dup IDX PID`, `dup-many IDX,IDX PID`, `redeem RECORD`, `redeem-many RECORD...`.
+    fn handoff(&mut self, c: &Command) -> Outcome {
+        match c.verb {
+            Verb::Dup => {
+                let pid: u32 = c.parsed(1, "pid")?;
+                Ok(sockdup::duplicate_socket(self.fd(c, 0)?, pid)?.to_string())
             }
-            "dup-many" => {
-                let pid = b.and_then(|p| p.parse().ok()).ok_or("0 missing pid")?;
+            Verb::DupMany => {
+                let pid: u32 = c.parsed(1, "pid")?;
                 let mut socks = Vec::new();
-                for i in a.unwrap_or("").split(',') {
-                    socks.push(self.fd(Some(i))?.as_fd());
+                for i in c.required(0, "descriptor indexes")?.split(',') {
+                    let idx = i
+                        .parse()
+                        .map_err(|_| c.bad(format!("{i:?} is not a descriptor index")))?;
+                    socks.push(self.fd_at(idx)?.as_fd());
                 }
-                let records = sockdup::duplicate_sockets(&socks, pid).map_err(err)?;
-                Ok(records
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" "))
+                let records = sockdup::duplicate_sockets(&socks, pid)?;
+                Ok(join(records.iter().map(ToString::to_string)))
             }
-            "redeem" => {
-                let info: sockdup::ProtocolInfo = a.unwrap_or("").parse().map_err(err)?;
-                let fd = sockdup::socket_from_info(&info).map_err(err)?;
+            Verb::Redeem => {
+                let info: sockdup::ProtocolInfo = c.word(0).unwrap_or("").parse()?;
+                let fd = sockdup::socket_from_info(&info)?;
                 Ok(self.keep(fd).to_string())
             }
-            "redeem-many" => {
-                let infos = line
-                    .split_whitespace()
-                    .skip(1)
+            _ => {
+                let infos = c
+                    .words()
                     .map(str::parse::<sockdup::ProtocolInfo>)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(err)?;
-                let fds = sockdup::sockets_from_info(&infos).map_err(err)?;
-                Ok(fds
-                    .into_iter()
-                    .map(|fd| self.keep(fd).to_string())
-                    .collect::<Vec<_>>()
-                    .join(" "))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let fds = sockdup::sockets_from_info(&infos)?;
+                Ok(join(fds.into_iter().map(|fd| self.keep(fd).to_string())))
             }
-            "close" => {
-                let idx: usize = a.and_then(|x| x.parse().ok()).ok_or("0 missing index")?;
-                self.fds.remove(&idx).ok_or("0 no such descriptor")?;
-                Ok(String::new())
+        }
+    }
+
+    /// Calls on a kept descriptor: `close`, `write`, `read`, `accept`, `keepalive`,
+    /// `set-keepalive`, `nonblock`, `set-nonblock`.
+    fn use_fd(&mut self, c: &Command) -> Outcome {
+        if c.verb == Verb::Close {
+            let idx: usize = c.parsed(0, "index")?;
+            self.fds
+                .remove(&idx)
+                .ok_or_else(|| refused(format!("no descriptor {idx}")))?;
+            return done();
+        }
+        let fd = self.fd(c, 0)?;
+        match c.verb {
+            Verb::Write => {
+                rustix::io::write(fd, c.rest(1).as_bytes()).map_err(os("write"))?;
+                done()
             }
-            "write" => {
-                let fd = self.fd(a)?;
-                let text = line.splitn(3, ' ').nth(2).unwrap_or("");
-                rustix::io::write(fd, text.as_bytes()).map_err(|e| io(e.into()))?;
-                Ok(String::new())
-            }
-            "read" => {
-                let fd = self.fd(a)?;
+            Verb::Read => {
                 let mut buf = [0u8; 4096];
-                let n = rustix::io::read(fd, &mut buf).map_err(|e| io(e.into()))?;
+                let n = rustix::io::read(fd, &mut buf).map_err(os("read"))?;
                 Ok(if n == 0 {
                     "<eof>".into()
                 } else {
                     String::from_utf8_lossy(&buf[..n]).into_owned()
                 })
             }
-            "accept" => {
-                let fd = self.fd(a)?;
-                let c =
-                    rustix::net::accept_with(fd, SocketFlags::CLOEXEC).map_err(|e| io(e.into()))?;
-                Ok(self.keep(c).to_string())
+            Verb::Accept => {
+                let conn =
+                    rustix::net::accept_with(fd, SocketFlags::CLOEXEC).map_err(os("accept"))?;
+                Ok(self.keep(conn).to_string())
             }
-            "keepalive" => Ok(sockopt::socket_keepalive(self.fd(a)?)
-                .map_err(|e| io(e.into()))?
+            Verb::Keepalive => Ok(sockopt::socket_keepalive(fd)
+                .map_err(os("getsockopt"))?
                 .to_string()),
-            "set-keepalive" => {
-                sockopt::set_socket_keepalive(self.fd(a)?, true).map_err(|e| io(e.into()))?;
-                Ok(String::new())
+            Verb::SetKeepalive => {
+                sockopt::set_socket_keepalive(fd, true).map_err(os("setsockopt"))?;
+                done()
             }
-            "set-nonblock" => {
-                let fd = self.fd(a)?;
-                let fl = rustix::fs::fcntl_getfl(fd).map_err(|e| io(e.into()))?;
-                rustix::fs::fcntl_setfl(fd, fl | rustix::fs::OFlags::NONBLOCK)
-                    .map_err(|e| io(e.into()))?;
-                Ok(String::new())
-            }
-            "udp-connect" => {
-                let s = UdpSocket::bind("127.0.0.1:0").map_err(io)?;
-                s.connect(a.ok_or("0 missing address")?).map_err(io)?;
-                let addr = s.local_addr().map_err(io)?;
-                Ok(format!("{} {addr}", self.keep(s)))
-            }
-            "nonblock" => {
-                let fl = rustix::fs::fcntl_getfl(self.fd(a)?).map_err(|e| io(e.into()))?;
+            Verb::Nonblock => {
+                let fl = rustix::fs::fcntl_getfl(fd).map_err(os("fcntl"))?;
                 Ok(fl.contains(rustix::fs::OFlags::NONBLOCK).to_string())
             }
-            "fdcount" => Ok(std::fs::read_dir("/proc/self/fd")
-                .map_err(io)?
-                .count()
-                .saturating_sub(1)
-                .to_string()),
-            "cloexec" => {
-                let mut bad = Vec::new();
-                for entry in std::fs::read_dir("/proc/self/fd").map_err(io)? {
-                    let n: i32 = entry
-                        .map_err(io)?
-                        .file_name()
-                        .to_string_lossy()
-                        .parse()
-                        .unwrap_or(-1);
-                    if n <= 2 {
-                        continue;
-                    }
-                    // The directory iterator's own descriptor disappears before we look: skip it.
-                    let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{n}")) else {
-                        continue;
-                    };
-                    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}"))
-                        .unwrap_or_default();
-                    // flags are octal; O_CLOEXEC is 02000000.
-                    let flags = fdinfo
-                        .lines()
-                        .find_map(|l| l.strip_prefix("flags:"))
-                        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
-                        .unwrap_or(0);
-                    if flags & 0o2000000 == 0 {
-                        bad.push(format!("{n}->{}", target.display()));
-                    }
-                }
-                Ok(bad.join(","))
+            _ => {
+                let fl = rustix::fs::fcntl_getfl(fd).map_err(os("fcntl"))?;
+                rustix::fs::fcntl_setfl(fd, fl | rustix::fs::OFlags::NONBLOCK)
+                    .map_err(os("fcntl"))?;
+                done()
             }
-            "squat" => {
-                let pid: u32 = a.and_then(|p| p.parse().ok()).ok_or("0 missing pid")?;
-                let fd = rustix::net::socket_with(
-                    AddressFamily::UNIX,
-                    SocketType::SEQPACKET,
-                    SocketFlags::CLOEXEC,
-                    None,
-                )
-                .map_err(|e| io(e.into()))?;
-                let name = match sockdup::inbox_address(pid) {
-                    sockdup::InboxAddress::Abstract(n) => n,
-                    other => return Err(format!("0 cannot squat on {other}")),
-                };
-                let addr =
-                    SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(|e| io(e.into()))?;
-                rustix::net::bind(&fd, &addr).map_err(|e| io(e.into()))?;
-                rustix::net::listen(&fd, 16).map_err(|e| io(e.into()))?;
-                self.squat = Some(fd);
-                Ok(String::new())
-            }
-            "spi-tcp-connect" => {
-                let addr: std::net::SocketAddr = a.and_then(|x| x.parse().ok()).ok_or("0 missing address")?;
-                let family = if addr.is_ipv4() { 2 } else { 10 };
-                let sock = sockdup::spi::Socket::new(family, 1, 0).map_err(err)?;
-                sock.connect(&addr).map_err(err)?;
-                Ok(self.keep_spi(sock))
-            }
-            "spi-dup" => {
-                let pid = b.and_then(|p| p.parse().ok()).ok_or("0 missing pid")?;
-                Ok(self.spi(a)?.duplicate(pid).map_err(err)?.to_string())
-            }
-            "spi-redeem" => {
-                let info: sockdup::ProtocolInfo = a.unwrap_or("").parse().map_err(err)?;
-                let sock = sockdup::spi::Socket::from_info(&info).map_err(err)?;
-                Ok(self.keep_spi(sock))
-            }
-            "spi-send" => {
-                let text = line.splitn(3, ' ').nth(2).unwrap_or("");
-                Ok(self.spi(a)?.send(text.as_bytes()).map_err(err)?.to_string())
-            }
-            "spi-recv" => {
-                let mut buf = [0u8; 4096];
-                let n = self.spi(a)?.recv(&mut buf).map_err(err)?;
-                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-            }
-            "spi-close" => {
-                let idx: usize = a.and_then(|x| x.parse().ok()).ok_or("0 missing index")?;
-                self.socks.remove(&idx).ok_or("0 no such socket")?.close().map_err(err)?;
-                Ok(String::new())
-            }
-            "spi-into-fd" => {
-                let idx: usize = a.and_then(|x| x.parse().ok()).ok_or("0 missing index")?;
-                let sock = self.socks.remove(&idx).ok_or("0 no such socket")?;
-                let fd = sock.into_fd().map_err(err)?;
-                Ok(self.keep(fd).to_string())
-            }
-            "addr2str" => {
-                let addr: std::net::SocketAddr = a.and_then(|x| x.parse().ok()).ok_or("0 missing address")?;
-                sockdup::spi::address_to_string(&addr, None).map_err(err)
-            }
-            "str2addr" => Ok(sockdup::spi::string_to_address(a.unwrap_or(""), 2, None).map_err(err)?.to_string()),
-            "trace" => Ok(sockdup::spi::layers::trace_reports()
-                .iter()
-                .map(|r| {
-                    let calls: Vec<String> = r.totals.calls.iter().map(|(k, v)| format!("{k}:{v}")).collect();
-                    let seen: Vec<String> = r.entries_seen.iter().map(u32::to_string).collect();
-                    format!(
-                        "layer={} chain={} seen={} calls={} sent={} received={} errors={} sockets={}",
-                        r.layer_id,
-                        r.chain_id,
-                        seen.join(","),
-                        calls.join(","),
-                        r.totals.bytes_sent,
-                        r.totals.bytes_received,
-                        r.totals.errors,
-                        r.sockets.len()
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" | ")),
-            "publish" | "take-over" | "complete" | "abort" | "drop-takeover" | "handed-over"
-            | "wait-handover" | "unpublish" | "take-and-crash" => self.upgrade(cmd, line),
-            "exit" => std::process::exit(0),
-            "" => Ok(String::new()),
-            other => Err(format!("0 unknown command {other}")),
         }
     }
-}
 
-impl Peer {
-    fn upgrade(&mut self, cmd: &str, line: &str) -> Answer {
-        use sockdup::upgrade::Upgrade;
-        let mut words = line.split_whitespace().skip(1);
+    /// `squat PID`: binds the inbox address of process PID before it does.
+    fn squat(&mut self, c: &Command) -> Outcome {
+        let pid: u32 = c.parsed(0, "pid")?;
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(os("socket"))?;
+        let name = match sockdup::inbox_address(pid) {
+            sockdup::InboxAddress::Abstract(n) => n,
+            other => return Err(refused(format!("cannot squat on {other}"))),
+        };
+        let addr = SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(os("naming"))?;
+        rustix::net::bind(&fd, &addr).map_err(os("bind"))?;
+        rustix::net::listen(&fd, 16).map_err(os("listen"))?;
+        self.squat = Some(fd);
+        done()
+    }
+
+    /// Calls through the catalog's chains: `spi-tcp-connect`, `spi-dup`, `spi-redeem`,
+    /// `spi-send`, `spi-recv`, `spi-close`, `spi-into-fd`.
+    fn spi_call(&mut self, c: &Command) -> Outcome {
+        match c.verb {
+            Verb::SpiTcpConnect => {
+                let addr: SocketAddr = c.parsed(0, "address")?;
+                let family = if addr.is_ipv4() { 2 } else { 10 };
+                let sock = sockdup::spi::Socket::new(family, 1, 0)?;
+                sock.connect(&addr)?;
+                Ok(self.keep_spi(sock))
+            }
+            Verb::SpiDup => {
+                let pid: u32 = c.parsed(1, "pid")?;
+                Ok(self.spi(c, 0)?.duplicate(pid)?.to_string())
+            }
+            Verb::SpiRedeem => {
+                let info: sockdup::ProtocolInfo = c.word(0).unwrap_or("").parse()?;
+                let sock = sockdup::spi::Socket::from_info(&info)?;
+                Ok(self.keep_spi(sock))
+            }
+            Verb::SpiSend => Ok(self.spi(c, 0)?.send(c.rest(1).as_bytes())?.to_string()),
+            Verb::SpiRecv => {
+                let mut buf = [0u8; 4096];
+                let n = self.spi(c, 0)?.recv(&mut buf)?;
+                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+            }
+            Verb::SpiClose => {
+                let idx: usize = c.parsed(0, "index")?;
+                let sock = self
+                    .socks
+                    .remove(&idx)
+                    .ok_or_else(|| refused("no such socket"))?;
+                sock.close()?;
+                done()
+            }
+            _ => {
+                let idx: usize = c.parsed(0, "index")?;
+                let sock = self
+                    .socks
+                    .remove(&idx)
+                    .ok_or_else(|| refused("no such socket"))?;
+                let fd = sock.into_fd()?;
+                Ok(self.keep(fd).to_string())
+            }
+        }
+    }
+
+    /// The upgrade commands: `publish`, `take-over`, `complete`, `abort`, `drop-takeover`,
+    /// `handed-over`, `wait-handover`, `unpublish`, `take-and-crash`.
+    fn upgrade(&mut self, c: &Command) -> Outcome {
         let describe = |h: sockdup::upgrade::Handover| format!("{} {}", h.pid, h.names.join(" "));
-        match cmd {
-            "publish" => {
-                let mut up = Upgrade::new(words.next().ok_or("0 missing pid file")?);
-                let mut listeners = Vec::new();
-                for w in words {
-                    match w.split_once('=') {
-                        Some(("timeout", v)) => {
-                            up = up.timeout(Duration::from_secs_f64(
-                                v.parse().map_err(|_| "0 bad timeout")?,
-                            ))
-                        }
-                        Some((name, idx)) => {
-                            let fd = self.fd(Some(idx))?.try_clone().map_err(io)?;
-                            listeners.push((name.to_owned(), fd));
-                        }
-                        None => return Err(format!("0 bad listener {w}")),
-                    }
-                }
-                self.published = Some(up.publish(listeners).map_err(err)?);
-                Ok(String::new())
+        match c.verb {
+            Verb::Publish => self.publish(c),
+            Verb::TakeOver => self.take_over(c),
+            Verb::Complete => {
+                let t = self.takeover.take().ok_or_else(|| refused("no takeover"))?;
+                self.published = Some(t.complete()?);
+                done()
             }
-            "take-over" => {
-                let up = Upgrade::new(words.next().ok_or("0 missing pid file")?);
-                let names: Vec<&str> = words.collect();
-                let t = up.take_over(&names).map_err(err)?;
-                let mut out = Vec::new();
-                for (name, fd) in t.listeners() {
-                    let own = fd.try_clone_to_owned().map_err(io)?;
-                    out.push(format!("{name}={}", self.keep(own)));
-                }
-                self.takeover = Some(t);
-                Ok(out.join(" "))
+            Verb::Abort => {
+                let t = self.takeover.take().ok_or_else(|| refused("no takeover"))?;
+                t.abort()?;
+                done()
             }
-            "complete" => {
-                let t = self.takeover.take().ok_or("0 no takeover")?;
-                self.published = Some(t.complete().map_err(err)?);
-                Ok(String::new())
+            Verb::DropTakeover => {
+                self.takeover.take().ok_or_else(|| refused("no takeover"))?;
+                done()
             }
-            "abort" => {
-                let t = self.takeover.take().ok_or("0 no takeover")?;
-                t.abort().map_err(err)?;
-                Ok(String::new())
-            }
-            "drop-takeover" => {
-                self.takeover.take().ok_or("0 no takeover")?;
-                Ok(String::new())
-            }
-            "handed-over" => {
-                let p = self.published.as_ref().ok_or("0 nothing published")?;
+            Verb::HandedOver => {
+                let p = self.published()?;
                 Ok(p.handed_over().map_or("none".into(), describe))
             }
-            "wait-handover" => {
-                let p = self.published.as_ref().ok_or("0 nothing published")?;
-                let secs: f64 = words
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("0 missing seconds")?;
+            Verb::WaitHandover => {
+                let secs: f64 = c.parsed(0, "seconds")?;
+                let p = self.published()?;
                 Ok(p.wait_timeout(Duration::from_secs_f64(secs))
                     .map_or("none".into(), describe))
             }
-            "unpublish" => {
-                self.published.take().ok_or("0 nothing published")?;
-                Ok(String::new())
+            Verb::Unpublish => {
+                self.published
+                    .take()
+                    .ok_or_else(|| refused("nothing published"))?;
+                done()
             }
-            "take-and-crash" => {
-                // The documented control address, spoken to by hand, so this process can die
-                // after the old one has duplicated the listeners for it and before it redeems.
-                let pid_file = words.next().ok_or("0 missing pid file")?;
-                let name = words.next().ok_or("0 missing name")?;
-                let pid = std::fs::read_to_string(pid_file).map_err(io)?;
-                let fd = rustix::net::socket_with(
-                    AddressFamily::UNIX,
-                    SocketType::STREAM,
-                    SocketFlags::CLOEXEC,
-                    None,
-                )
-                .map_err(|e| io(e.into()))?;
-                let addr = SocketAddrUnix::new_abstract_name(
-                    format!("sockdup/v1/{}/upgrade", pid.trim()).as_bytes(),
-                )
-                .map_err(|e| io(e.into()))?;
-                rustix::net::connect(&fd, &addr).map_err(|e| io(e.into()))?;
-                let mut stream = UnixStream::from(fd);
-                stream
-                    .write_all(format!("take 1 {name}\n").as_bytes())
-                    .map_err(io)?;
-                let mut first = String::new();
-                std::io::BufReader::new(&stream)
-                    .read_line(&mut first)
-                    .map_err(io)?;
-                if !first.starts_with("listener ") {
-                    return Err(format!("0 expected a listener line, got {first:?}"));
-                }
-                std::process::abort();
-            }
-            _ => Err(format!("0 unknown command {cmd}")),
+            _ => take_and_crash(c),
         }
+    }
+
+    fn published(&self) -> Result<&sockdup::upgrade::Published, Error> {
+        self.published
+            .as_ref()
+            .ok_or_else(|| refused("nothing published"))
+    }
+
+    /// `publish PIDFILE [timeout=S] NAME=IDX...`.
+    fn publish(&mut self, c: &Command) -> Outcome {
+        let mut up = sockdup::upgrade::Upgrade::new(c.required(0, "pid file")?);
+        let mut listeners = Vec::new();
+        for w in c.words().skip(1) {
+            match w.split_once('=') {
+                Some(("timeout", v)) => {
+                    let secs: f64 = v.parse().map_err(|_| c.bad(format!("bad timeout {v:?}")))?;
+                    up = up.timeout(Duration::from_secs_f64(secs));
+                }
+                Some((name, idx)) => {
+                    let idx = idx
+                        .parse()
+                        .map_err(|_| c.bad(format!("{idx:?} is not a descriptor index")))?;
+                    let fd = self.fd_at(idx)?.try_clone().map_err(os("dup"))?;
+                    listeners.push((name.to_owned(), fd));
+                }
+                None => return Err(c.bad(format!("bad listener {w}"))),
+            }
+        }
+        self.published = Some(up.publish(listeners)?);
+        done()
+    }
+
+    /// `take-over PIDFILE NAME...`.
+    fn take_over(&mut self, c: &Command) -> Outcome {
+        let up = sockdup::upgrade::Upgrade::new(c.required(0, "pid file")?);
+        let names: Vec<&str> = c.words().skip(1).collect();
+        let t = up.take_over(&names)?;
+        let mut out = Vec::new();
+        for (name, fd) in t.listeners() {
+            let own = fd.try_clone_to_owned().map_err(os("dup"))?;
+            out.push(format!("{name}={}", self.keep(own)));
+        }
+        self.takeover = Some(t);
+        Ok(out.join(" "))
     }
 }
 
-fn main() {
-    let mut peer = Peer {
-        fds: HashMap::new(),
-        socks: HashMap::new(),
-        next: 0,
-        guard: None,
-        squat: None,
-        published: None,
-        takeover: None,
-    };
-    let stdin = std::io::stdin();
-    let mut out = std::io::stdout();
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
-        let answer = match peer.run(line.trim()) {
-            Ok(v) if v.is_empty() => "ok".to_owned(),
-            Ok(v) => format!("ok {v}"),
-            Err(e) => format!("err {}", e.replace('\n', " ")),
+/// Words joined by single spaces.
+fn join(words: impl Iterator<Item = String>) -> String {
+    words.collect::<Vec<_>>().join(" ")
+}
+
+/// `fdcount`: descriptors open in this process.
+fn fd_count() -> Outcome {
+    Ok(std::fs::read_dir("/proc/self/fd")
+        .map_err(os("reading /proc/self/fd"))?
+        .count()
+        .saturating_sub(1)
+        .to_string())
+}
+
+/// `cloexec`: descriptors above 2 that are not close-on-exec, as `N->TARGET,...`.
+fn inheritable() -> Outcome {
+    let mut bad = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").map_err(os("reading /proc/self/fd"))? {
+        let n: i32 = entry
+            .map_err(os("reading /proc/self/fd"))?
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .unwrap_or(-1);
+        if n <= 2 {
+            continue;
+        }
+        // The directory iterator's own descriptor disappears before we look: skip it.
+        let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{n}")) else {
+            continue;
         };
-        if writeln!(out, "{answer}")
-            .and_then(|()| out.flush())
-            .is_err()
-        {
-            break;
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).unwrap_or_default();
+        // flags are octal; O_CLOEXEC is 02000000.
+        let flags = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .unwrap_or(0);
+        if flags & 0o2000000 == 0 {
+            bad.push(format!("{n}->{}", target.display()));
         }
     }
-    // stdin closed: exit, dropping everything (the inbox closes unredeemed duplicates).
-    let _ = std::io::stdin().read(&mut [0u8; 1]);
+    Ok(bad.join(","))
+}
+
+/// `addr2str ADDR`, `str2addr TEXT`, `trace` (the trace layers' reports).
+fn spi_info(c: &Command) -> Outcome {
+    match c.verb {
+        Verb::Addr2Str => {
+            let addr: SocketAddr = c.parsed(0, "address")?;
+            sockdup::spi::address_to_string(&addr, None)
+        }
+        Verb::Str2Addr => {
+            Ok(sockdup::spi::string_to_address(c.word(0).unwrap_or(""), 2, None)?.to_string())
+        }
+        _ => Ok(sockdup::spi::layers::trace_reports()
+            .iter()
+            .map(|r| {
+                let calls: Vec<String> = r
+                    .totals
+                    .calls
+                    .iter()
+                    .map(|(k, v)| format!("{k}:{v}"))
+                    .collect();
+                let seen: Vec<String> = r.entries_seen.iter().map(u32::to_string).collect();
+                format!(
+                    "layer={} chain={} seen={} calls={} sent={} received={} errors={} sockets={}",
+                    r.layer_id,
+                    r.chain_id,
+                    seen.join(","),
+                    calls.join(","),
+                    r.totals.bytes_sent,
+                    r.totals.bytes_received,
+                    r.totals.errors,
+                    r.sockets.len()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")),
+    }
+}
+
+/// `take-and-crash PIDFILE NAME`: the documented control address, spoken to by hand, so this
+/// process can die after the old one has duplicated the listeners for it and before it
+/// redeems.
+fn take_and_crash(c: &Command) -> Outcome {
+    let pid_file = c.required(0, "pid file")?;
+    let name = c.required(1, "name")?;
+    let pid = std::fs::read_to_string(pid_file).map_err(os("reading the pid file"))?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(os("socket"))?;
+    let addr =
+        SocketAddrUnix::new_abstract_name(format!("sockdup/v1/{}/upgrade", pid.trim()).as_bytes())
+            .map_err(os("naming"))?;
+    rustix::net::connect(&fd, &addr).map_err(os("connect"))?;
+    let mut stream = UnixStream::from(fd);
+    stream
+        .write_all(format!("take 1 {name}\n").as_bytes())
+        .map_err(os("write"))?;
+    let first = LineReader::new(&stream, sockdup_core::line::MAX_LINE).read_line()?;
+    if !first.as_deref().is_some_and(|l| l.starts_with("listener ")) {
+        return Err(Error::new(
+            ErrorKind::ProtocolViolation,
+            format!("expected a listener line, got {first:?}"),
+        ));
+    }
+    std::process::abort();
+}
+
+/// Writes one answer; false if stdout is gone.
+fn answer(out: &mut impl Write, answer: &Answer) -> bool {
+    out.write_all(answer.encode().as_bytes())
+        .and_then(|()| out.flush())
+        .is_ok()
+}
+
+fn main() -> std::process::ExitCode {
+    let mut peer = Peer::default();
+    let mut input = LineReader::new(std::io::stdin().lock(), MAX_LINE);
+    let mut out = std::io::stdout();
+    loop {
+        let outcome = match input.read_line() {
+            // stdin closed: exit, dropping everything (the inbox closes unredeemed duplicates).
+            Ok(None) => return std::process::ExitCode::SUCCESS,
+            Ok(Some(line)) => Command::parse(&line).and_then(|c| peer.run(&c)),
+            Err(e) => {
+                // An oversized or non-UTF-8 line: the input is out of step. Say so and stop.
+                answer(&mut out, &Answer::from(Err::<String, _>(e)));
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        if !answer(&mut out, &Answer::from(outcome)) {
+            return std::process::ExitCode::SUCCESS;
+        }
+    }
 }

@@ -1,21 +1,27 @@
-//! Helpers shared by the process tests: spawning and driving `peer` processes, counting
-//! descriptors, waiting with a bound.
-#![allow(dead_code, unreachable_pub)]
+//! Helpers shared by the process tests: spawning and driving `peer` processes (over the codec
+//! of [`sockdup_tests`]); the rest (bounded waits, descriptor counts) is
+//! [`sockdup_tests::util`], re-exported here.
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use sockdup_core::line::LineReader;
+use sockdup_tests::{Answer, MAX_LINE};
+
+pub use sockdup_tests::util::{TempDir, fd_count, is_root, wait_until};
 
 /// A running `peer` helper process.
 pub struct Peer {
     child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    stdout: LineReader<ChildStdout>,
     pub pid: u32,
 }
 
-/// An `err` answer: the Winsock code (0 for a non-sockdup error), the kind's name (empty for a
-/// non-sockdup error) and the message.
+/// An `err` answer: the Winsock code, the name of the error's kind (`already-redeemed`), and
+/// the message.
 #[derive(Debug)]
 pub struct PeerError {
     pub code: i32,
@@ -54,7 +60,7 @@ impl Peer {
         }
         let mut child = cmd.spawn().expect("spawn peer");
         let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let stdout = LineReader::new(child.stdout.take().expect("stdout"), MAX_LINE);
         let pid = child.id();
         let mut peer = Self {
             child,
@@ -69,33 +75,33 @@ impl Peer {
     }
 
     /// Sends one command and returns its answer.
+    #[track_caller]
     pub fn cmd(&mut self, line: &str) -> Result<String, PeerError> {
-        writeln!(self.stdin, "{line}").expect("write to peer");
+        self.raw(format!("{line}\n").as_bytes())
+    }
+
+    /// Sends `bytes` as they are (one line or not) and returns the answer.
+    #[track_caller]
+    pub fn raw(&mut self, bytes: &[u8]) -> Result<String, PeerError> {
+        let line: String = String::from_utf8_lossy(bytes).chars().take(200).collect();
+        let line = line.trim_end();
+        self.stdin.write_all(bytes).expect("write to peer");
         self.stdin.flush().expect("flush peer");
-        let mut answer = String::new();
-        self.stdout.read_line(&mut answer).expect("read from peer");
-        let answer = answer.trim_end();
-        if let Some(rest) = answer.strip_prefix("ok") {
-            Ok(rest.trim_start().to_owned())
-        } else if let Some(rest) = answer.strip_prefix("err ") {
-            // `err CODE KIND MESSAGE`, or `err CODE MESSAGE` for an error without a kind.
-            let (code, rest) = rest.split_once(' ').unwrap_or((rest, ""));
-            let (kind, message) = match rest.split_once(' ').unwrap_or((rest, "")) {
-                (kind, message) if sockdup::ErrorKind::from_name(kind).is_some() => {
-                    (kind.to_owned(), message)
-                }
-                _ => (String::new(), rest),
-            };
-            Err(PeerError {
-                code: code.parse().unwrap_or(-1),
-                kind,
-                message: message.to_owned(),
-            })
-        } else {
-            panic!(
-                "peer {} answered {answer:?} to {line:?} (did it crash?)",
+        let answer = match self.stdout.read_message::<Answer>() {
+            Ok(Some(answer)) => answer,
+            Ok(None) => panic!(
+                "peer {} closed its stdout instead of answering {line:?} (did it crash?)",
                 self.pid
-            )
+            ),
+            Err(e) => panic!("peer {} answered {line:?} with garbage: {e}", self.pid),
+        };
+        match answer {
+            Answer::Ok(value) => Ok(value),
+            Answer::Err(f) => Err(PeerError {
+                code: f.code,
+                kind: f.kind,
+                message: f.message,
+            }),
         }
     }
 
@@ -105,8 +111,8 @@ impl Peer {
         match self.cmd(line) {
             Ok(v) => v,
             Err(e) => panic!(
-                "peer {}: {line:?} failed: {} {}",
-                self.pid, e.code, e.message
+                "peer {}: {line:?} failed: {} {} {}",
+                self.pid, e.code, e.kind, e.message
             ),
         }
     }
@@ -133,14 +139,19 @@ impl Peer {
     pub fn crashes(&mut self, line: &str) -> std::process::ExitStatus {
         writeln!(self.stdin, "{line}").expect("write to peer");
         self.stdin.flush().expect("flush peer");
-        let mut answer = String::new();
-        self.stdout.read_line(&mut answer).expect("read from peer");
+        let answer = self.stdout.read_line().expect("read from peer");
         assert_eq!(
-            answer, "",
+            answer, None,
             "peer {} answered {line:?} instead of dying",
             self.pid
         );
         self.child.wait().expect("wait for peer")
+    }
+
+    /// Waits at most `limit` for the peer to exit by itself.
+    #[track_caller]
+    pub fn exits_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        sockdup_tests::util::exits_within(&mut self.child, limit)
     }
 
     /// Asks the peer to exit and waits for it.
@@ -158,31 +169,8 @@ impl Drop for Peer {
     }
 }
 
-/// Whether this process runs as root (needed to start peers as another user).
-pub fn is_root() -> bool {
-    rustix::process::getuid().is_root()
-}
-
-/// Descriptors open in this process.
-pub fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("read /proc/self/fd")
-        .count()
-        .saturating_sub(1)
-}
-
-/// Polls `f` until it returns `Some`, for at most `limit`.
+/// Polls `f` until it returns `Some`, for at most `limit` ([`wait_until`]).
 #[track_caller]
-pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "condition not met within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+pub fn wait_for<T>(limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_until(limit, f)
 }
