@@ -6,6 +6,9 @@
 //! closes; `hello` ([`hello`]) is a minimal HTTP/1.1 server. Standard output carries only the
 //! handoff protocol; logs go to stderr (`RUST_LOG`, default `warn`).
 //!
+//! A line from the acceptor that is not the handoff protocol is answered at once with an
+//! `error` line on stdout; the worker then finishes its open connections and exits with status 1.
+//!
 //! When the acceptor closes the worker's input (its shutdown), no new connection comes; the
 //! worker waits for the ones it has (the `hello` app closes idle keep-alive connections and
 //! answers the requests in progress with `Connection: close`) and exits. Run by an acceptor
@@ -66,10 +69,17 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
     let app = args.app;
     let draining = Arc::new(AtomicBool::new(false));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    for conn in worker.incoming() {
+    let mut incoming = worker.incoming();
+    while let Some(conn) = incoming.next() {
         threads.retain(|t| !t.is_finished());
         let conn = match conn {
             Ok(conn) => conn,
+            Err(e) if incoming.broken().is_some() => {
+                // The acceptor's line was not the protocol; it was told so (an `error` line)
+                // and replaces this worker: finish what is open, and fail.
+                finish(threads, &draining, "the acceptor's channel broke");
+                return Err(CliError::sockdup("reading the acceptor's line", e));
+            }
             Err(e) => {
                 // The acceptor was told, and gives the connection to another worker.
                 tracing::warn!(error = %e, "sockdup worker: could not redeem a connection");
