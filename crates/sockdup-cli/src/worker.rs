@@ -18,7 +18,7 @@
 mod activated;
 mod hello;
 
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
@@ -40,6 +40,12 @@ pub(crate) struct Args {
     /// systemd set them); on SIGTERM, stop accepting, finish the open connections, exit 0.
     #[arg(long)]
     pub(crate) listen_fds: bool,
+
+    /// For tests of the acceptor: announce this worker, wait for the acceptor's first line
+    /// without redeeming anything, answer it with a line that is not the protocol, and wait for
+    /// the end of the input (the acceptor should replace this worker at once).
+    #[arg(long, hide = true)]
+    pub(crate) test_write_garbage: bool,
 }
 
 /// `--app`.
@@ -66,6 +72,9 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
         .map_err(|e| CliError::failed(format!("installing a signal handler: {e}")))?;
     }
     let worker = Worker::announce().map_err(|e| CliError::sockdup("announcing this worker", e))?;
+    if args.test_write_garbage {
+        return write_garbage(worker);
+    }
     let app = args.app;
     let draining = Arc::new(AtomicBool::new(false));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
@@ -98,6 +107,21 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
         }
     }
     finish(threads, &draining, "the acceptor closed the channel");
+    Ok(())
+}
+
+/// `--test-write-garbage`: the first line from the acceptor is answered with garbage; then
+/// nothing more, until the end of the input (or the acceptor's kill).
+fn write_garbage(worker: Worker) -> Result<(), CliError> {
+    let mut stdin = io::stdin().lock();
+    let mut first = String::new();
+    let _ = stdin.read_line(&mut first);
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(b"this is not the sockdup worker protocol\n");
+    let _ = out.flush();
+    drop(out);
+    let _ = io::copy(&mut stdin, &mut io::sink());
+    drop(worker);
     Ok(())
 }
 
