@@ -848,13 +848,14 @@ mod tests {
     fn wrong_pid_failures_error_lines_and_lines_out_of_turn_replace_the_worker() {
         let t0 = Instant::now();
         let report = ErrorReport::of(&Error::new(ErrorKind::Expired, "expired"));
-        let cases: Vec<(Box<dyn Fn(&mut Dispatch<&'static str>)>, &str)> = vec![
+        type Case = Box<dyn Fn(&mut Dispatch<&'static str>)>;
+        let cases: Vec<(Case, &str)> = vec![
             (
-                Box::new(|d| d.handle_line(0, Ok(FromWorker::Pid(1)), t0)),
+                Box::new(move |d| d.handle_line(0, Ok(FromWorker::Pid(1)), t0)),
                 "announced pid 1, but the worker process is 100",
             ),
             (
-                Box::new(|d| d.handle_line(0, Ok(FromWorker::Done(3)), t0)),
+                Box::new(move |d| d.handle_line(0, Ok(FromWorker::Done(3)), t0)),
                 "out of turn",
             ),
             (
@@ -874,7 +875,7 @@ mod tests {
                 "could not redeem connection 0 (expired",
             ),
             (
-                Box::new(|d| {
+                Box::new(move |d| {
                     let r = ErrorReport::of(&garbage());
                     d.handle_line(0, Ok(FromWorker::Error(r)), t0);
                 }),
