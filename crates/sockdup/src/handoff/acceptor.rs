@@ -223,6 +223,9 @@ fn worker_key(slot: usize, generation: u64) -> u64 {
 /// message) before it counts as not speaking the protocol.
 const MAX_WORKER_LINE: usize = 4096;
 
+/// What one [`LineBuffer::read_from`] asks for: a read that brings less emptied the pipe.
+const READ_CHUNK: usize = 8192;
+
 /// The most connections accepted from one listener per wake-up, so that the workers' answers
 /// are read between batches.
 const ACCEPT_BATCH: usize = 256;
@@ -386,7 +389,7 @@ impl Run<'_> {
                     break;
                 }
                 // Less than asked for: the pipe is empty (one read for many answers).
-                Ok(n) if n < 8192 => break,
+                Ok(n) if n < READ_CHUNK => break,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
