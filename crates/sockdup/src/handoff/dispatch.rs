@@ -845,6 +845,29 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_that_cannot_be_sent_goes_to_another_worker() {
+        let t0 = Instant::now();
+        let mut d = ready(cfg(2, Policy::RoundRobin, 256), t0);
+        accept(&mut d, 4);
+        d.dispatch(t0);
+        assert_eq!(
+            sends(&actions(&mut d)),
+            vec![(0, vec![0, 2]), (1, vec![1, 3])]
+        );
+        let e = Error::new(ErrorKind::InboxFull, "the inbox is full");
+        d.handle_send_failed(1, &e, t0);
+        let got = actions(&mut d);
+        assert!(
+            matches!(&got[..], [Action::Kill { slot: 1, report: Some(w) }] if w.contains("could not take a connection: the inbox is full")),
+            "{got:?}"
+        );
+        assert_eq!(d.batch(1, &[1, 3]), None);
+        d.dispatch(t0);
+        assert_eq!(sends(&actions(&mut d)), vec![(0, vec![1, 3])]);
+        assert_eq!((d.summary().redispatched, d.summary().replaced), (2, 1));
+    }
+
+    #[test]
     fn wrong_pid_failures_error_lines_and_lines_out_of_turn_replace_the_worker() {
         let t0 = Instant::now();
         let report = ErrorReport::of(&Error::new(ErrorKind::Expired, "expired"));
