@@ -6,6 +6,9 @@
 //! closes; `hello` ([`hello`]) is a minimal HTTP/1.1 server. Standard output carries only the
 //! handoff protocol; logs go to stderr (`RUST_LOG`, default `warn`).
 //!
+//! A line from the acceptor that is not the handoff protocol is answered at once with an
+//! `error` line on stdout; the worker then finishes its open connections and exits with status 1.
+//!
 //! When the acceptor closes the worker's input (its shutdown), no new connection comes; the
 //! worker waits for the ones it has (the `hello` app closes idle keep-alive connections and
 //! answers the requests in progress with `Connection: close`) and exits. Run by an acceptor
@@ -15,7 +18,7 @@
 mod activated;
 mod hello;
 
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
@@ -37,6 +40,12 @@ pub(crate) struct Args {
     /// systemd set them); on SIGTERM, stop accepting, finish the open connections, exit 0.
     #[arg(long)]
     pub(crate) listen_fds: bool,
+
+    /// For tests of the acceptor: announce this worker, wait for the acceptor's first line
+    /// without redeeming anything, answer it with a line that is not the protocol, and wait for
+    /// the end of the input (the acceptor should replace this worker at once).
+    #[arg(long, hide = true)]
+    pub(crate) test_write_garbage: bool,
 }
 
 /// `--app`.
@@ -63,13 +72,23 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
         .map_err(|e| CliError::failed(format!("installing a signal handler: {e}")))?;
     }
     let worker = Worker::announce().map_err(|e| CliError::sockdup("announcing this worker", e))?;
+    if args.test_write_garbage {
+        return write_garbage(worker);
+    }
     let app = args.app;
     let draining = Arc::new(AtomicBool::new(false));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    for conn in worker.incoming() {
+    let mut incoming = worker.incoming();
+    while let Some(conn) = incoming.next() {
         threads.retain(|t| !t.is_finished());
         let conn = match conn {
             Ok(conn) => conn,
+            Err(e) if incoming.broken().is_some() => {
+                // The acceptor's line was not the protocol; it was told so (an `error` line)
+                // and replaces this worker: finish what is open, and fail.
+                finish(threads, &draining, "the acceptor's channel broke");
+                return Err(CliError::sockdup("reading the acceptor's line", e));
+            }
             Err(e) => {
                 // The acceptor was told, and gives the connection to another worker.
                 tracing::warn!(error = %e, "sockdup worker: could not redeem a connection");
@@ -88,6 +107,21 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
         }
     }
     finish(threads, &draining, "the acceptor closed the channel");
+    Ok(())
+}
+
+/// `--test-write-garbage`: the first line from the acceptor is answered with garbage; then
+/// nothing more, until the end of the input (or the acceptor's kill).
+fn write_garbage(worker: Worker) -> Result<(), CliError> {
+    let mut stdin = io::stdin().lock();
+    let mut first = String::new();
+    let _ = stdin.read_line(&mut first);
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(b"this is not the sockdup worker protocol\n");
+    let _ = out.flush();
+    drop(out);
+    let _ = io::copy(&mut stdin, &mut io::sink());
+    drop(worker);
     Ok(())
 }
 

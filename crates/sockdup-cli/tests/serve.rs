@@ -12,7 +12,9 @@
 //! the middle of a steady stream of connections (no client loses its echo, the worker is
 //! restarted); both workers killed at once (service resumes); SIGTERM drains (new
 //! connections refused, open ones finish, exit 0); workers that write garbage or a pid that
-//! is not theirs are replaced; no descriptor leaked by the acceptor; the `hello` HTTP app
+//! is not theirs are replaced (garbage at once, not after the answer timeout, and the
+//! connections they held go to another worker); a worker answers a malformed or oversized
+//! line from the acceptor at once and exits 1; no descriptor leaked by the acceptor; the `hello` HTTP app
 //! (keep-alive, `Connection: close`, HTTP/1.0, bodies, malformed requests); a Unix listener;
 //! usage errors.
 
@@ -620,6 +622,106 @@ fn workers_with_bad_output_are_replaced() {
         let summary = server.stop(WAIT);
         assert!(summary.replaced >= 2, "{script}: {summary:?}");
         assert_eq!(summary.total, 0);
+    }
+}
+
+#[test]
+fn a_worker_writing_garbage_is_replaced_at_once_and_no_connection_is_lost() {
+    // The first worker started takes the first batch of connections without redeeming them
+    // and answers with a line that is not the protocol; every later one is a healthy echo
+    // worker. The acceptor must replace it as soon as it reads that line, not after the
+    // 30-second answer timeout, and hand its unconfirmed connections to the new worker.
+    let script = format!(
+        "if mkdir garbage-once 2>/dev/null; then exec {BIN} worker --app echo --test-write-garbage; \
+         else exec {BIN} worker --app echo; fi"
+    );
+    let mut server = Server::start(
+        &["--workers", "1", "--answer-timeout", "30"],
+        &["sh", "-c", &script],
+    );
+    let addr = server.tcp();
+    let t0 = Instant::now();
+    let load = thread::spawn(move || echo_load(addr, 4, 5, "g"));
+    let report = [
+        "worker 1 (pid",
+        "not the sockdup worker protocol",
+        "replacing it",
+    ];
+    server.stderr.wait_for_all(&report, Duration::from_secs(5));
+    let failures = load.join().expect("client threads");
+    let took = t0.elapsed();
+    assert!(failures.is_empty(), "failed: {failures:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the connections took {took:?}: the garbage was not heard at once\n{}",
+        server.stderr.text()
+    );
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, 20, "{summary:?}");
+    assert_eq!(summary.per_worker, vec![20], "{summary:?}");
+    assert_eq!(summary.replaced, 1, "{summary:?}");
+    assert!(summary.redispatched >= 1, "{summary:?}");
+    assert!(summary.restarts >= 1, "{summary:?}");
+}
+
+/// Starts `sockdup worker --app echo` with piped standard input and output, as an acceptor
+/// would, and reads its `pid` line.
+fn piped_worker() -> (
+    Child,
+    std::process::ChildStdin,
+    BufReader<std::process::ChildStdout>,
+) {
+    let mut child = Command::new(BIN)
+        .args(["worker", "--app", "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sockdup worker");
+    let stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut pid = String::new();
+    stdout.read_line(&mut pid).expect("read the pid line");
+    assert_eq!(pid.trim(), format!("pid {}", child.id()));
+    (child, stdin, stdout)
+}
+
+#[test]
+fn a_worker_answers_a_malformed_or_oversized_line_at_once_and_exits_1() {
+    let oversized = vec![b'x'; 70 * 1024];
+    for (bad, what) in [
+        (&b"hello worker\n"[..], "hello worker"),
+        (b"conn 1 not-a-record\n", "the record is not valid"),
+        (&oversized[..], "longer than"),
+    ] {
+        let (mut child, mut stdin, mut stdout) = piped_worker();
+        let t0 = Instant::now();
+        // The input stays open: the worker must not wait for its end.
+        stdin.write_all(bad).expect("write the bad line");
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the answer");
+        assert!(
+            line.starts_with("error 10050 protocol-violation "),
+            "{what}: {line:?}"
+        );
+        assert!(line.contains(what), "{line:?}");
+        let status = util::wait_until(Duration::from_secs(5), || {
+            child.try_wait().expect("try_wait")
+        });
+        assert_eq!(status.code(), Some(1), "{what}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).expect("read the rest");
+        assert!(rest.is_empty(), "{rest:?}");
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut err)
+            .expect("read stderr");
+        assert!(!err.contains("panicked"), "{err}");
+        drop(stdin);
     }
 }
 

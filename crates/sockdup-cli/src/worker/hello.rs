@@ -393,8 +393,25 @@ fn parse_head(head: &[u8]) -> Result<Request, Status> {
     let mut lines = head
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let request_line = lines.next().ok_or(Status::BadRequest)?;
-    let mut parts = request_line.split(|&b| b == b' ');
+    let (method, http10) = parse_request_line(lines.next().ok_or(Status::BadRequest)?)?;
+    let mut fields = Fields::default();
+    let mut count = 0usize;
+    for line in lines {
+        if line.is_empty() {
+            continue; // the blank line that ends the head
+        }
+        count += 1;
+        if count > MAX_HEADERS {
+            return Err(Status::BadRequest);
+        }
+        fields.add(line)?;
+    }
+    fields.into_request(method == b"HEAD", http10)
+}
+
+/// The request line's method, and whether the version is HTTP/1.0 (else 1.1 or another 1.x).
+fn parse_request_line(line: &[u8]) -> Result<(&[u8], bool), Status> {
+    let mut parts = line.split(|&b| b == b' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -413,18 +430,26 @@ fn parse_head(head: &[u8]) -> Result<Request, Status> {
         }
         _ => return Err(Status::BadRequest),
     };
-    let mut hosts = 0usize;
-    let mut length: Option<u64> = None;
-    let mut chunked: Option<bool> = None;
-    let (mut close, mut keep_alive, mut expect_continue) = (false, false, false);
-    let mut count = 0usize;
-    for line in lines {
-        if line.is_empty() {
-            continue; // the blank line that ends the head
-        }
-        count += 1;
-        if count > MAX_HEADERS || matches!(line[0], b' ' | b'\t') {
-            return Err(Status::BadRequest); // too many, or an obsolete line folding
+    Ok((method, http10))
+}
+
+/// What the header fields of a request head say, as they are read.
+#[derive(Debug, Default)]
+struct Fields {
+    hosts: usize,
+    length: Option<u64>,
+    /// Whether the last transfer coding is chunked, if there is a Transfer-Encoding.
+    chunked: Option<bool>,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+impl Fields {
+    /// Reads one header field line.
+    fn add(&mut self, line: &[u8]) -> Result<(), Status> {
+        if matches!(line[0], b' ' | b'\t') {
+            return Err(Status::BadRequest); // an obsolete line folding
         }
         let colon = line
             .iter()
@@ -435,54 +460,64 @@ fn parse_head(head: &[u8]) -> Result<Request, Status> {
             return Err(Status::BadRequest);
         }
         match name.to_ascii_lowercase().as_slice() {
-            b"host" => hosts += 1,
+            b"host" => self.hosts += 1,
             b"content-length" => {
                 let n = std::str::from_utf8(value)
                     .ok()
                     .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
                     .and_then(|v| v.parse::<u64>().ok())
                     .ok_or(Status::BadRequest)?;
-                if length.is_some_and(|l| l != n) {
+                if self.length.is_some_and(|l| l != n) {
                     return Err(Status::BadRequest);
                 }
-                length = Some(n);
+                self.length = Some(n);
             }
             b"transfer-encoding" => {
                 // Only the last coding frames the body; it must be chunked.
                 let last = list_elements(value).last().ok_or(Status::BadRequest)?;
-                chunked = Some(last == b"chunked");
+                self.chunked = Some(last == b"chunked");
             }
             b"connection" => {
                 for option in list_elements(value) {
-                    close |= option == b"close";
-                    keep_alive |= option == b"keep-alive";
+                    self.close |= option == b"close";
+                    self.keep_alive |= option == b"keep-alive";
                 }
             }
             b"expect" => {
-                expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+                self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
             }
             _ => {}
         }
+        Ok(())
     }
-    if (!http10 && hosts != 1) || hosts > 1 {
-        return Err(Status::BadRequest);
-    }
-    let body = match chunked {
-        Some(true) if !http10 => {
-            // With both, the message may have been framed differently on the way: close.
-            close |= length.is_some();
-            Body::Chunked
+
+    /// The request these fields describe, for a HEAD request or not, of HTTP/1.0 or 1.1.
+    fn into_request(self, head_only: bool, http10: bool) -> Result<Request, Status> {
+        if (!http10 && self.hosts != 1) || self.hosts > 1 {
+            return Err(Status::BadRequest);
         }
-        Some(_) => return Err(Status::BadRequest),
-        None => Body::Length(length.unwrap_or(0)),
-    };
-    Ok(Request {
-        head_only: method == b"HEAD",
-        http10,
-        close: if http10 { !keep_alive || close } else { close },
-        body,
-        expect_continue: expect_continue && !http10,
-    })
+        let mut close = self.close;
+        let body = match self.chunked {
+            Some(true) if !http10 => {
+                // With both, the message may have been framed differently on the way: close.
+                close |= self.length.is_some();
+                Body::Chunked
+            }
+            Some(_) => return Err(Status::BadRequest),
+            None => Body::Length(self.length.unwrap_or(0)),
+        };
+        Ok(Request {
+            head_only,
+            http10,
+            close: if http10 {
+                !self.keep_alive || close
+            } else {
+                close
+            },
+            body,
+            expect_continue: self.expect_continue && !http10,
+        })
+    }
 }
 
 /// The size of a chunk-size line (hex digits, then optional `;extensions`).

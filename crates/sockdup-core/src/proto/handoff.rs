@@ -1,1 +1,421 @@
-//! The handoff line protocol (being moved here).
+//! The handoff line protocol, between an acceptor (`sockdup serve`) and its workers, over the
+//! workers' standard input (acceptor to worker, [`ToWorker`]) and standard output (worker to
+//! acceptor, [`FromWorker`]):
+//!
+//! ```text
+//! worker:   pid PID                   once, after sockdup::startup()
+//! acceptor: conn ID RECORD            a connection duplicated for this worker (RECORD: the
+//!                                     record's one-line text form)
+//! worker:   ok ID                     redeemed: the acceptor may close its descriptor
+//! worker:   fail ID CODE KIND [MSG]   could not redeem (the acceptor gives the connection to
+//!                                     another worker); KIND is the error kind's name
+//! worker:   done ID                   the connection is finished (least-outstanding dispatch)
+//! worker:   error CODE KIND [MSG]     the acceptor's last line was not the protocol (malformed
+//!                                     or too long): the worker takes nothing more and exits
+//! ```
+//!
+//! Fields are separated by one space; ids are decimal `u64`, pids decimal non-zero `u32`, codes
+//! decimal `i32`. A line that is anything else is refused by [`LineMessage::parse`] with
+//! [`ErrorKind::ProtocolViolation`]: each side hears a broken stream at once (the worker answers
+//! with `error`, the acceptor replaces the worker) instead of waiting for a timeout.
+
+use std::fmt::Write as _;
+
+use crate::error::{Error, ErrorKind};
+use crate::line::LineMessage;
+use crate::wire::ProtocolInfo;
+
+/// The longest message text an [`ErrorReport`] carries (longer ones are cut at a character
+/// boundary), so that a report always fits in a line.
+pub const MAX_REPORT_MESSAGE: usize = 1024;
+
+/// A line from the acceptor to a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToWorker {
+    /// `conn ID RECORD`: a connection duplicated to this worker, to redeem with the record.
+    Conn {
+        /// The acceptor's id for the connection (echoed in `ok`, `fail` and `done`).
+        id: u64,
+        /// The duplicate's record.
+        record: ProtocolInfo,
+    },
+}
+
+/// An error one side reports to the other: its kind's stable name, its Winsock code, and its
+/// message (one line, at most [`MAX_REPORT_MESSAGE`] bytes). Rebuilt on the receiving side with
+/// [`ErrorReport::to_error`] ([`Error::remote`]), so a kind this build does not know arrives as
+/// [`ErrorKind::Remote`] with its code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReport {
+    /// [`ErrorKind::name`] of the error (a token of `a-z`, `0-9` and `-`).
+    pub kind: String,
+    /// [`Error::code`].
+    pub code: i32,
+    /// [`Error::message`], on one line.
+    pub message: String,
+}
+
+impl ErrorReport {
+    /// The report of `error`: its kind's name, its code, and its message made one line (control
+    /// characters become spaces) and cut to [`MAX_REPORT_MESSAGE`] bytes.
+    pub fn of(error: &Error) -> Self {
+        let mut message: String = error
+            .message()
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        if message.len() > MAX_REPORT_MESSAGE {
+            let mut end = MAX_REPORT_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        Self {
+            kind: error.kind().name().to_owned(),
+            code: error.code(),
+            message: message.trim().to_owned(),
+        }
+    }
+
+    /// The error reported, as this process's [`Error`] ([`Error::remote`]).
+    pub fn to_error(&self) -> Error {
+        Error::remote(&self.kind, self.code, self.message.clone())
+    }
+
+    fn encode_fields(&self, out: &mut String) {
+        let _ = write!(out, "{} {}", self.code, self.kind);
+        if !self.message.is_empty() {
+            out.push(' ');
+            out.push_str(&self.message);
+        }
+    }
+
+    /// Parses `CODE KIND [MESSAGE]`.
+    fn parse_fields(line: &str, text: &str) -> Result<Self, Error> {
+        let mut w = text.splitn(3, ' ');
+        let code = w
+            .next()
+            .and_then(|c| number::<i32>(c, true))
+            .ok_or_else(|| violation(line, "the error code is not a number"))?;
+        let kind = w
+            .next()
+            .filter(|k| is_kind_name(k))
+            .ok_or_else(|| violation(line, "the error kind is not a kind's name"))?;
+        let message = w.next().unwrap_or("");
+        if message.len() > MAX_REPORT_MESSAGE || message.chars().any(char::is_control) {
+            return Err(violation(
+                line,
+                "the error message is too long or not one line",
+            ));
+        }
+        Ok(Self {
+            kind: kind.to_owned(),
+            code,
+            message: message.to_owned(),
+        })
+    }
+}
+
+/// A line from a worker to the acceptor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FromWorker {
+    /// `pid PID`: the worker started sockdup and can receive duplicates (its first line).
+    Pid(u32),
+    /// `ok ID`: connection `ID` redeemed.
+    Redeemed(u64),
+    /// `fail ID CODE KIND [MESSAGE]`: connection `ID` could not be redeemed.
+    Failed {
+        /// The connection.
+        id: u64,
+        /// Why.
+        error: ErrorReport,
+    },
+    /// `done ID`: connection `ID` is finished.
+    Done(u64),
+    /// `error CODE KIND [MESSAGE]`: the acceptor's line was not the protocol; the worker takes
+    /// no more connections and exits.
+    Error(ErrorReport),
+}
+
+impl LineMessage for ToWorker {
+    fn encode_into(&self, out: &mut String) {
+        match self {
+            Self::Conn { id, record } => {
+                let _ = writeln!(out, "conn {id} {record}");
+            }
+        }
+    }
+
+    fn parse(line: &str) -> Result<Self, Error> {
+        let mut w = line.splitn(3, ' ');
+        match (w.next(), w.next(), w.next()) {
+            (Some("conn"), Some(id), Some(record)) => {
+                let id = number::<u64>(id, false)
+                    .ok_or_else(|| violation(line, "the connection id is not a number"))?;
+                if record.contains(' ') {
+                    return Err(violation(line, "more fields than `conn ID RECORD`"));
+                }
+                let record = record.parse::<ProtocolInfo>().map_err(|e| {
+                    violation(line, &format!("the record is not valid: {}", e.message()))
+                })?;
+                Ok(Self::Conn { id, record })
+            }
+            _ => Err(violation(line, "expected `conn ID RECORD`")),
+        }
+    }
+}
+
+impl LineMessage for FromWorker {
+    fn encode_into(&self, out: &mut String) {
+        let _ = match self {
+            Self::Pid(pid) => write!(out, "pid {pid}"),
+            Self::Redeemed(id) => write!(out, "ok {id}"),
+            Self::Failed { id, error } => {
+                let _ = write!(out, "fail {id} ");
+                error.encode_fields(out);
+                Ok(())
+            }
+            Self::Done(id) => write!(out, "done {id}"),
+            Self::Error(error) => {
+                out.push_str("error ");
+                error.encode_fields(out);
+                Ok(())
+            }
+        };
+        out.push('\n');
+    }
+
+    fn parse(line: &str) -> Result<Self, Error> {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let id = || {
+            number::<u64>(rest, false)
+                .ok_or_else(|| violation(line, &format!("expected `{word} ID`")))
+        };
+        match word {
+            "pid" => number::<u32>(rest, false)
+                .filter(|&p| p != 0)
+                .map(Self::Pid)
+                .ok_or_else(|| violation(line, "expected `pid PID` with a pid above 0")),
+            "ok" => id().map(Self::Redeemed),
+            "done" => id().map(Self::Done),
+            "fail" => {
+                let (id, fields) = rest
+                    .split_once(' ')
+                    .ok_or_else(|| violation(line, "expected `fail ID CODE KIND [MESSAGE]`"))?;
+                let id = number::<u64>(id, false)
+                    .ok_or_else(|| violation(line, "the connection id is not a number"))?;
+                Ok(Self::Failed {
+                    id,
+                    error: ErrorReport::parse_fields(line, fields)?,
+                })
+            }
+            "error" => ErrorReport::parse_fields(line, rest).map(Self::Error),
+            _ => Err(violation(
+                line,
+                "expected one of `pid`, `ok`, `fail`, `done`, `error`",
+            )),
+        }
+    }
+}
+
+/// A decimal number of only ASCII digits (and a leading `-` if `signed`): no `+`, no spaces.
+fn number<T: std::str::FromStr>(text: &str, signed: bool) -> Option<T> {
+    let digits = if signed {
+        text.strip_prefix('-').unwrap_or(text)
+    } else {
+        text
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn is_kind_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A [`ProtocolViolation`](ErrorKind::ProtocolViolation) naming the line (its start) and what
+/// is wrong with it.
+fn violation(line: &str, what: &str) -> Error {
+    let shown: String = line.chars().take(48).collect();
+    let cut = if shown.len() < line.len() { "..." } else { "" };
+    Error::new(
+        ErrorKind::ProtocolViolation,
+        format!("{shown:?}{cut} is not a line of the sockdup handoff protocol: {what}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog;
+    use proptest::prelude::*;
+
+    fn record() -> ProtocolInfo {
+        let mut r = catalog::base_entries()[0].clone();
+        r.service_flags3 = 4242;
+        r.service_flags4 = 7;
+        r.provider_reserved = 99;
+        r
+    }
+
+    fn report() -> ErrorReport {
+        ErrorReport::of(&Error::new(
+            ErrorKind::AlreadyRedeemed,
+            "this record was already redeemed",
+        ))
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let conn = ToWorker::Conn {
+            id: u64::MAX,
+            record: record(),
+        };
+        let line = conn.encode();
+        assert!(
+            line.starts_with(&format!("conn {} sockdup1:", u64::MAX)),
+            "{line}"
+        );
+        assert_eq!(ToWorker::parse(line.trim_end_matches('\n')).unwrap(), conn);
+        for m in [
+            FromWorker::Pid(42),
+            FromWorker::Pid(u32::MAX),
+            FromWorker::Redeemed(0),
+            FromWorker::Done(u64::MAX),
+            FromWorker::Failed {
+                id: 7,
+                error: report(),
+            },
+            FromWorker::Failed {
+                id: 8,
+                error: ErrorReport {
+                    kind: "injected".into(),
+                    code: -5,
+                    message: String::new(),
+                },
+            },
+            FromWorker::Error(report()),
+        ] {
+            let line = m.encode();
+            assert!(
+                line.ends_with('\n') && line.matches('\n').count() == 1,
+                "{line:?}"
+            );
+            assert_eq!(FromWorker::parse(line.trim_end_matches('\n')).unwrap(), m);
+        }
+        assert_eq!(
+            FromWorker::Failed {
+                id: 3,
+                error: report()
+            }
+            .encode(),
+            "fail 3 10022 already-redeemed this record was already redeemed\n"
+        );
+    }
+
+    #[test]
+    fn a_report_rebuilds_the_error_with_its_kind_and_code() {
+        let e = report().to_error();
+        assert_eq!(e.kind(), ErrorKind::AlreadyRedeemed);
+        assert_eq!(e.code(), 10022);
+        assert_eq!(e.message(), "this record was already redeemed");
+        let unknown = ErrorReport {
+            kind: "from-a-newer-build".into(),
+            code: 10055,
+            message: "x".into(),
+        };
+        let e = unknown.to_error();
+        assert_eq!((e.kind(), e.code()), (ErrorKind::Remote, 10055));
+    }
+
+    #[test]
+    fn a_report_is_one_bounded_line() {
+        let long = format!("two\nlines and {}", "é".repeat(MAX_REPORT_MESSAGE));
+        let r = ErrorReport::of(&Error::new(ErrorKind::Os, long));
+        assert!(r.message.len() <= MAX_REPORT_MESSAGE);
+        assert!(r.message.starts_with("two lines"), "{}", r.message);
+        let line = FromWorker::Error(r.clone()).encode();
+        assert_eq!(
+            FromWorker::parse(line.trim_end_matches('\n')).unwrap(),
+            FromWorker::Error(r)
+        );
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_violation() {
+        for bad in [
+            "",
+            "hello world",
+            "pid",
+            "pid x",
+            "pid 0",
+            "pid 1 2",
+            "pid +1",
+            "pid  1",
+            "pid 99999999999",
+            "ok",
+            "ok -1",
+            "ok 1 2",
+            "done x",
+            "fail 1",
+            "fail 1 10022",
+            "fail x 10022 invalid-argument",
+            "fail 1 x invalid-argument",
+            "fail 1 10022 Not-A-Kind",
+            "error",
+            "error 10050",
+            "error x protocol-violation",
+            "OK 1",
+        ] {
+            let e = FromWorker::parse(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ProtocolViolation, "{bad:?}: {e}");
+        }
+        let good = ToWorker::Conn {
+            id: 1,
+            record: record(),
+        }
+        .encode();
+        let good = good.trim_end_matches('\n');
+        for bad in [
+            "",
+            "conn",
+            "conn 1",
+            "conn x sockdup1:AAAA",
+            "conn 1 notarecord",
+            "conn 1 sockdup1:!!!",
+            &format!("{good} extra"),
+            &good.replacen("conn", "CONN", 1),
+            "ok 1",
+        ] {
+            let e = ToWorker::parse(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ProtocolViolation, "{bad:?}: {e}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(line in "\\PC{0,200}") {
+            let _ = FromWorker::parse(&line);
+            let _ = ToWorker::parse(&line);
+        }
+
+        #[test]
+        fn parse_never_panics_on_near_misses(
+            word in prop::sample::select(vec!["pid", "ok", "fail", "done", "error", "conn"]),
+            rest in "[ 0-9a-z:+-]{0,40}",
+        ) {
+            let line = format!("{word} {rest}");
+            if let Ok(m) = FromWorker::parse(&line) {
+                prop_assert_eq!(FromWorker::parse(m.encode().trim_end_matches('\n')).unwrap(), m);
+            }
+            let _ = ToWorker::parse(&line);
+        }
+    }
+}

@@ -5,12 +5,17 @@
 //! processes responsible for the exchange. The workers are started from a command; each
 //! announces its pid on its standard output; the acceptor duplicates connections to it in
 //! batches with [`duplicate_sockets`](crate::duplicate_sockets) and sends the records on its
-//! standard input; the worker redeems them and confirms. See the `proto` line protocol in the
-//! source.
+//! standard input; the worker redeems them and confirms. The line protocol and its codec are
+//! [`sockdup_core::proto::handoff`].
+//!
+//! The acceptor's decisions (which worker, backpressure, re-dispatch, restarts, timeouts, the
+//! drain) are an I/O-free state machine (`dispatch.rs`), unit-tested without processes; the
+//! acceptor is the epoll, pipe and process driver around it.
 
 mod acceptor;
-mod proto;
+mod dispatch;
 mod worker;
 
-pub use acceptor::{Acceptor, Listener, Policy, ShutdownHandle, Summary};
-pub use worker::{Connection, Stream, Worker};
+pub use acceptor::{Acceptor, Listener, ShutdownHandle};
+pub use dispatch::{Policy, Summary};
+pub use worker::{Connection, Incoming, Stream, Worker};

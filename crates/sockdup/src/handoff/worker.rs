@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use sockdup_core::catalog::AF_UNIX;
 use sockdup_core::error::Error;
+use sockdup_core::line::{LineBuffer, LineMessage, MAX_LINE};
+use sockdup_core::proto::handoff::{ErrorReport, FromWorker, ToWorker};
 use sockdup_core::wire::ProtocolInfo;
 
-use super::proto::{Line, to_acceptor};
 use crate::startup::Runtime;
 use crate::sync::lock;
 
@@ -111,13 +112,13 @@ impl Worker {
     /// Starts sockdup in this process and tells the acceptor its pid (the seed's steps 3-4).
     ///
     /// # Errors
-    /// As [`crate::startup`]; `WSAENETDOWN` if standard output is closed.
+    /// As [`crate::startup`]; an error from [`Error::from_errno`] if standard output is closed.
     pub fn announce() -> Result<Self, Error> {
         let guard = crate::startup()?;
         let out = Arc::new(Channel {
             out: Mutex::new(io::stdout()),
         });
-        out.write(&(to_acceptor(&Line::Pid(std::process::id())) + "\n"))
+        out.write(&FromWorker::Pid(std::process::id()).encode())
             .map_err(|e| Error::from_errno(e, "announcing this worker on standard output"))?;
         Ok(Self { _guard: guard, out })
     }
@@ -128,14 +129,21 @@ impl Worker {
     ///
     /// Every `conn` line that one read of standard input brings is redeemed before any is
     /// yielded, and the answers for all of them go to the acceptor in one write.
-    pub fn incoming(&self) -> impl Iterator<Item = Result<Connection, Error>> + '_ {
+    ///
+    /// A line from the acceptor that is not the protocol (malformed, or longer than
+    /// [`MAX_LINE`]) is answered at once with an `error` line; it is yielded as an error of
+    /// kind [`ProtocolViolation`](crate::ErrorKind::ProtocolViolation), the iteration ends, and
+    /// [`Incoming::broken`] holds it: the process should finish its open connections and exit
+    /// with a failure status.
+    pub fn incoming(&self) -> Incoming<'_> {
         Incoming {
             worker: self,
             input: io::stdin(),
-            buf: Vec::new(),
+            lines: LineBuffer::new(MAX_LINE),
             chunk: vec![0u8; 64 * 1024],
             ready: VecDeque::new(),
             ended: false,
+            broken: None,
         }
     }
 
@@ -143,53 +151,51 @@ impl Worker {
     fn redeem(
         rt: Option<&Runtime>,
         id: u64,
-        text: &str,
+        info: &ProtocolInfo,
         answers: &mut String,
     ) -> Result<Stream, Error> {
-        let redeemed = text.parse::<ProtocolInfo>().and_then(|info| {
-            let fd: OwnedFd = match rt {
-                Some(rt) => crate::api::redeem_one(rt, &info)?,
-                // Not started: the public call says why.
-                None => crate::socket_from_info(&info)?,
-            };
-            Ok(if info.address_family == AF_UNIX {
+        let redeemed = match rt {
+            Some(rt) => crate::api::redeem_one(rt, info),
+            // Not started: the public call says why.
+            None => crate::socket_from_info(info),
+        }
+        .map(|fd: OwnedFd| {
+            if info.address_family == AF_UNIX {
                 Stream::Unix(UnixStream::from(fd))
             } else {
                 Stream::Tcp(TcpStream::from(fd))
-            })
+            }
         });
         let answer = match &redeemed {
-            Ok(_) => Line::Redeemed(id),
-            Err(e) => Line::Failed(id, e.code()),
+            Ok(_) => FromWorker::Redeemed(id),
+            Err(e) => FromWorker::Failed {
+                id,
+                error: ErrorReport::of(e),
+            },
         };
-        answers.push_str(&to_acceptor(&answer));
-        answers.push('\n');
+        answer.encode_into(answers);
         redeemed
     }
 
-    /// Redeems the `conn` lines of `lines` and answers them all in one write.
-    fn redeem_all(&self, lines: &[u8], ready: &mut VecDeque<Result<Connection, Error>>) {
+    /// Redeems the connections of `conns` and answers them all in one write, followed by the
+    /// `error` line of `broken` (the line after them was not the protocol), if any.
+    fn redeem_all(
+        &self,
+        conns: Vec<(u64, ProtocolInfo)>,
+        broken: Option<&Error>,
+        ready: &mut VecDeque<Result<Connection, Error>>,
+    ) {
         let mut answers = String::new();
-        let mut redeemed = Vec::new();
+        let mut redeemed = Vec::with_capacity(conns.len());
         // One look-up (and one getpid) for the whole batch.
         let rt = Runtime::current().ok();
-        for line in lines.split(|&b| b == b'\n') {
-            let Ok(line) = std::str::from_utf8(line) else {
-                continue;
-            };
-            let Some((id, text)) = line
-                .trim()
-                .strip_prefix("conn ")
-                .and_then(|l| l.split_once(' '))
-            else {
-                continue;
-            };
-            let Ok(id) = id.parse::<u64>() else {
-                continue;
-            };
-            redeemed.push((id, Self::redeem(rt.as_deref(), id, text, &mut answers)));
+        for (id, info) in conns {
+            redeemed.push((id, Self::redeem(rt.as_deref(), id, &info, &mut answers)));
         }
-        if redeemed.is_empty() {
+        if let Some(e) = broken {
+            FromWorker::Error(ErrorReport::of(e)).encode_into(&mut answers);
+        }
+        if answers.is_empty() {
             return;
         }
         let said = self.out.write(&answers);
@@ -213,17 +219,69 @@ impl Worker {
     }
 }
 
-/// [`Worker::incoming`].
-struct Incoming<'a> {
+/// The connections a [`Worker`] receives: [`Worker::incoming`].
+#[derive(Debug)]
+pub struct Incoming<'a> {
     worker: &'a Worker,
     input: io::Stdin,
     /// Bytes read from standard input, not yet a whole line.
-    buf: Vec<u8>,
+    lines: LineBuffer,
     /// Room for one read.
     chunk: Vec<u8>,
     /// Redeemed and answered, not yet yielded.
     ready: VecDeque<Result<Connection, Error>>,
     ended: bool,
+    /// The acceptor's line that was not the protocol: why the channel broke.
+    broken: Option<Error>,
+}
+
+impl Incoming<'_> {
+    /// Why the channel from the acceptor broke, if it did: a line that was not the protocol
+    /// (already answered with an `error` line). `None` after a clean end (the acceptor closed
+    /// the channel).
+    pub fn broken(&self) -> Option<&Error> {
+        self.broken.as_ref()
+    }
+
+    /// Reads once from standard input and redeems every whole `conn` line it completed.
+    fn fill(&mut self) {
+        // A read as large as stdin's own buffer bypasses it: one read(2).
+        let n = match self.input.lock().read(&mut self.chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            // The channel closed; a last line without its line end was cut short.
+            self.ended = true;
+            if !self.lines.partial().is_empty() {
+                tracing::debug!("sockdup worker: the acceptor's last line was cut short");
+            }
+            return;
+        }
+        self.lines.extend(&self.chunk[..n]);
+        let mut conns = Vec::new();
+        let mut broken = None;
+        loop {
+            match self.lines.next_message::<ToWorker>() {
+                Ok(Some(ToWorker::Conn { id, record })) => conns.push((id, record)),
+                Ok(None) => break,
+                Err(e) => {
+                    broken = Some(e);
+                    break;
+                }
+            }
+        }
+        self.worker
+            .redeem_all(conns, broken.as_ref(), &mut self.ready);
+        if let Some(e) = broken {
+            tracing::error!(error = %e, "sockdup worker: the acceptor's line is not the protocol");
+            self.ready
+                .push_back(Err(Error::new(e.kind(), e.message().to_owned())));
+            self.broken = Some(e);
+            self.ended = true;
+        }
+    }
 }
 
 impl Iterator for Incoming<'_> {
@@ -237,25 +295,7 @@ impl Iterator for Incoming<'_> {
             if self.ended {
                 return None;
             }
-            // A read as large as the buffer bypasses stdin's own buffer: one read(2).
-            let n = match self.input.lock().read(&mut self.chunk) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => 0,
-            };
-            if n == 0 {
-                // The channel closed: a last line without its line end still counts.
-                self.ended = true;
-                let rest = std::mem::take(&mut self.buf);
-                self.worker.redeem_all(&rest, &mut self.ready);
-                continue;
-            }
-            self.buf.extend_from_slice(&self.chunk[..n]);
-            if let Some(end) = self.buf.iter().rposition(|&b| b == b'\n') {
-                let rest = self.buf.split_off(end + 1);
-                let lines = std::mem::replace(&mut self.buf, rest);
-                self.worker.redeem_all(&lines, &mut self.ready);
-            }
+            self.fill();
         }
     }
 }
@@ -281,7 +321,7 @@ impl Connection {
             self.finished = true;
             // Each connection's own write: gathering them in a flusher thread measured slower
             // (one more thread waking up) than what the shared writes saved.
-            let _ = self.out.write(&(to_acceptor(&Line::Done(self.id)) + "\n"));
+            let _ = self.out.write(&FromWorker::Done(self.id).encode());
         }
     }
 }
