@@ -528,33 +528,6 @@ impl Error {
         Self::with_code(kind, code, message)
     }
 
-    /// Transitional: an error from a bare code, with a kind guessed from it. Being removed: name
-    /// the [`ErrorKind`] with [`Error::new`].
-    #[doc(hidden)]
-    pub fn from_code(code: i32, message: impl Into<String>) -> Self {
-        let kind = match code {
-            WSAEACCES => ErrorKind::RefusedByLayer,
-            WSAEFAULT => ErrorKind::BufferTooSmall,
-            WSAEINVAL => ErrorKind::InvalidArgument,
-            WSAEMFILE => ErrorKind::OutOfDescriptors,
-            WSAEINPROGRESS => ErrorKind::WouldBlock,
-            WSAENOTSOCK => ErrorKind::NotASocket,
-            WSAEAFNOSUPPORT => ErrorKind::Unsupported,
-            WSAEADDRINUSE => ErrorKind::AddressInUse,
-            WSAENOBUFS => ErrorKind::OutOfMemory,
-            WSANOTINITIALISED => ErrorKind::NotStarted,
-            _ => ErrorKind::Os,
-        };
-        Self::with_code(kind, code, message)
-    }
-
-    /// Transitional: `WSAEINVAL` without a named reason. Being removed: name the
-    /// [`ErrorKind`] with [`Error::new`].
-    #[doc(hidden)]
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::InvalidArgument, message)
-    }
-
     /// Attaches the operating-system error that caused this one (shown by `source()`).
     pub fn with_source(mut self, source: io::Error) -> Self {
         self.source = Some(source);

@@ -174,3 +174,37 @@ impl Drop for Peer {
 pub fn wait_for<T>(limit: Duration, f: impl FnMut() -> Option<T>) -> T {
     wait_until(limit, f)
 }
+
+/// A catalog file of one test's own (in a [`TempDir`], removed when dropped, also when the test
+/// panics), and peers that use it.
+pub struct CatalogFile {
+    dir: TempDir,
+    path: std::path::PathBuf,
+}
+
+impl CatalogFile {
+    /// `catalog`, saved for the test `name`.
+    #[track_caller]
+    pub fn new(name: &str, catalog: &sockdup::catalog::Catalog) -> Self {
+        let dir = TempDir::new(name);
+        let path = dir.path().join("catalog.json");
+        sockdup::save_catalog_to(&path, catalog).unwrap();
+        Self { dir, path }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The environment that points a process at it.
+    pub fn env(&self) -> [(&str, &str); 1] {
+        [("SOCKDUP_CATALOG", self.path.to_str().unwrap())]
+    }
+
+    /// A started peer using it.
+    #[track_caller]
+    pub fn peer(&self) -> Peer {
+        Peer::spawn_with_env(Some(""), &self.env())
+    }
+}
