@@ -91,12 +91,12 @@ pub(crate) fn random_u32() -> u32 {
 }
 
 fn unix_socket(kind: SocketType, flags: SocketFlags) -> Result<OwnedFd> {
-    Ok(net::socket_with(
+    net::socket_with(
         AddressFamily::UNIX,
         kind,
         SocketFlags::CLOEXEC | flags,
         None,
-    )?)
+    )
 }
 
 /// A non-blocking listening socket of `kind` bound at `addr`. A stale socket file left by a
@@ -147,7 +147,7 @@ pub(crate) fn accept(listener: BorrowedFd<'_>) -> Result<Option<OwnedFd>> {
     match net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
         Ok(fd) => Ok(Some(fd)),
         Err(Errno::AGAIN) => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -239,7 +239,7 @@ pub(crate) fn socket_triple(fd: BorrowedFd<'_>) -> Result<(i32, i32, i32)> {
 
 /// A new close-on-exec descriptor of the same open file (`F_DUPFD_CLOEXEC`).
 pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
-    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 0)?)
+    rustix::io::fcntl_dupfd_cloexec(fd, 0)
 }
 
 /// A pidfd for `pid` (`pidfd_open`); `ESRCH` if no such process exists.
@@ -248,7 +248,7 @@ pub(crate) fn pidfd_open(pid: u32) -> Result<OwnedFd> {
         .ok()
         .and_then(Pid::from_raw)
         .ok_or(Errno::SRCH)?;
-    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
+    rustix::process::pidfd_open(pid, PidfdFlags::empty())
 }
 
 /// Whether the process behind `pidfd` has exited (its pidfd polls readable).
@@ -286,10 +286,10 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>]) -> Result<Vec<bool>> {
 
 /// An `eventfd` used to wake the inbox thread.
 pub(crate) fn waker() -> Result<OwnedFd> {
-    Ok(rustix::event::eventfd(
+    rustix::event::eventfd(
         0,
         rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-    )?)
+    )
 }
 
 /// Wakes whoever polls `waker`.
@@ -303,7 +303,7 @@ pub(crate) fn lock_exclusive(file: &std::fs::File) -> Result<()> {
     loop {
         match rustix::fs::flock(file, rustix::fs::FlockOperation::LockExclusive) {
             Err(Errno::INTR) => continue,
-            other => return Ok(other?),
+            other => return other,
         }
     }
 }
@@ -330,32 +330,27 @@ pub(crate) mod socket {
             .ok()
             .and_then(std::num::NonZeroU32::new)
             .map(Protocol::from_raw);
-        Ok(net::socket_with(
-            family,
-            kind,
-            SocketFlags::CLOEXEC,
-            protocol,
-        )?)
+        net::socket_with(family, kind, SocketFlags::CLOEXEC, protocol)
     }
 
     /// `connect(2)`.
     pub(crate) fn connect(fd: BorrowedFd<'_>, addr: &SocketAddr) -> Result<()> {
-        Ok(net::connect(fd, addr)?)
+        net::connect(fd, addr)
     }
 
     /// `bind(2)`.
     pub(crate) fn bind(fd: BorrowedFd<'_>, addr: &SocketAddr) -> Result<()> {
-        Ok(net::bind(fd, addr)?)
+        net::bind(fd, addr)
     }
 
     /// `listen(2)`.
     pub(crate) fn listen(fd: BorrowedFd<'_>, backlog: i32) -> Result<()> {
-        Ok(net::listen(fd, backlog)?)
+        net::listen(fd, backlog)
     }
 
     /// `accept4(2)` with `SOCK_CLOEXEC`.
     pub(crate) fn accept(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
-        Ok(net::accept_with(fd, SocketFlags::CLOEXEC)?)
+        net::accept_with(fd, SocketFlags::CLOEXEC)
     }
 
     /// Accepts one connection from a non-blocking listener ([`set_nonblocking`]),
@@ -367,7 +362,7 @@ pub(crate) mod socket {
                 Ok(fd) => return Ok(Some(fd)),
                 Err(Errno::AGAIN) => return Ok(None),
                 Err(Errno::INTR | Errno::CONNABORTED) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -375,20 +370,17 @@ pub(crate) mod socket {
     /// Makes `fd` non-blocking (`O_NONBLOCK` on its open file description).
     pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
         let fl = rustix::fs::fcntl_getfl(fd)?;
-        Ok(rustix::fs::fcntl_setfl(
-            fd,
-            fl | rustix::fs::OFlags::NONBLOCK,
-        )?)
+        rustix::fs::fcntl_setfl(fd, fl | rustix::fs::OFlags::NONBLOCK)
     }
 
     /// `send(2)` with `MSG_NOSIGNAL`.
     pub(crate) fn send(fd: BorrowedFd<'_>, data: &[u8]) -> Result<usize> {
-        Ok(net::send(fd, data, SendFlags::NOSIGNAL)?)
+        net::send(fd, data, SendFlags::NOSIGNAL)
     }
 
     /// `read(2)` (a `recv` without flags).
     pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize> {
-        Ok(rustix::io::read(fd, buf)?)
+        rustix::io::read(fd, buf)
     }
 
     /// The option's value as an integer.
