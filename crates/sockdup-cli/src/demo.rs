@@ -38,7 +38,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::process::{ChildStdin, Command, ExitCode, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -50,6 +50,7 @@ use sockdup_core::proto::demo::{Reply, Request};
 pub(crate) use chain::run as run_chain;
 
 use crate::CliError;
+use crate::wait::{Watched, poll_until};
 
 /// The arguments of `sockdup demo`.
 #[derive(Debug, clap::Args)]
@@ -415,7 +416,7 @@ fn exchange(
 /// The target process, seen from the source: its pipes and, through a reader thread, the lines
 /// it writes.
 struct Target {
-    child: Child,
+    child: Watched,
     stdin: Option<ChildStdin>,
     /// What the reader thread read: each line, parsed; after an error, nothing more.
     lines: Receiver<Result<Reply, sockdup::Error>>,
@@ -444,7 +445,7 @@ impl Target {
         let stdout = child.stdout.take();
         let (tx, lines) = mpsc::channel();
         let target = Self {
-            child,
+            child: Watched::new(child)?,
             stdin,
             lines,
         };
@@ -517,28 +518,18 @@ impl Target {
         let pid = self.child.id();
         self.send(&Request::Quit)?;
         self.stdin = None;
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) if status.success() => return Ok(()),
-                Ok(Some(status)) => {
-                    return Err(CliError::failed(format!(
-                        "the target (pid {pid}) exited with {status}"
-                    )));
-                }
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
-                Ok(None) => {
-                    return Err(CliError::failed(format!(
-                        "the target (pid {pid}) did not exit within {} s of being told to quit",
-                        TIMEOUT.as_secs()
-                    )));
-                }
-                Err(e) => {
-                    return Err(CliError::failed(format!(
-                        "waiting for the target (pid {pid}) failed: {e}"
-                    )));
-                }
-            }
+        match self.child.wait_within(TIMEOUT) {
+            Ok(Some(status)) if status.success() => Ok(()),
+            Ok(Some(status)) => Err(CliError::failed(format!(
+                "the target (pid {pid}) exited with {status}"
+            ))),
+            Ok(None) => Err(CliError::failed(format!(
+                "the target (pid {pid}) did not exit within {} s of being told to quit",
+                TIMEOUT.as_secs()
+            ))),
+            Err(e) => Err(CliError::failed(format!(
+                "waiting for the target (pid {pid}) failed: {e}"
+            ))),
         }
     }
 
@@ -546,17 +537,13 @@ impl Target {
     /// it; says how it ended.
     fn reap(&mut self, grace: Duration) -> String {
         self.stdin = None;
-        let deadline = Instant::now() + grace;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return status.to_string(),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
-                Ok(None) | Err(_) => {
-                    let _ = self.child.kill();
-                    return match self.child.wait() {
-                        Ok(status) => format!("killed: {status}"),
-                        Err(e) => format!("could not be reaped: {e}"),
-                    };
+        match self.child.wait_within(grace) {
+            Ok(Some(status)) => status.to_string(),
+            Ok(None) | Err(_) => {
+                let _ = self.child.child.kill();
+                match self.child.child.wait() {
+                    Ok(status) => format!("killed: {status}"),
+                    Err(e) => format!("could not be reaped: {e}"),
                 }
             }
         }
@@ -738,7 +725,8 @@ fn accept(listener: &TcpListener) -> Result<(TcpStream, SocketAddr), String> {
                 return Ok((stream, from));
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(2));
+                poll_until(&[listener.as_fd()], Some(deadline))
+                    .map_err(|e| format!("waiting for a connection failed: {e}"))?;
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 return Err(format!(

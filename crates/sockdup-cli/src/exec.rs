@@ -21,11 +21,11 @@
 
 use std::ffi::OsString;
 use std::net::{TcpListener, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, ExitStatus};
+use std::process::{Command, ExitCode, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +35,7 @@ use sockdup::upgrade::{Published, Upgrade, check_name};
 
 use crate::CliError;
 use crate::listen::{ListenAddr, SocketFile, bind, parse_seconds};
+use crate::wait::{Watched, poll_until};
 
 /// The arguments of `sockdup exec`.
 #[derive(Debug, clap::Args)]
@@ -183,7 +184,7 @@ struct Launch<'a> {
 
 impl Launch<'_> {
     /// Starts COMMAND with `fds` (in `--listen` order) as descriptors 3, 4, ...
-    fn spawn(&self, fds: &[BorrowedFd<'_>]) -> Result<Server, CliError> {
+    fn spawn(&self, fds: &[BorrowedFd<'_>]) -> Result<Watched, CliError> {
         let exe = std::env::current_exe()
             .map_err(|e| CliError::failed(format!("finding this executable: {e}")))?;
         let mappings = fds
@@ -211,7 +212,7 @@ impl Launch<'_> {
         let child = cmd.spawn().map_err(|e| {
             CliError::failed(format!("starting {}: {e}", self.program.to_string_lossy()))
         })?;
-        Server::new(child)
+        Watched::new(child)
     }
 
     fn shown(&self) -> String {
@@ -227,7 +228,7 @@ impl Launch<'_> {
 /// process created (removed at exit unless handed over).
 struct Started {
     published: Published,
-    server: Server,
+    server: Watched,
     socket_files: Vec<SocketFile>,
 }
 
@@ -370,7 +371,7 @@ fn check_bound_as_asked(spec: &Spec, fd: BorrowedFd<'_>) -> Result<(), CliError>
 /// Waits for COMMAND to exit, a handover, or a signal; returns this process's exit status.
 fn supervise(
     published: &Published,
-    server: &mut Server,
+    server: &mut Watched,
     events: &Events,
     drain: Duration,
 ) -> Result<ExitCode, CliError> {
@@ -411,7 +412,7 @@ fn supervise(
 }
 
 /// SIGTERM, then SIGKILL after `deadline`; returns how COMMAND ended.
-fn stop_child(server: &mut Server, deadline: Duration) -> ExitStatus {
+fn stop_child(server: &mut Watched, deadline: Duration) -> ExitStatus {
     if let Some(pid) = i32::try_from(server.id())
         .ok()
         .and_then(rustix::process::Pid::from_raw)
@@ -428,41 +429,6 @@ fn stop_child(server: &mut Server, deadline: Duration) -> ExitStatus {
         let _ = server.child.kill();
     }
     server.wait()
-}
-
-/// COMMAND, and a pidfd that polls readable when it exits.
-struct Server {
-    child: Child,
-    pidfd: OwnedFd,
-}
-
-impl Server {
-    fn new(mut child: Child) -> Result<Self, CliError> {
-        match rustix::process::pidfd_open(
-            rustix::process::Pid::from_child(&child),
-            rustix::process::PidfdFlags::empty(),
-        ) {
-            Ok(pidfd) => Ok(Self { child, pidfd }),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(CliError::failed(format!(
-                    "watching the server (pidfd_open): {e}"
-                )))
-            }
-        }
-    }
-
-    fn id(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// How COMMAND ended (it has, or is about to).
-    fn wait(&mut self) -> ExitStatus {
-        self.child
-            .wait()
-            .unwrap_or_else(|_| ExitStatus::from_raw(9))
-    }
 }
 
 /// What woke [`Events::wait`], in order of precedence when several happened.
@@ -503,7 +469,7 @@ impl Events {
     /// `deadline`.
     fn wait(
         &self,
-        server: &Server,
+        server: &Watched,
         handover: Option<BorrowedFd<'_>>,
         deadline: Option<Instant>,
     ) -> Result<Event, CliError> {
@@ -526,30 +492,6 @@ impl Events {
         } else {
             Event::TimedOut
         })
-    }
-}
-
-/// Blocks until one of `fds` is readable (or hung up) or `deadline` passes; says which are
-/// (none after the deadline). An interrupted `poll` resumes with the time left.
-fn poll_until(fds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> std::io::Result<Vec<bool>> {
-    use rustix::event::{PollFd, PollFlags, Timespec};
-    let mut polled: Vec<PollFd<'_>> = fds
-        .iter()
-        .map(|fd| PollFd::new(fd, PollFlags::IN))
-        .collect();
-    loop {
-        let timeout = deadline.map(|d| {
-            let left = d.saturating_duration_since(Instant::now());
-            Timespec {
-                tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
-                tv_nsec: i64::from(left.subsec_nanos()),
-            }
-        });
-        match rustix::event::poll(&mut polled, timeout.as_ref()) {
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-            Ok(_) => return Ok(polled.iter().map(|p| !p.revents().is_empty()).collect()),
-        }
     }
 }
 
@@ -615,13 +557,13 @@ mod tests {
 
     #[test]
     fn a_server_exit_wakes_the_wait_and_a_deadline_ends_it() {
-        let mut done = Server::new(Command::new("true").spawn().unwrap()).unwrap();
+        let mut done = Watched::new(Command::new("true").spawn().unwrap()).unwrap();
         let start = Instant::now();
         let ready = poll_until(&[done.pidfd.as_fd()], Some(start + Duration::from_secs(10)));
         assert_eq!(ready.unwrap(), vec![true], "the exit wakes the poll");
         assert!(start.elapsed() < Duration::from_secs(5));
         assert!(done.wait().success());
-        let mut running = Server::new(Command::new("sleep").arg("10").spawn().unwrap()).unwrap();
+        let mut running = Watched::new(Command::new("sleep").arg("10").spawn().unwrap()).unwrap();
         let start = Instant::now();
         let ready = poll_until(
             &[running.pidfd.as_fd()],

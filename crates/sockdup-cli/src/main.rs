@@ -31,6 +31,7 @@ mod inspect;
 mod listen;
 mod record;
 mod serve;
+mod wait;
 mod worker;
 
 use std::ffi::OsString;

@@ -27,8 +27,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sockdup::ProtocolInfo;
 use sockdup::catalog::{AF_INET, Catalog, IPPROTO_TCP, LAYER_KINDS, Layer, SOCK_STREAM};
@@ -38,6 +37,7 @@ use sockdup::wire::MAX_PROTOCOL_CHAIN;
 
 use super::{ToSource, expect_with, io_failed, receive_record};
 use crate::CliError;
+use crate::wait::Watched;
 
 /// The environment variable naming a process's catalog file.
 pub(super) const CATALOG_VAR: &str = "SOCKDUP_CATALOG";
@@ -163,7 +163,7 @@ pub(crate) fn run(spec: &ChainSpec) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::sockdup("writing the demo's temporary catalog", e))?;
 
     let exe = std::env::current_exe().map_err(io_failed("finding this program's path"))?;
-    let mut child = Command::new(&exe)
+    let child = Command::new(&exe)
         .arg("demo-source")
         .arg("--chain")
         .arg(spec.to_string())
@@ -176,27 +176,22 @@ pub(crate) fn run(spec: &ChainSpec) -> Result<ExitCode, CliError> {
             "starting the source ({} demo-source)",
             exe.display()
         )))?;
+    let mut child = Watched::new(child)?;
     let pid = child.id();
 
     // Whatever happens, the child is reaped before the catalog goes.
-    let deadline = Instant::now() + SOURCE_LIMIT;
-    let status: Result<ExitStatus, String> = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break Err(format!(
+    let status: Result<ExitStatus, String> = match child.wait_within(SOURCE_LIMIT) {
+        Ok(Some(status)) => Ok(status),
+        waited => {
+            let _ = child.child.kill();
+            let _ = child.wait();
+            Err(match waited {
+                Err(e) => format!("could not be waited for ({e}), and was killed"),
+                _ => format!(
                     "did not finish within {} s, and was killed",
                     SOURCE_LIMIT.as_secs()
-                ));
-            }
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break Err(format!("could not be waited for ({e}), and was killed"));
-            }
+                ),
+            })
         }
     };
     drop(dir);
