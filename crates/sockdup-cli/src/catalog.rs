@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use sockdup::ProtocolInfo;
 use sockdup::catalog::{Catalog, Layer};
 use sockdup::flags::{PFL_HIDDEN, provider_flag_names, service_flag_names};
+use sockdup::spi::layers;
 use sockdup::wire::{BASE_PROTOCOL, LAYERED_PROTOCOL, MAX_PROTOCOL_CHAIN};
 
 use crate::CliError;
@@ -38,17 +39,7 @@ enum Action {
     /// The layer gets one hidden entry of its own (ChainLen 0, PFL_HIDDEN) and, for each entry
     /// it goes over, one protocol chain entry (the layer on top of that entry's providers),
     /// placed first in the catalog so that new sockets pick it. Prints the new ids.
-    #[command(after_long_help = "Examples:\n  \
-        sockdup catalog install trace --over 1001 1003\n  \
-        sockdup catalog install fault --over 1102 --name flaky --set fail.connect=10061 --set delay.send=50\n  \
-        sockdup catalog install policy --over 1001 --set connect=10.0.0.0/8,127.0.0.1:8080\n\n\
-        Settings (--set KEY=VALUE), checked at install and whenever the catalog is read:\n  \
-        trace   none\n  \
-        policy  target_uids=UID,...  target_exe=PATH-PREFIX,...  connect=ADDR[/PREFIX]|IP:PORT,...\n  \
-        fault   fail.CALL=WINSOCK-CODE  delay.CALL=MILLISECONDS, where CALL is a provider call:\n          \
-        startup, cleanup, socket, socket_from_info, connect, bind, listen, accept, send, recv,\n          \
-        close, duplicate, getsockopt, setsockopt, event_select, address_to_string,\n          \
-        string_to_address")]
+    #[command(after_long_help = install_help())]
     #[command(override_usage = "sockdup catalog install <LAYER> --over <ID>... [OPTIONS]")]
     Install(InstallArgs),
 
@@ -67,7 +58,7 @@ enum Action {
 /// The arguments of `sockdup catalog install`.
 #[derive(Debug, clap::Args)]
 struct InstallArgs {
-    /// The layer implementation: trace, policy or fault.
+    /// The layer implementation: one of the layer kinds listed below.
     #[arg(value_name = "LAYER")]
     kind: String,
 
@@ -89,6 +80,27 @@ struct InstallArgs {
     /// value is refused, naming the valid keys (see the examples below).
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
     settings: Vec<(String, String)>,
+}
+
+/// The long help of `sockdup catalog install` after the options: examples, then the layer
+/// kinds and their settings, from the library's registry of layers (so a new layer kind shows
+/// here without a change to this file).
+fn install_help() -> String {
+    let kinds = layers::kinds();
+    let kinds = match kinds.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => "none".to_owned(),
+    };
+    format!(
+        "Examples:\n  \
+         sockdup catalog install trace --over 1001 1003\n  \
+         sockdup catalog install fault --over 1102 --name flaky --set fail.connect=10061 --set delay.send=50\n  \
+         sockdup catalog install policy --over 1001 --set connect=10.0.0.0/8,127.0.0.1:8080\n\n\
+         Layer kinds: {kinds}.\n\n\
+         Settings (--set KEY=VALUE), checked at install and whenever the catalog is read:\n{}",
+        layers::settings_help().trim_end()
+    )
 }
 
 /// Splits `KEY=VALUE` at the first `=`.

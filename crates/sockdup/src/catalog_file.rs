@@ -2,12 +2,21 @@
 //!
 //! The path is `SOCKDUP_CATALOG` if set, else `$XDG_CONFIG_HOME/sockdup/catalog.json`, else
 //! `$HOME/.config/sockdup/catalog.json`. A missing file means the built-in base entries only.
+//!
+//! This floor is below the SPI, which owns the layer kinds: every read and write here takes a
+//! [`Check`] from the caller (the SPI's registry check, passed down by `catalog_api` and the
+//! dispatcher), run on what is read and on what is about to be written, beside the core's
+//! structural validation.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use sockdup_core::catalog::Catalog;
 use sockdup_core::error::{Error, ErrorKind};
+
+/// A check of a catalog beyond the core's structural validation: the SPI's registry of layers
+/// (`spi::layers::check_catalog`), handed down by a floor that can see it.
+pub(crate) type Check = fn(&Catalog) -> Result<(), Error>;
 
 /// The catalog file this process uses (it need not exist).
 pub fn catalog_path() -> Option<PathBuf> {
@@ -25,33 +34,34 @@ pub fn catalog_path() -> Option<PathBuf> {
 ///
 /// # Errors
 /// As [`load_catalog_from`].
-pub fn load_catalog() -> Result<Catalog, Error> {
+pub(crate) fn load_catalog(check: Check) -> Result<Catalog, Error> {
     match catalog_path() {
-        Some(path) => load_catalog_from(&path),
+        Some(path) => load_catalog_from(&path, check),
         None => Ok(Catalog::builtin()),
     }
 }
 
-/// Reads the catalog file at `path`; built-in entries only if it does not exist.
+/// Reads the catalog file at `path`, and `check`s it; built-in entries only if it does not
+/// exist.
 ///
 /// # Errors
 /// `WSAEINVAL` naming the file and the entry at fault if it is invalid (see
-/// [`Catalog::from_json`]): [`ErrorKind::InvalidCatalog`], or
-/// [`ErrorKind::InvalidLayerSetting`] for a layer setting its kind does not take (naming the
-/// key); [`ErrorKind::InvalidCatalog`] if the path is a directory; an OS error if it cannot be
-/// read.
-pub fn load_catalog_from(path: &Path) -> Result<Catalog, Error> {
+/// [`Catalog::from_json`]) or `check` refuses it (its error's kind is kept);
+/// [`ErrorKind::InvalidCatalog`] if the path is a directory; an OS error if it cannot be read.
+pub(crate) fn load_catalog_from(path: &Path, check: Check) -> Result<Catalog, Error> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Catalog::from_json(&text).map_err(|e| {
-            Error::new(
-                e.kind(),
-                format!(
-                    "{}: {} (fix the file, or `sockdup catalog reset` to start over)",
-                    path.display(),
-                    e.message()
-                ),
-            )
-        }),
+        Ok(text) => Catalog::from_json(&text)
+            .and_then(|c| check(&c).map(|()| c))
+            .map_err(|e| {
+                Error::new(
+                    e.kind(),
+                    format!(
+                        "{}: {} (fix the file, or `sockdup catalog reset` to start over)",
+                        path.display(),
+                        e.message()
+                    ),
+                )
+            }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Catalog::builtin()),
         Err(e) if e.kind() == io::ErrorKind::IsADirectory => Err(Error::new(
             ErrorKind::InvalidCatalog,
@@ -71,9 +81,17 @@ pub fn load_catalog_from(path: &Path) -> Result<Catalog, Error> {
 /// the same directory, are flushed to disk, and are renamed over the old file, so a crash
 /// leaves either the old catalog or the new one, never a mix.
 ///
+/// Nothing is written if `catalog` is not valid (the core's structural validation, then
+/// `check`).
+///
 /// # Errors
-/// An OS error (with its Winsock mapping) if the directory cannot be created or written.
-pub fn save_catalog_to(path: &Path, catalog: &Catalog) -> Result<(), Error> {
+/// The error of [`Catalog::validate`] or `check`, naming the file; an OS error (with its
+/// Winsock mapping) if the directory cannot be created or written.
+pub(crate) fn save_catalog_to(path: &Path, catalog: &Catalog, check: Check) -> Result<(), Error> {
+    catalog
+        .validate()
+        .and_then(|()| check(catalog))
+        .map_err(|e| e.context(format!("not writing the catalog file {}", path.display())))?;
     let mut json = catalog.to_json();
     json.push('\n');
     write_atomically(path, json.as_bytes())
@@ -111,12 +129,17 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
 
 /// Loads the catalog at `path`, lets `change` modify it, and saves it, holding an exclusive
 /// lock (`flock` on `PATH.lock`) throughout, so concurrent changes do not overwrite each other.
-/// Nothing is written if `change` fails.
+/// `check` runs on the catalog read and on the changed one; nothing is written if it or
+/// `change` fails.
 ///
 /// # Errors
-/// As [`load_catalog_from`] and [`save_catalog_to`], or `change`'s error.
-pub fn update_catalog_at<T>(
+/// As [`load_catalog_from`] and [`save_catalog_to`], or `change`'s error; a changed catalog
+/// that `check` refuses as [`ErrorKind::InvalidCatalog`] (an unknown layer kind) is
+/// [`ErrorKind::CatalogChangeRefused`], as the change is what is wrong (a refused setting stays
+/// [`ErrorKind::InvalidLayerSetting`]).
+pub(crate) fn update_catalog_at<T>(
     path: &Path,
+    check: Check,
     change: impl FnOnce(&mut Catalog) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let lock_path = path.with_file_name(format!(
@@ -140,9 +163,13 @@ pub fn update_catalog_at<T>(
             )
         })?;
     crate::sys::lock_exclusive(&lock).map_err(|e| Error::from_errno(e, "locking the catalog"))?;
-    let mut catalog = load_catalog_from(path)?;
+    let mut catalog = load_catalog_from(path, check)?;
     let out = change(&mut catalog)?;
-    save_catalog_to(path, &catalog)?;
+    check(&catalog).map_err(|e| match e.kind() {
+        ErrorKind::InvalidCatalog => Error::new(ErrorKind::CatalogChangeRefused, e.message()),
+        _ => e,
+    })?;
+    save_catalog_to(path, &catalog, check)?;
     Ok(out)
 }
 
@@ -151,40 +178,84 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    /// A check that refuses every layer of kind "bad", as the SPI's registry would.
+    fn no_bad(c: &Catalog) -> Result<(), Error> {
+        match c.layers().iter().find(|l| l.kind == "bad") {
+            Some(l) => Err(Error::new(
+                ErrorKind::InvalidLayerSetting,
+                format!("layer {} is bad", l.id),
+            )),
+            None => Ok(()),
+        }
+    }
+
     #[test]
     fn save_then_load_and_missing_is_builtin() {
-        let dir = std::env::temp_dir().join(format!("sockdup-catalog-unit-{}", std::process::id()));
-        let path = dir.join("nested/catalog.json");
-        assert_eq!(load_catalog_from(&path).unwrap(), Catalog::builtin());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/catalog.json");
+        assert_eq!(
+            load_catalog_from(&path, no_bad).unwrap(),
+            Catalog::builtin()
+        );
         let mut c = Catalog::builtin();
         c.install("trace", "t", true, BTreeMap::new(), &[1001])
             .unwrap();
-        save_catalog_to(&path, &c).unwrap();
-        assert_eq!(load_catalog_from(&path).unwrap(), c);
+        save_catalog_to(&path, &c, no_bad).unwrap();
+        assert_eq!(load_catalog_from(&path, no_bad).unwrap(), c);
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left behind");
         std::fs::write(&path, "{ not json").unwrap();
-        let e = load_catalog_from(&path).unwrap_err();
+        let e = load_catalog_from(&path, no_bad).unwrap_err();
         assert_eq!(e.code(), 10022);
         assert_eq!(e.kind(), ErrorKind::InvalidCatalog);
         assert!(e.message().contains("catalog.json"), "{e}");
-        // A hand-edited setting the layer does not take: refused, naming the key.
-        let mut f = Catalog::builtin();
-        f.install("fault", "f", true, BTreeMap::new(), &[1001])
+        let e = load_catalog_from(path.parent().unwrap(), no_bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidCatalog);
+    }
+
+    #[test]
+    fn the_check_runs_on_every_read_and_write_and_nothing_is_written_when_it_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        let mut bad = Catalog::builtin();
+        bad.install("bad", "b", true, BTreeMap::new(), &[1001])
             .unwrap();
-        let edited = f
-            .to_json()
-            .replace("\"config\": {}", "\"config\": {\"fail.conect\": \"10050\"}");
-        assert_ne!(edited, f.to_json());
-        std::fs::write(&path, edited).unwrap();
-        let e = load_catalog_from(&path).unwrap_err();
+        let e = save_catalog_to(&path, &bad, no_bad).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidLayerSetting);
         assert!(
-            e.message().contains("catalog.json") && e.message().contains("\"fail.conect\""),
+            e.message().contains("not writing") && e.message().contains("catalog.json"),
             "{e}"
         );
-        let e = load_catalog_from(path.parent().unwrap()).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidCatalog);
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!path.exists(), "a refused save writes nothing");
+        let e = update_catalog_at(&path, no_bad, |c| {
+            c.install("bad", "b", true, BTreeMap::new(), &[1001])
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidLayerSetting);
+        assert!(!path.exists(), "a refused change writes nothing");
+        // A file the check refuses (written by hand): refused on load, naming the file.
+        std::fs::write(&path, bad.to_json()).unwrap();
+        let e = load_catalog_from(&path, no_bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidLayerSetting);
+        assert!(
+            e.message().contains("catalog.json") && e.message().contains("is bad"),
+            "{e}"
+        );
+        let e = update_catalog_at(&path, no_bad, |c| c.remove(1101)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidLayerSetting);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), bad.to_json());
+        // A change the check refuses as an invalid catalog: a refused change.
+        let refuse_all: Check = |c| match c.layers().is_empty() {
+            true => Ok(()),
+            false => Err(Error::new(ErrorKind::InvalidCatalog, "no layers here")),
+        };
+        std::fs::remove_file(&path).unwrap();
+        let e = update_catalog_at(&path, refuse_all, |c| {
+            c.install("trace", "t", true, BTreeMap::new(), &[1001])
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CatalogChangeRefused);
+        assert!(e.message().contains("no layers here"), "{e}");
+        assert!(!path.exists());
     }
 }

@@ -49,6 +49,7 @@
 //! error table is generated from [`ErrorKind`] ([`error::markdown_table`]).
 
 mod api;
+mod catalog_api;
 mod catalog_file;
 pub mod handoff;
 pub mod spi;
@@ -63,9 +64,8 @@ pub use api::{
     duplicate_socket, duplicate_sockets, inbox_address, pending, socket_from_info,
     sockets_from_info,
 };
-pub use catalog_file::{
-    catalog_path, load_catalog, load_catalog_from, save_catalog_to, update_catalog_at,
-};
+pub use catalog_api::{load_catalog, load_catalog_from, save_catalog_to, update_catalog_at};
+pub use catalog_file::catalog_path;
 pub use sockdup_core::error::{self, Error, ErrorKind};
 pub use sockdup_core::wire::{self, Guid, ProtocolChain, ProtocolInfo};
 pub use sockdup_core::{catalog, flags};

@@ -6,6 +6,7 @@
 //! 8  lib.rs                      re-exports only
 //! 7  handoff/  upgrade/          the patterns built on the API
 //! 6  api.rs                      duplicate and redeem; base-vs-chain routing
+//!    catalog_api.rs              the catalog file, checked against the SPI's layer registry
 //! 5  spi/                        providers, layers, the dispatcher
 //! 4  transfer.rs                 the base provider's duplication: records and tickets
 //! 3  startup.rs                  the runtime of one run
@@ -26,6 +27,8 @@ const FLOORS: &[(&str, u32)] = &[
     ("transfer", 4),
     ("spi", 5),
     ("api", 6),
+    // The public catalog I/O: the file's floor (2) joined to the SPI's registry check (5).
+    ("catalog_api", 6),
     ("handoff", 7),
     ("upgrade", 7),
     ("lib", 8),
@@ -40,10 +43,10 @@ const ROOT_NAMES: &[(&str, Option<&str>)] = &[
     ("inbox_address", Some("api")),
     ("pending", Some("api")),
     ("catalog_path", Some("catalog_file")),
-    ("load_catalog", Some("catalog_file")),
-    ("load_catalog_from", Some("catalog_file")),
-    ("save_catalog_to", Some("catalog_file")),
-    ("update_catalog_at", Some("catalog_file")),
+    ("load_catalog", Some("catalog_api")),
+    ("load_catalog_from", Some("catalog_api")),
+    ("save_catalog_to", Some("catalog_api")),
+    ("update_catalog_at", Some("catalog_api")),
     ("Allow", Some("startup")),
     ("Options", Some("startup")),
     ("Startup", Some("startup")),

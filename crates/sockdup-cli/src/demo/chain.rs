@@ -30,7 +30,7 @@ use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::time::Duration;
 
 use sockdup::ProtocolInfo;
-use sockdup::catalog::{AF_INET, Catalog, IPPROTO_TCP, LAYER_KINDS, Layer, SOCK_STREAM};
+use sockdup::catalog::{AF_INET, Catalog, IPPROTO_TCP, Layer, SOCK_STREAM};
 use sockdup::spi::layers::{self, Counters};
 use sockdup::spi::{Handle, Socket};
 use sockdup::wire::MAX_PROTOCOL_CHAIN;
@@ -49,14 +49,15 @@ const MAX_LAYERS: usize = MAX_PROTOCOL_CHAIN - 1;
 /// is bounded already (by [`super::TIMEOUT`]); this only stops a source stuck elsewhere.
 const SOURCE_LIMIT: Duration = Duration::from_secs(120);
 
-/// The layer kinds of `--chain`, top first, as given (each one of [`LAYER_KINDS`]).
+/// The layer kinds of `--chain`, top first, as given (each one of [`layers::kinds`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ChainSpec(Vec<String>);
 
 impl ChainSpec {
     /// Parses `--chain`'s value: 1 to 6 layer kinds separated by commas.
     pub(crate) fn parse(text: &str) -> Result<Self, String> {
-        let kinds = LAYER_KINDS.join(", ");
+        let known = layers::kinds();
+        let kinds = known.join(", ");
         let mut layers = Vec::new();
         for word in text.split(',') {
             let word = word.trim();
@@ -65,7 +66,7 @@ impl ChainSpec {
                     "{text:?} has an empty layer name: list layer kinds ({kinds}) separated by commas"
                 ));
             }
-            if !LAYER_KINDS.contains(&word) {
+            if !known.contains(&word) {
                 return Err(format!(
                     "{word:?} is not a layer kind; the kinds are {kinds}"
                 ));

@@ -7,16 +7,15 @@
 //! entry, as Windows's installers arrange by reordering.
 //!
 //! The catalog is persisted as JSON ([`Catalog::to_json`], [`Catalog::from_json`]); reading
-//! validates everything and names the entry at fault. Writing the file atomically is the
-//! driver's job.
+//! validates the structure and names the entry at fault. Which layer kinds exist and what
+//! settings each takes is not known here: the `sockdup` crate checks every layer against its
+//! registry whenever it reads or writes a catalog. Writing the file atomically is the driver's
+//! job.
 
 use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::settings::{
-    FaultSettings, LayerSettings, PolicySettings, TraceSettings, check_settings,
-};
 use super::{BASE_PROVIDER_ID, FIRST_CATALOG_ID, base_entries, base_entry};
 use crate::error::{Error, ErrorKind};
 use crate::flags::{PFL_HIDDEN, PFL_MATCHES_PROTOCOL_ZERO, XP1_IFS_HANDLES};
@@ -31,7 +30,8 @@ pub const FIRST_INSTALLED_ID: u32 = FIRST_CATALOG_ID + 100;
 pub struct Layer {
     /// Its own (hidden, `ChainLen` 0) catalog entry id.
     pub id: u32,
-    /// Which built-in layer implementation: `trace`, `policy` or `fault`.
+    /// Which layer implementation (`trace`, `policy`, `fault`, …): a name of the `sockdup`
+    /// crate's registry of layers, which checks it.
     pub kind: String,
     /// A name for people; appears in `szProtocol` of its entries.
     pub name: String,
@@ -39,7 +39,8 @@ pub struct Layer {
     pub ifs: bool,
     /// Its provider GUID.
     pub provider_id: Guid,
-    /// Settings of the layer implementation (rules, faults), by name.
+    /// Settings of the layer implementation (rules, faults), by name; what they may be is its
+    /// kind's business (checked by the `sockdup` crate's registry of layers).
     #[serde(default)]
     pub config: BTreeMap<String, String>,
 }
@@ -93,14 +94,6 @@ fn check_name(name: &str, kind: ErrorKind) -> Result<(), Error> {
     Ok(())
 }
 
-/// The layer kinds sockdup implements, each with its settings' parser in
-/// [`settings`](super::settings).
-pub const LAYER_KINDS: [&str; 3] = [
-    TraceSettings::KIND,
-    PolicySettings::KIND,
-    FaultSettings::KIND,
-];
-
 fn guid_for(kind: &str, id: u32) -> Guid {
     // Deterministic per (kind, id), so a catalog file can be rebuilt identically.
     let k = kind
@@ -120,15 +113,14 @@ impl Catalog {
         Self::default()
     }
 
-    /// Reads a catalog file's contents, validating every entry.
+    /// Reads a catalog file's contents, validating its structure (see
+    /// [`validate`](Self::validate)).
     ///
     /// # Errors
     /// [`ErrorKind::InvalidCatalog`] (`WSAEINVAL`) naming the entry at fault: unparsable JSON,
-    /// an unknown layer kind, a duplicate id, a chain entry naming an id that does not exist, a
-    /// layer twice in one chain, a chain longer than 7 or shorter than 2, or whose last entry is
-    /// not a base entry or whose others are not layers; [`ErrorKind::InvalidLayerSetting`]
-    /// (`WSAEINVAL`) naming the layer and the key for a layer setting its kind does not take or
-    /// a bad value (see [`settings`](super::settings)).
+    /// another version than 1, a bad layer name, a duplicate id, a chain entry naming an id that
+    /// does not exist, a layer twice in one chain, a chain longer than 7 or shorter than 2, or
+    /// whose last entry is not a base entry or whose others are not layers.
     pub fn from_json(text: &str) -> Result<Self, Error> {
         let stored: Stored = serde_json::from_str(text).map_err(|e| {
             Error::new(
@@ -163,34 +155,17 @@ impl Catalog {
         serde_json::to_string_pretty(&stored).unwrap_or_default()
     }
 
-    /// Checks every invariant, and every layer's settings; see [`from_json`](Self::from_json).
+    /// Checks every structural invariant (ids, chains, names); see
+    /// [`from_json`](Self::from_json). A layer's kind and settings are not checked here: the
+    /// `sockdup` crate checks them against its registry of layers.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidCatalog`] or [`ErrorKind::InvalidLayerSetting`] naming the entry at
-    /// fault.
+    /// [`ErrorKind::InvalidCatalog`] naming the entry at fault.
     pub fn validate(&self) -> Result<(), Error> {
         let mut ids = HashSet::new();
         for layer in &self.layers {
-            if !LAYER_KINDS.contains(&layer.kind.as_str()) {
-                return Err(Error::new(
-                    ErrorKind::InvalidCatalog,
-                    format!(
-                        "catalog entry {} (layer {:?}) has kind {:?}; the kinds are {}",
-                        layer.id,
-                        layer.name,
-                        layer.kind,
-                        LAYER_KINDS.join(", ")
-                    ),
-                ));
-            }
             check_name(&layer.name, ErrorKind::InvalidCatalog)
                 .map_err(|e| e.context(format!("catalog entry {}", layer.id)))?;
-            check_settings(&layer.kind, &layer.config).map_err(|e| {
-                e.context(format!(
-                    "catalog entry {} ({} layer {:?})",
-                    layer.id, layer.kind, layer.name
-                ))
-            })?;
             if base_entry(layer.id).is_some() || !ids.insert(layer.id) {
                 return Err(Error::new(
                     ErrorKind::InvalidCatalog,
@@ -305,12 +280,14 @@ impl Catalog {
     /// entry for the layer and one new chain per entry in `over`, placed first in the catalog.
     /// Returns the layer's id and the new chains' ids, in the order of `over`.
     ///
+    /// `kind` and `config` are kept as given: the `sockdup` crate checks them against its
+    /// registry of layers when the catalog is saved (`sockdup::update_catalog_at`,
+    /// `sockdup::save_catalog_to`), so an unknown kind or a bad setting is refused there.
+    ///
     /// # Errors
-    /// [`ErrorKind::CatalogChangeRefused`] (`WSAEINVAL`) for an unknown kind, a bad name, an
-    /// empty `over`, an entry named twice, an entry that is neither base nor chain, or a chain
-    /// that would grow beyond 7 entries; [`ErrorKind::InvalidLayerSetting`] (`WSAEINVAL`) for a
-    /// setting the kind does not take or a bad value, naming the key and listing the valid ones
-    /// (see [`settings`](super::settings)). The catalog is unchanged then.
+    /// [`ErrorKind::CatalogChangeRefused`] (`WSAEINVAL`) for a bad name, an empty `over`, an
+    /// entry named twice, an entry that is neither base nor chain, or a chain that would grow
+    /// beyond 7 entries. The catalog is unchanged then.
     #[doc(alias = "WSCInstallProvider")]
     pub fn install(
         &mut self,
@@ -326,17 +303,7 @@ impl Catalog {
                 "a layer must be installed over at least one catalog entry",
             ));
         }
-        if !LAYER_KINDS.contains(&kind) {
-            return Err(Error::new(
-                ErrorKind::CatalogChangeRefused,
-                format!(
-                    "there is no layer kind {kind:?}; the kinds are {}",
-                    LAYER_KINDS.join(", ")
-                ),
-            ));
-        }
         check_name(name, ErrorKind::CatalogChangeRefused)?;
-        check_settings(kind, &config)?;
         if let Some(dup) = over
             .iter()
             .enumerate()
@@ -609,11 +576,6 @@ mod tests {
             "{e}"
         );
         let e = c
-            .install("magic", "x", true, BTreeMap::new(), &[1001])
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::CatalogChangeRefused);
-        assert!(e.message().contains("no layer kind \"magic\""), "{e}");
-        let e = c
             .install("trace", "x", true, BTreeMap::new(), &[1001, 1001])
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::CatalogChangeRefused);
@@ -623,13 +585,6 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::CatalogChangeRefused);
         assert!(e.message().contains("control characters"), "{e}");
-        let fault = [("fail.conect".to_owned(), "10050".to_owned())].into();
-        let e = c.install("fault", "x", true, fault, &[1001]).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidLayerSetting);
-        assert!(
-            e.message().contains("\"fail.conect\"") && e.message().contains("fail.CALL"),
-            "{e}"
-        );
         assert_eq!(c, before);
     }
 
@@ -678,8 +633,8 @@ mod tests {
             ),
             (&with_chain(1101, "1101,1001"), "reuses an id"),
             (
-                r#"{"version":1,"layers":[{"id":1101,"kind":"magic","name":"t","ifs":true,"provider_id":"5d0c4d75-7b3e-4c1a-9e51-736f636b6475"}]}"#,
-                "kind \"magic\"",
+                r#"{"version":1,"layers":[{"id":1101,"kind":"trace","name":"","ifs":true,"provider_id":"5d0c4d75-7b3e-4c1a-9e51-736f636b6475"}]}"#,
+                "catalog entry 1101",
             ),
             (
                 r#"{"version":1,"chains":[{"id":1102,"entries":[4000,1001]}]}"#,
@@ -692,21 +647,12 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidCatalog, "{text}: {e}");
             assert!(e.message().contains(needle), "{text}: {e}");
         }
-        // A hand-edited setting the layer does not take: refused on load, naming the key.
-        let edited = r#"{"version":1,"layers":[{"id":1101,"kind":"fault","name":"f","ifs":true,"provider_id":"5d0c4d75-7b3e-4c1a-9e51-736f636b6475","config":{"fail.conect":"10050"}}],"chains":[{"id":1102,"entries":[1101,1001]}]}"#;
-        let e = Catalog::from_json(edited).unwrap_err();
-        assert_eq!(
-            (e.kind(), e.code()),
-            (ErrorKind::InvalidLayerSetting, 10022)
-        );
-        assert!(
-            e.message().contains("catalog entry 1101")
-                && e.message().contains("\"fail.conect\"")
-                && e.message().contains("delay.CALL"),
-            "{e}"
-        );
-        let fixed = edited.replace("fail.conect", "fail.connect");
-        assert!(Catalog::from_json(&fixed).is_ok());
+        // Kinds and settings are the registry's business (the sockdup crate): the core keeps
+        // them as written.
+        let other = r#"{"version":1,"layers":[{"id":1101,"kind":"magic","name":"m","ifs":true,"provider_id":"5d0c4d75-7b3e-4c1a-9e51-736f636b6475","config":{"fail.conect":"10050"}}],"chains":[{"id":1102,"entries":[1101,1001]}]}"#;
+        let c = Catalog::from_json(other).unwrap();
+        assert_eq!(c.layers()[0].kind, "magic");
+        assert_eq!(c.layers()[0].config["fail.conect"], "10050");
     }
 
     #[test]

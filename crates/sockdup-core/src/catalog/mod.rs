@@ -4,14 +4,16 @@
 //! Like Windows's MSAFD entries, each names one (family, type, protocol) triple the Linux base
 //! provider serves. Catalog ids start at 1001, as in `ws2_32`. Families, types and protocols use
 //! the host's numbering (`AF_INET6` is 10 here, not Windows's 23).
+//!
+//! The core knows the catalog's structure (ids, chains, names, versions), not the layer kinds:
+//! a layer's `kind` and `config` are checked against the `sockdup` crate's registry of layers
+//! (`sockdup::spi::layers`), which owns each kind's settings.
 
+mod call;
 mod installed;
-pub mod settings;
 
-pub use installed::{Catalog, Chain, FIRST_INSTALLED_ID, LAYER_KINDS, Layer, MAX_LAYER_NAME};
-pub use settings::{
-    FaultSettings, LayerSettings, PolicySettings, ProviderCall, TraceSettings, check_settings,
-};
+pub use call::ProviderCall;
+pub use installed::{Catalog, Chain, FIRST_INSTALLED_ID, Layer, MAX_LAYER_NAME};
 
 use crate::flags::*;
 use crate::wire::{BASE_PROTOCOL, Guid, MAX_PROTOCOL_CHAIN, ProtocolChain, ProtocolInfo};

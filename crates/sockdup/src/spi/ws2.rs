@@ -11,8 +11,9 @@ use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::flags::XP1_IFS_HANDLES;
 use sockdup_core::wire::ProtocolInfo;
 
-use super::layers::Layered;
+use super::layers::{Layered, check_catalog};
 use super::{BaseProvider, Handle, Provider, SockOpt, Upcall};
+use crate::catalog_file;
 use crate::startup::Runtime;
 use crate::sync::lock;
 use crate::transfer;
@@ -89,9 +90,9 @@ impl Ws2 {
 }
 
 /// This run's dispatcher, kept with the run ([`Runtime::extension`]): built, loading the
-/// catalog, on first use.
+/// catalog (checked against the registry of layer kinds), on first use.
 fn ws2_of(rt: &Runtime) -> Result<Arc<Ws2>, Error> {
-    rt.extension(|| Ws2::new(crate::load_catalog()?))
+    rt.extension(|| Ws2::new(catalog_file::load_catalog(check_catalog)?))
 }
 
 /// The dispatcher of this process's current run.

@@ -9,7 +9,7 @@ use sockdup_core::catalog::{Layer, ProviderCall};
 use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::wire::ProtocolInfo;
 
-use super::{Call, Detail, Hooks, Outcome, registered};
+use super::{Call, Detail, Hooks, Outcome, kind_of};
 use crate::spi::{Handle, Provider, SockOpt, Upcall};
 
 /// One layer of one chain: the hooks of its kind, around the next provider.
@@ -38,13 +38,7 @@ impl Layered {
         next: Arc<dyn Provider>,
         next_is_base: bool,
     ) -> Result<Self, Error> {
-        let kind = registered(&spec.kind).ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidCatalog,
-                format!("layer {} has unknown kind {:?}", spec.id, spec.kind),
-            )
-        })?;
-        let hooks = (kind.build)(&spec, chain_id)?;
+        let hooks = (kind_of(&spec)?.build)(&spec, chain_id)?;
         Ok(Self {
             spec,
             base,

@@ -4,15 +4,33 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use sockdup_core::catalog::{Catalog, LAYER_KINDS, base_entry};
+use sockdup_core::catalog::{Catalog, base_entry};
 use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::wire::ProtocolInfo;
 
 use super::layered::keep_provider_fields;
 use super::trace::registered_instances;
-use super::{Layered, REGISTRY, trace_reports};
+use super::{Config, Layered, REGISTRY, check_catalog, kinds, settings_help, trace_reports};
 use crate::spi::{Handle, Provider, SockOpt, Upcall};
 use crate::sync::lock;
+
+/// A layer's `config` from key-value pairs.
+pub(super) fn config(pairs: &[(&str, &str)]) -> Config {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Asserts an InvalidLayerSetting error whose message holds every needle.
+#[track_caller]
+pub(super) fn refused(e: Error, needles: &[&str]) {
+    assert_eq!(e.kind(), ErrorKind::InvalidLayerSetting, "{e}");
+    assert_eq!(e.code(), sockdup_core::error::WSAEINVAL);
+    for n in needles {
+        assert!(e.message().contains(n), "{n:?} missing from: {e}");
+    }
+}
 
 /// A base provider stand-in that records the records it is handed and answers
 /// duplicates with a ticket.
@@ -218,9 +236,74 @@ fn non_ifs_layers_wrap_and_unwrap_handles() {
 }
 
 #[test]
-fn the_registry_implements_every_layer_kind_of_the_catalog() {
-    let names: Vec<&str> = REGISTRY.iter().map(|r| r.name).collect();
-    assert_eq!(names, LAYER_KINDS);
+fn the_registry_names_each_kind_once_and_each_takes_empty_settings() {
+    assert_eq!(kinds(), ["trace", "policy", "fault"]);
+    for (i, r) in REGISTRY.iter().enumerate() {
+        assert!(
+            REGISTRY[..i].iter().all(|o| o.name != r.name),
+            "{} twice",
+            r.name
+        );
+        (r.check)(&Config::new()).unwrap();
+    }
+    let help = settings_help();
+    for r in REGISTRY {
+        assert!(help.contains(&format!("  {} ", r.name)), "{help}");
+    }
+    assert!(help.lines().all(|l| l.len() <= 96), "{help}");
+    assert!(
+        help.contains("connect=") && help.contains("string_to_address"),
+        "{help}"
+    );
+}
+
+#[test]
+fn check_catalog_checks_every_layer_against_the_registry() {
+    let mut c = Catalog::builtin();
+    check_catalog(&c).unwrap();
+    for kind in kinds() {
+        c.install(kind, kind, true, Config::new(), &[1001]).unwrap();
+    }
+    check_catalog(&c).unwrap();
+    // The core keeps kinds and settings as given: the registry refuses them.
+    let mut bad = c.clone();
+    bad.install(
+        "fault",
+        "flaky",
+        true,
+        config(&[("fail.conect", "10050")]),
+        &[1002],
+    )
+    .unwrap();
+    let e = check_catalog(&bad).unwrap_err();
+    refused(
+        e,
+        &[
+            "(fault layer \"flaky\")",
+            "\"fail.conect\"",
+            "fail.CALL",
+            "delay.CALL",
+            "socket_from_info",
+        ],
+    );
+    let mut bad = c.clone();
+    let (magic, _) = bad
+        .install("magic", "m", true, Config::new(), &[1002])
+        .unwrap();
+    let e = check_catalog(&bad).unwrap_err();
+    assert_eq!((e.kind(), e.code()), (ErrorKind::InvalidCatalog, 10022));
+    assert!(
+        e.message().contains(&format!("catalog entry {magic}"))
+            && e.message().contains("no layer kind \"magic\"")
+            && e.message().contains("trace, policy, fault"),
+        "{e}"
+    );
+    // A hand-edited file: the core reads it, the registry refuses it, naming the key.
+    let edited = r#"{"version":1,"layers":[{"id":1101,"kind":"fault","name":"f","ifs":true,"provider_id":"5d0c4d75-7b3e-4c1a-9e51-736f636b6475","config":{"fail.conect":"10050"}}],"chains":[{"id":1102,"entries":[1101,1001]}]}"#;
+    let e = check_catalog(&Catalog::from_json(edited).unwrap()).unwrap_err();
+    refused(e, &["catalog entry 1101", "\"fail.conect\"", "delay.CALL"]);
+    let fixed = edited.replace("fail.conect", "fail.connect");
+    check_catalog(&Catalog::from_json(&fixed).unwrap()).unwrap();
 }
 
 /// A catalog whose next installed ids start at `first`: tests running at the same time share

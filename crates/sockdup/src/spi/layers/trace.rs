@@ -10,11 +10,35 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use sockdup_core::catalog::{Layer, ProviderCall, TraceSettings};
+use sockdup_core::catalog::{Layer, ProviderCall};
+use sockdup_core::error::Error;
 
-use super::{Call, Hooks, LayerKind, Outcome};
+use super::{Call, Config, Hooks, LayerKind, LayerSettings, Outcome, unknown};
 use crate::spi::Handle;
 use crate::sync::lock;
+
+/// The settings of a `trace` layer: it has none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TraceSettings {}
+
+impl LayerSettings for TraceSettings {
+    const KIND: &'static str = "trace";
+
+    fn valid_keys() -> String {
+        "none (a trace layer takes no settings)".to_owned()
+    }
+
+    fn usage() -> String {
+        "none".to_owned()
+    }
+
+    fn parse(config: &Config) -> Result<Self, Error> {
+        match config.keys().next() {
+            Some(key) => Err(unknown::<Self>(key)),
+            None => Ok(Self {}),
+        }
+    }
+}
 
 /// Counters of one socket, or of a whole layer instance.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -138,6 +162,24 @@ impl Hooks for Trace {
             socket = call.socket.map(Handle::raw),
             failed = matches!(outcome, Outcome::Failed),
             "sockdup trace"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spi::layers::tests::{config, refused};
+
+    #[test]
+    fn trace_takes_no_settings() {
+        assert_eq!(
+            TraceSettings::parse(&Config::new()).unwrap(),
+            TraceSettings {}
+        );
+        refused(
+            TraceSettings::parse(&config(&[("verbose", "1")])).unwrap_err(),
+            &["\"verbose\"", "trace layer takes no settings"],
         );
     }
 }
