@@ -86,9 +86,13 @@ pub fn socket_from_info(info: &ProtocolInfo) -> Result<OwnedFd, Error> {
 
 /// [`socket_from_info`] with the runtime already looked up (once for many records).
 pub(crate) fn redeem_one(rt: &Runtime, info: &ProtocolInfo) -> Result<OwnedFd, Error> {
-    let mut fds = redeem(rt, std::slice::from_ref(info))?;
-    fds.pop()
-        .ok_or_else(|| Error::new(ErrorKind::NotSockdupRecord, "the record redeemed nothing"))
+    let one = std::slice::from_ref(info);
+    if through_chains(one) {
+        return spi::redeem_fds(rt, one)?
+            .pop()
+            .ok_or_else(|| Error::new(ErrorKind::NotSockdupRecord, "the record redeemed nothing"));
+    }
+    transfer::claim(rt, info)
 }
 
 /// Redeems many records at once (`WSPSocket` for each), all or nothing: the descriptors come
@@ -103,19 +107,22 @@ pub fn sockets_from_info(infos: &[ProtocolInfo]) -> Result<Vec<OwnedFd>, Error> 
     redeem(&rt, infos)
 }
 
-/// The one routing of redemption: base records from the table, chain records through their
-/// chains; all or nothing.
+/// [`sockets_from_info`] with the runtime already looked up.
 pub(crate) fn redeem(rt: &Runtime, infos: &[ProtocolInfo]) -> Result<Vec<OwnedFd>, Error> {
-    if infos
+    if through_chains(infos) {
+        return spi::redeem_fds(rt, infos);
+    }
+    transfer::claim_all(rt, infos)
+}
+
+/// The one routing decision of redemption, for one record and for a batch: base records are
+/// claimed from the table (all at once, under one lock); if any record names a protocol
+/// chain, the batch goes through the dispatcher, which takes each chain record up through its
+/// layers and still claims the base records from the table, all or nothing.
+fn through_chains(infos: &[ProtocolInfo]) -> bool {
+    !infos
         .iter()
         .all(|i| catalog::is_base_id(i.catalog_entry_id))
-    {
-        return match infos {
-            [one] => transfer::claim(rt, one).map(|fd| vec![fd]),
-            many => transfer::claim_all(rt, many),
-        };
-    }
-    spi::redeem_fds(rt, infos)
 }
 
 /// Where process `pid`'s inbox listens, given the runtime directory this process uses
