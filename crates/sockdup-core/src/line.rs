@@ -39,13 +39,20 @@ pub trait LineMessage: Sized {
 /// Bytes in, bounded lines out.
 #[derive(Debug)]
 pub struct LineBuffer {
+    /// Bytes read, `start..end` not yet taken as lines; past `end`, initialised space that
+    /// reads fill (kept, so it is zeroed once, not at every read).
     buf: Vec<u8>,
     /// Where the unread part of `buf` starts.
     start: usize,
+    /// Where the bytes read so far end.
+    end: usize,
     /// How far from `start` no `\n` has been found yet (so each byte is searched once).
     scanned: usize,
     max: usize,
 }
+
+/// How much one [`LineBuffer::read_from`] asks for.
+const READ_CHUNK: usize = 8192;
 
 impl LineBuffer {
     /// A buffer whose lines may be at most `max` bytes long (without the `\n`).
@@ -53,6 +60,7 @@ impl LineBuffer {
         Self {
             buf: Vec::new(),
             start: 0,
+            end: 0,
             scanned: 0,
             max: max.max(1),
         }
@@ -60,8 +68,9 @@ impl LineBuffer {
 
     /// Adds bytes that arrived.
     pub fn extend(&mut self, bytes: &[u8]) {
-        self.compact();
-        self.buf.extend_from_slice(bytes);
+        self.make_room(bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
     }
 
     /// Reads once from `reader` (up to 8 KiB) into the buffer; returns how many bytes came
@@ -70,12 +79,10 @@ impl LineBuffer {
     /// # Errors
     /// The reader's.
     pub fn read_from<R: Read + ?Sized>(&mut self, reader: &mut R) -> io::Result<usize> {
-        self.compact();
-        let old = self.buf.len();
-        self.buf.resize(old + 8192, 0);
-        let got = reader.read(&mut self.buf[old..]);
-        self.buf.truncate(old + *got.as_ref().unwrap_or(&0));
-        got
+        self.make_room(READ_CHUNK);
+        let n = reader.read(&mut self.buf[self.end..self.end + READ_CHUNK])?;
+        self.end += n.min(READ_CHUNK);
+        Ok(n)
     }
 
     /// The next complete line, if one is buffered.
@@ -85,52 +92,60 @@ impl LineBuffer {
     /// the bound has arrived without a `\n`) or one that is not UTF-8. After an error the
     /// stream is out of step: stop reading it.
     pub fn next_line(&mut self) -> Result<Option<String>, Error> {
-        let pending = &self.buf[self.start..];
-        let Some(pos) = pending[self.scanned..].iter().position(|&b| b == b'\n') else {
+        Ok(self.take_line()?.map(str::to_owned))
+    }
+
+    /// The next complete line, parsed as `M` (without copying the line).
+    ///
+    /// # Errors
+    /// As [`next_line`](Self::next_line), and `M`'s parse errors.
+    pub fn next_message<M: LineMessage>(&mut self) -> Result<Option<M>, Error> {
+        self.take_line()?.map(M::parse).transpose()
+    }
+
+    /// Bytes buffered after the last complete line (a line cut short by the end of input).
+    pub fn partial(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Takes the next complete line out of the buffer, as text without its line end.
+    fn take_line(&mut self) -> Result<Option<&str>, Error> {
+        let pending = &self.buf[self.start..self.end];
+        let Some(pos) = memchr::memchr(b'\n', &pending[self.scanned..]) else {
             self.scanned = pending.len();
             if pending.len() > self.max {
                 return Err(too_long(self.max));
             }
             return Ok(None);
         };
-        let end = self.scanned + pos;
-        if end > self.max {
+        let len = self.scanned + pos;
+        if len > self.max {
             return Err(too_long(self.max));
         }
-        let mut line = &pending[..end];
+        let from = self.start;
+        self.start += len + 1;
+        self.scanned = 0;
+        let mut line = &self.buf[from..from + len];
         if let Some(stripped) = line.strip_suffix(b"\r") {
             line = stripped;
         }
-        let text = std::str::from_utf8(line)
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::ProtocolViolation,
-                    "received a line that is not UTF-8: the other side does not speak this protocol",
-                )
-            })?
-            .to_owned();
-        self.start += end + 1;
-        self.scanned = 0;
-        Ok(Some(text))
+        std::str::from_utf8(line).map(Some).map_err(|_| {
+            Error::new(
+                ErrorKind::ProtocolViolation,
+                "received a line that is not UTF-8: the other side does not speak this protocol",
+            )
+        })
     }
 
-    /// The next complete line, parsed as `M`.
-    ///
-    /// # Errors
-    /// As [`next_line`](Self::next_line), and `M`'s parse errors.
-    pub fn next_message<M: LineMessage>(&mut self) -> Result<Option<M>, Error> {
-        self.next_line()?.map(|l| M::parse(&l)).transpose()
-    }
-
-    /// Bytes buffered after the last complete line (a line cut short by the end of input).
-    pub fn partial(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-
-    fn compact(&mut self) {
+    /// Moves the unread bytes to the front, and makes sure `more` bytes fit after them.
+    fn make_room(&mut self, more: usize) {
         if self.start > 0 {
-            self.buf.drain(..self.start);
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
+        }
+        if self.buf.len() < self.end + more {
+            self.buf.resize(self.end + more, 0);
         }
     }
 }
@@ -273,6 +288,39 @@ mod tests {
     }
 
     proptest! {
+        /// However the bytes arrive (in chunks of any size, through `extend` or `read_from`),
+        /// the lines are those of the whole text, and what follows the last line end stays
+        /// partial.
+        #[test]
+        fn lines_do_not_depend_on_how_the_bytes_arrive(
+            text in "[a-c\\n]{0,300}",
+            chunks in proptest::collection::vec(1usize..40, 1..40),
+            through_read in any::<bool>(),
+        ) {
+            let bytes = text.as_bytes();
+            let mut b = LineBuffer::new(1000);
+            let mut got = Vec::new();
+            let (mut at, mut i) = (0, 0);
+            while at < bytes.len() {
+                let n = chunks[i % chunks.len()].min(bytes.len() - at);
+                if through_read {
+                    let mut piece = &bytes[at..at + n];
+                    prop_assert_eq!(b.read_from(&mut piece).unwrap(), n);
+                } else {
+                    b.extend(&bytes[at..at + n]);
+                }
+                while let Some(line) = b.next_line().unwrap() {
+                    got.push(line);
+                }
+                at += n;
+                i += 1;
+            }
+            let mut want: Vec<&str> = text.split('\n').collect();
+            let rest = want.pop().unwrap_or("");
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(b.partial(), rest.as_bytes());
+        }
+
         #[test]
         fn any_bytes_in_any_chunks_never_panic(
             bytes in proptest::collection::vec(any::<u8>(), 0..512),
