@@ -440,7 +440,15 @@ fn chains_stop_at_seven_entries_and_the_file_stays_as_it_was() {
     assert_eq!(chain_len(entry(&file.json(), top)), 7);
     let before = file.contents();
     let out = file.run(&["catalog", "install", "trace", "--over", &top.to_string()]);
-    assert_fails(&out, 1, &["MAX_PROTOCOL_CHAIN", "WSAEINVAL 10022"]);
+    assert_fails(
+        &out,
+        1,
+        &[
+            "error[catalog-change-refused]",
+            "MAX_PROTOCOL_CHAIN",
+            "WSAEINVAL 10022",
+        ],
+    );
     assert_eq!(file.contents(), before);
 }
 
@@ -452,7 +460,12 @@ fn bad_installs_fail_clearly_and_change_nothing() {
     assert_fails(
         &out,
         1,
-        &["\"magic\"", "trace, policy, fault", "WSAEINVAL 10022"],
+        &[
+            "error[catalog-change-refused]",
+            "\"magic\"",
+            "trace, policy, fault",
+            "WSAEINVAL 10022",
+        ],
     );
     assert_eq!(file.contents(), None);
 
@@ -509,7 +522,11 @@ fn install_refuses_a_setting_the_layer_does_not_take_naming_the_valid_keys() {
         "--set",
         "fail.conect=10050",
     ]);
-    let mut needles = vec!["\"fail.conect\"", "WSAEINVAL 10022"];
+    let mut needles = vec![
+        "error[invalid-layer-setting]",
+        "\"fail.conect\"",
+        "WSAEINVAL 10022",
+    ];
     needles.extend(FAULT_KEYS);
     assert_fails(&out, 1, &needles);
     assert_eq!(file.contents(), None, "a refused install writes nothing");
@@ -572,7 +589,12 @@ fn a_hand_edited_setting_is_refused_when_the_catalog_is_read() {
     let edited = good.replace("\"fail.connect\"", "\"fail.conect\"");
     std::fs::write(file.path(), &edited).expect("write");
     let shown = file.path().display().to_string();
-    let mut needles = vec![shown.as_str(), "\"fail.conect\"", "WSAEINVAL 10022"];
+    let mut needles = vec![
+        "error[invalid-layer-setting]",
+        shown.as_str(),
+        "\"fail.conect\"",
+        "WSAEINVAL 10022",
+    ];
     needles.extend(FAULT_KEYS);
     for args in [
         &["catalog"][..],
@@ -636,9 +658,25 @@ fn removing_a_base_entry_or_an_unknown_id_is_refused() {
     file.install(&["trace", "--over", "1001"]);
     let before = file.contents();
     let out = file.run(&["catalog", "remove", "1001"]);
-    assert_fails(&out, 1, &["built-in", "WSAEINVAL 10022"]);
+    assert_fails(
+        &out,
+        1,
+        &[
+            "error[catalog-change-refused]",
+            "built-in",
+            "WSAEINVAL 10022",
+        ],
+    );
     let out = file.run(&["catalog", "remove", "4242"]);
-    assert_fails(&out, 1, &["no entry 4242", "WSAEINVAL 10022"]);
+    assert_fails(
+        &out,
+        1,
+        &[
+            "error[catalog-change-refused]",
+            "no entry 4242",
+            "WSAEINVAL 10022",
+        ],
+    );
     let out = file.run(&["catalog", "remove", "-5"]);
     assert_fails(&out, 2, &[]);
     assert_eq!(file.contents(), before);

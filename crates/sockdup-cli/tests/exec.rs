@@ -402,7 +402,7 @@ fn concurrent_takeovers_one_wins_and_a_signal_before_ready_aborts() {
     assert_eq!(second.exits().code(), Some(1));
     let log = second.log();
     assert!(
-        log.contains("one takeover at a time") && log.contains("10036"),
+        log.contains("error[takeover-in-progress]") && log.contains("one takeover at a time"),
         "{log}"
     );
     assert!(old.exits().success(), "{}", old.log());
