@@ -8,7 +8,12 @@
 //!
 //! [`LineBuffer`] is sans-I/O (bytes in, lines out), for event loops that read whatever is ready;
 //! [`LineReader`] wraps any [`Read`] for code that blocks.
+//!
+//! An error crosses every line protocol the same way, as the line part [`ErrorReport`]
+//! (`CODE KIND [MESSAGE]`), rebuilt on the other side with [`Error::remote`].
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{self, Read};
 
 use crate::error::{Error, ErrorKind};
@@ -34,6 +39,151 @@ pub trait LineMessage: Sized {
         self.encode_into(&mut out);
         out
     }
+}
+
+/// The longest message an [`ErrorReport`] carries: 16 KiB, so that a report stays well inside
+/// [`MAX_LINE`] even when its message lists a thousand listener names. [`ErrorReport::of`] cuts
+/// a longer one at a character boundary, ending it in `...`; [`ErrorReport::parse`] refuses one.
+pub const MAX_REPORT_MESSAGE: usize = MAX_LINE / 4;
+
+/// An error as it crosses a line protocol, from one process to another: the line part
+/// `CODE KIND [MESSAGE]` (the Winsock code in decimal, the kind's stable
+/// [`name`](ErrorKind::name), the message on one line), the same in every sockdup line protocol
+/// (handoff `fail` and `error`, takeover `error`, demo `err`, the test peer's `err`).
+///
+/// [`of`](Self::of) makes the report of an error, [`encode_into`](Self::encode_into) writes it,
+/// [`parse`](Self::parse) reads it back and [`to_error`](Self::to_error) rebuilds the error
+/// with [`Error::remote`]: a kind this build does not know (or whose code disagrees) arrives as
+/// [`ErrorKind::Remote`] with its code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReport {
+    /// [`ErrorKind::name`] of the error (a token of `a-z`, `0-9` and `-`).
+    pub kind: String,
+    /// [`Error::code`].
+    pub code: i32,
+    /// [`Error::message`] on one line, at most [`MAX_REPORT_MESSAGE`] bytes.
+    pub message: String,
+}
+
+impl ErrorReport {
+    /// The report of `error`: its kind's name, its code, and its message made one line (control
+    /// characters become spaces, surrounding spaces are dropped) and cut to
+    /// [`MAX_REPORT_MESSAGE`] bytes at a character boundary (ending in `...`).
+    pub fn of(error: &Error) -> Self {
+        Self {
+            kind: error.kind().name().to_owned(),
+            code: error.code(),
+            message: one_bounded_line(error.message()).trim().to_owned(),
+        }
+    }
+
+    /// The error reported, as this process's [`Error`] ([`Error::remote`]).
+    pub fn to_error(&self) -> Error {
+        Error::remote(&self.kind, self.code, self.message.clone())
+    }
+
+    /// Appends `CODE KIND[ MESSAGE]` to `out` (no line end). A message that is not one bounded
+    /// line (a report not made by [`of`](Self::of) or [`parse`](Self::parse)) is made one.
+    pub fn encode_into(&self, out: &mut String) {
+        let _ = write!(out, "{} {}", self.code, self.kind);
+        if !self.message.is_empty() {
+            out.push(' ');
+            out.push_str(&one_bounded_line(&self.message));
+        }
+    }
+
+    /// Parses `CODE KIND [MESSAGE]`: a decimal code (digits, a leading `-` at most), a kind name
+    /// (1 to 64 of `a-z`, `0-9`, `-`), and a message of at most [`MAX_REPORT_MESSAGE`] bytes
+    /// without control characters.
+    ///
+    /// # Errors
+    /// [`ErrorKind::ProtocolViolation`] naming what is wrong.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let bad = |what: &str| {
+            Error::new(
+                ErrorKind::ProtocolViolation,
+                format!("expected an error as `CODE KIND [MESSAGE]`: {what}"),
+            )
+        };
+        let mut w = text.splitn(3, ' ');
+        let code = w
+            .next()
+            .and_then(|c| number::<i32>(c, true))
+            .ok_or_else(|| bad("the error code is not a decimal number"))?;
+        let kind = w
+            .next()
+            .filter(|k| is_kind_name(k))
+            .ok_or_else(|| bad("the error kind is not a kind's name (a-z, 0-9, -)"))?;
+        let message = w.next().unwrap_or("");
+        if message.len() > MAX_REPORT_MESSAGE {
+            return Err(bad(&format!(
+                "the error message is longer than {MAX_REPORT_MESSAGE} bytes"
+            )));
+        }
+        if message.chars().any(char::is_control) {
+            return Err(bad("the error message holds a control character"));
+        }
+        Ok(Self {
+            kind: kind.to_owned(),
+            code,
+            message: message.to_owned(),
+        })
+    }
+}
+
+impl From<&Error> for ErrorReport {
+    fn from(error: &Error) -> Self {
+        Self::of(error)
+    }
+}
+
+/// `message` with each control character as a space, cut at a character boundary to
+/// [`MAX_REPORT_MESSAGE`] bytes (ending in `...` where cut).
+fn one_bounded_line(message: &str) -> Cow<'_, str> {
+    const CUT: &str = "...";
+    if message.len() <= MAX_REPORT_MESSAGE && !message.chars().any(char::is_control) {
+        return Cow::Borrowed(message);
+    }
+    let cut = message.len() > MAX_REPORT_MESSAGE;
+    let room = if cut {
+        MAX_REPORT_MESSAGE - CUT.len()
+    } else {
+        MAX_REPORT_MESSAGE
+    };
+    let mut out = String::with_capacity(MAX_REPORT_MESSAGE.min(message.len()));
+    for c in message.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > room {
+            break;
+        }
+        out.push(c);
+    }
+    if cut {
+        out.push_str(CUT);
+    }
+    Cow::Owned(out)
+}
+
+/// Whether `text` can be a kind's name: 1 to 64 of `a-z`, `0-9` and `-`.
+fn is_kind_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A decimal number of only ASCII digits (and a leading `-` if `signed`): no `+`, no spaces.
+pub(crate) fn number<T: std::str::FromStr>(text: &str, signed: bool) -> Option<T> {
+    let digits = if signed {
+        text.strip_prefix('-').unwrap_or(text)
+    } else {
+        text
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// Bytes in, bounded lines out.
@@ -285,6 +435,141 @@ mod tests {
             r.read_line().unwrap_err().kind(),
             ErrorKind::ProtocolViolation
         );
+    }
+
+    fn report() -> ErrorReport {
+        ErrorReport::of(&Error::new(
+            ErrorKind::AlreadyRedeemed,
+            "this record was already redeemed",
+        ))
+    }
+
+    fn encoded(r: &ErrorReport) -> String {
+        let mut out = String::new();
+        r.encode_into(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_report_round_trips_and_rebuilds_the_error_with_its_kind_and_code() {
+        let r = report();
+        assert_eq!(
+            encoded(&r),
+            "10022 already-redeemed this record was already redeemed"
+        );
+        assert_eq!(ErrorReport::parse(&encoded(&r)).unwrap(), r);
+        let e = r.to_error();
+        assert_eq!(e.kind(), ErrorKind::AlreadyRedeemed);
+        assert_eq!(e.code(), 10022);
+        assert_eq!(e.message(), "this record was already redeemed");
+        for kind in ErrorKind::ALL.iter().copied() {
+            let e = Error::with_code(kind, kind.code().unwrap_or(-7), "x");
+            let back = ErrorReport::parse(&encoded(&ErrorReport::of(&e)))
+                .unwrap()
+                .to_error();
+            assert_eq!((back.kind(), back.code()), (kind, e.code()), "{kind:?}");
+        }
+        let bare = ErrorReport {
+            kind: "injected".into(),
+            code: -5,
+            message: String::new(),
+        };
+        assert_eq!(encoded(&bare), "-5 injected");
+        assert_eq!(ErrorReport::parse("-5 injected").unwrap(), bare);
+        assert_eq!(ErrorReport::from(&r.to_error()), r);
+    }
+
+    #[test]
+    fn an_unknown_kind_or_a_kind_with_another_code_arrives_as_remote_with_its_code() {
+        let unknown = ErrorReport::parse("10055 from-a-newer-build x").unwrap();
+        let e = unknown.to_error();
+        assert_eq!(
+            (e.kind(), e.code(), e.message()),
+            (ErrorKind::Remote, 10055, "x")
+        );
+        let e = ErrorReport::parse("1 unknown-listener no")
+            .unwrap()
+            .to_error();
+        assert_eq!((e.kind(), e.code()), (ErrorKind::Remote, 1));
+    }
+
+    #[test]
+    fn a_report_is_one_bounded_line() {
+        let long = format!("  two\nlines\tand\r {}", "é".repeat(MAX_REPORT_MESSAGE));
+        let r = ErrorReport::of(&Error::new(ErrorKind::Os, long));
+        assert!(r.message.len() <= MAX_REPORT_MESSAGE, "{}", r.message.len());
+        assert!(r.message.starts_with("two lines and  é"), "{}", r.message);
+        assert!(r.message.ends_with("é..."), "cut at a character boundary");
+        assert_eq!(ErrorReport::parse(&encoded(&r)).unwrap(), r);
+        assert!(encoded(&r).len() < MAX_LINE);
+        let r = ErrorReport::of(&Error::new(ErrorKind::Os, "a\u{1}b\u{85}c\n"));
+        assert_eq!(r.message, "a b c");
+        // A report built by hand is still written as one bounded line.
+        let by_hand = ErrorReport {
+            message: format!("x\ny{}", "z".repeat(2 * MAX_REPORT_MESSAGE)),
+            ..report()
+        };
+        let line = encoded(&by_hand);
+        assert!(!line.contains('\n') && line.ends_with("z..."), "{line:.40}");
+        assert!(ErrorReport::parse(&line).unwrap().message.len() <= MAX_REPORT_MESSAGE);
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_violation_naming_what_is_wrong() {
+        for (bad, what) in [
+            ("", "code"),
+            ("x invalid-argument", "code"),
+            ("+1 invalid-argument", "code"),
+            (" 1 invalid-argument", "code"),
+            ("1.0 invalid-argument", "code"),
+            ("99999999999 invalid-argument", "code"),
+            ("10022", "kind"),
+            ("10022 ", "kind"),
+            ("10022  invalid-argument", "kind"),
+            ("10022 Not-A-Kind", "kind"),
+            ("10022 not_a_kind m", "kind"),
+            (&format!("10022 {}", "k".repeat(65)), "kind"),
+            ("10022 invalid-argument two\tfields", "control"),
+            (
+                &format!("10022 os {}", "m".repeat(MAX_REPORT_MESSAGE + 1)),
+                "longer",
+            ),
+        ] {
+            let e = ErrorReport::parse(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ProtocolViolation, "{bad:?}: {e}");
+            assert!(e.message().contains(what), "{bad:?}: {e}");
+        }
+        let most = format!("10022 os {}", "m".repeat(MAX_REPORT_MESSAGE));
+        assert_eq!(
+            ErrorReport::parse(&most).unwrap().message.len(),
+            MAX_REPORT_MESSAGE
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_a_report_never_panics(text in "\\PC{0,200}", near in "-?[0-9]{1,12} [a-zA-Z_-]{0,8}[ -~\t]{0,40}") {
+            let _ = ErrorReport::parse(&text);
+            if let Ok(r) = ErrorReport::parse(&near) {
+                prop_assert_eq!(ErrorReport::parse(&encoded(&r)).unwrap(), r);
+            }
+        }
+
+        #[test]
+        fn any_error_crosses_as_one_line_with_its_kind_and_code(
+            kind in prop::sample::select(ErrorKind::ALL.to_vec()),
+            code in any::<i32>(),
+            message in "\\PC{0,300}|[\\x00-\\x{ff}]{0,100}",
+        ) {
+            let e = Error::with_code(kind, kind.code().unwrap_or(code), message);
+            let r = ErrorReport::of(&e);
+            let line = encoded(&r);
+            prop_assert!(!line.chars().any(char::is_control), "{:?}", line);
+            let back = ErrorReport::parse(&line).unwrap();
+            prop_assert_eq!(&back, &r);
+            let back = back.to_error();
+            prop_assert_eq!((back.kind(), back.code()), (kind, e.code()));
+        }
     }
 
     proptest! {

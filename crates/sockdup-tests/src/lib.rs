@@ -23,7 +23,7 @@ pub mod util;
 pub const MAX_LINE: usize = 4 * 1024 * 1024;
 
 use sockdup::{Error, ErrorKind};
-use sockdup_core::line::LineMessage;
+use sockdup_core::line::{ErrorReport, LineMessage};
 
 macro_rules! verbs {
     ($($variant:ident = $name:literal,)*) => {
@@ -203,40 +203,16 @@ impl LineMessage for Command {
     }
 }
 
-/// An `err` answer: the Winsock code, the kind's name and the message of an [`Error`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    /// The Winsock error number.
-    pub code: i32,
-    /// The stable name of the error's kind (`already-redeemed`).
-    pub kind: String,
-    /// The message, without the code.
-    pub message: String,
-}
-
-impl Failure {
-    /// The error as another process sees it ([`Error::remote`]).
-    pub fn to_error(&self) -> Error {
-        Error::remote(&self.kind, self.code, self.message.clone())
-    }
-}
-
-impl From<&Error> for Failure {
-    fn from(e: &Error) -> Self {
-        Self {
-            code: e.code(),
-            kind: e.kind().name().to_owned(),
-            message: e.message().to_owned(),
-        }
-    }
-}
+/// An `err` answer: the Winsock code, the kind's name and the message of an [`Error`], as every
+/// sockdup line protocol carries an error (`CODE KIND [MESSAGE]`, one line, bounded).
+pub type Failure = ErrorReport;
 
 /// The peer's answer to one command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
     /// `ok [VALUE]`: the command succeeded.
     Ok(String),
-    /// `err CODE KIND MESSAGE`: the command failed.
+    /// `err CODE KIND [MESSAGE]`: the command failed.
     Err(Failure),
 }
 
@@ -258,12 +234,8 @@ impl LineMessage for Answer {
                 out.push_str(&one_line(value));
             }
             Self::Err(f) => {
-                out.push_str(&format!(
-                    "err {} {} {}",
-                    f.code,
-                    f.kind,
-                    one_line(&f.message)
-                ));
+                out.push_str("err ");
+                f.encode_into(out);
             }
         }
         out.push('\n');
@@ -271,12 +243,13 @@ impl LineMessage for Answer {
 
     /// # Errors
     /// [`ErrorKind::ProtocolViolation`] for anything but `ok [VALUE]` or
-    /// `err CODE KIND MESSAGE` with a numeric code and a kind name of `a-z0-9-`.
+    /// `err CODE KIND [MESSAGE]` (an [`ErrorReport`]: a numeric code, a kind name of `a-z0-9-`,
+    /// a bounded message).
     fn parse(line: &str) -> Result<Self, Error> {
-        let violation = || {
+        let violation = |why: &str| {
             Error::new(
                 ErrorKind::ProtocolViolation,
-                format!("{:?} is not a peer answer", abbreviate(line, 80)),
+                format!("{:?} is not a peer answer: {why}", abbreviate(line, 80)),
             )
         };
         if line == "ok" {
@@ -285,30 +258,13 @@ impl LineMessage for Answer {
         if let Some(value) = line.strip_prefix("ok ") {
             return Ok(Self::Ok(value.to_owned()));
         }
-        let rest = line.strip_prefix("err ").ok_or_else(violation)?;
-        let mut parts = rest.splitn(3, ' ');
-        let code = parts
-            .next()
-            .and_then(|c| c.parse::<i32>().ok())
-            .ok_or_else(violation)?;
-        let kind = parts
-            .next()
-            .filter(|k| is_kind_name(k))
-            .ok_or_else(violation)?;
-        Ok(Self::Err(Failure {
-            code,
-            kind: kind.to_owned(),
-            message: parts.next().unwrap_or("").to_owned(),
-        }))
+        let rest = line
+            .strip_prefix("err ")
+            .ok_or_else(|| violation("expected `ok [VALUE]` or `err CODE KIND [MESSAGE]`"))?;
+        ErrorReport::parse(rest)
+            .map(Self::Err)
+            .map_err(|e| violation(e.message()))
     }
-}
-
-/// Whether `word` can be a kind's name: `a-z`, `0-9` and `-`, not empty.
-fn is_kind_name(word: &str) -> bool {
-    !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// `text` on one line: line breaks become spaces.

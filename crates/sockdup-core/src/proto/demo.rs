@@ -15,7 +15,7 @@
 //! | `quit` | [`Request::Quit`]: exit with status 0 |
 //! | `log <text>` | [`Reply::Log`] |
 //! | `ok [<result>]` | [`Reply::Ok`]: the request's answer |
-//! | `err <code> <kind> <message>` | [`Reply::Err`]: a sockdup error, with its Winsock code and its kind's [`name`](ErrorKind::name) |
+//! | `err <code> <kind> [<message>]` | [`Reply::Err`]: a sockdup error, with its Winsock code and its kind's [`name`](ErrorKind::name) (an [`ErrorReport`]) |
 //! | `fail <message>` | [`Reply::Failed`]: a check of the demo that did not hold |
 //!
 //! A malformed line is an [`ErrorKind::ProtocolViolation`] (a record that does not decode: the
@@ -27,7 +27,7 @@
 use std::fmt::Write as _;
 
 use crate::error::{Error, ErrorKind};
-use crate::line::LineMessage;
+use crate::line::{ErrorReport, LineMessage};
 use crate::wire::ProtocolInfo;
 
 /// A request of the source to the target.
@@ -139,8 +139,8 @@ pub enum Reply {
     Log(String),
     /// `ok [<result>]`: the answer to the current request (may be empty).
     Ok(String),
-    /// `err <code> <kind> <message>`: the request failed with a sockdup error; parsed back
-    /// with [`Error::remote`], so the kind survives the trip.
+    /// `err <code> <kind> [<message>]`: the request failed with a sockdup error; sent as its
+    /// [`ErrorReport`] and parsed back with [`Error::remote`], so the kind survives the trip.
     Err(Error),
     /// `fail <message>`: the request failed a check of the demo (no sockdup error).
     Failed(String),
@@ -159,8 +159,8 @@ impl LineMessage for Reply {
                 push_text(out, text);
             }
             Self::Err(e) => {
-                let _ = write!(out, "err {} {} ", e.code(), e.kind().name());
-                push_text(out, e.message());
+                out.push_str("err ");
+                ErrorReport::of(e).encode_into(out);
             }
             Self::Failed(text) => {
                 out.push_str("fail ");
@@ -171,31 +171,17 @@ impl LineMessage for Reply {
     }
 
     /// # Errors
-    /// [`ErrorKind::ProtocolViolation`] for anything else, including an `err` line without a
-    /// numeric code or a kind name.
+    /// [`ErrorKind::ProtocolViolation`] for anything else, including an `err` line that is not
+    /// an [`ErrorReport`] (a numeric code, a kind name, a bounded message).
     fn parse(line: &str) -> Result<Self, Error> {
         let (word, rest) = split(line);
         match (word, rest) {
             ("log", Some(text)) => Ok(Self::Log(text.to_owned())),
             ("ok", text) => Ok(Self::Ok(text.unwrap_or("").to_owned())),
             ("fail", Some(text)) => Ok(Self::Failed(text.to_owned())),
-            ("err", Some(rest)) => {
-                let mut parts = rest.splitn(3, ' ');
-                let code = parts.next().and_then(|c| c.parse::<i32>().ok());
-                let kind = parts.next().filter(|k| is_kind_name(k));
-                match (code, kind) {
-                    (Some(code), Some(kind)) => Ok(Self::Err(Error::remote(
-                        kind,
-                        code,
-                        parts.next().unwrap_or(""),
-                    ))),
-                    _ => Err(violation(
-                        "answer",
-                        line,
-                        "an error needs a code and a kind",
-                    )),
-                }
-            }
+            ("err", Some(rest)) => ErrorReport::parse(rest)
+                .map(|r| Self::Err(r.to_error()))
+                .map_err(|e| violation("answer", line, e.message())),
             _ => Err(violation("answer", line, "unknown answer")),
         }
     }
@@ -207,14 +193,6 @@ fn split(line: &str) -> (&str, Option<&str>) {
         Some((word, rest)) => (word, Some(rest)),
         None => (line, None),
     }
-}
-
-/// Whether `word` can be a kind's name: `a-z`, `0-9` and `-`, not empty.
-fn is_kind_name(word: &str) -> bool {
-    !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Appends `text` with each line break as a space.

@@ -22,12 +22,12 @@
 use std::fmt::Write as _;
 
 use crate::error::{Error, ErrorKind};
-use crate::line::LineMessage;
+use crate::line::{LineMessage, number};
 use crate::wire::ProtocolInfo;
 
-/// The longest message text an [`ErrorReport`] carries (longer ones are cut at a character
-/// boundary), so that a report always fits in a line.
-pub const MAX_REPORT_MESSAGE: usize = 1024;
+/// The error of a `fail` or `error` line: the one [`ErrorReport`] of every line protocol
+/// (`CODE KIND [MESSAGE]`).
+pub use crate::line::ErrorReport;
 
 /// A line from the acceptor to a worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,82 +39,6 @@ pub enum ToWorker {
         /// The duplicate's record.
         record: ProtocolInfo,
     },
-}
-
-/// An error one side reports to the other: its kind's stable name, its Winsock code, and its
-/// message (one line, at most [`MAX_REPORT_MESSAGE`] bytes). Rebuilt on the receiving side with
-/// [`ErrorReport::to_error`] ([`Error::remote`]), so a kind this build does not know arrives as
-/// [`ErrorKind::Remote`] with its code.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ErrorReport {
-    /// [`ErrorKind::name`] of the error (a token of `a-z`, `0-9` and `-`).
-    pub kind: String,
-    /// [`Error::code`].
-    pub code: i32,
-    /// [`Error::message`], on one line.
-    pub message: String,
-}
-
-impl ErrorReport {
-    /// The report of `error`: its kind's name, its code, and its message made one line (control
-    /// characters become spaces) and cut to [`MAX_REPORT_MESSAGE`] bytes.
-    pub fn of(error: &Error) -> Self {
-        let mut message: String = error
-            .message()
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        if message.len() > MAX_REPORT_MESSAGE {
-            let mut end = MAX_REPORT_MESSAGE;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-        }
-        Self {
-            kind: error.kind().name().to_owned(),
-            code: error.code(),
-            message: message.trim().to_owned(),
-        }
-    }
-
-    /// The error reported, as this process's [`Error`] ([`Error::remote`]).
-    pub fn to_error(&self) -> Error {
-        Error::remote(&self.kind, self.code, self.message.clone())
-    }
-
-    fn encode_fields(&self, out: &mut String) {
-        let _ = write!(out, "{} {}", self.code, self.kind);
-        if !self.message.is_empty() {
-            out.push(' ');
-            out.push_str(&self.message);
-        }
-    }
-
-    /// Parses `CODE KIND [MESSAGE]`.
-    fn parse_fields(line: &str, text: &str) -> Result<Self, Error> {
-        let mut w = text.splitn(3, ' ');
-        let code = w
-            .next()
-            .and_then(|c| number::<i32>(c, true))
-            .ok_or_else(|| violation(line, "the error code is not a number"))?;
-        let kind = w
-            .next()
-            .filter(|k| is_kind_name(k))
-            .ok_or_else(|| violation(line, "the error kind is not a kind's name"))?;
-        let message = w.next().unwrap_or("");
-        if message.len() > MAX_REPORT_MESSAGE || message.chars().any(char::is_control) {
-            return Err(violation(
-                line,
-                "the error message is too long or not one line",
-            ));
-        }
-        Ok(Self {
-            kind: kind.to_owned(),
-            code,
-            message: message.to_owned(),
-        })
-    }
 }
 
 /// A line from a worker to the acceptor.
@@ -173,13 +97,13 @@ impl LineMessage for FromWorker {
             Self::Redeemed(id) => write!(out, "ok {id}"),
             Self::Failed { id, error } => {
                 let _ = write!(out, "fail {id} ");
-                error.encode_fields(out);
+                error.encode_into(out);
                 Ok(())
             }
             Self::Done(id) => write!(out, "done {id}"),
             Self::Error(error) => {
                 out.push_str("error ");
-                error.encode_fields(out);
+                error.encode_into(out);
                 Ok(())
             }
         };
@@ -207,10 +131,10 @@ impl LineMessage for FromWorker {
                     .ok_or_else(|| violation(line, "the connection id is not a number"))?;
                 Ok(Self::Failed {
                     id,
-                    error: ErrorReport::parse_fields(line, fields)?,
+                    error: parse_report(line, fields)?,
                 })
             }
-            "error" => ErrorReport::parse_fields(line, rest).map(Self::Error),
+            "error" => parse_report(line, rest).map(Self::Error),
             _ => Err(violation(
                 line,
                 "expected one of `pid`, `ok`, `fail`, `done`, `error`",
@@ -219,25 +143,9 @@ impl LineMessage for FromWorker {
     }
 }
 
-/// A decimal number of only ASCII digits (and a leading `-` if `signed`): no `+`, no spaces.
-fn number<T: std::str::FromStr>(text: &str, signed: bool) -> Option<T> {
-    let digits = if signed {
-        text.strip_prefix('-').unwrap_or(text)
-    } else {
-        text
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
-fn is_kind_name(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 64
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+/// The [`ErrorReport`] `text` of `line`.
+fn parse_report(line: &str, text: &str) -> Result<ErrorReport, Error> {
+    ErrorReport::parse(text).map_err(|e| violation(line, e.message()))
 }
 
 /// A [`ProtocolViolation`](ErrorKind::ProtocolViolation) naming the line (its start) and what
@@ -317,34 +225,6 @@ mod tests {
             }
             .encode(),
             "fail 3 10022 already-redeemed this record was already redeemed\n"
-        );
-    }
-
-    #[test]
-    fn a_report_rebuilds_the_error_with_its_kind_and_code() {
-        let e = report().to_error();
-        assert_eq!(e.kind(), ErrorKind::AlreadyRedeemed);
-        assert_eq!(e.code(), 10022);
-        assert_eq!(e.message(), "this record was already redeemed");
-        let unknown = ErrorReport {
-            kind: "from-a-newer-build".into(),
-            code: 10055,
-            message: "x".into(),
-        };
-        let e = unknown.to_error();
-        assert_eq!((e.kind(), e.code()), (ErrorKind::Remote, 10055));
-    }
-
-    #[test]
-    fn a_report_is_one_bounded_line() {
-        let long = format!("two\nlines and {}", "é".repeat(MAX_REPORT_MESSAGE));
-        let r = ErrorReport::of(&Error::new(ErrorKind::Os, long));
-        assert!(r.message.len() <= MAX_REPORT_MESSAGE);
-        assert!(r.message.starts_with("two lines"), "{}", r.message);
-        let line = FromWorker::Error(r.clone()).encode();
-        assert_eq!(
-            FromWorker::parse(line.trim_end_matches('\n')).unwrap(),
-            FromWorker::Error(r)
         );
     }
 

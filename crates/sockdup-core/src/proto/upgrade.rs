@@ -15,13 +15,13 @@
 //!
 //! [`ToOld`] is what the new process sends, [`ToNew`] what the old one answers; both implement
 //! [`LineMessage`] and are read with [`LineReader`](crate::line::LineReader) bounded by
-//! [`MAX_LINE`]. A line either side cannot parse ends the takeover at once:
+//! [`MAX_LINE`](crate::line::MAX_LINE). A line either side cannot parse ends the takeover at once:
 //! the old process answers it with an `error` line of kind
 //! [`ProtocolViolation`](ErrorKind::ProtocolViolation) and closes the session (it keeps
 //! serving); the new process sends `abort` and reports the violation.
 
 use crate::error::{Error, ErrorKind};
-use crate::line::{LineMessage, MAX_LINE};
+use crate::line::{ErrorReport, LineMessage};
 use crate::wire::ProtocolInfo;
 
 /// The protocol version this build speaks.
@@ -29,10 +29,6 @@ pub const VERSION: u32 = 1;
 
 /// The longest listener name, as for systemd's `FileDescriptorName=`.
 pub const MAX_NAME_LEN: usize = 255;
-
-/// The longest refusal message sent: a line stays well within [`MAX_LINE`] even when a message
-/// lists a thousand listener names (a longer one is cut, ending in `...`).
-pub const MAX_MESSAGE_LEN: usize = MAX_LINE / 4;
 
 /// Checks that `name` can name a listener: 1 to 255 ASCII letters, digits, `.`, `_` or `-`
 /// (a name travels in `LISTEN_FDNAMES`, where `:` separates names, and in this protocol's
@@ -117,34 +113,10 @@ pub enum ToNew {
     Refused(Refusal),
 }
 
-/// An error as it crosses from the old process to the new one: its kind, Winsock code and
-/// message ([`Refusal::of`] one way, [`Refusal::to_error`] the other).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    /// Why; [`ErrorKind::Remote`] for a kind this build does not know.
-    pub kind: ErrorKind,
-    /// The Winsock error number.
-    pub code: i32,
-    /// What went wrong: one line, at most [`MAX_MESSAGE_LEN`] bytes when sent.
-    pub message: String,
-}
-
-impl Refusal {
-    /// The refusal that carries `e`.
-    pub fn of(e: &Error) -> Self {
-        Self {
-            kind: e.kind(),
-            code: e.code(),
-            message: e.message().to_owned(),
-        }
-    }
-
-    /// The error the refusal carries, as the receiving process's ([`Error::remote`]: the same
-    /// kind and code).
-    pub fn to_error(&self) -> Error {
-        Error::remote(self.kind.name(), self.code, self.message.clone())
-    }
-}
+/// An error as it crosses from the old process to the new one (`error CODE KIND MESSAGE`): the
+/// one [`ErrorReport`] of every line protocol ([`Refusal::of`] one way, [`Refusal::to_error`]
+/// the other).
+pub type Refusal = ErrorReport;
 
 fn violation(what: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::ProtocolViolation, what.to_string())
@@ -223,16 +195,15 @@ impl LineMessage for ToNew {
             Self::Done => out.push_str("done"),
             Self::Aborted => out.push_str("aborted"),
             Self::Refused(r) => {
-                out.push_str(&format!("error {} {} ", r.code, r.kind.name()));
-                push_message(out, &r.message);
+                out.push_str("error ");
+                r.encode_into(out);
             }
         }
         out.push('\n');
     }
 
     /// Parses a line (without its newline). An `error` line whose kind this build does not
-    /// know (or that names none) keeps all its text as the message, of kind
-    /// [`ErrorKind::Remote`].
+    /// know becomes, with [`Refusal::to_error`], an error of kind [`ErrorKind::Remote`].
     ///
     /// # Errors
     /// [`ErrorKind::ProtocolViolation`] naming what is wrong.
@@ -253,38 +224,15 @@ impl LineMessage for ToNew {
             ("offered", "") => Ok(Self::Offered),
             ("done", "") => Ok(Self::Done),
             ("aborted", "") => Ok(Self::Aborted),
-            ("error", rest) => {
-                let (code, rest) = rest.split_once(' ').unwrap_or((rest, ""));
-                let code = code.parse::<i32>().map_err(|_| not_a_line(line))?;
-                let (name, message) = rest.split_once(' ').unwrap_or((rest, ""));
-                let (kind, message) = match ErrorKind::from_name(name) {
-                    Some(kind) => (kind, message),
-                    None => (ErrorKind::Remote, rest),
-                };
-                Ok(Self::Refused(Refusal {
-                    kind,
-                    code,
-                    message: message.to_owned(),
-                }))
-            }
+            ("error", rest) => Refusal::parse(rest).map(Self::Refused).map_err(|e| {
+                violation(format!(
+                    "{:?} is not a line of the sockdup takeover protocol: {}",
+                    truncate(line),
+                    e.message()
+                ))
+            }),
             _ => Err(not_a_line(line)),
         }
-    }
-}
-
-/// Appends `message` on one line (newlines become spaces), cut to [`MAX_MESSAGE_LEN`] bytes.
-fn push_message(out: &mut String, message: &str) {
-    let mut end = message.len().min(MAX_MESSAGE_LEN);
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    out.extend(
-        message[..end]
-            .chars()
-            .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
-    );
-    if end < message.len() {
-        out.push_str("...");
     }
 }
 
@@ -354,12 +302,12 @@ mod tests {
             ToNew::Done,
             ToNew::Aborted,
             ToNew::Refused(Refusal {
-                kind: ErrorKind::TakeoverInProgress,
+                kind: ErrorKind::TakeoverInProgress.name().into(),
                 code: WSAEINPROGRESS,
                 message: "busy with pid 7".into(),
             }),
             ToNew::Refused(Refusal {
-                kind: ErrorKind::Remote,
+                kind: ErrorKind::Remote.name().into(),
                 code: 10099,
                 message: String::new(),
             }),
@@ -388,37 +336,14 @@ mod tests {
         assert_eq!(back.kind(), ErrorKind::AlreadyHandedOver);
         assert_eq!(back.code(), WSAEINVAL);
         assert_eq!(back.message(), "handed to process 12 for good");
-        for kind in [
-            ErrorKind::UnknownListener,
-            ErrorKind::TakeoverInProgress,
-            ErrorKind::TakeoverNotPermitted,
-            ErrorKind::ProtocolViolation,
-        ] {
-            let e = Error::new(kind, "x");
-            let line = ToNew::Refused(Refusal::of(&e)).encode();
-            let ToNew::Refused(r) = ToNew::parse(line.trim_end()).unwrap() else {
-                panic!("{line}")
-            };
-            assert_eq!((r.to_error().kind(), r.to_error().code()), (kind, e.code()));
-        }
-        // A line without a kind (or with one this build does not know) keeps its text.
-        let ToNew::Refused(r) = ToNew::parse("error 10022 this server has no listener").unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(r.kind, ErrorKind::Remote);
-        assert_eq!(r.message, "this server has no listener");
-        assert_eq!(r.to_error().code(), WSAEINVAL);
-        // A kind whose code disagrees is not believed.
-        let ToNew::Refused(r) = ToNew::parse("error 1 unknown-listener no").unwrap() else {
-            panic!()
-        };
-        assert_eq!(r.to_error().kind(), ErrorKind::Remote);
-        // A message too long for a line is cut.
-        let long = Error::new(ErrorKind::UnknownListener, "n, ".repeat(MAX_LINE));
-        let line = ToNew::Refused(Refusal::of(&long)).encode();
-        assert!(line.len() < MAX_LINE, "{}", line.len());
-        assert!(line.ends_with("...\n"));
+        // A line without a kind is refused (a kind this build does not know arrives as
+        // `ErrorKind::Remote`, see `ErrorReport`).
+        let e = ToNew::parse("error 10022").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ProtocolViolation);
+        assert!(
+            e.message().contains("takeover protocol") && e.message().contains("kind"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -486,7 +411,7 @@ mod tests {
         ) {
             let take = ToOld::Take(names.into_iter().collect());
             prop_assert_eq!(ToOld::parse(take.encode().trim_end_matches('\n')).unwrap(), take);
-            let refused = ToNew::Refused(Refusal { kind: ErrorKind::Remote, code, message });
+            let refused = ToNew::Refused(Refusal { kind: "remote".into(), code, message });
             prop_assert_eq!(ToNew::parse(refused.encode().trim_end_matches('\n')).unwrap(), refused);
         }
     }
