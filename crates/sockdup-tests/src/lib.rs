@@ -83,6 +83,7 @@ verbs! {
     FdCount = "fdcount",
     Cloexec = "cloexec",
     Squat = "squat",
+    HoldInbox = "hold-inbox",
     Exit = "exit",
     SpiTcpConnect = "spi-tcp-connect",
     SpiDup = "spi-dup",

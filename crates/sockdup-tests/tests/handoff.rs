@@ -396,6 +396,40 @@ fn the_targets_policy_refuses_other_users_unless_allowed() {
     root_source.ok(&format!("dup {c2} {}", stranger.pid));
 }
 
+/// A process of a refused user cannot hold the target's descriptors: each of its connections
+/// gets the refusal at the inbox's door and is closed, and the target serves on.
+#[test]
+fn another_users_connections_are_refused_at_the_door_and_not_kept() {
+    if !util::is_root() {
+        eprintln!("skipped: starting a peer as another user needs root");
+        return;
+    }
+    let mut target = Peer::spawn(Some(""));
+    let mut stranger = Peer::spawn_as(65534, Some(""));
+    let before = target.fdcount();
+    assert_eq!(
+        stranger.ok(&format!("hold-inbox {} 300", target.pid)),
+        "300"
+    );
+    let settled = util::wait_until(Duration::from_secs(10), || {
+        let now = target.fdcount();
+        (now <= before + 2).then_some(now)
+    });
+    assert!(settled <= before + 2, "{before} -> {settled}");
+    // Its pushes are refused with the policy's reason, as before.
+    let (c, _remote) = connected(&mut stranger);
+    let e = stranger.fails(&format!("dup {c} {}", target.pid));
+    assert_eq!(e.kind, "refused-by-target", "{e:?}");
+    assert!(e.message.contains("uid 65534"), "{}", e.message);
+    // The same user still gets through.
+    let mut source = Peer::spawn(Some(""));
+    let (c, mut remote) = connected(&mut source);
+    let record = source.ok(&format!("dup {c} {}", target.pid));
+    let fd = target.ok(&format!("redeem {record}"));
+    target.ok(&format!("write {fd} still-serving"));
+    assert_eq!(read_some(&mut remote), "still-serving");
+}
+
 #[test]
 fn batches_larger_than_one_message_arrive_whole() {
     let mut source = Peer::spawn(Some(""));

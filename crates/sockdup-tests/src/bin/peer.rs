@@ -6,7 +6,8 @@
 //! `tcp-connect ADDR`, `udp-bind`, `unix-pair`, `pipe`, `dup IDX PID`, `dup-many IDX,IDX PID`,
 //! `redeem RECORD`, `redeem-many RECORD...`, `close IDX`, `write IDX TEXT`, `read IDX`, `accept IDX`, `keepalive IDX`,
 //! `set-keepalive IDX`, `nonblock IDX`, `set-nonblock IDX`, `udp-connect ADDR`, `fdcount`,
-//! `cloexec` (lists descriptors above 2 that are not close-on-exec), `squat PID`, `exit`; through the
+//! `cloexec` (lists descriptors above 2 that are not close-on-exec), `squat PID`, `hold-inbox PID N`
+//! (opens N raw connections to PID's inbox and keeps them), `exit`; through the
 //! catalog's chains: `spi-tcp-connect ADDR` (answers `IDX CATALOG_ID HANDLE`), `spi-dup IDX PID`,
 //! `spi-redeem RECORD`, `spi-send IDX TEXT`, `spi-recv IDX`, `spi-close IDX`, `spi-into-fd IDX`,
 //! `addr2str ADDR`, `str2addr TEXT`, `trace` (the trace layers' reports); upgrades:
@@ -39,6 +40,8 @@ struct Peer {
     next: usize,
     guard: Option<sockdup::Startup>,
     squat: Option<OwnedFd>,
+    /// Raw connections to another process's inbox (`hold-inbox`).
+    held: Vec<OwnedFd>,
     published: Option<sockdup::upgrade::Published>,
     takeover: Option<sockdup::upgrade::Takeover>,
 }
@@ -128,6 +131,7 @@ impl Peer {
             Verb::FdCount => fd_count(),
             Verb::Cloexec => inheritable(),
             Verb::Squat => self.squat(c),
+            Verb::HoldInbox => self.hold_inbox(c),
             Verb::SpiTcpConnect
             | Verb::SpiDup
             | Verb::SpiRedeem
@@ -312,6 +316,30 @@ impl Peer {
         rustix::net::listen(&fd, 16).map_err(os("listen"))?;
         self.squat = Some(fd);
         done()
+    }
+
+    /// `hold-inbox PID N`: opens N connections to the inbox of process PID, sends nothing, and
+    /// keeps them; answers how many the inbox has closed already (a refusal at its door).
+    fn hold_inbox(&mut self, c: &Command) -> Outcome {
+        let pid: u32 = c.parsed(0, "pid")?;
+        let n: usize = c.parsed(1, "count")?;
+        let name = match sockdup::inbox_address(pid) {
+            sockdup::InboxAddress::Abstract(n) => n,
+            other => return Err(refused(format!("cannot reach {other} by name"))),
+        };
+        let addr = SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(os("naming"))?;
+        for _ in 0..n {
+            let fd = rustix::net::socket_with(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC,
+                None,
+            )
+            .map_err(os("socket"))?;
+            rustix::net::connect(&fd, &addr).map_err(os("connect"))?;
+            self.held.push(fd);
+        }
+        Ok(self.held.len().to_string())
     }
 
     /// Calls through the catalog's chains: `spi-tcp-connect`, `spi-dup`, `spi-redeem`,

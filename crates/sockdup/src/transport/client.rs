@@ -84,7 +84,12 @@ impl Pool {
                 }
             };
             let err = match outcome {
-                Ok(reply) => return reply.into_result(),
+                Ok(reply) => match reply.into_result() {
+                    Ok(reply) => return Ok(reply),
+                    // The inbox's error. A refusal may have closed the connection (one at the
+                    // inbox's door does): the next request starts afresh.
+                    Err(e) => e,
+                },
                 Err(Failure::Closed) if !fresh && !retried => {
                     forget();
                     retried = true;
@@ -189,26 +194,35 @@ impl Pool {
 }
 
 fn exchange(fd: BorrowedFd<'_>, request: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Reply, Failure> {
-    if let Err(e) = sys::send_with_fds(fd, request, fds) {
-        return Err(match e {
-            Errno::PIPE | Errno::CONNRESET => Failure::Closed,
-            Errno::AGAIN => Failure::Timeout,
-            e => Failure::Os(e),
-        });
-    }
     let mut buf = [0u8; MAX_MESSAGE];
-    let received = loop {
-        match sys::recv_with_fds(fd, &mut buf) {
-            Err(Errno::INTR) => continue,
-            other => break other,
-        }
-    };
-    match received {
-        Ok(r) if r.len == 0 => Err(Failure::Closed),
-        // An inbox never sends descriptors; any that came are closed as `r` drops.
-        Ok(r) => Reply::decode(&buf[..r.len]).map_err(Failure::Malformed),
+    match sys::send_with_fds(fd, request, fds) {
+        Ok(()) => receive(fd, &mut buf),
+        // The inbox closed the connection; it may have said why first (a refusal at its door
+        // comes before any request): that answer, if there is one.
+        Err(Errno::PIPE | Errno::CONNRESET) => match receive(fd, &mut buf) {
+            Err(Failure::Timeout) => Err(Failure::Closed),
+            other => other,
+        },
         Err(Errno::AGAIN) => Err(Failure::Timeout),
-        Err(Errno::CONNRESET) => Err(Failure::Closed),
         Err(e) => Err(Failure::Os(e)),
+    }
+}
+
+/// Receives the inbox's reply.
+fn receive(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Reply, Failure> {
+    let mut reset = false;
+    loop {
+        match sys::recv_with_fds(fd, buf) {
+            Err(Errno::INTR) => {}
+            // A reset (the inbox closed with our request unread) is reported before what the
+            // inbox sent before closing: one more read gets its answer, if it gave one.
+            Err(Errno::CONNRESET) if !reset => reset = true,
+            Ok(r) if r.len == 0 => return Err(Failure::Closed),
+            // An inbox never sends descriptors; any that came are closed as `r` drops.
+            Ok(r) => return Reply::decode(&buf[..r.len]).map_err(Failure::Malformed),
+            Err(Errno::AGAIN) => return Err(Failure::Timeout),
+            Err(Errno::CONNRESET) => return Err(Failure::Closed),
+            Err(e) => return Err(Failure::Os(e)),
+        }
     }
 }

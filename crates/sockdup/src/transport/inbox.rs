@@ -89,7 +89,6 @@ impl InboxThread {
 struct Peer {
     fd: OwnedFd,
     pid: u32,
-    uid: u32,
 }
 
 struct Serve {
@@ -163,6 +162,14 @@ impl Serve {
                     let Ok((pid, uid)) = sys::peer_cred(fd.as_fd()) else {
                         continue;
                     };
+                    if !self.allow.permits(self.own_uid, uid) {
+                        // Refused at the door: one reply that says why, then the connection
+                        // closes (with whatever it carries). Nothing of a refused user is kept,
+                        // so it cannot hold this process's descriptors.
+                        let refusal = Reply::failure(self.pid, self.nonce, &self.refusal(pid, uid));
+                        let _ = sys::send_with_fds(fd.as_fd(), &refusal.encode(), &[]);
+                        continue;
+                    }
                     let key = self.next_key;
                     self.next_key += 1;
                     if epoll::add(
@@ -173,7 +180,7 @@ impl Serve {
                     )
                     .is_ok()
                     {
-                        self.conns.insert(key, Peer { fd, pid, uid });
+                        self.conns.insert(key, Peer { fd, pid });
                     }
                 }
                 Ok(None) => return,
@@ -235,19 +242,21 @@ impl Serve {
         }
     }
 
+    /// Why a process of `uid` may not push here.
+    fn refusal(&self, peer_pid: u32, uid: u32) -> Error {
+        Error::new(
+            ErrorKind::RefusedByTarget,
+            format!(
+                "process {} refuses descriptors from process {peer_pid} (uid {uid}): its policy ({:?}) does not allow that user; \
+                 start the target with SOCKDUP_ALLOW naming that uid",
+                self.pid, self.allow
+            ),
+        )
+    }
+
     fn handle(&self, peer: &Peer, bytes: &[u8], fds: Vec<OwnedFd>, truncated: bool) -> Reply {
         let (pid, nonce) = (self.pid, self.nonce);
         let fail = |e: Error| Reply::failure(pid, nonce, &e);
-        if !self.allow.permits(self.own_uid, peer.uid) {
-            return fail(Error::new(
-                ErrorKind::RefusedByTarget,
-                format!(
-                    "process {pid} refuses descriptors from process {} (uid {}): its policy ({:?}) does not allow that user; \
-                     start the target with SOCKDUP_ALLOW naming that uid",
-                    peer.pid, peer.uid, self.allow
-                ),
-            ));
-        }
         if truncated {
             return fail(Error::new(
                 ErrorKind::TargetOutOfDescriptors,
