@@ -12,14 +12,26 @@ use libfuzzer_sys::fuzz_target;
 use sockdup_core::line::{ErrorReport, LineBuffer, LineMessage};
 use sockdup_core::proto::{demo, handoff, upgrade};
 
-/// Parses `line` as `M`; what parses must encode to one line that parses back the same.
+/// Parses `line` as `M`; what parses must encode to one line that parses back, and encoding
+/// is then a fixed point. Encoders normalise what cannot cross as it is (the demo's texts turn
+/// a `\r` into a space, its step labels any whitespace into `_`), so the message itself comes
+/// back unchanged only from a line without whitespace other than ' ' and without control
+/// characters.
 fn round_trip<M: LineMessage + PartialEq + Debug>(line: &str) {
     if let Ok(message) = M::parse(line) {
         let encoded = message.encode();
-        let body = encoded.strip_suffix('\n').expect("an encoded message ends in \\n");
+        let body = encoded
+            .strip_suffix('\n')
+            .expect("an encoded message ends in \\n");
         assert!(!body.contains('\n'), "one message is one line: {encoded:?}");
         let again = M::parse(body).expect("encode output parses");
-        assert_eq!(again, message);
+        assert_eq!(again.encode(), encoded);
+        if !line
+            .chars()
+            .any(|c| c != ' ' && (c.is_whitespace() || c.is_control()))
+        {
+            assert_eq!(again, message);
+        }
     }
 }
 
@@ -36,7 +48,10 @@ fn each_codec(line: &str) {
     if let Ok(report) = ErrorReport::parse(line) {
         let mut encoded = String::new();
         report.encode_into(&mut encoded);
-        assert_eq!(ErrorReport::parse(&encoded).expect("encode output parses"), report);
+        assert_eq!(
+            ErrorReport::parse(&encoded).expect("encode output parses"),
+            report
+        );
     }
 }
 
