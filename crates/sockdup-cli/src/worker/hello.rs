@@ -67,7 +67,7 @@ impl From<io::Error> for Stop {
 
 /// An error response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Status {
+pub(crate) enum Status {
     BadRequest,
     VersionNotSupported,
 }
@@ -94,7 +94,7 @@ enum Body {
 
 /// What the server needs from a request head.
 #[derive(Debug, PartialEq, Eq)]
-struct Request {
+pub(crate) struct Request {
     head_only: bool,
     /// HTTP/1.0 (else 1.1).
     http10: bool,
@@ -339,7 +339,7 @@ fn shutdown_write(stream: &Stream) -> io::Result<()> {
 }
 
 /// Where the head in `buf` ends (just after its blank line), if it is all there.
-fn head_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn head_end(buf: &[u8]) -> Option<usize> {
     buf.iter().enumerate().find_map(|(i, &b)| {
         if b != b'\n' {
             return None;
@@ -389,7 +389,7 @@ fn list_elements(value: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
 }
 
 /// Parses a request head (request line, header lines, blank line).
-fn parse_head(head: &[u8]) -> Result<Request, Status> {
+pub(crate) fn parse_head(head: &[u8]) -> Result<Request, Status> {
     let mut lines = head
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
@@ -521,7 +521,7 @@ impl Fields {
 }
 
 /// The size of a chunk-size line (hex digits, then optional `;extensions`).
-fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+pub(crate) fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     let end = line.iter().position(|&b| b == b';').unwrap_or(line.len());
     let digits = trim_ows(&line[..end]);
     if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
