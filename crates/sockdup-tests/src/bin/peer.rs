@@ -299,19 +299,8 @@ impl Peer {
 
     /// `squat PID`: binds the inbox address of process PID before it does.
     fn squat(&mut self, c: &Command) -> Outcome {
-        let pid: u32 = c.parsed(0, "pid")?;
-        let fd = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(os("socket"))?;
-        let name = match sockdup::inbox_address(pid) {
-            sockdup::InboxAddress::Abstract(n) => n,
-            other => return Err(refused(format!("cannot squat on {other}"))),
-        };
-        let addr = SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(os("naming"))?;
+        let addr = inbox_name(c.parsed(0, "pid")?)?;
+        let fd = seqpacket()?;
         rustix::net::bind(&fd, &addr).map_err(os("bind"))?;
         rustix::net::listen(&fd, 16).map_err(os("listen"))?;
         self.squat = Some(fd);
@@ -319,23 +308,12 @@ impl Peer {
     }
 
     /// `hold-inbox PID N`: opens N connections to the inbox of process PID, sends nothing, and
-    /// keeps them; answers how many the inbox has closed already (a refusal at its door).
+    /// keeps them; answers how many this peer holds.
     fn hold_inbox(&mut self, c: &Command) -> Outcome {
-        let pid: u32 = c.parsed(0, "pid")?;
+        let addr = inbox_name(c.parsed(0, "pid")?)?;
         let n: usize = c.parsed(1, "count")?;
-        let name = match sockdup::inbox_address(pid) {
-            sockdup::InboxAddress::Abstract(n) => n,
-            other => return Err(refused(format!("cannot reach {other} by name"))),
-        };
-        let addr = SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(os("naming"))?;
         for _ in 0..n {
-            let fd = rustix::net::socket_with(
-                AddressFamily::UNIX,
-                SocketType::SEQPACKET,
-                SocketFlags::CLOEXEC,
-                None,
-            )
-            .map_err(os("socket"))?;
+            let fd = seqpacket()?;
             rustix::net::connect(&fd, &addr).map_err(os("connect"))?;
             self.held.push(fd);
         }
@@ -615,4 +593,25 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::SUCCESS;
         }
     }
+}
+
+/// The abstract address of process `pid`'s inbox (this peer does not follow a runtime directory).
+fn inbox_name(pid: u32) -> Result<SocketAddrUnix, Error> {
+    match sockdup::inbox_address(pid) {
+        sockdup::InboxAddress::Abstract(name) => {
+            SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(os("naming"))
+        }
+        other => Err(refused(format!("cannot reach {other} by name"))),
+    }
+}
+
+/// A new close-on-exec `AF_UNIX` `SOCK_SEQPACKET` socket, as inboxes use.
+fn seqpacket() -> Result<OwnedFd, Error> {
+    rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(os("socket"))
 }
