@@ -11,7 +11,7 @@ use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::flags::XP1_IFS_HANDLES;
 use sockdup_core::wire::ProtocolInfo;
 
-use super::layers::{Layered, check_catalog};
+use super::layers::{Layered, check_catalog, keep_provider_fields};
 use super::{BaseProvider, Handle, Provider, SockOpt, Upcall};
 use crate::catalog_file;
 use crate::startup::Runtime;
@@ -81,10 +81,7 @@ impl Ws2 {
     /// entry, with `info`'s provider fields (ticket, target pid, run nonce).
     fn base_form(&self, info: &ProtocolInfo) -> Result<ProtocolInfo, Error> {
         let (_, mut base) = self.catalog.resolve(info.catalog_entry_id)?;
-        base.provider_reserved = info.provider_reserved;
-        base.service_flags2 = info.service_flags2;
-        base.service_flags3 = info.service_flags3;
-        base.service_flags4 = info.service_flags4;
+        keep_provider_fields(&mut base, info);
         Ok(base)
     }
 }

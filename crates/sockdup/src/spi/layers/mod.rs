@@ -47,7 +47,7 @@ use sockdup_core::wire::ProtocolInfo;
 
 use super::Handle;
 
-pub(crate) use layered::Layered;
+pub(crate) use layered::{Layered, keep_provider_fields};
 pub use trace::{Counters, TraceReport, trace_reports};
 
 /// What a call is about, for the layers whose rules look at it.
