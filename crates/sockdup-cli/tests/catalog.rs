@@ -183,6 +183,14 @@ const BUILTIN: [u64; 7] = [1001, 1002, 1003, 1004, 1005, 1006, 1007];
 
 // --- listing --------------------------------------------------------------------------------
 
+/// Every command that reads the catalog file (and refuses it when it is not valid).
+const READERS: [&[&str]; 4] = [
+    &["catalog"],
+    &["catalog", "--json"],
+    &["catalog", "install", "trace", "--over", "1001"],
+    &["catalog", "remove", "1102"],
+];
+
 #[test]
 fn lists_the_seven_builtin_entries_without_a_file() {
     let file = CatalogFile::new();
@@ -596,12 +604,7 @@ fn a_hand_edited_setting_is_refused_when_the_catalog_is_read() {
         "WSAEINVAL 10022",
     ];
     needles.extend(FAULT_KEYS);
-    for args in [
-        &["catalog"][..],
-        &["catalog", "--json"],
-        &["catalog", "install", "trace", "--over", "1001"],
-        &["catalog", "remove", "1102"],
-    ] {
+    for args in READERS {
         let out = file.run(args);
         assert_fails(&out, 1, &needles);
         assert_eq!(
@@ -714,12 +717,7 @@ fn an_invalid_catalog_file_is_reported_with_its_path() {
     ];
     for (text, needle) in bad {
         std::fs::write(file.path(), text).expect("write");
-        for args in [
-            &["catalog"][..],
-            &["catalog", "--json"],
-            &["catalog", "install", "trace", "--over", "1001"],
-            &["catalog", "remove", "1102"],
-        ] {
+        for args in READERS {
             let out = file.run(args);
             assert_fails(&out, 1, &[&shown, needle, "WSAEINVAL 10022"]);
             assert_eq!(
