@@ -201,8 +201,9 @@ pub struct LineBuffer {
     max: usize,
 }
 
-/// How much one [`LineBuffer::read_from`] asks for.
-const READ_CHUNK: usize = 8192;
+/// How much one [`LineBuffer::read_from`] asks for: a read that brings less emptied a pipe or
+/// socket that was not closed.
+pub const READ_CHUNK: usize = 8192;
 
 impl LineBuffer {
     /// A buffer whose lines may be at most `max` bytes long (without the `\n`).

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rustix::buffer::spare_capacity;
 use rustix::event::epoll;
 use sockdup_core::error::{Error, ErrorKind};
-use sockdup_core::line::{LineBuffer, LineMessage};
+use sockdup_core::line::{LineBuffer, LineMessage, READ_CHUNK};
 use sockdup_core::proto::handoff::{FromWorker, ToWorker};
 use sockdup_core::wire::ProtocolInfo;
 
@@ -221,9 +221,6 @@ fn worker_key(slot: usize, generation: u64) -> u64 {
 /// The longest line a worker may write (`fail` and `error` lines carry at most 1 KiB of
 /// message) before it counts as not speaking the protocol.
 const MAX_WORKER_LINE: usize = 4096;
-
-/// What one [`LineBuffer::read_from`] asks for: a read that brings less emptied the pipe.
-const READ_CHUNK: usize = 8192;
 
 /// The most connections accepted from one listener per wake-up, so that the workers' answers
 /// are read between batches.
