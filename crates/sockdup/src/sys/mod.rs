@@ -1,4 +1,5 @@
-//! The Linux layer: every system call sockdup makes, through rustix (no `unsafe` here).
+//! The Linux layer: every system call sockdup makes, through rustix (and nix for `SO_PEERCRED`;
+//! no `unsafe` here).
 //!
 //! What the rest of the crate needs from the OS, and nothing more: the inbox's `AF_UNIX`
 //! `SOCK_SEQPACKET` socket and its address, `SCM_RIGHTS` send and receive (always with
@@ -157,12 +158,35 @@ pub(crate) fn connect_inbox(addr: &InboxAddress, timeout: Duration) -> Result<Ow
     connect_at(addr, SocketType::SEQPACKET, timeout)
 }
 
-/// The kernel-verified pid and uid of the process at the other end (`SO_PEERCRED`): for a
-/// connecting client, the process that called `listen`; for the listener, the one that
-/// called `connect`.
-pub(crate) fn peer_cred(fd: BorrowedFd<'_>) -> Result<(u32, u32)> {
-    let cred = sockopt::socket_peercred(fd)?;
-    Ok((cred.pid.as_raw_nonzero().get() as u32, cred.uid.as_raw()))
+/// The kernel-verified credentials of the process at the other end of a unix socket
+/// (`SO_PEERCRED`): for a connecting client, the process that called `listen`; for the
+/// listener, the one that called `connect`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PeerCred {
+    /// The peer's pid as this process's pid namespace sees it; `None` when the peer lives in a
+    /// pid namespace this one cannot see (an ancestor's, or a sibling's: the kernel reports 0).
+    pub(crate) pid: Option<u32>,
+    /// The peer's uid, as this process's user namespace sees it.
+    pub(crate) uid: u32,
+}
+
+/// The credentials of the process at the other end of `fd` (`SO_PEERCRED`).
+///
+/// Read through nix rather than rustix: rustix's `UCred` holds the pid as a non-zero `Pid`, and
+/// the kernel's 0 (a peer in a pid namespace this process cannot see) does not fit it.
+pub(crate) fn peer_cred(fd: BorrowedFd<'_>) -> Result<PeerCred> {
+    let cred = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| Errno::from_raw_os_error(e as i32))?;
+    Ok(PeerCred {
+        pid: u32::try_from(cred.pid()).ok().filter(|&p| p != 0),
+        uid: cred.uid(),
+    })
+}
+
+/// Whether `fd` is a socket (`fstat`): what a target checks of every descriptor pushed to it.
+pub(crate) fn is_socket(fd: BorrowedFd<'_>) -> Result<bool> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok(rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
 }
 
 /// Sends one message with `fds` attached (`SCM_RIGHTS`); never raises `SIGPIPE`.
@@ -196,6 +220,8 @@ pub(crate) struct Received {
     /// `MSG_CTRUNC`: some descriptors did not arrive (the receiver is out of descriptors, or
     /// more came than one message may carry). Those that did are in `fds`, to be closed.
     pub(crate) truncated: bool,
+    /// `MSG_TRUNC`: the message was longer than the buffer; its tail is lost.
+    pub(crate) too_long: bool,
 }
 
 /// Receives one message and up to 253 descriptors, with `MSG_CMSG_CLOEXEC`.
@@ -214,13 +240,11 @@ pub(crate) fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Receiv
             fds.extend(rights);
         }
     }
-    let truncated = msg
-        .flags
-        .intersects(ReturnFlags::CTRUNC | ReturnFlags::TRUNC);
     Ok(Received {
         len: msg.bytes,
         fds,
-        truncated,
+        truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+        too_long: msg.flags.contains(ReturnFlags::TRUNC),
     })
 }
 

@@ -1,4 +1,4 @@
-//! What `/proc` tells about another process: its real uid and its executable.
+//! What `/proc` tells about another process: its real uid, its executable and its pid namespace.
 //!
 //! Reading files, not making system calls of its own, but it is the operating system's view of
 //! a process, so it lives on this floor; the policy layer asks here instead of reading `/proc`
@@ -42,6 +42,20 @@ pub(crate) fn process_exe(pid: u32) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe"))
 }
 
+/// Whether process `pid` lives in another pid namespace than this process (the links
+/// `/proc/PID/ns/pid` and `/proc/self/ns/pid` name different namespaces): then the pids the
+/// two see of each other differ.
+///
+/// # Errors
+/// The OS error reading either link (`ENOENT` for a process that does not exist, `EACCES`
+/// without the right to look).
+pub(crate) fn in_other_pid_namespace(pid: u32) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/pid"))?;
+    let ours = std::fs::metadata("/proc/self/ns/pid")?;
+    Ok((theirs.dev(), theirs.ino()) != (ours.dev(), ours.ino()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +77,10 @@ mod tests {
         assert_eq!(process_exe(me).unwrap(), std::env::current_exe().unwrap());
         assert!(process_uid(u32::MAX).is_err());
         assert!(process_exe(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn this_process_shares_its_own_pid_namespace() {
+        assert!(!in_other_pid_namespace(std::process::id()).unwrap());
     }
 }

@@ -141,9 +141,19 @@ impl Pool {
         let addr = InboxAddress::for_pid(target, self.runtime_dir());
         let fd = sys::connect_inbox(&addr, self.ack_timeout)
             .map_err(|e| self.connect_error(target, &addr, e))?;
-        let (peer_pid, peer_uid) = sys::peer_cred(fd.as_fd())
-            .map_err(|e| Error::from_errno(e, "reading the inbox's peer credentials"))?;
+        let (peer_pid, peer_uid) =
+            super::peer_pid_uid(fd.as_fd(), &format!("the inbox at {addr}"))?;
         if peer_pid != target {
+            if sys::procfs::in_other_pid_namespace(peer_pid).unwrap_or(false) {
+                return Err(Error::new(
+                    ErrorKind::OtherPidNamespace,
+                    format!(
+                        "the inbox at {addr} belongs to process {peer_pid} (as this process sees it), which lives in \
+                         another pid namespace and calls itself {target} there: a duplicate is bound to a pid both \
+                         processes see; run source and target in one pid namespace"
+                    ),
+                ));
+            }
             return Err(Error::new(
                 ErrorKind::Squatter,
                 format!(

@@ -9,3 +9,32 @@ mod inbox;
 
 pub(crate) use client::Pool;
 pub(crate) use inbox::InboxThread;
+
+use std::os::fd::BorrowedFd;
+
+use sockdup_core::error::{Error, ErrorKind};
+
+use crate::sys;
+
+/// The pid and uid of the process at the other end of the unix socket `fd` (`SO_PEERCRED`),
+/// `who` naming it in errors (e.g. "process 42's inbox").
+///
+/// # Errors
+/// [`ErrorKind::OtherPidNamespace`] when that process lives in a pid namespace this one cannot
+/// see (the kernel reports its pid as 0): sockdup binds duplicates and takeovers to pids, and
+/// a pid this process cannot see binds nothing.
+pub(crate) fn peer_pid_uid(fd: BorrowedFd<'_>, who: &str) -> Result<(u32, u32), Error> {
+    let cred = sys::peer_cred(fd)
+        .map_err(|e| Error::from_errno(e, &format!("reading the credentials of {who}")))?;
+    match cred.pid {
+        Some(pid) => Ok((pid, cred.uid)),
+        None => Err(Error::new(
+            ErrorKind::OtherPidNamespace,
+            format!(
+                "{who} belongs to a process (uid {}) in a pid namespace this process cannot see (SO_PEERCRED reports pid 0): \
+                 sockdup works between processes that see each other's pids; run both in one pid namespace",
+                cred.uid
+            ),
+        )),
+    }
+}

@@ -134,8 +134,8 @@ fn connect(
             Error::from_errno(e, &format!("connecting to process {old_pid}'s control socket {address}"))
         }
     })?;
-    let (peer, peer_uid) = sys::peer_cred(fd.as_fd())
-        .map_err(|e| Error::from_errno(e, "reading the control socket's credentials"))?;
+    let (peer, peer_uid) =
+        crate::transport::peer_pid_uid(fd.as_fd(), &format!("the control socket {address}"))?;
     let exited =
         sys::has_exited(pidfd.as_fd()).map_err(|e| Error::from_errno(e, "polling a pidfd"))?;
     if peer != old_pid || exited {

@@ -353,8 +353,7 @@ fn admit(shared: &Shared, conn: &Conn) -> Result<u32, Error> {
         .and_then(|()| stream.set_read_timeout(Some(shared.upgrade.timeout)))
         .and_then(|()| stream.set_write_timeout(Some(shared.upgrade.timeout)))
         .map_err(|e| Error::from_errno(e, "configuring a takeover connection"))?;
-    let (pid, uid) = sys::peer_cred(stream.as_fd())
-        .map_err(|e| Error::from_errno(e, "reading a takeover connection's credentials"))?;
+    let (pid, uid) = crate::transport::peer_pid_uid(stream.as_fd(), "a takeover connection")?;
     let own_uid = sys::getuid();
     if !Allow::SameUser.permits(own_uid, uid) {
         return Err(Error::new(
