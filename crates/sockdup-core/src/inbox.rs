@@ -29,14 +29,30 @@ pub struct Limits {
     pub ttl: Option<Duration>,
     /// The most duplicates waiting at once.
     pub capacity: usize,
+    /// The most duplicates one source process may have waiting at once; `None` is three
+    /// quarters of the capacity, rounded up (see [`Limits::source_share`]).
+    pub per_source: Option<usize>,
 }
 
 impl Default for Limits {
-    /// 300 seconds and 4096 duplicates.
+    /// 300 seconds, 4096 duplicates, 3072 of them from any one source.
     fn default() -> Self {
         Self {
             ttl: Some(Duration::from_secs(300)),
             capacity: 4096,
+            per_source: None,
+        }
+    }
+}
+
+impl Limits {
+    /// The most duplicates one source process may have waiting at once: `per_source` if set
+    /// (at most the capacity), else three quarters of the capacity, rounded up, so that one
+    /// runaway source leaves room for the others.
+    pub fn source_share(&self) -> usize {
+        match self.per_source {
+            Some(n) => n.clamp(1, self.capacity.max(1)),
+            None => self.capacity.saturating_mul(3).div_ceil(4).max(1),
         }
     }
 }
@@ -68,6 +84,8 @@ pub struct Inbox<F> {
     limits: Limits,
     next_ticket: u32,
     pending: HashMap<u32, Slot<F>>,
+    /// How many of `pending` each source pid pushed (entries at zero are removed).
+    by_source: HashMap<u32, usize>,
     /// `(deadline, ticket)` of every pending duplicate that has a deadline.
     deadlines: BTreeSet<(Instant, u32)>,
     spent: HashMap<u32, Spent>,
@@ -96,6 +114,7 @@ impl<F> Inbox<F> {
             limits,
             next_ticket: first_ticket,
             pending: HashMap::new(),
+            by_source: HashMap::new(),
             deadlines: BTreeSet::new(),
             spent: HashMap::new(),
             spent_order: VecDeque::new(),
@@ -150,6 +169,7 @@ impl<F> Inbox<F> {
     /// Takes a pending ticket out of the table, with its deadline, and remembers why.
     fn take(&mut self, ticket: u32, why: Spent) -> Option<F> {
         let slot = self.pending.remove(&ticket)?;
+        self.uncount(slot.source_pid);
         if let Some(d) = slot.deadline {
             self.deadlines.remove(&(d, ticket));
         }
@@ -157,12 +177,27 @@ impl<F> Inbox<F> {
         Some(slot.fd)
     }
 
+    fn uncount(&mut self, source_pid: u32) {
+        if let Some(n) = self.by_source.get_mut(&source_pid) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_source.remove(&source_pid);
+            }
+        }
+    }
+
+    /// How many duplicates pushed by process `source_pid` are waiting.
+    pub fn pending_from(&self, source_pid: u32) -> usize {
+        self.by_source.get(&source_pid).copied().unwrap_or(0)
+    }
+
     /// Descriptors arrived from process `source_pid`: store them all and return their tickets, in
     /// order, or store none.
     ///
     /// # Errors
-    /// `WSAENOBUFS` if they do not all fit within the capacity; the descriptors are handed back
-    /// so the caller decides when they close.
+    /// [`ErrorKind::InboxFull`] (`WSAENOBUFS`) if they do not all fit within the capacity, or
+    /// within the share of it one source may hold ([`Limits::source_share`]); the descriptors
+    /// are handed back so the caller decides when they close.
     pub fn handle_push(
         &mut self,
         now: Instant,
@@ -184,6 +219,23 @@ impl<F> Inbox<F> {
             );
             return Err((err, fds));
         }
+        let share = self.limits.source_share();
+        let held = self.pending_from(source_pid);
+        if fds.len() > share.saturating_sub(held) {
+            let err = Error::new(
+                ErrorKind::InboxFull,
+                format!(
+                    "process {} holds {held} unredeemed duplicates from process {source_pid}, and one source may have at most \
+                     {share} waiting (of its capacity {}): it cannot take {} more; have it redeem them, wait for them to expire, \
+                     or start it with a larger share (SOCKDUP_SOURCE_CAPACITY)",
+                    self.pid,
+                    self.limits.capacity,
+                    fds.len()
+                ),
+            );
+            return Err((err, fds));
+        }
+        *self.by_source.entry(source_pid).or_insert(0) += fds.len();
         let deadline = self.limits.ttl.map(|ttl| now + ttl);
         let mut tickets = Vec::with_capacity(fds.len());
         for fd in fds {
@@ -319,6 +371,7 @@ impl<F> Inbox<F> {
         if let Some(d) = deadline {
             self.deadlines.insert((d, ticket));
         }
+        *self.by_source.entry(0).or_insert(0) += 1;
         self.pending.insert(
             ticket,
             Slot {
@@ -517,6 +570,7 @@ mod tests {
         let limits = Limits {
             ttl: Some(Duration::from_secs(5)),
             capacity: 10,
+            per_source: None,
         };
         let (mut inbox, closed, t0) = setup(limits);
         let a = inbox
@@ -550,6 +604,7 @@ mod tests {
         let (mut inbox, closed, t0) = setup(Limits {
             ttl: None,
             capacity: 2,
+            per_source: None,
         });
         let t = inbox
             .handle_push(t0, 1, tokens(&closed, 0..1))
@@ -573,6 +628,7 @@ mod tests {
         let (mut inbox, closed, t0) = setup(Limits {
             ttl: None,
             capacity: 3,
+            per_source: None,
         });
         inbox
             .handle_push(t0, 1, tokens(&closed, 0..2))
@@ -584,6 +640,61 @@ mod tests {
         assert_eq!(inbox.len(), 2);
         drop(back);
         assert_eq!(*closed.borrow(), [2, 3]);
+    }
+
+    #[test]
+    fn one_source_may_fill_only_its_share_and_others_still_get_in() {
+        let limits = Limits {
+            ttl: None,
+            capacity: 8,
+            per_source: None,
+        };
+        assert_eq!(limits.source_share(), 6);
+        let (mut inbox, closed, t0) = setup(limits);
+        let flood = inbox
+            .handle_push(t0, 1, tokens(&closed, 0..6))
+            .map_err(|e| e.0)
+            .unwrap();
+        let (err, back) = inbox.handle_push(t0, 1, tokens(&closed, 6..7)).unwrap_err();
+        assert_eq!((err.code(), err.kind()), (10055, ErrorKind::InboxFull));
+        assert!(err.message().contains("from process 1"), "{err}");
+        assert!(err.message().contains("at most 6"), "{err}");
+        drop(back);
+        assert_eq!(inbox.pending_from(1), 6);
+        // Another source finds the room the first could not take.
+        inbox
+            .handle_push(t0, 2, tokens(&closed, 7..9))
+            .map_err(|e| e.0)
+            .unwrap();
+        // Redeeming, expiring or cancelling gives a source its share back.
+        inbox.claim(t0, &record(PID, NONCE, flood[0])).unwrap();
+        drop(inbox.handle_cancel(1, &flood[1..2]));
+        assert_eq!(inbox.pending_from(1), 4);
+        inbox
+            .handle_push(t0, 1, tokens(&closed, 9..11))
+            .map_err(|e| e.0)
+            .unwrap();
+        assert_eq!(inbox.pending_from(1), 6);
+        assert_eq!(inbox.pending_from(3), 0);
+    }
+
+    #[test]
+    fn the_share_of_a_source_is_at_least_one_and_at_most_the_capacity() {
+        let share = |capacity, per_source| {
+            Limits {
+                ttl: None,
+                capacity,
+                per_source,
+            }
+            .source_share()
+        };
+        assert_eq!(share(4096, None), 3072);
+        assert_eq!(share(1, None), 1);
+        assert_eq!(share(2, None), 2);
+        assert_eq!(share(3, None), 3);
+        assert_eq!(share(10, Some(0)), 1);
+        assert_eq!(share(10, Some(99)), 10);
+        assert_eq!(share(10, Some(4)), 4);
     }
 
     #[test]

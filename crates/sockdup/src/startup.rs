@@ -53,7 +53,7 @@ impl Options {
     }
 
     /// The defaults, overridden by the environment: `SOCKDUP_TTL` (seconds, 0 = until the
-    /// process exits), `SOCKDUP_CAPACITY`, `SOCKDUP_ALLOW` (`same-user`, `any`, or uids
+    /// process exits), `SOCKDUP_CAPACITY`, `SOCKDUP_SOURCE_CAPACITY`, `SOCKDUP_ALLOW` (`same-user`, `any`, or uids
     /// separated by commas) and `SOCKDUP_RUNTIME_DIR` (a directory for inbox socket files,
     /// instead of the abstract namespace; source and target must agree).
     ///
@@ -79,6 +79,17 @@ impl Options {
             })?;
             o = o.capacity(n);
         }
+        if let Some(v) = var("SOCKDUP_SOURCE_CAPACITY") {
+            let n = v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::BadOption,
+                    format!(
+                        "SOCKDUP_SOURCE_CAPACITY is {v:?}: give a whole number of duplicates one source may have waiting, at least 1"
+                    ),
+                )
+            })?;
+            o = o.source_capacity(n);
+        }
         if let Some(v) = var("SOCKDUP_ALLOW") {
             o = o.allow(Allow::parse(&v)?);
         }
@@ -98,6 +109,14 @@ impl Options {
     /// The most duplicates that may wait to be redeemed at once (at least 1).
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.limits.capacity = capacity.max(1);
+        self
+    }
+
+    /// The most duplicates any one source process may have waiting at once (at least 1, at most
+    /// the capacity). By default three quarters of the capacity, so that one runaway source
+    /// leaves room for the others.
+    pub fn source_capacity(mut self, per_source: usize) -> Self {
+        self.limits.per_source = Some(per_source.max(1));
         self
     }
 
