@@ -84,8 +84,13 @@ pub enum ErrorKind {
     Squatter,
     /// The target's policy (`Allow`, `SOCKDUP_ALLOW`) refuses this process's user (`WSAEINVAL`).
     RefusedByTarget,
-    /// The target's inbox holds its capacity of unredeemed duplicates (`WSAENOBUFS`).
+    /// The target's inbox holds its capacity of unredeemed duplicates, or this source's share of it (`WSAENOBUFS`).
     InboxFull,
+    /// The target's inbox holds as many connections from this process as one process may (`WSAENOBUFS`).
+    TooManyConnections,
+    /// The other process is in a pid namespace this one cannot see (its pid reads as 0), so
+    /// pids cannot bind a duplicate to it (`WSAEINVAL`).
+    OtherPidNamespace,
     /// The target is out of descriptors and could not receive them all (`MSG_CTRUNC`) (`WSAEMFILE`).
     TargetOutOfDescriptors,
     /// The descriptor or handle is not an open socket (`ENOTSOCK`, `EBADF`) (`WSAENOTSOCK`).
@@ -178,6 +183,8 @@ impl ErrorKind {
         Self::Squatter,
         Self::RefusedByTarget,
         Self::InboxFull,
+        Self::TooManyConnections,
+        Self::OtherPidNamespace,
         Self::TargetOutOfDescriptors,
         Self::NotASocket,
         Self::Unsupported,
@@ -233,6 +240,8 @@ impl ErrorKind {
             Self::Squatter => WSAEINVAL,
             Self::RefusedByTarget => WSAEINVAL,
             Self::InboxFull => WSAENOBUFS,
+            Self::TooManyConnections => WSAENOBUFS,
+            Self::OtherPidNamespace => WSAEINVAL,
             Self::TargetOutOfDescriptors => WSAEMFILE,
             Self::NotASocket => WSAENOTSOCK,
             Self::Unsupported => WSAEAFNOSUPPORT,
@@ -288,6 +297,8 @@ impl ErrorKind {
             Self::Squatter => "squatter",
             Self::RefusedByTarget => "refused-by-target",
             Self::InboxFull => "inbox-full",
+            Self::TooManyConnections => "too-many-connections",
+            Self::OtherPidNamespace => "other-pid-namespace",
             Self::TargetOutOfDescriptors => "target-out-of-descriptors",
             Self::NotASocket => "not-a-socket",
             Self::Unsupported => "unsupported",
@@ -361,7 +372,15 @@ impl ErrorKind {
             Self::RefusedByTarget => {
                 "the target's policy (`Allow`, `SOCKDUP_ALLOW`) refuses this process's user"
             }
-            Self::InboxFull => "the target's inbox holds its capacity of unredeemed duplicates",
+            Self::InboxFull => {
+                "the target's inbox holds its capacity of unredeemed duplicates, or this source's share of it"
+            }
+            Self::TooManyConnections => {
+                "the target's inbox holds as many connections from this process as one process may"
+            }
+            Self::OtherPidNamespace => {
+                "the other process is in a pid namespace this one cannot see (its pid reads as 0): sockdup works between processes of one pid namespace"
+            }
             Self::TargetOutOfDescriptors => {
                 "the target is out of descriptors and could not receive them all (`MSG_CTRUNC`)"
             }

@@ -26,6 +26,12 @@ use crate::sys;
 /// backlog meanwhile, and the loop sleeps in `epoll_wait`, not in a spin.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
 
+/// How many connections one source process may hold to this inbox at once. A source keeps one
+/// connection per target (its pool), so this is room to spare for an honest one; beyond it a
+/// connection gets the refusal and is closed, so that one process cannot hold this one's
+/// descriptors.
+pub(crate) const MAX_CONNECTIONS_PER_SOURCE: usize = 16;
+
 const LISTENER: u64 = 0;
 const WAKER: u64 = 1;
 
@@ -68,6 +74,7 @@ impl InboxThread {
             allow,
             own_uid,
             conns: HashMap::new(),
+            conns_by_pid: HashMap::new(),
             next_key: 2,
             accept_paused_until: None,
         };
@@ -98,6 +105,8 @@ struct Serve {
     allow: Allow,
     own_uid: u32,
     conns: HashMap<u64, Peer>,
+    /// How many of `conns` each source pid holds.
+    conns_by_pid: HashMap<u32, usize>,
     next_key: u64,
     /// The table's pid and nonce, fixed for the run, copied here to answer without its lock.
     pid: u32,
@@ -159,17 +168,22 @@ impl Serve {
         loop {
             match sys::accept(self.listener.as_fd()) {
                 Ok(Some(fd)) => {
-                    let Ok((pid, uid)) = sys::peer_cred(fd.as_fd()) else {
+                    let Ok(cred) = sys::peer_cred(fd.as_fd()) else {
                         continue;
                     };
-                    if !self.allow.permits(self.own_uid, uid) {
-                        // Refused at the door: one reply that says why, then the connection
-                        // closes (with whatever it carries). Nothing of a refused user is kept,
-                        // so it cannot hold this process's descriptors.
-                        let refusal = Reply::failure(self.pid, self.nonce, &self.refusal(pid, uid));
-                        let _ = sys::send_with_fds(fd.as_fd(), &refusal.encode(), &[]);
-                        continue;
-                    }
+                    let admitted = self.admit(cred);
+                    let pid = match admitted {
+                        Ok(pid) => pid,
+                        Err(e) => {
+                            // Refused at the door: one reply that says why, then the
+                            // connection closes (with whatever it carries). Nothing of a
+                            // refused peer is kept, so it cannot hold this process's
+                            // descriptors.
+                            let refusal = Reply::failure(self.pid, self.nonce, &e);
+                            let _ = sys::send_with_fds(fd.as_fd(), &refusal.encode(), &[]);
+                            continue;
+                        }
+                    };
                     let key = self.next_key;
                     self.next_key += 1;
                     if epoll::add(
@@ -181,6 +195,7 @@ impl Serve {
                     .is_ok()
                     {
                         self.conns.insert(key, Peer { fd, pid });
+                        *self.conns_by_pid.entry(pid).or_insert(0) += 1;
                     }
                 }
                 Ok(None) => return,
@@ -228,18 +243,61 @@ impl Serve {
             Ok(r) => r,
             Err(Errno::AGAIN | Errno::INTR) => return,
             Err(_) => {
-                self.conns.remove(&key);
+                self.close(key);
                 return;
             }
         };
         if received.len == 0 && received.fds.is_empty() {
-            self.conns.remove(&key);
+            self.close(key);
             return;
         }
-        let reply = self.handle(peer, &buf[..received.len], received.fds, received.truncated);
+        let reply = self.handle(peer, &buf[..received.len], received);
         if sys::send_with_fds(peer.fd.as_fd(), &reply.encode(), &[]).is_err() {
-            self.conns.remove(&key);
+            self.close(key);
         }
+    }
+
+    /// Closes connection `key` (dropping its descriptor takes it out of the epoll set).
+    fn close(&mut self, key: u64) {
+        if let Some(peer) = self.conns.remove(&key)
+            && let Some(n) = self.conns_by_pid.get_mut(&peer.pid)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.conns_by_pid.remove(&peer.pid);
+            }
+        }
+    }
+
+    /// Whether a connection from a process with credentials `cred` may stay: its pid if so,
+    /// else the error its refusal carries.
+    fn admit(&self, cred: sys::PeerCred) -> Result<u32, Error> {
+        let Some(pid) = cred.pid else {
+            return Err(Error::new(
+                ErrorKind::OtherPidNamespace,
+                format!(
+                    "process {} refuses descriptors from a process (uid {}) in a pid namespace it cannot see (SO_PEERCRED \
+                     reports pid 0): a duplicate is bound to pids both processes see; run source and target in one pid \
+                     namespace, or the source in the target's",
+                    self.pid, cred.uid
+                ),
+            ));
+        };
+        if !self.allow.permits(self.own_uid, cred.uid) {
+            return Err(self.refusal(pid, cred.uid));
+        }
+        let held = self.conns_by_pid.get(&pid).copied().unwrap_or(0);
+        if held >= MAX_CONNECTIONS_PER_SOURCE {
+            return Err(Error::new(
+                ErrorKind::TooManyConnections,
+                format!(
+                    "process {} already holds {held} connections from process {pid}, the most one process may: \
+                     a source needs one per target; close the ones it does not use",
+                    self.pid
+                ),
+            ));
+        }
+        Ok(pid)
     }
 
     /// Why a process of `uid` may not push here.
@@ -254,10 +312,42 @@ impl Serve {
         )
     }
 
-    fn handle(&self, peer: &Peer, bytes: &[u8], fds: Vec<OwnedFd>, truncated: bool) -> Reply {
+    /// Refuses a push holding anything but sockets: a target takes sockets only, and a pipe
+    /// or file kept in its table until the time-to-live would hold its descriptors for nothing.
+    fn all_sockets(&self, source: u32, fds: &[OwnedFd]) -> Result<(), Error> {
+        for (i, fd) in fds.iter().enumerate() {
+            let socket = sys::is_socket(fd.as_fd())
+                .map_err(|e| Error::from_errno(e, "checking a pushed descriptor (fstat)"))?;
+            if !socket {
+                return Err(Error::new(
+                    ErrorKind::NotASocket,
+                    format!(
+                        "descriptor {i} of the {} process {source} pushed is not a socket: process {} takes sockets \
+                         only, and closed them all",
+                        fds.len(),
+                        self.pid
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&self, peer: &Peer, bytes: &[u8], received: sys::Received) -> Reply {
         let (pid, nonce) = (self.pid, self.nonce);
         let fail = |e: Error| Reply::failure(pid, nonce, &e);
-        if truncated {
+        let fds = received.fds;
+        if received.too_long {
+            return fail(Error::new(
+                ErrorKind::ProtocolViolation,
+                format!(
+                    "a message from process {} is longer than the {MAX_MESSAGE} bytes a request may have: it is not a \
+                     sockdup source (its descriptors were closed)",
+                    peer.pid
+                ),
+            ));
+        }
+        if received.truncated {
             return fail(Error::new(
                 ErrorKind::TargetOutOfDescriptors,
                 format!(
@@ -268,6 +358,9 @@ impl Serve {
         }
         match Request::decode(bytes) {
             Ok(Request::Push { count }) if count as usize == fds.len() => {
+                if let Err(e) = self.all_sockets(peer.pid, &fds) {
+                    return fail(e);
+                }
                 let result = lock(&self.table).handle_push(Instant::now(), peer.pid, fds);
                 match result {
                     Ok(tickets) => Reply {
