@@ -104,6 +104,7 @@ verbs! {
     WaitHandover = "wait-handover",
     Unpublish = "unpublish",
     TakeAndCrash = "take-and-crash",
+    Attack = "attack",
 }
 
 /// One command line: a known [`Verb`] and its arguments, with accessors that refuse a missing

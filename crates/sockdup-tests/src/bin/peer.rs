@@ -132,6 +132,7 @@ impl Peer {
             Verb::Cloexec => inheritable(),
             Verb::Squat => self.squat(c),
             Verb::HoldInbox => self.hold_inbox(c),
+            Verb::Attack => attack(c),
             Verb::SpiTcpConnect
             | Verb::SpiDup
             | Verb::SpiRedeem
@@ -152,7 +153,7 @@ impl Peer {
         }
     }
 
-    /// `startup [ttl=S] [capacity=N] [ack=S] [allow=any|nobody]`.
+    /// `startup [ttl=S] [capacity=N] [share=N] [ack=S] [allow=any|nobody]`.
     fn startup(&mut self, c: &Command) -> Outcome {
         let mut o = sockdup::Options::from_env()?;
         let seconds = |v: &str, what: &str| {
@@ -168,6 +169,9 @@ impl Peer {
                         .map_err(|_| c.bad(format!("bad capacity {v:?}")))?,
                 ),
                 Some(("ack", v)) => o.ack_timeout(seconds(v, "ack")?),
+                Some(("share", v)) => {
+                    o.source_capacity(v.parse().map_err(|_| c.bad(format!("bad share {v:?}")))?)
+                }
                 Some(("allow", "any")) => o.allow(sockdup::Allow::AnyUser),
                 Some(("allow", "nobody")) => o.allow(sockdup::Allow::Uids(vec![])),
                 _ => return Err(c.bad(format!("unknown option {opt}"))),
@@ -601,8 +605,138 @@ fn inbox_name(pid: u32) -> Result<SocketAddrUnix, Error> {
         sockdup::InboxAddress::Abstract(name) => {
             SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(os("naming"))
         }
-        other => Err(refused(format!("cannot reach {other} by name"))),
+        sockdup::InboxAddress::Path(path) => SocketAddrUnix::new(path).map_err(os("naming")),
     }
+}
+
+/// `attack PID WHAT`: connects to the inbox of process PID as a hostile peer would (bare
+/// sockets, not the library), sends one message, and answers with the inbox's reply: `ok N`
+/// (it issued N tickets), the error kind it answered, `closed` (it closed without a word) or
+/// `silent` (no answer in 5 s). WHAT is one of
+/// - `random:SEED:LEN`: LEN pseudo-random bytes;
+/// - `short`: the first 6 bytes of a well-formed push of one socket, with the socket;
+/// - `lying:COUNT:N`: a push that says COUNT descriptors and carries N sockets;
+/// - `bad-header:N`: N sockets (253 is the most one message carries) under a header of garbage;
+/// - `pipes:N`: a well-formed push of N pipe ends;
+/// - `mixed:N`: a well-formed push of N-1 sockets and a pipe end;
+/// - `long:N`: a well-formed push header of one socket, padded to N bytes;
+/// - `push:N`: a well-formed push of N sockets (an honest one, from a dishonest process).
+///
+/// Every descriptor this peer made for the attack is closed when it answers.
+fn attack(c: &Command) -> Outcome {
+    use sockdup_core::message::{Reply, Request};
+    let pid: u32 = c.parsed(0, "pid")?;
+    let what = c.required(1, "attack")?;
+    let parts: Vec<&str> = what.split(':').collect();
+    let num = |i: usize| -> Result<usize, Error> {
+        parts
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| c.bad(format!("attack {what}: argument {i} must be a number")))
+    };
+    let sockets = |n: usize| -> Result<Vec<OwnedFd>, Error> {
+        let udp = UdpSocket::bind("127.0.0.1:0").map_err(os("binding"))?;
+        (0..n)
+            .map(|_| udp.try_clone().map(OwnedFd::from).map_err(os("dup")))
+            .collect()
+    };
+    let pipe_ends = |n: usize| -> Result<Vec<OwnedFd>, Error> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let (r, w) =
+                rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(os("pipe"))?;
+            out.push(r);
+            if out.len() < n {
+                out.push(w);
+            }
+        }
+        Ok(out)
+    };
+    let push = |count: usize| {
+        Request::Push {
+            count: count as u32,
+        }
+        .encode()
+    };
+    let (bytes, fds): (Vec<u8>, Vec<OwnedFd>) = match parts[0] {
+        "random" => {
+            let mut x = num(1)? as u64 | 1;
+            let bytes = (0..num(2)?)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            (bytes, Vec::new())
+        }
+        "short" => (push(1)[..6].to_vec(), sockets(1)?),
+        "lying" => (push(num(1)?), sockets(num(2)?)?),
+        "bad-header" => (b"\xffGARBAGE-HEADER".to_vec(), sockets(num(1)?)?),
+        "pipes" => (push(num(1)?), pipe_ends(num(1)?)?),
+        "mixed" => {
+            let n = num(1)?.max(1);
+            let mut fds = sockets(n - 1)?;
+            fds.extend(pipe_ends(1)?);
+            (push(n), fds)
+        }
+        "long" => {
+            let mut bytes = push(1);
+            bytes.resize(num(1)?, 0);
+            (bytes, sockets(1)?)
+        }
+        "push" => (push(num(1)?), sockets(num(1)?)?),
+        _ => return Err(c.bad(format!("unknown attack {what}"))),
+    };
+    let addr = inbox_name(pid)?;
+    let conn = seqpacket()?;
+    rustix::net::connect(&conn, &addr).map_err(os("connect"))?;
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    let mut space = vec![
+        std::mem::MaybeUninit::uninit();
+        rustix::cmsg_space!(ScmRights(borrowed.len().max(1)))
+    ];
+    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+    if !borrowed.is_empty() {
+        control.push(rustix::net::SendAncillaryMessage::ScmRights(&borrowed));
+    }
+    match rustix::net::sendmsg(
+        &conn,
+        &[std::io::IoSlice::new(&bytes)],
+        &mut control,
+        rustix::net::SendFlags::NOSIGNAL,
+    ) {
+        // Refused at the door: the inbox answered and closed before the message went out.
+        Ok(_) | Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => {}
+        Err(e) => return Err(os("sendmsg")(e)),
+    }
+    drop(fds);
+    sockopt::set_socket_timeout(&conn, sockopt::Timeout::Recv, Some(Duration::from_secs(5)))
+        .map_err(os("setsockopt"))?;
+    let mut buf = vec![0u8; sockdup_core::message::MAX_MESSAGE];
+    let mut reset = false;
+    let answer = loop {
+        break match rustix::net::recv(&conn, &mut buf, rustix::net::RecvFlags::empty()) {
+            Ok((0, _)) => "closed".to_string(),
+            Ok((n, _)) => {
+                match Reply::decode(&buf[..n]).map_err(|e| e.context("the inbox's reply"))? {
+                    r if r.status == 0 => format!("ok {}", r.tickets.len()),
+                    r => r.text.split(' ').next().unwrap_or("").to_string(),
+                }
+            }
+            Err(rustix::io::Errno::AGAIN) => "silent".to_string(),
+            // A reset (our message unread when the inbox closed) comes before what the inbox
+            // said before closing: read once more.
+            Err(rustix::io::Errno::CONNRESET) if !reset => {
+                reset = true;
+                continue;
+            }
+            Err(rustix::io::Errno::CONNRESET) => "closed".to_string(),
+            Err(e) => return Err(os("recv")(e)),
+        };
+    };
+    Ok(answer)
 }
 
 /// A new close-on-exec `AF_UNIX` `SOCK_SEQPACKET` socket, as inboxes use.

@@ -50,6 +50,13 @@ impl Peer {
         Self::spawn_from(cmd, startup, &[])
     }
 
+    /// Spawns a peer through `cmd`, a command that runs the peer (`env!("CARGO_BIN_EXE_peer")`)
+    /// with its stdin and stdout, e.g. inside `unshare`; `pid` is then `cmd`'s own.
+    #[track_caller]
+    pub fn spawn_through(cmd: Command, startup: Option<&str>, env: &[(&str, &str)]) -> Self {
+        Self::spawn_from(cmd, startup, env)
+    }
+
     #[track_caller]
     fn spawn_from(mut cmd: Command, startup: Option<&str>, env: &[(&str, &str)]) -> Self {
         cmd.stdin(Stdio::piped())
