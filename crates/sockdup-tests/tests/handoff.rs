@@ -501,9 +501,11 @@ fn many_sources_at_once() {
 #[test]
 fn a_stopped_target_times_out_as_enetdown() {
     let mut source = Peer::spawn(Some("ack=0.3"));
-    let target = Peer::spawn(Some(""));
+    let mut target = Peer::spawn(Some("ttl=1"));
+    let target_before = target.fdcount();
     let (c, _remote) = connected(&mut source);
     source.ok(&format!("dup {c} {}", target.pid));
+    let source_before = source.fdcount();
     let pid = rustix::process::Pid::from_raw(target.pid as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
     // SIGSTOP takes effect asynchronously: wait until every thread of the target has stopped.
@@ -522,8 +524,19 @@ fn a_stopped_target_times_out_as_enetdown() {
     assert_eq!(e.code, 10050, "{}", e.message);
     assert_eq!(e.kind, "peer-timed-out", "{}", e.message);
     assert!(start.elapsed() < Duration::from_secs(5));
+    // The source leaks nothing: the connection that timed out is closed.
+    assert_eq!(source.fdcount(), source_before - 1, "{}", e.message);
     // Once it runs again, duplicates work again (on a fresh connection).
     source.ok(&format!("dup {c} {}", target.pid));
+    // The target took what was queued for it when it stopped; it expires unredeemed (ttl 1 s),
+    // as the message says, and nothing stays (once the source, and its connection, are gone).
+    drop(source);
+    let mut now = 0;
+    wait_for(Duration::from_secs(10), || {
+        now = target.fdcount();
+        (now == target_before).then_some(())
+    });
+    assert_eq!(now, target_before);
 }
 
 #[test]
