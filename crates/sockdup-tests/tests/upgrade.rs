@@ -842,3 +842,184 @@ fn another_users_control_connections_are_refused_at_the_door_and_not_kept() {
     drop(stranger);
     b.survived("another user's connections");
 }
+
+// ---------------------------------------------------------------------------------------------
+// SIGKILL of either process at each step of a takeover: the survivor serves on, and the pid
+// file names a live server.
+
+/// The steps of a takeover, in order, at which one of the two processes is killed.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// The new process connected and sent `take`; nothing answered yet.
+    Asked,
+    /// The old process sent the records (`listener`, `offered`); the new one has not redeemed.
+    Offered,
+    /// The new process redeemed the records (`take_over` returned); it has not sent `ready`.
+    Redeemed,
+    /// The new process sent `ready`; `complete` has not returned.
+    Ready,
+    /// `complete` returned and the old process saw the handover; it has not exited.
+    Completed,
+}
+
+const STEPS: [Step; 5] = [
+    Step::Asked,
+    Step::Offered,
+    Step::Redeemed,
+    Step::Ready,
+    Step::Completed,
+];
+
+/// Runs `case` for each step, naming the step in a failure.
+fn for_each_step(case: impl Fn(Step)) {
+    for step in STEPS {
+        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(step))) {
+            let why = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            panic!("killed at step {step:?}: {why}");
+        }
+    }
+}
+
+/// The new process speaks the protocol by hand up to `offered` and remembers the records.
+fn ask_by_hand(new: &mut Peer, pf: &Path) {
+    new.ok(&format!("ctl-connect {}", pf.display()));
+    new.ok("ctl-send take 1 web");
+    assert!(new.ok("ctl-recv").starts_with("listener web "));
+    assert_eq!(new.ok("ctl-recv"), "offered");
+}
+
+/// Whether process `pid` listens for takeovers (its control socket is bound).
+fn listens_for_takeovers(pid: u32) -> bool {
+    let dir = std::env::var_os("SOCKDUP_RUNTIME_DIR").map(PathBuf::from);
+    match sockdup::upgrade::control_address(pid, dir.as_deref()) {
+        sockdup::InboxAddress::Abstract(name) => std::fs::read_to_string("/proc/net/unix")
+            .unwrap()
+            .lines()
+            .any(|l| l.ends_with(&format!(" @{name}"))),
+        sockdup::InboxAddress::Path(path) => path.exists(),
+    }
+}
+
+/// `server` serves `listener` and the pid file names it, alive; a next takeover from it
+/// completes.
+#[track_caller]
+fn serves_on(server: &mut Peer, idx: &str, pf: &Path, listener: &(String, String, String)) {
+    util::wait_for(Duration::from_secs(10), || {
+        (std::fs::read_to_string(pf).ok()?.trim() == server.pid.to_string()).then_some(())
+    });
+    served_by(server, idx, &listener.2);
+    let mut next = Peer::spawn(Some(""));
+    let got = util::wait_for(Duration::from_secs(10), || {
+        next.cmd(&format!("take-over {} web", pf.display())).ok()
+    });
+    next.ok("complete");
+    assert_eq!(server.ok("wait-handover 5"), format!("{} web", next.pid));
+    served_by(&mut next, idx_of(&got, "web"), &listener.2);
+}
+
+#[test]
+fn sigkill_of_the_new_process_at_each_step_leaves_the_old_one_serving() {
+    for_each_step(|step| {
+        let pf = pid_file(&format!("kill-new-{step:?}"));
+        let (mut old, ls) = server(&pf, &["web"], "");
+        let mut new = Peer::spawn(Some(""));
+        match step {
+            Step::Asked => {
+                new.ok(&format!("ctl-connect {}", pf.display()));
+                new.ok("ctl-send take 1 web");
+            }
+            Step::Offered => ask_by_hand(&mut new, &pf),
+            Step::Redeemed => {
+                new.ok(&format!("take-over {} web", pf.display()));
+            }
+            Step::Ready => {
+                ask_by_hand(&mut new, &pf);
+                new.ok("ctl-redeem");
+                new.ok("ctl-send ready");
+            }
+            Step::Completed => {
+                new.ok(&format!("take-over {} web", pf.display()));
+                new.ok("complete");
+                assert_eq!(old.ok("wait-handover 5"), format!("{} web", new.pid));
+            }
+        }
+        new.kill();
+        // Before the handover the old process never stopped serving; after it, it takes the
+        // listeners back from a successor that died.
+        util::wait_for(Duration::from_secs(10), || {
+            (old.ok("handed-over") == "none").then_some(())
+        });
+        serves_on(&mut old, &ls[0].1, &pf, &ls[0]);
+    });
+}
+
+#[test]
+fn sigkill_of_the_old_process_at_each_step_leaves_the_new_one_serving() {
+    for_each_step(|step| {
+        let pf = pid_file(&format!("kill-old-{step:?}"));
+        let (mut old, ls) = server(&pf, &["web"], "");
+        let mut new = Peer::spawn(Some(""));
+        let web = match step {
+            Step::Asked => {
+                // Stopped, the old process cannot answer before it dies.
+                old.signal(rustix::process::Signal::STOP);
+                new.ok(&format!("ctl-connect {}", pf.display()));
+                new.ok("ctl-send take 1 web");
+                old.kill();
+                assert_eq!(new.ok("ctl-recv"), "closed");
+                // Nothing was handed over, and the listener died with its only holder: the
+                // pid file is stale, and the new process starts afresh.
+                let e = new.fails(&format!("take-over {} web", pf.display()));
+                assert_eq!(e.kind, "stale-pid-file", "{e:?}");
+                let fresh = new.ok("tcp-listen");
+                let (idx, addr) = fresh.split_once(' ').unwrap();
+                new.ok(&format!("publish {} web={idx}", pf.display()));
+                let fresh = ("web".to_owned(), idx.to_owned(), addr.to_owned());
+                serves_on(&mut new, idx, &pf, &fresh);
+                return;
+            }
+            Step::Offered => {
+                ask_by_hand(&mut new, &pf);
+                old.kill();
+                // The duplicates already wait in the new process: nothing in flight is lost.
+                let got = new.ok("ctl-redeem");
+                let web = idx_of(&got, "web").to_owned();
+                let e = new.fails(&format!("take-over {} web", pf.display()));
+                assert_eq!(e.kind, "stale-pid-file", "{e:?}");
+                new.ok(&format!("publish {} web={web}", pf.display()));
+                web
+            }
+            Step::Redeemed => {
+                let got = new.ok(&format!("take-over {} web", pf.display()));
+                old.kill();
+                new.ok("complete");
+                idx_of(&got, "web").to_owned()
+            }
+            Step::Ready => {
+                let got = new.ok(&format!("take-over {} web", pf.display()));
+                // Stopped, the old process cannot confirm; `complete` publishes, sends `ready`
+                // and waits; then the old process dies.
+                old.signal(rustix::process::Signal::STOP);
+                new.send("complete");
+                util::wait_for(Duration::from_secs(10), || {
+                    listens_for_takeovers(new.pid).then_some(())
+                });
+                old.kill();
+                new.answer().unwrap_or_else(|e| panic!("complete: {e:?}"));
+                idx_of(&got, "web").to_owned()
+            }
+            Step::Completed => {
+                let got = new.ok(&format!("take-over {} web", pf.display()));
+                new.ok("complete");
+                assert_eq!(old.ok("wait-handover 5"), format!("{} web", new.pid));
+                old.kill();
+                idx_of(&got, "web").to_owned()
+            }
+        };
+        serves_on(&mut new, &web, &pf, &ls[0]);
+    });
+}

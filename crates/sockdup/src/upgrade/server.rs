@@ -669,6 +669,15 @@ mod tests {
             })
         );
         s.abandon(11);
+        s.take_back(12);
+        assert!(
+            matches!(&s, State::HandedOver(h) if h.pid == 11),
+            "only the successor's own death takes the listeners back"
+        );
+        let mut back = s.clone();
+        back.take_back(11);
+        assert_eq!(back, State::Serving);
+        back.begin(13).unwrap();
         let e = s.begin(12).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::AlreadyHandedOver);
         assert_eq!(e.code(), 10022);
