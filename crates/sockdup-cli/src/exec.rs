@@ -376,8 +376,12 @@ fn supervise(
     drain: Duration,
 ) -> Result<ExitCode, CliError> {
     let mut event = Event::TimedOut;
-    // Without a deadline, nothing times out; the loop only guards against a spurious wakeup.
-    while event == Event::TimedOut {
+    // Without a deadline, nothing times out; the loop only guards against a spurious wakeup,
+    // and against a handover undone at once (the successor died and this server took its
+    // listeners back before it looked: it serves on).
+    while event == Event::TimedOut
+        || (event == Event::HandedOver && published.handed_over().is_none())
+    {
         event = events.wait(server, Some(published.handover_fd()), None)?;
     }
     match event {
@@ -388,7 +392,7 @@ fn supervise(
         }
         Event::HandedOver => {
             let h = published.handed_over().ok_or_else(|| {
-                CliError::failed("the handover descriptor fired without a handover".to_owned())
+                CliError::failed("the handover was undone while it was being read".to_owned())
             })?;
             eprintln!(
                 "sockdup exec: process {} took over {}; stopping the server (pid {})",
