@@ -16,6 +16,9 @@
 //! pid, so COMMAND starts through this executable's hidden `exec-child` subcommand, which
 //! sets it and replaces itself with COMMAND (same pid).
 //!
+//! COMMAND gets SIGTERM when its `sockdup exec` dies, even by SIGKILL (`PR_SET_PDEATHSIG`): no
+//! server lingers unsupervised holding the listeners.
+//!
 //! Exit status: COMMAND's when it exits on its own (128 + the signal if killed), 0 after a
 //! handover or a SIGTERM/SIGINT that COMMAND survives with status 0, 1 when a step fails.
 
@@ -36,6 +39,9 @@ use sockdup::upgrade::{Published, Upgrade, check_name};
 use crate::CliError;
 use crate::listen::{ListenAddr, SocketFile, bind, parse_seconds};
 use crate::wait::{Watched, poll_until};
+
+/// The pid of the `sockdup exec` that starts `exec-child` (which checks it is still its parent).
+const PARENT_ENV: &str = "SOCKDUP_EXEC_PARENT";
 
 /// The arguments of `sockdup exec`.
 #[derive(Debug, clap::Args)]
@@ -201,6 +207,7 @@ impl Launch<'_> {
         let names: Vec<&str> = self.specs.iter().map(|s| s.name.as_str()).collect();
         let mut cmd = Command::new(exe);
         cmd.arg("exec-child")
+            .env(PARENT_ENV, std::process::id().to_string())
             .arg("--")
             .arg(self.program)
             .args(self.rest)
@@ -522,9 +529,27 @@ pub(crate) fn exec_child(command: &[OsString]) -> ExitCode {
         eprintln!("sockdup exec-child: no command given");
         return ExitCode::from(2);
     };
+    // COMMAND stops (drains) when its `sockdup exec` dies, even by SIGKILL: an orphan would
+    // serve on unsupervised, holding the listeners, and keep a fresh `sockdup exec` from
+    // binding them. The signal survives the exec of COMMAND. A parent that died before this
+    // line would never send it: check.
+    if let Err(e) =
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+    {
+        eprintln!("sockdup exec-child: prctl(PR_SET_PDEATHSIG): {e}");
+        return ExitCode::from(1);
+    }
+    let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get().to_string());
+    if let Some(expected) = std::env::var_os(PARENT_ENV)
+        && parent.as_deref().map(std::ffi::OsStr::new) != Some(expected.as_os_str())
+    {
+        eprintln!("sockdup exec-child: sockdup exec exited before its server started");
+        return ExitCode::from(1);
+    }
     let err = Command::new(program)
         .args(rest)
         .env("LISTEN_PID", std::process::id().to_string())
+        .env_remove(PARENT_ENV)
         .exec();
     eprintln!(
         "sockdup exec: cannot run {}: {err}",
