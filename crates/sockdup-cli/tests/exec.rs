@@ -536,3 +536,65 @@ fn sigkill_of_either_sockdup_exec_while_the_new_server_gets_ready_leaves_the_sur
         }
     }
 }
+
+/// One echo round trip on a fresh connection.
+fn echoes(port: u16) -> Result<(), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(WAIT)).map_err(|e| e.to_string())?;
+    s.write_all(b"ping").map_err(|e| format!("write: {e}"))?;
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).map_err(|e| format!("read: {e}"))?;
+    (&back == b"ping")
+        .then_some(())
+        .ok_or_else(|| format!("echoed {back:?}"))
+}
+
+#[test]
+fn sigkill_of_the_new_sockdup_exec_after_it_completed_gives_the_listeners_back_to_the_draining_old_one()
+ {
+    let dir = TempDir::new("exec-take-back");
+    let port = free_port();
+    let listen = [format!("web=127.0.0.1:{port}")];
+    let echo = [BIN, "worker", "--app", "echo", "--listen-fds"];
+    let mut old = Exec::start(dir.path(), &listen, &["--drain-deadline", "15"], &echo);
+    wait_until(WAIT, || {
+        (pid_in(dir.path()) == Some(old.pid()) && echoes(port).is_ok()).then_some(())
+    });
+    // A connection the old server holds open keeps it draining after the handover.
+    let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    held.set_read_timeout(Some(WAIT)).unwrap();
+    held.write_all(b"x").unwrap();
+    held.read_exact(&mut [0u8; 1]).unwrap();
+    let mut new = Exec::start(dir.path(), &listen, &[], &echo);
+    wait_until(WAIT, || {
+        (pid_in(dir.path()) == Some(new.pid())).then_some(())
+    });
+    wait_until(WAIT, || {
+        old.log().contains("stopping the server").then_some(())
+    });
+    let _ = new.child.kill();
+    let _ = new.child.wait();
+    // The old one takes the listeners back while it drains, and serves again once drained.
+    wait_until(WAIT, || {
+        (pid_in(dir.path()) == Some(old.pid())).then_some(())
+    });
+    drop(held);
+    wait_until(WAIT, || echoes(port).is_ok().then_some(()));
+    assert!(
+        old.child.try_wait().unwrap().is_none(),
+        "the old one exited; log:\n{}",
+        old.log()
+    );
+    assert!(
+        old.log().contains("took the listeners back"),
+        "{}",
+        old.log()
+    );
+    // And it hands over in turn.
+    let mut next = Exec::start(dir.path(), &listen, &[], &echo);
+    assert!(old.exits().success(), "{}", old.log());
+    wait_until(WAIT, || {
+        (pid_in(dir.path()) == Some(next.pid()) && echoes(port).is_ok()).then_some(())
+    });
+    assert!(next.terminate().success(), "{}", next.log());
+}
