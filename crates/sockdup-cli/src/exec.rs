@@ -16,6 +16,11 @@
 //! pid, so COMMAND starts through this executable's hidden `exec-child` subcommand, which
 //! sets it and replaces itself with COMMAND (same pid).
 //!
+//! COMMAND gets SIGTERM when its `sockdup exec` dies, even by SIGKILL (`PR_SET_PDEATHSIG`): no
+//! server lingers unsupervised holding the listeners. If the new `sockdup exec` dies after the
+//! handover while the old one still drains, the old one takes the listeners back and, once its
+//! COMMAND has stopped, starts COMMAND again on them.
+//!
 //! Exit status: COMMAND's when it exits on its own (128 + the signal if killed), 0 after a
 //! handover or a SIGTERM/SIGINT that COMMAND survives with status 0, 1 when a step fails.
 
@@ -36,6 +41,9 @@ use sockdup::upgrade::{Published, Upgrade, check_name};
 use crate::CliError;
 use crate::listen::{ListenAddr, SocketFile, bind, parse_seconds};
 use crate::wait::{Watched, poll_until};
+
+/// The pid of the `sockdup exec` that starts `exec-child` (which checks it is still its parent).
+const PARENT_ENV: &str = "SOCKDUP_EXEC_PARENT";
 
 /// The arguments of `sockdup exec`.
 #[derive(Debug, clap::Args)]
@@ -164,7 +172,13 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, CliError> {
         }
         None => start_fresh(&upgrade, &launch)?,
     };
-    let outcome = supervise(&published, &mut server, &events, args.drain_deadline);
+    let outcome = supervise(
+        &published,
+        &launch,
+        &mut server,
+        &events,
+        args.drain_deadline,
+    );
     let handed_over = published.handed_over().is_some();
     drop(published);
     if !handed_over {
@@ -201,6 +215,7 @@ impl Launch<'_> {
         let names: Vec<&str> = self.specs.iter().map(|s| s.name.as_str()).collect();
         let mut cmd = Command::new(exe);
         cmd.arg("exec-child")
+            .env(PARENT_ENV, std::process::id().to_string())
             .arg("--")
             .arg(self.program)
             .args(self.rest)
@@ -369,44 +384,68 @@ fn check_bound_as_asked(spec: &Spec, fd: BorrowedFd<'_>) -> Result<(), CliError>
 }
 
 /// Waits for COMMAND to exit, a handover, or a signal; returns this process's exit status.
+///
+/// After a handover COMMAND is stopped (drained); if meanwhile the successor died and the
+/// library took the listeners back ([`Published::wait`]), COMMAND starts again on them and
+/// this process serves on.
 fn supervise(
     published: &Published,
+    launch: &Launch<'_>,
     server: &mut Watched,
     events: &Events,
     drain: Duration,
 ) -> Result<ExitCode, CliError> {
-    let mut event = Event::TimedOut;
-    // Without a deadline, nothing times out; the loop only guards against a spurious wakeup.
-    while event == Event::TimedOut {
-        event = events.wait(server, Some(published.handover_fd()), None)?;
-    }
-    match event {
-        Event::Exited => {
-            let status = server.wait();
-            eprintln!("sockdup exec: the server exited ({})", describe(status));
-            Ok(exit_code(status))
+    loop {
+        let mut event = Event::TimedOut;
+        // Without a deadline, nothing times out; the loop only guards against a spurious
+        // wakeup, and against a handover undone at once (the successor died and this server
+        // took its listeners back before it looked: it serves on).
+        while event == Event::TimedOut
+            || (event == Event::HandedOver && published.handed_over().is_none())
+        {
+            event = events.wait(server, Some(published.handover_fd()), None)?;
         }
-        Event::HandedOver => {
-            let h = published.handed_over().ok_or_else(|| {
-                CliError::failed("the handover descriptor fired without a handover".to_owned())
-            })?;
-            eprintln!(
-                "sockdup exec: process {} took over {}; stopping the server (pid {})",
-                h.pid,
-                h.names.join(", "),
-                server.id()
-            );
-            let status = stop_child(server, drain);
-            eprintln!(
-                "sockdup exec: the old server stopped ({})",
-                describe(status)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Event::Signal | Event::TimedOut => {
-            let status = stop_child(server, drain);
-            eprintln!("sockdup exec: stopped; the server {}", describe(status));
-            Ok(exit_code(status))
+        match event {
+            Event::Exited => {
+                let status = server.wait();
+                eprintln!("sockdup exec: the server exited ({})", describe(status));
+                return Ok(exit_code(status));
+            }
+            Event::HandedOver => {
+                let h = published.handed_over().ok_or_else(|| {
+                    CliError::failed("the handover was undone while it was being read".to_owned())
+                })?;
+                eprintln!(
+                    "sockdup exec: process {} took over {}; stopping the server (pid {})",
+                    h.pid,
+                    h.names.join(", "),
+                    server.id()
+                );
+                let status = stop_child(server, drain);
+                eprintln!(
+                    "sockdup exec: the old server stopped ({})",
+                    describe(status)
+                );
+                if published.handed_over().is_some() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                eprintln!(
+                    "sockdup exec: process {} died after taking over; this process took the listeners back \
+                     and starts the server again",
+                    h.pid
+                );
+                let fds: Vec<BorrowedFd<'_>> = launch
+                    .specs
+                    .iter()
+                    .filter_map(|s| published.listener(&s.name))
+                    .collect();
+                *server = launch.spawn(&fds)?;
+            }
+            Event::Signal | Event::TimedOut => {
+                let status = stop_child(server, drain);
+                eprintln!("sockdup exec: stopped; the server {}", describe(status));
+                return Ok(exit_code(status));
+            }
         }
     }
 }
@@ -518,9 +557,27 @@ pub(crate) fn exec_child(command: &[OsString]) -> ExitCode {
         eprintln!("sockdup exec-child: no command given");
         return ExitCode::from(2);
     };
+    // COMMAND stops (drains) when its `sockdup exec` dies, even by SIGKILL: an orphan would
+    // serve on unsupervised, holding the listeners, and keep a fresh `sockdup exec` from
+    // binding them. The signal survives the exec of COMMAND. A parent that died before this
+    // line would never send it: check.
+    if let Err(e) =
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+    {
+        eprintln!("sockdup exec-child: prctl(PR_SET_PDEATHSIG): {e}");
+        return ExitCode::from(1);
+    }
+    let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get().to_string());
+    if let Some(expected) = std::env::var_os(PARENT_ENV)
+        && parent.as_deref().map(std::ffi::OsStr::new) != Some(expected.as_os_str())
+    {
+        eprintln!("sockdup exec-child: sockdup exec exited before its server started");
+        return ExitCode::from(1);
+    }
     let err = Command::new(program)
         .args(rest)
         .env("LISTEN_PID", std::process::id().to_string())
+        .env_remove(PARENT_ENV)
         .exec();
     eprintln!(
         "sockdup exec: cannot run {}: {err}",

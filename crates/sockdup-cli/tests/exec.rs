@@ -454,3 +454,147 @@ fn the_server_gets_the_listeners_in_the_socket_activation_convention() {
         "the pid file goes when the server ends without a successor"
     );
 }
+
+/// The pids of `pid`'s children.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Kills process `pid` (an orphaned COMMAND) if it still runs.
+fn kill_pid(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+#[test]
+fn sigkill_of_either_sockdup_exec_while_the_new_server_gets_ready_leaves_the_survivor_serving() {
+    let hello = [BIN, "worker", "--app", "hello", "--listen-fds"];
+    for victim in ["old", "new"] {
+        let dir = TempDir::new(&format!("exec-sigkill-{victim}"));
+        let port = free_port();
+        let listen = [format!("web=127.0.0.1:{port}")];
+        let mut old = Exec::hello(dir.path(), port);
+        serving(dir.path(), &old, port);
+        let mut new = Exec::start(dir.path(), &listen, &["--ready-after", "2"], &hello);
+        // The new one has taken the listeners over and its server is getting ready.
+        wait_until(WAIT, || has_child(new.pid()).then_some(()));
+        let (killed, survivor) = if victim == "old" {
+            (&mut old, &mut new)
+        } else {
+            (&mut new, &mut old)
+        };
+        let orphans = children(killed.pid());
+        let _ = killed.child.kill();
+        let _ = killed.child.wait();
+        // The survivor serves on, and the pid file names it.
+        let start = Instant::now();
+        while pid_in(dir.path()) != Some(survivor.pid()) || get(port).is_err() {
+            assert!(
+                start.elapsed() < WAIT,
+                "killing the {victim} sockdup exec: pid file {:?}, not {}; log:\n{}",
+                pid_in(dir.path()),
+                survivor.pid(),
+                survivor.log()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            survivor.child.try_wait().unwrap().is_none(),
+            "killing the {victim} sockdup exec: the survivor exited; log:\n{}",
+            survivor.log()
+        );
+        // And it hands over in turn.
+        let mut next = Exec::hello(dir.path(), port);
+        assert!(
+            survivor.exits().success(),
+            "killing the {victim} sockdup exec: {}",
+            survivor.log()
+        );
+        serving(dir.path(), &next, port);
+        assert!(next.terminate().success());
+        // The killed one's server got SIGTERM with it: it drains and exits rather than
+        // serve on unsupervised.
+        for pid in orphans {
+            let gone = || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+                (stat.is_empty() || state.starts_with('Z')).then_some(())
+            };
+            let start = Instant::now();
+            while gone().is_none() {
+                if start.elapsed() > WAIT {
+                    kill_pid(pid);
+                    panic!("killing the {victim} sockdup exec: its server {pid} lingers, orphaned");
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// One echo round trip on a fresh connection.
+fn echoes(port: u16) -> Result<(), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(WAIT)).map_err(|e| e.to_string())?;
+    s.write_all(b"ping").map_err(|e| format!("write: {e}"))?;
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).map_err(|e| format!("read: {e}"))?;
+    (&back == b"ping")
+        .then_some(())
+        .ok_or_else(|| format!("echoed {back:?}"))
+}
+
+#[test]
+fn sigkill_of_the_new_sockdup_exec_after_it_completed_gives_the_listeners_back_to_the_draining_old_one()
+ {
+    let dir = TempDir::new("exec-take-back");
+    let port = free_port();
+    let listen = [format!("web=127.0.0.1:{port}")];
+    let echo = [BIN, "worker", "--app", "echo", "--listen-fds"];
+    let mut old = Exec::start(dir.path(), &listen, &["--drain-deadline", "15"], &echo);
+    wait_until(WAIT, || {
+        (pid_in(dir.path()) == Some(old.pid()) && echoes(port).is_ok()).then_some(())
+    });
+    // A connection the old server holds open keeps it draining after the handover.
+    let mut held = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    held.set_read_timeout(Some(WAIT)).unwrap();
+    held.write_all(b"x").unwrap();
+    held.read_exact(&mut [0u8; 1]).unwrap();
+    let mut new = Exec::start(dir.path(), &listen, &[], &echo);
+    wait_until(WAIT, || {
+        (pid_in(dir.path()) == Some(new.pid())).then_some(())
+    });
+    wait_until(WAIT, || {
+        old.log().contains("stopping the server").then_some(())
+    });
+    let _ = new.child.kill();
+    let _ = new.child.wait();
+    // The old one takes the listeners back while it drains, and serves again once drained.
+    wait_until(WAIT, || {
+        (pid_in(dir.path()) == Some(old.pid())).then_some(())
+    });
+    drop(held);
+    wait_until(WAIT, || echoes(port).is_ok().then_some(()));
+    assert!(
+        old.child.try_wait().unwrap().is_none(),
+        "the old one exited; log:\n{}",
+        old.log()
+    );
+    assert!(
+        old.log().contains("took the listeners back"),
+        "{}",
+        old.log()
+    );
+    // And it hands over in turn.
+    let mut next = Exec::start(dir.path(), &listen, &[], &echo);
+    assert!(old.exits().success(), "{}", old.log());
+    wait_until(WAIT, || {
+        (pid_in(dir.path()) == Some(next.pid()) && echoes(port).is_ok()).then_some(())
+    });
+    assert!(next.terminate().success(), "{}", next.log());
+}

@@ -26,12 +26,13 @@ use sockdup::{Error, ErrorKind};
 use sockdup_core::line::{ErrorReport, LineMessage};
 
 macro_rules! verbs {
-    ($($variant:ident = $name:literal,)*) => {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal,)*) => {
         /// The commands the peer knows (the first word of a command line).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum Verb {
             $(
                 #[doc = concat!("`", $name, "`")]
+                $(#[doc = ""] #[doc = $doc])*
                 $variant,
             )*
         }
@@ -104,6 +105,22 @@ verbs! {
     WaitHandover = "wait-handover",
     Unpublish = "unpublish",
     TakeAndCrash = "take-and-crash",
+    /// `ctl-connect PIDFILE`: a raw connection to the takeover control socket of the process the
+    /// pid file names (this peer's current control connection); the protocol spoken by hand.
+    CtlConnect = "ctl-connect",
+    /// `ctl-send TEXT`: writes TEXT and a newline on the current control connection.
+    CtlSend = "ctl-send",
+    /// `ctl-recv`: the next line on the current control connection (10 s at most), or `closed`;
+    /// `listener NAME RECORD` lines are remembered for `ctl-redeem`.
+    CtlRecv = "ctl-recv",
+    /// `ctl-redeem`: redeems the records `ctl-recv` remembered; answers `NAME=IDX...`.
+    CtlRedeem = "ctl-redeem",
+    /// `ctl-hold PIDFILE N`: opens N raw control connections, sends nothing, reads each one's
+    /// first line and whether it is closed after (5 s at most each), and keeps them; answers
+    /// `answered=A closed=C first=LINE`.
+    CtlHold = "ctl-hold",
+    /// `attack PID WHAT`: one hostile message to the inbox of PID by bare sockets (see the
+    /// peer's `attack`); answers the inbox's reply (`ok N`, an error kind, `closed`, `silent`).
     Attack = "attack",
 }
 

@@ -14,7 +14,9 @@
 //! `publish PIDFILE [timeout=S] NAME=IDX...`, `take-over PIDFILE NAME...` (answers
 //! `NAME=IDX...`, this process's own copies), `complete`, `abort`, `drop-takeover`,
 //! `handed-over` (`none` or `PID NAME...`), `wait-handover SECONDS`, `unpublish`,
-//! `take-and-crash PIDFILE NAME` (asks by hand, reads the first answer line, aborts).
+//! `take-and-crash PIDFILE NAME` (asks by hand, reads the first answer line, aborts); the
+//! control socket by hand: `ctl-connect PIDFILE`, `ctl-send TEXT`, `ctl-recv`, `ctl-redeem`,
+//! `ctl-hold PIDFILE N`.
 //!
 //! A command that is not one of these, or lacks an argument, is answered at once with an `err`
 //! (kind `protocol-violation` or `invalid-argument`); a line too long or not UTF-8 is answered
@@ -44,6 +46,12 @@ struct Peer {
     held: Vec<OwnedFd>,
     published: Option<sockdup::upgrade::Published>,
     takeover: Option<sockdup::upgrade::Takeover>,
+    /// The current raw control connection (`ctl-connect`).
+    ctl: Option<LineReader<UnixStream>>,
+    /// `listener NAME RECORD` lines read on it.
+    ctl_records: Vec<(String, sockdup::ProtocolInfo)>,
+    /// Raw control connections kept by `ctl-hold`.
+    ctl_held: Vec<UnixStream>,
 }
 
 /// What a command answers: `ok VALUE` or the error.
@@ -150,6 +158,9 @@ impl Peer {
             | Verb::WaitHandover
             | Verb::Unpublish
             | Verb::TakeAndCrash => self.upgrade(c),
+            Verb::CtlConnect | Verb::CtlSend | Verb::CtlRecv | Verb::CtlRedeem | Verb::CtlHold => {
+                self.control(c)
+            }
         }
     }
 
@@ -454,6 +465,121 @@ impl Peer {
         }
         self.takeover = Some(t);
         Ok(out.join(" "))
+    }
+}
+
+impl Peer {
+    /// The raw control-socket commands: `ctl-connect`, `ctl-send`, `ctl-recv`, `ctl-redeem`,
+    /// `ctl-hold`.
+    fn control(&mut self, c: &Command) -> Outcome {
+        let wait = Duration::from_secs(10);
+        match c.verb {
+            Verb::CtlConnect => {
+                let stream = control_connect(c.required(0, "pid file")?)?;
+                self.ctl = Some(LineReader::new(stream, sockdup_core::line::MAX_LINE));
+                self.ctl_records.clear();
+                done()
+            }
+            Verb::CtlSend => {
+                let ctl = self
+                    .ctl
+                    .as_mut()
+                    .ok_or_else(|| refused("no control connection"))?;
+                let mut stream = ctl.get_ref();
+                stream
+                    .write_all(format!("{}\n", c.rest(0)).as_bytes())
+                    .map_err(os("writing the control connection"))?;
+                done()
+            }
+            Verb::CtlRecv => {
+                let ctl = self
+                    .ctl
+                    .as_mut()
+                    .ok_or_else(|| refused("no control connection"))?;
+                let line = first_line(ctl, wait)?;
+                let mut words = line.splitn(3, ' ');
+                if let (Some("listener"), Some(name), Some(record)) =
+                    (words.next(), words.next(), words.next())
+                {
+                    self.ctl_records
+                        .push((name.to_owned(), record.parse::<sockdup::ProtocolInfo>()?));
+                }
+                Ok(line)
+            }
+            Verb::CtlRedeem => {
+                let records: Vec<_> = self.ctl_records.drain(..).collect();
+                let infos: Vec<_> = records.iter().map(|(_, r)| r.clone()).collect();
+                let fds = sockdup::sockets_from_info(&infos)?;
+                let mut out = Vec::new();
+                for ((name, _), fd) in records.iter().zip(fds) {
+                    out.push(format!("{name}={}", self.keep(fd)));
+                }
+                Ok(out.join(" "))
+            }
+            _ => {
+                let pid_file = c.required(0, "pid file")?;
+                let n: usize = c.parsed(1, "count")?;
+                let (mut answered, mut closed, mut first) = (0, 0, String::new());
+                for _ in 0..n {
+                    let stream = control_connect(pid_file)?;
+                    let mut reader = LineReader::new(stream, sockdup_core::line::MAX_LINE);
+                    let wait = Duration::from_secs(5);
+                    let line = first_line(&mut reader, wait)?;
+                    if line != "closed" {
+                        answered += 1;
+                        if first.is_empty() {
+                            first = line;
+                        }
+                        if first_line(&mut reader, wait)? == "closed" {
+                            closed += 1;
+                        }
+                    } else {
+                        closed += 1;
+                    }
+                    self.ctl_held.push(reader.into_inner());
+                }
+                Ok(format!("answered={answered} closed={closed} first={first}"))
+            }
+        }
+    }
+}
+
+/// A raw connection to the takeover control socket of the process `pid_file` names (where the
+/// library says it is, following `SOCKDUP_RUNTIME_DIR`).
+fn control_connect(pid_file: &str) -> Result<UnixStream, Error> {
+    let text = std::fs::read_to_string(pid_file).map_err(os("reading the pid file"))?;
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| refused(format!("the pid file holds {text:?}")))?;
+    let dir = std::env::var_os("SOCKDUP_RUNTIME_DIR").map(std::path::PathBuf::from);
+    let addr = match sockdup::upgrade::control_address(pid, dir.as_deref()) {
+        sockdup::InboxAddress::Abstract(name) => SocketAddrUnix::new_abstract_name(name.as_bytes()),
+        sockdup::InboxAddress::Path(path) => SocketAddrUnix::new(path),
+    }
+    .map_err(os("naming the control socket"))?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(os("socket"))?;
+    rustix::net::connect(&fd, &addr).map_err(os("connecting to the control socket"))?;
+    Ok(UnixStream::from(fd))
+}
+
+/// The next line on a control connection within `wait`, or `closed` at its end (or reset).
+fn first_line(reader: &mut LineReader<UnixStream>, wait: Duration) -> Outcome {
+    reader
+        .get_ref()
+        .set_read_timeout(Some(wait))
+        .map_err(os("setting a read timeout"))?;
+    match reader.read_line() {
+        Ok(Some(line)) => Ok(line),
+        Ok(None) => Ok("closed".into()),
+        Err(e) if e.kind() == ErrorKind::Os => Ok("closed".into()),
+        Err(e) => Err(e),
     }
 }
 

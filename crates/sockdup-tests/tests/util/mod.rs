@@ -161,6 +161,40 @@ impl Peer {
         sockdup_tests::util::exits_within(&mut self.child, limit)
     }
 
+    /// Sends one command and does not wait for its answer (read it with [`answer`](Self::answer)).
+    #[track_caller]
+    pub fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("write to peer");
+        self.stdin.flush().expect("flush peer");
+    }
+
+    /// The answer to a command sent with [`send`](Self::send).
+    #[track_caller]
+    pub fn answer(&mut self) -> Result<String, PeerError> {
+        match self.stdout.read_message::<Answer>() {
+            Ok(Some(Answer::Ok(value))) => Ok(value),
+            Ok(Some(Answer::Err(f))) => Err(PeerError {
+                code: f.code,
+                kind: f.kind,
+                message: f.message,
+            }),
+            Ok(None) => panic!("peer {} closed its stdout instead of answering", self.pid),
+            Err(e) => panic!("peer {} answered with garbage: {e}", self.pid),
+        }
+    }
+
+    /// Kills the peer with `SIGKILL` and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops (`SIGSTOP`) or continues (`SIGCONT`) the peer.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid as i32).expect("a pid");
+        rustix::process::kill_process(pid, signal).expect("signal the peer");
+    }
+
     /// Asks the peer to exit and waits for it.
     pub fn exit(mut self) {
         let _ = writeln!(self.stdin, "exit");

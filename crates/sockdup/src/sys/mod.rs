@@ -292,12 +292,24 @@ pub(crate) fn exits_within(pidfd: BorrowedFd<'_>, wait: Duration) -> Result<bool
 
 /// Blocks until at least one of `fds` is readable (or hung up); says which are.
 pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>]) -> Result<Vec<bool>> {
+    poll_readable_within(fds, None)
+}
+
+/// As [`poll_readable`], giving up after `wait` (then none is readable), if given.
+pub(crate) fn poll_readable_within(
+    fds: &[BorrowedFd<'_>],
+    wait: Option<Duration>,
+) -> Result<Vec<bool>> {
     let mut polled: Vec<PollFd<'_>> = fds
         .iter()
         .map(|fd| PollFd::new(fd, PollFlags::IN))
         .collect();
+    let timeout = wait.map(|w| rustix::time::Timespec {
+        tv_sec: i64::try_from(w.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(w.subsec_nanos()),
+    });
     loop {
-        match rustix::event::poll(&mut polled, None) {
+        match rustix::event::poll(&mut polled, timeout.as_ref()) {
             Err(Errno::INTR) => continue,
             other => {
                 other?;
@@ -320,6 +332,11 @@ pub(crate) fn waker() -> Result<OwnedFd> {
 pub(crate) fn wake(waker: BorrowedFd<'_>) -> Result<()> {
     rustix::io::write(waker, &1u64.to_ne_bytes())?;
     Ok(())
+}
+
+/// Makes `waker` (an [`waker`] eventfd) unreadable again; nothing happens if it was not woken.
+pub(crate) fn unwake(waker: BorrowedFd<'_>) {
+    let _ = rustix::io::read(waker, &mut [0u8; 8]);
 }
 
 /// Blocks until this process holds an exclusive `flock` on `file` (released when it closes).

@@ -311,7 +311,6 @@ impl Takeover {
     fn abort_within(&mut self, timeout: Duration) -> Result<(), Error> {
         self.finished = true;
         self.listeners.clear();
-        self.conn.set_read_timeout(timeout);
         self.conn.send(&ToOld::Abort, "sending the abort")?;
         match recv(&mut self.conn, self.old_pid, timeout)? {
             ToNew::Aborted => Ok(()),

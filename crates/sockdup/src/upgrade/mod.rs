@@ -39,7 +39,16 @@
 //! whose new process dies or calls [`Takeover::abort`], leaves the old process serving,
 //! unchanged. Listeners the new process does not ask for stay with the old one until it exits;
 //! asking for a name the old process does not have is an error. Only a process of the same
-//! user, or root, may take over.
+//! user, or root, may take over: another user's connection is refused and closed as soon as it
+//! is accepted.
+//!
+//! The control socket is served without blocking until a connection has sent its `take` line,
+//! which must arrive whole within the timeout; each later line too. At most 32 connections wait
+//! for their `take` line at once: beyond that, the one that waited longest is refused
+//! (`takeover-in-progress`) and closed, so silent, slow or numerous peers hold a bounded number
+//! of the server's descriptors and never keep a real takeover out. If the process that took
+//! over dies while the old one still holds its [`Published`], the old one takes the listeners
+//! back ([`Published::wait`]).
 //!
 //! The protocol is lines of text over an `AF_UNIX` stream socket at `@sockdup/v1/PID/upgrade`
 //! (or `$SOCKDUP_RUNTIME_DIR/sockdup-PID.upgrade.sock`; [`control_address`]); its codec is

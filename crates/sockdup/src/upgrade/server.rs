@@ -1,7 +1,7 @@
 //! The running server's side: its published listeners, the control socket, and one session
 //! per takeover attempt.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,14 +14,21 @@ use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::line::LineMessage;
 use sockdup_core::proto::upgrade::{Refusal, ToNew, ToOld, check_names};
 
-use super::proto::Conn;
+use super::proto::{Conn, Polled};
 use super::{Upgrade, control_address};
 use crate::startup::Runtime;
 use crate::sync::lock;
 use crate::sys::{self, InboxAddress};
 
-/// The most takeover connections served at once; more are refused at once.
+/// The most takeover sessions (connections that sent `take`) served at once; more are refused
+/// at once.
 const MAX_SESSIONS: usize = 8;
+
+/// The most control connections waiting for their `take` line at once: beyond it, the one that
+/// has waited longest is refused (`takeover-in-progress`) and closed, so that silent or slow
+/// peers hold at most this many of the server's descriptors, and a takeover that sends its
+/// line at once always gets in.
+pub(crate) const MAX_WAITING: usize = 32;
 
 /// A completed takeover, as the old process sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +80,13 @@ impl State {
         }
     }
 
+    /// The process `pid` took over and then died before this one stopped: serving again.
+    pub(crate) fn take_back(&mut self, pid: u32) {
+        if matches!(self, Self::HandedOver(h) if h.pid == pid) {
+            *self = Self::Serving;
+        }
+    }
+
     /// The takeover by `pid` failed or was given up: serving as before.
     pub(crate) fn abandon(&mut self, pid: u32) {
         if *self == Self::Offering(pid) {
@@ -92,6 +106,9 @@ struct Shared {
     changed: Condvar,
     /// An eventfd made readable (and left so) by the handover, for event loops.
     handed_over: OwnedFd,
+    /// An eventfd woken (and left so) when the [`Published`] drops: the control thread and
+    /// the threads watching a successor stop.
+    stop: OwnedFd,
     sessions: AtomicUsize,
 }
 
@@ -103,7 +120,6 @@ struct Shared {
 pub struct Published {
     shared: Arc<Shared>,
     address: InboxAddress,
-    waker: OwnedFd,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -140,7 +156,7 @@ impl Published {
                 Error::from_errno(e, &format!("listening for takeovers at {address}"))
             }
         })?;
-        let waker = sys::waker().map_err(|e| Error::from_errno(e, "creating an eventfd"))?;
+        let stop = sys::waker().map_err(|e| Error::from_errno(e, "creating an eventfd"))?;
         let handed_over = sys::waker().map_err(|e| Error::from_errno(e, "creating an eventfd"))?;
         let (names, fds): (Vec<String>, Vec<OwnedFd>) = listeners.into_iter().unzip();
         let index = names
@@ -157,22 +173,20 @@ impl Published {
             state: Mutex::new(State::Serving),
             changed: Condvar::new(),
             handed_over,
+            stop,
             sessions: AtomicUsize::new(0),
         });
         let thread = {
             let shared = shared.clone();
-            let waker = sys::dup_cloexec(waker.as_fd())
-                .map_err(|e| Error::from_errno(e, "duplicating an eventfd"))?;
             std::thread::Builder::new()
                 .name("sockdup-upgrade".into())
-                .spawn(move || accept_loop(&shared, &listener, &waker))
+                .spawn(move || accept_loop(&shared, &listener))
                 .map_err(|e| Error::from_errno(e, "starting the takeover thread"))?
         };
         tracing::debug!(%address, names = ?shared.names, "published listeners");
         Ok(Self {
             shared,
             address,
-            waker,
             thread: Some(thread),
         })
     }
@@ -211,7 +225,9 @@ impl Published {
         }
     }
 
-    /// A descriptor that polls readable once a successor has taken over, and stays readable:
+    /// A descriptor that polls readable once a successor has taken over, and stays readable
+    /// (unless the successor dies and this process takes the listeners back, see
+    /// [`wait`](Self::wait)):
     /// for event loops (`poll`, `epoll`, an async runtime) that wait on other things too and
     /// cannot block in [`wait`](Self::wait). Do not read from it; then call
     /// [`handed_over`](Self::handed_over).
@@ -221,6 +237,13 @@ impl Published {
 
     /// Blocks until a successor has taken over. Then this process should stop accepting on
     /// the listeners it handed over, finish its connections, and exit.
+    ///
+    /// If the successor dies while this value still lives, and the pid file still names it
+    /// (it neither handed over in turn nor stopped in order), this process takes the listeners
+    /// back: the pid file names it again, it answers takeovers again, and
+    /// [`handed_over`](Self::handed_over) is `None` again. Connections that arrived meanwhile
+    /// wait in the listeners' queues; a process that keeps accepting until it drops this value
+    /// loses none.
     pub fn wait(&self) -> Handover {
         let mut state = lock(&self.shared.state);
         loop {
@@ -256,7 +279,7 @@ impl Published {
 
 impl Drop for Published {
     fn drop(&mut self) {
-        let _ = sys::wake(self.waker.as_fd());
+        let _ = sys::wake(self.shared.stop.as_fd());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -269,47 +292,155 @@ impl Drop for Published {
     }
 }
 
-fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd, waker: &OwnedFd) {
+/// A control connection that has not yet sent its `take` line, served by the control thread
+/// without blocking.
+struct Waiting {
+    conn: Conn,
+    /// When it must have sent its whole `take` line.
+    deadline: Instant,
+}
+
+/// The control thread: accepts takeover connections, refuses other users' at the door, reads
+/// each connection's first line without blocking (so a silent or slow peer holds up nobody),
+/// and starts a session thread for each `take`. Returns when `shared.stop` is woken.
+fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd) {
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
     loop {
-        match sys::poll_readable(&[listener.as_fd(), waker.as_fd()]) {
-            Ok(ready) if ready[1] => return,
-            Ok(_) => {}
+        // Deadlines are set in order of arrival: the oldest is the next to expire.
+        let wait = waiting
+            .front()
+            .map(|w| w.deadline.saturating_duration_since(Instant::now()));
+        let mut fds = vec![listener.as_fd(), shared.stop.as_fd()];
+        fds.extend(waiting.iter().map(|w| w.conn.stream().as_fd()));
+        let ready = match sys::poll_readable_within(&fds, wait) {
+            Ok(ready) => ready,
             Err(e) => {
                 tracing::error!(error = %e, "polling the takeover control socket; no more takeovers");
                 return;
             }
-        }
-        let fd = match sys::accept(listener.as_fd()) {
-            Ok(Some(fd)) => fd,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a takeover connection");
-                continue;
-            }
         };
-        let stream = UnixStream::from(fd);
-        if shared.sessions.fetch_add(1, Ordering::SeqCst) >= MAX_SESSIONS {
-            shared.sessions.fetch_sub(1, Ordering::SeqCst);
-            let refusal = Error::new(
-                ErrorKind::TakeoverInProgress,
-                "too many takeover connections at once: try again",
-            );
-            let _ = Conn::new(stream).send(&refusal_of(&refusal), "refusing a takeover");
-            continue;
+        if ready[1] {
+            return;
         }
-        let in_session = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("sockdup-takeover".into())
-            .spawn(move || {
-                session(&in_session, stream);
-                in_session.sessions.fetch_sub(1, Ordering::SeqCst);
-            });
-        if let Err(e) = spawned {
-            // The session never ran: its place is free again.
-            shared.sessions.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!(error = %e, "starting a takeover session");
+        // Newest first, so that removing one leaves the indices still to visit valid.
+        for i in (0..waiting.len()).rev() {
+            if ready[2 + i] {
+                read_first_line(shared, &mut waiting, i);
+            }
+        }
+        let now = Instant::now();
+        while waiting.front().is_some_and(|w| w.deadline <= now) {
+            if let Some(w) = waiting.pop_front() {
+                let e = Error::new(
+                    ErrorKind::PeerTimedOut,
+                    format!(
+                        "no whole `take` line arrived within {:?} of connecting: a takeover sends it at once",
+                        shared.upgrade.timeout
+                    ),
+                );
+                refuse(&w.conn, &e);
+            }
+        }
+        if ready[0] {
+            accept_waiting(shared, listener, &mut waiting);
         }
     }
+}
+
+/// Accepts every connection waiting at the control socket (at most [`MAX_WAITING`] in one
+/// round, so the connections already waiting are served too): another user's is refused and
+/// closed at once; the others wait for their `take` line. Beyond [`MAX_WAITING`] waiting
+/// connections, the one that has waited longest is refused and closed.
+fn accept_waiting(shared: &Shared, listener: &OwnedFd, waiting: &mut VecDeque<Waiting>) {
+    for _ in 0..MAX_WAITING {
+        let fd = match sys::accept(listener.as_fd()) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => return,
+            Err(e) => {
+                // Out of descriptors, say: the connection waits in the backlog; try again
+                // when the next one ends rather than spin.
+                tracing::warn!(error = %e, "accepting a takeover connection");
+                return;
+            }
+        };
+        let conn = Conn::new(UnixStream::from(fd));
+        if let Err(e) = admit(&conn) {
+            tracing::info!(code = e.code(), kind = %e.kind(), error = %e, "takeover refused at the door");
+            refuse(&conn, &e);
+            continue;
+        }
+        if waiting.len() >= MAX_WAITING
+            && let Some(oldest) = waiting.pop_front()
+        {
+            let e = Error::new(
+                ErrorKind::TakeoverInProgress,
+                format!(
+                    "{MAX_WAITING} connections to this server's control socket were waiting for their `take` line \
+                     at once; this one waited longest and is closed: a takeover sends `take` at once (try again)"
+                ),
+            );
+            refuse(&oldest.conn, &e);
+        }
+        waiting.push_back(Waiting {
+            conn,
+            deadline: Instant::now() + shared.upgrade.timeout,
+        });
+    }
+}
+
+/// Reads what waiting connection `i` sent: its `take` line starts a session; anything else is
+/// refused at once and closes it; a connection closed by its peer is dropped.
+fn read_first_line(shared: &Arc<Shared>, waiting: &mut VecDeque<Waiting>, i: usize) {
+    let outcome = waiting[i].conn.poll_message::<ToOld>();
+    if matches!(outcome, Ok(Polled::Pending)) {
+        return;
+    }
+    let Some(Waiting { conn, .. }) = waiting.remove(i) else {
+        return;
+    };
+    match outcome {
+        Ok(Polled::Message(ToOld::Take(names))) => start_session(shared, conn, names),
+        Ok(Polled::Message(_)) => refuse(
+            &conn,
+            &Error::new(
+                ErrorKind::ProtocolViolation,
+                "a takeover starts with `take`: nothing to be ready for or abort",
+            ),
+        ),
+        Ok(Polled::Pending | Polled::Closed) => {}
+        Err(e) => {
+            tracing::info!(code = e.code(), kind = %e.kind(), error = %e, "takeover refused");
+            refuse(&conn, &e);
+        }
+    }
+}
+
+/// Starts a session thread for a connection that asked for `names`, unless
+/// [`MAX_SESSIONS`] run already.
+fn start_session(shared: &Arc<Shared>, conn: Conn, names: Vec<String>) {
+    if shared.sessions.fetch_add(1, Ordering::SeqCst) >= MAX_SESSIONS {
+        shared.sessions.fetch_sub(1, Ordering::SeqCst);
+        let e = Error::new(
+            ErrorKind::TakeoverInProgress,
+            "too many takeover connections at once: try again",
+        );
+        refuse(&conn, &e);
+        return;
+    }
+    let in_session = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("sockdup-takeover".into())
+        .spawn(move || session(&in_session, conn, names));
+    if let Err(e) = spawned {
+        // The session never ran: its place is free again.
+        shared.sessions.fetch_sub(1, Ordering::SeqCst);
+        tracing::warn!(error = %e, "starting a takeover session");
+    }
+}
+
+/// Sends `e` as an `error` line; the caller then closes the connection.
+fn refuse(conn: &Conn, e: &Error) {
+    let _ = conn.send(&refusal_of(e), "refusing a takeover");
 }
 
 fn refusal_of(e: &Error) -> ToNew {
@@ -330,30 +461,35 @@ impl Drop for Offer<'_> {
     }
 }
 
-/// One takeover attempt, from the `take` line to `done`, `aborted` or a refusal: a refusal
-/// (of a malformed line too) is sent as an `error` line, and ends the session; the listeners
-/// stay with this process.
-fn session(shared: &Shared, stream: UnixStream) {
-    let mut conn = Conn::new(stream);
-    let outcome = admit(shared, &conn)
-        .and_then(|pid| offer(shared, &mut conn, pid))
-        .and_then(|offer| conclude(&mut conn, offer));
-    if let Err(e) = outcome {
+/// One takeover attempt, from the `take` line (read by the control thread) to `done`,
+/// `aborted` or a refusal: a refusal (of a malformed line too) is sent as an `error` line, and
+/// ends the session; the listeners stay with this process. After a handover the thread
+/// watches the successor ([`watch_successor`]).
+fn session(shared: &Arc<Shared>, mut conn: Conn, names: Vec<String>) {
+    let outcome = configure(shared, &conn).and_then(|(pid, pidfd)| {
+        let offer = offer(shared, &mut conn, pid, names)?;
+        Ok((conclude(&mut conn, offer)?, pid, pidfd))
+    });
+    // The connection closes here: a session slot is free again.
+    let refusal = outcome.as_ref().err().map(|e| {
         tracing::info!(code = e.code(), kind = %e.kind(), error = %e, "takeover refused");
-        let _ = conn.send(&refusal_of(&e), "refusing a takeover");
+        refusal_of(e)
+    });
+    if let Some(refusal) = refusal {
+        let _ = conn.send(&refusal, "refusing a takeover");
+    }
+    drop(conn);
+    shared.sessions.fetch_sub(1, Ordering::SeqCst);
+    if let Ok((true, pid, pidfd)) = outcome {
+        watch_successor(shared, pid, &pidfd);
     }
 }
 
-/// Configures a takeover connection and checks who is at the other end: the pid of the new
-/// process, if its user may take over.
-fn admit(shared: &Shared, conn: &Conn) -> Result<u32, Error> {
-    let stream = conn.stream();
-    stream
-        .set_nonblocking(false)
-        .and_then(|()| stream.set_read_timeout(Some(shared.upgrade.timeout)))
-        .and_then(|()| stream.set_write_timeout(Some(shared.upgrade.timeout)))
-        .map_err(|e| Error::from_errno(e, "configuring a takeover connection"))?;
-    let (pid, uid) = crate::transport::peer_pid_uid(stream.as_fd(), "a takeover connection")?;
+/// Checks who is at the other end of a connection just accepted: its pid, if its user may
+/// take over.
+fn admit(conn: &Conn) -> Result<u32, Error> {
+    let (pid, uid) =
+        crate::transport::peer_pid_uid(conn.stream().as_fd(), "a takeover connection")?;
     let own_uid = sys::getuid();
     if !Allow::SameUser.permits(own_uid, uid) {
         return Err(Error::new(
@@ -366,16 +502,32 @@ fn admit(shared: &Shared, conn: &Conn) -> Result<u32, Error> {
     Ok(pid)
 }
 
-/// Reads the `take` line and offers the listeners it names to `pid`: duplicates for it, one
-/// `listener` line each, then `offered`.
-fn offer<'a>(shared: &'a Shared, conn: &mut Conn, pid: u32) -> Result<Offer<'a>, Error> {
-    let peer = format!("the new process {pid}");
-    let ToOld::Take(names) = conn.recv::<ToOld>(&peer, shared.upgrade.timeout)? else {
-        return Err(Error::new(
-            ErrorKind::ProtocolViolation,
-            "a takeover starts with `take`: nothing to be ready for or abort",
-        ));
-    };
+/// Makes a session's connection blocking with the step timeout, and finds the new process:
+/// its pid and a pidfd of it (to notice if it dies after taking over).
+fn configure(shared: &Shared, conn: &Conn) -> Result<(u32, OwnedFd), Error> {
+    let stream = conn.stream();
+    stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_write_timeout(Some(shared.upgrade.timeout)))
+        .map_err(|e| Error::from_errno(e, "configuring a takeover connection"))?;
+    let pid = admit(conn)?;
+    let pidfd = sys::pidfd_open(pid).map_err(|_| {
+        Error::new(
+            ErrorKind::PeerClosed,
+            format!("process {pid} exited right after asking to take over"),
+        )
+    })?;
+    Ok((pid, pidfd))
+}
+
+/// Offers the listeners `names` to `pid`: duplicates for it, one `listener` line each, then
+/// `offered`.
+fn offer<'a>(
+    shared: &'a Shared,
+    conn: &mut Conn,
+    pid: u32,
+    names: Vec<String>,
+) -> Result<Offer<'a>, Error> {
     check_names(names.iter().map(String::as_str))?;
     let picked = names
         .iter()
@@ -405,8 +557,9 @@ fn offer<'a>(shared: &'a Shared, conn: &mut Conn, pid: u32) -> Result<Offer<'a>,
     Ok(offer)
 }
 
-/// Waits for the new process's `ready` (hand over) or `abort` (keep serving).
-fn conclude(conn: &mut Conn, offer: Offer<'_>) -> Result<(), Error> {
+/// Waits for the new process's `ready` (hand over) or `abort` (keep serving); whether it
+/// handed over.
+fn conclude(conn: &mut Conn, offer: Offer<'_>) -> Result<bool, Error> {
     let (shared, pid) = (offer.shared, offer.pid);
     let peer = format!("the new process {pid}");
     match conn.recv::<ToOld>(&peer, shared.upgrade.timeout) {
@@ -417,7 +570,7 @@ fn conclude(conn: &mut Conn, offer: Offer<'_>) -> Result<(), Error> {
             let _ = sys::wake(shared.handed_over.as_fd());
             let _ = conn.send(&ToNew::Done, "confirming the handover");
             tracing::info!(pid, names = ?offer.names, "handed listeners over");
-            Ok(())
+            Ok(true)
         }
         Ok(ToOld::Abort) => {
             // Serving as before by the time the new process hears it, so it (or another)
@@ -425,7 +578,7 @@ fn conclude(conn: &mut Conn, offer: Offer<'_>) -> Result<(), Error> {
             drop(offer);
             let _ = conn.send(&ToNew::Aborted, "confirming the abort");
             tracing::info!(pid, "takeover aborted by the new process; still serving");
-            Ok(())
+            Ok(false)
         }
         Ok(ToOld::Take(_)) => Err(Error::new(
             ErrorKind::ProtocolViolation,
@@ -433,10 +586,51 @@ fn conclude(conn: &mut Conn, offer: Offer<'_>) -> Result<(), Error> {
         )),
         Err(e) if matches!(e.kind(), ErrorKind::PeerClosed | ErrorKind::PeerTimedOut) => {
             tracing::warn!(pid, error = %e, "the new process left or hung before it was ready; still serving");
-            Ok(())
+            Ok(false)
         }
         Err(e) => Err(e),
     }
+}
+
+/// After a handover to `pid`: if that process dies while this one still holds the listeners
+/// (this [`Published`] lives) and the pid file still names it (it handed over to nobody, and
+/// did not stop in order), this process takes the listeners back: the pid file names it
+/// again and it answers takeovers. Nothing was lost meanwhile: connections waited in the
+/// listeners' queues, which this process holds.
+fn watch_successor(shared: &Shared, pid: u32, pidfd: &OwnedFd) {
+    let died = match sys::poll_readable(&[pidfd.as_fd(), shared.stop.as_fd()]) {
+        Ok(ready) => ready[0] && !ready[1],
+        Err(e) => {
+            tracing::warn!(pid, error = %e, "watching the process that took over");
+            return;
+        }
+    };
+    if !died {
+        return;
+    }
+    let mut state = lock(&shared.state);
+    if !matches!(&*state, State::HandedOver(h) if h.pid == pid) {
+        return;
+    }
+    if !matches!(shared.upgrade.read_pid_file(), Ok(Some(p)) if p == pid) {
+        tracing::info!(
+            pid,
+            "the process that took over exited and no longer holds the pid file; not taking back"
+        );
+        return;
+    }
+    if let Err(e) = shared.upgrade.write_pid_file(shared.pid) {
+        tracing::error!(pid, error = %e, "the process that took over died; could not take the pid file back");
+        return;
+    }
+    state.take_back(pid);
+    sys::unwake(shared.handed_over.as_fd());
+    drop(state);
+    shared.changed.notify_all();
+    tracing::warn!(
+        pid,
+        "the process that took over died before this one stopped: this one serves again"
+    );
 }
 
 #[cfg(test)]
@@ -475,6 +669,15 @@ mod tests {
             })
         );
         s.abandon(11);
+        s.take_back(12);
+        assert!(
+            matches!(&s, State::HandedOver(h) if h.pid == 11),
+            "only the successor's own death takes the listeners back"
+        );
+        let mut back = s.clone();
+        back.take_back(11);
+        assert_eq!(back, State::Serving);
+        back.begin(13).unwrap();
         let e = s.begin(12).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::AlreadyHandedOver);
         assert_eq!(e.code(), 10022);
