@@ -209,6 +209,29 @@ impl Server {
         })
     }
 
+    /// The serve process's working directory (a temporary directory of its own).
+    fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// The serve process's descriptor count once it holds still (the same over 100 ms), or
+    /// once it is `want`, or after 5 s.
+    fn settled_fd_count(&self, want: Option<usize>) -> usize {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let a = self.fd_count();
+            thread::sleep(Duration::from_millis(100));
+            let b = self.fd_count();
+            let done = match want {
+                Some(w) => b == w,
+                None => a == b,
+            };
+            if done || Instant::now() > until {
+                return b;
+            }
+        }
+    }
+
     /// Descriptors open in the serve process.
     fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid))
@@ -994,4 +1017,141 @@ fn usage_errors_exit_2_without_panicking() {
         .expect("run sockdup");
     assert_eq!(out.status.code(), Some(1), "{}", util::stderr(&out));
     assert!(util::stderr(&out).contains("/nonexistent/worker"));
+}
+
+/// The worker command of the attack tests: `sockdup worker --app echo`, except the first one
+/// started after the file `hostile` appears in the serve process's directory, which runs
+/// `--test-hostile MODE`.
+fn hostile_once_script(mode: &str) -> String {
+    format!(
+        "if [ -e hostile ] && mkdir hostile-once 2>/dev/null; then \
+         exec {BIN} worker --app echo --test-hostile {mode}; \
+         else exec {BIN} worker --app echo; fi"
+    )
+}
+
+/// One attack of a worker on its acceptor: `sockdup serve` with two echo workers warms up; one
+/// of them is killed while idle (losing nothing) and its replacement is the hostile worker
+/// `mode`; clients connect while it attacks. Then: the hostile worker is replaced with
+/// `complaint` in the report (at once, unless `at_once` is false: then at the 1-second answer
+/// timeout), every client got exactly its own echo back (none lost, none served twice: the
+/// summary counts each connection once), and the acceptor's descriptor count is back where it
+/// was before the attack.
+#[track_caller]
+fn attack(mode: &str, complaint: &str, at_once: bool) {
+    let script = hostile_once_script(mode);
+    let mut server = Server::start(
+        &["--workers", "2", "--answer-timeout", "1"],
+        &["sh", "-c", &script],
+    );
+    let addr = server.tcp();
+    let warm = echo_load(addr, 2, 10, "warm");
+    assert!(warm.is_empty(), "{mode}: warm-up failed: {warm:?}");
+    let fds_before = server.settled_fd_count(None);
+    let workers = server.wait_workers(2, &BTreeSet::new());
+    let victim = *workers.iter().next().expect("a worker");
+    std::fs::write(server.dir().join("hostile"), b"").expect("create the trigger");
+    // Idle (no client is connected): killing it loses nothing.
+    signal(victim, Signal::KILL);
+    let ready = server
+        .stderr
+        .wait_for_all(&["hostile worker", "ready"], WAIT);
+    let hostile: u32 = ready
+        .split("hostile worker ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{mode}: no pid in {ready:?}"));
+    // The hostile worker is ready once the acceptor read its pid line: give it a moment to.
+    thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    let failures = echo_load(addr, 4, 5, mode);
+    let took = t0.elapsed();
+    let report = ["(pid", complaint, "replacing it"];
+    let line = server.stderr.wait_for_all(&report, WAIT);
+    assert!(
+        line.contains(&format!("(pid {hostile})")),
+        "{mode}: another worker was replaced: {line}"
+    );
+    assert!(failures.is_empty(), "{mode}: clients failed: {failures:?}");
+    if at_once {
+        // The answer timeout is 1 s: the connections the hostile worker held went on long
+        // before (a failure bound for "at once", not a speed test).
+        assert!(
+            took < Duration::from_millis(900),
+            "{mode}: the clients took {took:?}: the attack was not heard at once\n{}",
+            server.stderr.text()
+        );
+    }
+    // The hostile worker is gone (killed and reaped), a healthy one took its slot.
+    let after = server.wait_workers(2, &BTreeSet::from([victim, hostile]));
+    assert!(!after.contains(&hostile), "{mode}");
+    assert!(
+        util::wait_until(WAIT, || {
+            (!std::path::Path::new(&format!("/proc/{hostile}")).exists()).then_some(true)
+        }),
+        "{mode}"
+    );
+    // Both workers serve again (the acceptor connects to a worker's inbox at its first
+    // connection: a round may find the new worker not yet announced, hence a few rounds);
+    // then the acceptor holds what it held before the attack.
+    let mut served = 40;
+    let mut fds_after = 0;
+    for _ in 0..5 {
+        let again = echo_load(addr, 2, 10, "again");
+        assert!(again.is_empty(), "{mode}: after the attack: {again:?}");
+        served += 20;
+        fds_after = server.settled_fd_count(Some(fds_before));
+        if fds_after == fds_before {
+            break;
+        }
+    }
+    assert_eq!(fds_after, fds_before, "{mode}: the acceptor's descriptors");
+    assert!(
+        server.running(),
+        "{mode}: serve stopped:\n{}",
+        server.stderr.text()
+    );
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, served, "{mode}: {summary:?}");
+    assert_eq!(summary.replaced, 1, "{mode}: {summary:?}");
+    assert!(summary.restarts >= 2, "{mode}: {summary:?}");
+}
+
+#[test]
+fn a_worker_confirming_an_id_never_given_out_is_replaced_at_once() {
+    attack(
+        "ok-unknown",
+        "said it confirmed connection 4000000000000",
+        true,
+    );
+}
+
+#[test]
+fn a_worker_confirming_connections_it_was_not_given_is_replaced_at_once() {
+    attack("ok-not-given", "said it confirmed connection", true);
+}
+
+#[test]
+fn a_worker_failing_connections_it_was_not_given_is_replaced_at_once() {
+    attack("fail-not-given", "said it failed connection", true);
+}
+
+#[test]
+fn a_worker_finishing_connections_it_never_confirmed_is_replaced_at_once() {
+    attack("done-not-confirmed", "said it finished connection", true);
+}
+
+#[test]
+fn a_worker_writing_an_endless_line_is_replaced_at_once() {
+    attack("endless-line", "longer than 4096 bytes", true);
+}
+
+#[test]
+fn a_worker_writing_random_bytes_is_replaced_at_once() {
+    attack("random-bytes", "not the sockdup worker protocol", true);
+}
+
+#[test]
+fn a_worker_leaving_a_line_unfinished_is_replaced_at_its_answer_timeout() {
+    attack("partial-line", "did not answer within 1s", false);
 }

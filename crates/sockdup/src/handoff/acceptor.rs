@@ -222,6 +222,13 @@ fn worker_key(slot: usize, generation: u64) -> u64 {
 /// message) before it counts as not speaking the protocol.
 const MAX_WORKER_LINE: usize = 4096;
 
+/// The most bytes read from one worker's output per wake-up: a pipe's default capacity.
+const READ_BUDGET: usize = 64 * 1024;
+
+/// The most bytes read from the output of a worker that exited (its last answers: at most a
+/// pipe's capacity, unless something it started still writes there).
+const EXIT_READ_BUDGET: usize = 1024 * 1024;
+
 /// The most connections accepted from one listener per wake-up, so that the workers' answers
 /// are read between batches.
 const ACCEPT_BATCH: usize = 256;
@@ -334,7 +341,7 @@ impl Run<'_> {
                 .get(slot)
                 .is_some_and(|p| p.generation == generation)
             {
-                self.read_output(slot, now);
+                self.read_output(slot, now, READ_BUDGET);
             }
         }
         for ev in events.iter() {
@@ -369,41 +376,53 @@ impl Run<'_> {
         }
     }
 
-    /// Reads what worker `slot` wrote (until its pipe is empty) and reports every whole line;
-    /// a line that is not the protocol is reported at once, and the rest is not read; at the
-    /// end of its output, reports that.
-    fn read_output(&mut self, slot: usize, now: Instant) {
-        let p = &mut self.procs[slot];
-        let Some(out) = p.stdout.as_mut() else {
-            return;
-        };
+    /// Reads what worker `slot` wrote (until its pipe is empty, or `budget` bytes) and reports
+    /// every whole line as it comes; a line that is not the protocol is reported at once, and
+    /// the rest is not read; at the end of its output, reports that.
+    ///
+    /// Lines are taken after every read, not after the pipe is empty: a worker that writes
+    /// without end (a line that never ends, or lines faster than they are read) is caught by the
+    /// line bound after a few KiB, and cannot make this loop (or its buffer) grow without
+    /// bound. The budget keeps one chatty worker from holding the loop: what it did not read,
+    /// epoll (level-triggered) reports again at once.
+    fn read_output(&mut self, slot: usize, now: Instant, budget: usize) {
+        let mut read = 0;
         let mut closed = false;
         loop {
-            match p.lines.read_from(out) {
+            let p = &mut self.procs[slot];
+            let Some(out) = p.stdout.as_mut() else {
+                return;
+            };
+            let n = match p.lines.read_from(out) {
                 Ok(0) => {
                     closed = true;
-                    break;
+                    0
                 }
-                // Less than asked for: the pipe is empty (one read for many answers).
-                Ok(n) if n < READ_CHUNK => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(_) => {
                     closed = true;
-                    break;
+                    0
+                }
+            };
+            read += n;
+            loop {
+                match self.procs[slot].lines.next_message::<FromWorker>() {
+                    Ok(Some(line)) => self.d.handle_line(slot, Ok(line), now),
+                    Ok(None) => break,
+                    Err(e) => {
+                        // The stream is out of step: the worker is replaced (Action::Kill,
+                        // which kills it before its pipes close), and nothing more of it is
+                        // read.
+                        self.d.handle_line(slot, Err(e), now);
+                        return;
+                    }
                 }
             }
-        }
-        loop {
-            match p.lines.next_message::<FromWorker>() {
-                Ok(Some(line)) => self.d.handle_line(slot, Ok(line), now),
-                Ok(None) => break,
-                Err(e) => {
-                    // The stream is out of step: the worker is replaced (Action::Kill).
-                    self.d.handle_line(slot, Err(e), now);
-                    break;
-                }
+            // Less than asked for: the pipe is empty (one read for many answers).
+            if closed || n < READ_CHUNK || read >= budget {
+                break;
             }
         }
         if closed {
@@ -433,7 +452,7 @@ impl Run<'_> {
             if !exited {
                 continue;
             }
-            self.read_output(slot, now);
+            self.read_output(slot, now, EXIT_READ_BUDGET);
             self.close_output(slot);
             let p = &mut self.procs[slot];
             p.stdin = None;
@@ -505,8 +524,9 @@ impl Run<'_> {
     }
 
     /// Duplicates the connections `ids` to worker `slot` in one message and writes their
-    /// `conn` lines in one write; a failure is reported (the worker is replaced, and the batch
-    /// goes to another).
+    /// `conn` lines in one write; a failure is reported (for lack of room the batch waits and
+    /// goes again in smaller batches; otherwise the worker is replaced, and the batch goes to
+    /// another).
     fn send(&mut self, slot: usize, pid: u32, ids: &[u64]) {
         let Some(batch) = self.d.batch(slot, ids) else {
             return;
@@ -541,7 +561,7 @@ impl Run<'_> {
             ),
             Err(e) => {
                 tracing::warn!(slot, pid, count, error = %e, "sockdup acceptor: handing off failed; trying another worker");
-                self.d.handle_send_failed(slot, &e, Instant::now());
+                self.d.handle_send_failed(slot, ids, &e, Instant::now());
             }
         }
     }
@@ -565,12 +585,18 @@ impl Run<'_> {
     }
 
     /// Kills and reaps the worker process of `slot`, if it has one.
+    ///
+    /// The kill comes before its pipes close, as in [`kill`](Self::kill): a worker that finds
+    /// its output closed (`EPIPE`) while it still runs may take it that the acceptor is gone,
+    /// and serve what it redeemed.
     fn reap(&mut self, slot: usize) {
+        if let Some(child) = self.procs[slot].child.as_mut() {
+            let _ = child.kill();
+        }
         self.close_output(slot);
         let p = &mut self.procs[slot];
         p.stdin = None;
         if let Some(mut child) = p.child.take() {
-            let _ = child.kill();
             let _ = child.wait();
             forget_inbox_connection(child.id());
         }
