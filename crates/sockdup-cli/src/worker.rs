@@ -9,8 +9,8 @@
 //! A line from the acceptor that is not the handoff protocol is answered at once with an
 //! `error` line on stdout; the worker then finishes its open connections and exits with status 1.
 //!
-//! When the acceptor closes the worker's input (its shutdown), no new connection comes; the
-//! worker waits for the ones it has (the `hello` app closes idle keep-alive connections and
+//! When the acceptor closes the worker's input (its shutdown, or its death: even killed with
+//! SIGKILL, its end of the pipe closes with it), no new connection comes; the worker waits for the ones it has (the `hello` app closes idle keep-alive connections and
 //! answers the requests in progress with `Connection: close`) and exits. Run by an acceptor
 //! (stdin not a terminal), the worker ignores SIGINT: a Ctrl-C in the terminal reaches the
 //! whole process group, and the acceptor, not the terminal, decides when its workers stop.
@@ -53,6 +53,11 @@ pub(crate) struct Args {
     /// attack MODE, and wait for the end of the input (or the acceptor's kill).
     #[arg(long, hide = true, value_enum, value_name = "MODE")]
     pub(crate) test_hostile: Option<Hostile>,
+
+    /// For tests of the acceptor: after announcing this worker, wait SECONDS before reading the
+    /// acceptor's lines (so that `conn` lines wait in the pipe).
+    #[arg(long, hide = true, value_name = "SECONDS", value_parser = crate::listen::parse_seconds)]
+    pub(crate) test_read_delay: Option<std::time::Duration>,
 }
 
 /// `--test-hostile`: how a hostile worker answers the acceptor's first `conn` lines.
@@ -103,6 +108,13 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
     }
     if let Some(mode) = args.test_hostile {
         return hostile(worker, mode);
+    }
+    if let Some(delay) = args.test_read_delay {
+        eprintln!(
+            "sockdup worker: {} reads its input in {delay:?}",
+            std::process::id()
+        );
+        thread::sleep(delay);
     }
     let app = args.app;
     let draining = Arc::new(AtomicBool::new(false));

@@ -1155,3 +1155,132 @@ fn a_worker_writing_random_bytes_is_replaced_at_once() {
 fn a_worker_leaving_a_line_unfinished_is_replaced_at_its_answer_timeout() {
     attack("partial-line", "did not answer within 1s", false);
 }
+
+/// Whether process `pid` is gone: no longer in /proc, or a zombie (exited, waiting for whoever
+/// adopted it to reap it).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Waits (at most `limit`) until every process of `pids` exited; names the ones that did not.
+#[track_caller]
+fn wait_all_exited(pids: &BTreeSet<u32>, limit: Duration, what: &str) {
+    let until = Instant::now() + limit;
+    loop {
+        let alive: Vec<u32> = pids.iter().copied().filter(|&p| !exited(p)).collect();
+        if alive.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{what}: workers {alive:?} still run after {limit:?} (orphaned)"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn workers_of_a_killed_acceptor_finish_their_connections_and_exit() {
+    let mut server = Server::start(&["--workers", "3"], &worker("echo"));
+    let addr = server.tcp();
+    assert!(echo_load(addr, 1, 6, "warm").is_empty());
+    let workers = server.wait_workers(3, &BTreeSet::new());
+    // Two connections, each confirmed and served once, held open: two workers have one each
+    // (round robin), the third has none.
+    let mut open: Vec<TcpStream> = (0..2).map(|_| connect(addr).expect("connect")).collect();
+    for (i, s) in open.iter_mut().enumerate() {
+        let msg = format!("before {i};");
+        assert_eq!(exchange(s, &msg), msg);
+    }
+    server.signal(Signal::KILL);
+    let status = server.wait_exit(WAIT);
+    assert!(!status.success(), "{status:?}");
+    // The idle worker sees its input end and exits by itself.
+    let t0 = Instant::now();
+    let busy = util::wait_until(WAIT, || {
+        let alive: BTreeSet<u32> = workers.iter().copied().filter(|&p| !exited(p)).collect();
+        (alive.len() == 2).then_some(alive)
+    });
+    assert!(
+        t0.elapsed() < WAIT,
+        "the idle worker did not exit: {workers:?}"
+    );
+    // The two others still serve what they have, to its end, and then exit.
+    for (i, s) in open.iter_mut().enumerate() {
+        let msg = format!("after the acceptor died {i};");
+        assert_eq!(exchange(s, &msg), msg);
+    }
+    for p in &busy {
+        assert!(!exited(*p), "worker {p} left its client");
+    }
+    for s in &mut open {
+        s.shutdown(Shutdown::Write).expect("shutdown");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).expect("read to the end");
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    wait_all_exited(&workers, WAIT, "after their clients closed");
+    let text = server.stderr.text();
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn connections_handed_over_just_before_the_acceptor_dies_are_still_served() {
+    // The worker reads its input only 1.5 s after it announced itself: the acceptor has
+    // duplicated the connections to its inbox and written their conn lines, which wait in the
+    // pipe, when it is killed. The worker then redeems them, cannot confirm them (nobody
+    // reads), and must serve them all the same: nobody else holds them any more.
+    let mut server = Server::start_logging(
+        &["127.0.0.1:0"],
+        &["--workers", "1", "--answer-timeout", "30"],
+        &[BIN, "worker", "--app", "echo", "--test-read-delay", "1.5"],
+        "sockdup=debug",
+    );
+    let addr = server.tcp();
+    let line = server.stderr.wait_for("reads its input in", WAIT);
+    let pid: u32 = line
+        .split("sockdup worker: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    let mut open: Vec<TcpStream> = (0..3).map(|_| connect(addr).expect("connect")).collect();
+    for (i, s) in open.iter_mut().enumerate() {
+        write!(s, "handed {i};").expect("send");
+    }
+    // All three handed over (duplicated and their conn lines written).
+    util::wait_until(WAIT, || {
+        let text = server.stderr.text();
+        let handed: usize = text
+            .lines()
+            .filter(|l| l.contains("connections handed to a worker"))
+            .filter_map(|l| {
+                l.split("count=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum();
+        (handed == 3).then_some(())
+    });
+    server.signal(Signal::KILL);
+    server.wait_exit(WAIT);
+    assert!(!exited(pid), "the worker died with its acceptor");
+    for (i, s) in open.iter_mut().enumerate() {
+        let msg = format!("handed {i};");
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).expect("read the echo");
+        assert_eq!(String::from_utf8_lossy(&got), msg);
+        s.shutdown(Shutdown::Write).expect("shutdown");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).expect("read to the end");
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    wait_all_exited(&BTreeSet::from([pid]), WAIT, "after its clients closed");
+}
