@@ -1284,3 +1284,192 @@ fn connections_handed_over_just_before_the_acceptor_dies_are_still_served() {
     }
     wait_all_exited(&BTreeSet::from([pid]), WAIT, "after its clients closed");
 }
+
+/// Whether prlimit(1) (util-linux) is there; the exhaustion tests use it to change a running
+/// process's `RLIMIT_NOFILE` (lowering or restoring the soft limit of a process of the same
+/// user needs no privilege).
+fn have_prlimit() -> bool {
+    Command::new("prlimit")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Sets the soft `RLIMIT_NOFILE` of process `pid` to `soft` (its hard limit unchanged).
+#[track_caller]
+fn set_nofile(pid: u32, soft: u64) {
+    let out = Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg(format!("--nofile={soft}:"))
+        .output()
+        .expect("run prlimit");
+    assert!(out.status.success(), "prlimit: {}", util::stderr(&out));
+}
+
+/// The soft `RLIMIT_NOFILE` of process `pid`, from /proc/PID/limits.
+fn nofile(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    line.split_whitespace()
+        .nth(3)
+        .and_then(|n| n.parse().ok())
+        .expect("a number")
+}
+
+/// CPU time (user + system) process `pid` used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let rest = stat.rsplit_once(')').expect("stat").1;
+    // After the command: state is field 3, utime 14, stime 15.
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|n| n.parse().expect("a tick count"))
+        .collect();
+    let ticks = rustix::param::clock_ticks_per_second();
+    Duration::from_secs_f64((f[0] + f[1]) as f64 / ticks as f64)
+}
+
+#[test]
+fn an_acceptor_out_of_descriptors_does_not_spin_and_serves_when_they_free_up() {
+    if !have_prlimit() {
+        eprintln!("skipped: prlimit(1) (util-linux) is not installed");
+        return;
+    }
+    let mut server = Server::start(&["--workers", "1"], &worker("echo"));
+    let addr = server.tcp();
+    assert!(echo_load(addr, 1, 5, "warm").is_empty());
+    let fds = server.settled_fd_count(None);
+    let workers = server.wait_workers(1, &BTreeSet::new());
+    let worker_pid = *workers.iter().next().expect("a worker");
+    let soft = nofile(server.pid);
+    // Three descriptors fewer than it holds; then its worker dies (idle: nothing is lost),
+    // freeing its two pipes and the connection to its inbox, which leaves no room for the
+    // pipes of another: starting it fails with EMFILE, and is tried again.
+    set_nofile(server.pid, fds as u64 - 3);
+    signal(worker_pid, Signal::KILL);
+    server
+        .stderr
+        .wait_for("cannot start a worker now; trying again shortly", WAIT);
+    // Clients come: every accept fails with EMFILE, and they wait in the backlog.
+    let clients: Vec<_> = (0..10)
+        .map(|i| thread::spawn(move || echo_once(addr, &format!("starved-{i}"))))
+        .collect();
+    server
+        .stderr
+        .wait_for_all(&["accept failed", "Too many open files"], WAIT);
+    assert!(server.running(), "serve stopped:\n{}", server.stderr.text());
+    // Out of descriptors, with connections waiting: it must not spin. (A bound for a busy
+    // loop, which would use about 100% of the wall time, not a speed test.)
+    let (cpu0, t0) = (cpu_time(server.pid), Instant::now());
+    thread::sleep(Duration::from_secs(2));
+    let (cpu, wall) = (cpu_time(server.pid) - cpu0, t0.elapsed());
+    eprintln!("the acceptor out of descriptors used {cpu:?} of CPU in {wall:?}");
+    assert!(
+        cpu.as_secs_f64() < 0.3 * wall.as_secs_f64(),
+        "the acceptor used {cpu:?} of CPU in {wall:?} while out of descriptors"
+    );
+    assert!(server.running(), "serve stopped:\n{}", server.stderr.text());
+    assert!(
+        server.workers().is_empty(),
+        "a worker started without descriptors?"
+    );
+    // Descriptors free up: a worker starts, and every client waiting is served once.
+    set_nofile(server.pid, soft);
+    let failures: Vec<String> = clients
+        .into_iter()
+        .filter_map(|c| c.join().expect("client").err())
+        .collect();
+    assert!(failures.is_empty(), "failed: {failures:?}");
+    assert!(echo_load(addr, 1, 5, "after").is_empty());
+    assert_eq!(
+        server.settled_fd_count(Some(fds)),
+        fds,
+        "the acceptor's descriptors"
+    );
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, 20, "{summary:?}");
+    assert_eq!(summary.replaced, 0, "{summary:?}\n{}", server.stderr.text());
+    assert_eq!(summary.restarts, 1, "{summary:?}");
+}
+
+#[test]
+fn a_worker_out_of_descriptors_is_not_replaced_and_serves_when_they_free_up() {
+    if !have_prlimit() {
+        eprintln!("skipped: prlimit(1) (util-linux) is not installed");
+        return;
+    }
+    let mut server = Server::start(&["--workers", "1"], &worker("echo"));
+    let addr = server.tcp();
+    assert!(echo_load(addr, 1, 5, "warm").is_empty());
+    let acceptor_fds = server.settled_fd_count(None);
+    let workers = server.wait_workers(1, &BTreeSet::new());
+    let pid = *workers.iter().next().expect("a worker");
+    let idle = util::wait_until(WAIT, || {
+        let a = fd_count(pid)?;
+        thread::sleep(Duration::from_millis(100));
+        (fd_count(pid)? == a).then_some(a)
+    });
+    // Room for about three connections (each is one descriptor once redeemed, and one while
+    // it waits in the inbox).
+    set_nofile(pid, idle as u64 + 4);
+    // Twelve clients at once, each holding its connection for a while after its echo: the
+    // worker cannot receive them all, and says so (WSAEMFILE) to the acceptor, which keeps
+    // them and hands them over as the worker's descriptors free up.
+    let clients: Vec<_> = (0..12)
+        .map(|i| {
+            thread::spawn(move || -> Result<(), String> {
+                let token = format!("tight-{i};");
+                let mut s = connect(addr).map_err(|e| format!("{token} {e}"))?;
+                s.write_all(token.as_bytes())
+                    .map_err(|e| format!("{token} {e}"))?;
+                let mut got = vec![0u8; token.len()];
+                s.read_exact(&mut got).map_err(|e| format!("{token} {e}"))?;
+                if got != token.as_bytes() {
+                    return Err(format!("{token}: got {:?}", String::from_utf8_lossy(&got)));
+                }
+                thread::sleep(Duration::from_millis(500));
+                s.shutdown(Shutdown::Write)
+                    .map_err(|e| format!("{token} {e}"))?;
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest)
+                    .map_err(|e| format!("{token} {e}"))?;
+                rest.is_empty()
+                    .then_some(())
+                    .ok_or(format!("{token}: extra {rest:?}"))
+            })
+        })
+        .collect();
+    let failures: Vec<String> = clients
+        .into_iter()
+        .filter_map(|c| c.join().expect("client").err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "failed: {failures:?}\n{}",
+        server.stderr.text()
+    );
+    let text = server.stderr.text();
+    assert!(
+        text.contains("handing off failed") && text.contains("target-out-of-descriptors"),
+        "the worker never ran out of descriptors (the test proves nothing):\n{text}"
+    );
+    // The same worker serves on; it and the acceptor hold what they held before.
+    assert_eq!(server.workers(), workers);
+    util::wait_until(WAIT, || (fd_count(pid)? == idle).then_some(()));
+    assert_eq!(
+        server.settled_fd_count(Some(acceptor_fds)),
+        acceptor_fds,
+        "the acceptor's descriptors"
+    );
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, 17, "{summary:?}");
+    assert_eq!((summary.replaced, summary.restarts), (0, 0), "{summary:?}");
+}

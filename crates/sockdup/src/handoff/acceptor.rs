@@ -210,6 +210,17 @@ fn forget_inbox_connection(pid: u32) {
     }
 }
 
+/// Whether starting a process failed for lack of resources that may free up: descriptors
+/// (`EMFILE`, `ENFILE`), processes (`EAGAIN`), memory (`ENOMEM`).
+fn is_lack_of_resources(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    e.raw_os_error().is_some_and(|n| {
+        [Errno::MFILE, Errno::NFILE, Errno::AGAIN, Errno::NOMEM]
+            .iter()
+            .any(|x| x.raw_os_error() == n)
+    })
+}
+
 /// The epoll key of a worker's output: this bit, its generation and its slot (listeners are
 /// keyed by their index).
 const WORKER_KEY: u64 = 1 << 63;
@@ -479,21 +490,33 @@ impl Run<'_> {
     }
 
     /// Starts the worker of `slot` as `generation`, after killing and reaping the one before.
+    ///
+    /// A start that fails for lack of resources (this process out of descriptors: the pipes;
+    /// out of processes or memory) is tried again a little later, and the acceptor serves on
+    /// with the workers it has; any other failure (the program cannot be run) ends the run.
     fn spawn(&mut self, slot: usize, generation: u64) -> Result<(), Error> {
         self.reap(slot);
-        let mut child = Command::new(&self.cfg.program)
+        let spawned = Command::new(&self.cfg.program)
             .args(&self.cfg.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| {
-                Error::new(
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) if is_lack_of_resources(&e) => {
+                tracing::warn!(slot, error = %e, "sockdup acceptor: cannot start a worker now; trying again shortly");
+                self.d.handle_spawn_failed(slot, Instant::now());
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(Error::new(
                     ErrorKind::InvalidArgument,
                     format!("starting worker {:?} failed: {e}", self.cfg.program),
                 )
-                .with_source(e)
-            })?;
+                .with_source(e));
+            }
+        };
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let registered = stdout.as_ref().map_or(Ok(()), |out| {
@@ -560,7 +583,7 @@ impl Run<'_> {
                 "sockdup acceptor: connections handed to a worker"
             ),
             Err(e) => {
-                tracing::warn!(slot, pid, count, error = %e, "sockdup acceptor: handing off failed; trying another worker");
+                tracing::warn!(slot, pid, count, kind = %e.kind(), error = %e, "sockdup acceptor: handing off failed");
                 self.d.handle_send_failed(slot, ids, &e, Instant::now());
             }
         }

@@ -31,6 +31,10 @@ pub(crate) const RESTART_DELAY: Duration = Duration::from_millis(20);
 /// How long accepting pauses after an accept failed (e.g. out of descriptors).
 pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
+/// How long after a worker could not be started for lack of resources (the acceptor out of
+/// descriptors, processes or memory) it is tried again.
+pub(crate) const SPAWN_RETRY: Duration = Duration::from_millis(100);
+
 /// How long a worker whose inbox could not take a batch (full, or out of descriptors on either
 /// side) gets nothing before it is tried again, with a batch half as large.
 pub(crate) const SEND_RETRY: Duration = Duration::from_millis(100);
@@ -121,6 +125,9 @@ struct Slot<C> {
     generation: u64,
     /// Started at least once.
     started: bool,
+    /// A process was started at least once (a start that failed for lack of resources is not
+    /// one).
+    ran: bool,
     /// Its process runs (not reported exited).
     running: bool,
     /// Sent to it, not yet confirmed: the connection and when it was sent.
@@ -203,6 +210,7 @@ impl<C> Dispatch<C> {
                     state: State::Down { restart_at: None },
                     generation: 0,
                     started: false,
+                    ran: false,
                     running: false,
                     unconfirmed: HashMap::new(),
                     sent: VecDeque::new(),
@@ -296,6 +304,7 @@ impl<C> Dispatch<C> {
             return;
         };
         s.running = true;
+        s.ran = true;
         if let State::Starting {
             child: c @ None,
             since,
@@ -304,6 +313,27 @@ impl<C> Dispatch<C> {
             *c = Some(child);
             *since = now;
         }
+    }
+
+    /// The driver could not start the worker of `slot` ([`Action::Spawn`]) for lack of
+    /// resources (the acceptor is out of descriptors, processes or memory): it is tried again
+    /// after [`SPAWN_RETRY`] (not after a shutdown began); what is queued waits.
+    pub(crate) fn handle_spawn_failed(&mut self, slot: usize, now: Instant) {
+        let draining = self.drain.is_some();
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if !matches!(s.state, State::Starting { child: None, .. }) {
+            return;
+        }
+        if s.ran {
+            // Counted as a restart when it was asked for; it did not happen.
+            self.summary.restarts = self.summary.restarts.saturating_sub(1);
+        }
+        s.running = false;
+        s.state = State::Down {
+            restart_at: (!draining).then_some(now + SPAWN_RETRY),
+        };
     }
 
     /// A line the worker of `slot` wrote, or why its output is not the protocol (a malformed
@@ -626,6 +656,8 @@ impl<C> Dispatch<C> {
         let s = &mut self.slots[slot];
         if s.started {
             s.generation += 1;
+        }
+        if s.ran {
             self.summary.restarts += 1;
         }
         s.started = true;
