@@ -16,7 +16,12 @@
 //! connections they held go to another worker); a worker answers a malformed or oversized
 //! line from the acceptor at once and exits 1; no descriptor leaked by the acceptor; the `hello` HTTP app
 //! (keep-alive, `Connection: close`, HTTP/1.0, bodies, malformed requests); a Unix listener;
-//! usage errors.
+//! usage errors. Under attack and faults (issue 10): a hostile worker (`--test-hostile MODE`)
+//! confirming, failing or finishing connections it does not hold, writing an endless line,
+//! random bytes, or a line that never ends, is replaced (at once, or at its answer timeout) with
+//! no client lost or served twice and the acceptor's descriptors back where they were; the
+//! workers of a SIGKILLed acceptor serve what they were handed and exit by themselves; an
+//! acceptor or a worker out of descriptors (prlimit(1)) neither spins nor loses anything.
 
 mod util;
 
