@@ -9,8 +9,8 @@
 //! A line from the acceptor that is not the handoff protocol is answered at once with an
 //! `error` line on stdout; the worker then finishes its open connections and exits with status 1.
 //!
-//! When the acceptor closes the worker's input (its shutdown), no new connection comes; the
-//! worker waits for the ones it has (the `hello` app closes idle keep-alive connections and
+//! When the acceptor closes the worker's input (its shutdown, or its death: even killed with
+//! SIGKILL, its end of the pipe closes with it), no new connection comes; the worker waits for the ones it has (the `hello` app closes idle keep-alive connections and
 //! answers the requests in progress with `Connection: close`) and exits. Run by an acceptor
 //! (stdin not a terminal), the worker ignores SIGINT: a Ctrl-C in the terminal reaches the
 //! whole process group, and the acceptor, not the terminal, decides when its workers stop.
@@ -18,6 +18,7 @@
 mod activated;
 mod hello;
 
+use std::collections::BTreeSet;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +47,36 @@ pub(crate) struct Args {
     /// the end of the input (the acceptor should replace this worker at once).
     #[arg(long, hide = true)]
     pub(crate) test_write_garbage: bool,
+
+    /// For tests of the acceptor: announce this worker (and say so on stderr, with its pid),
+    /// take the acceptor's first `conn` lines without redeeming anything, answer them with the
+    /// attack MODE, and wait for the end of the input (or the acceptor's kill).
+    #[arg(long, hide = true, value_enum, value_name = "MODE")]
+    pub(crate) test_hostile: Option<Hostile>,
+
+    /// For tests of the acceptor: after announcing this worker, wait SECONDS before reading the
+    /// acceptor's lines (so that `conn` lines wait in the pipe).
+    #[arg(long, hide = true, value_name = "SECONDS", value_parser = crate::listen::parse_seconds)]
+    pub(crate) test_read_delay: Option<std::time::Duration>,
+}
+
+/// `--test-hostile`: how a hostile worker answers the acceptor's first `conn` lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Hostile {
+    /// `ok ID` for an id the acceptor never gave out.
+    OkUnknown,
+    /// `ok ID` for connections it was not given (other workers', or not yet accepted).
+    OkNotGiven,
+    /// `fail ID ...` for connections it was not given.
+    FailNotGiven,
+    /// `done ID` for the connections it was given but never confirmed.
+    DoneNotConfirmed,
+    /// Bytes without a line end, without end (far past any line bound).
+    EndlessLine,
+    /// A line that never ends but stays short (a few hundred bytes), then silence.
+    PartialLine,
+    /// 1 MiB of pseudo-random bytes.
+    RandomBytes,
 }
 
 /// `--app`.
@@ -74,6 +105,16 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
     let worker = Worker::announce().map_err(|e| CliError::sockdup("announcing this worker", e))?;
     if args.test_write_garbage {
         return write_garbage(worker);
+    }
+    if let Some(mode) = args.test_hostile {
+        return hostile(worker, mode);
+    }
+    if let Some(delay) = args.test_read_delay {
+        eprintln!(
+            "sockdup worker: {} reads its input in {delay:?}",
+            std::process::id()
+        );
+        thread::sleep(delay);
     }
     let app = args.app;
     let draining = Arc::new(AtomicBool::new(false));
@@ -119,6 +160,67 @@ fn write_garbage(worker: Worker) -> Result<(), CliError> {
     let mut out = io::stdout().lock();
     let _ = out.write_all(b"this is not the sockdup worker protocol\n");
     let _ = out.flush();
+    drop(out);
+    let _ = io::copy(&mut stdin, &mut io::sink());
+    drop(worker);
+    Ok(())
+}
+
+/// `--test-hostile MODE`: waits for the acceptor's first `conn` lines (one read), answers
+/// them with the attack, then reads its input to the end (or until the acceptor's kill).
+fn hostile(worker: Worker, mode: Hostile) -> Result<(), CliError> {
+    let pid = std::process::id();
+    eprintln!("sockdup worker: hostile worker {pid} ready ({mode:?})");
+    let mut stdin = io::stdin().lock();
+    let mut first = vec![0u8; 64 * 1024];
+    let n = stdin.read(&mut first).unwrap_or(0);
+    // The ids of the conn lines this read brought (the last one may be cut short).
+    let given: BTreeSet<u64> = String::from_utf8_lossy(&first[..n])
+        .lines()
+        .filter_map(|l| l.strip_prefix("conn ")?.split(' ').next()?.parse().ok())
+        .collect();
+    let top = given.last().copied().unwrap_or(0);
+    let not_given = (0..top + 8).filter(|id| !given.contains(id));
+    let mut out = io::stdout().lock();
+    let wrote = match mode {
+        Hostile::OkUnknown => out.write_all(b"ok 4000000000000\n"),
+        Hostile::OkNotGiven => (|| {
+            for id in not_given {
+                writeln!(out, "ok {id}")?;
+            }
+            Ok(())
+        })(),
+        Hostile::FailNotGiven => (|| {
+            for id in not_given {
+                writeln!(out, "fail {id} 10050 protocol-violation a lie")?;
+            }
+            Ok(())
+        })(),
+        Hostile::DoneNotConfirmed => (|| {
+            for id in &given {
+                writeln!(out, "done {id}")?;
+            }
+            Ok(())
+        })(),
+        // Until the acceptor stops reading (EPIPE) or kills this process.
+        Hostile::EndlessLine => (|| loop {
+            out.write_all(&[b'x'; 4096])?;
+        })(),
+        Hostile::PartialLine => out.write_all(format!("ok {}", "1".repeat(300)).as_bytes()),
+        Hostile::RandomBytes => {
+            // xorshift64*, seeded by the pid: no two runs alike, no dependency.
+            let mut x = u64::from(pid) | 1 << 40;
+            let mut bytes = Vec::with_capacity(1 << 20);
+            while bytes.len() < 1 << 20 {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                bytes.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+            }
+            out.write_all(&bytes)
+        }
+    };
+    let _ = wrote.and_then(|()| out.flush());
     drop(out);
     let _ = io::copy(&mut stdin, &mut io::sink());
     drop(worker);

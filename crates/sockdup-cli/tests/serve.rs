@@ -16,7 +16,12 @@
 //! connections they held go to another worker); a worker answers a malformed or oversized
 //! line from the acceptor at once and exits 1; no descriptor leaked by the acceptor; the `hello` HTTP app
 //! (keep-alive, `Connection: close`, HTTP/1.0, bodies, malformed requests); a Unix listener;
-//! usage errors.
+//! usage errors. Under attack and faults (issue 10): a hostile worker (`--test-hostile MODE`)
+//! confirming, failing or finishing connections it does not hold, writing an endless line,
+//! random bytes, or a line that never ends, is replaced (at once, or at its answer timeout) with
+//! no client lost or served twice and the acceptor's descriptors back where they were; the
+//! workers of a SIGKILLed acceptor serve what they were handed and exit by themselves; an
+//! acceptor or a worker out of descriptors (prlimit(1)) neither spins nor loses anything.
 
 mod util;
 
@@ -207,6 +212,29 @@ impl Server {
             let now = self.workers();
             (now.len() == n && now.is_disjoint(not)).then_some(now)
         })
+    }
+
+    /// The serve process's working directory (a temporary directory of its own).
+    fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// The serve process's descriptor count once it holds still (the same over 100 ms), or
+    /// once it is `want`, or after 5 s.
+    fn settled_fd_count(&self, want: Option<usize>) -> usize {
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let a = self.fd_count();
+            thread::sleep(Duration::from_millis(100));
+            let b = self.fd_count();
+            let done = match want {
+                Some(w) => b == w,
+                None => a == b,
+            };
+            if done || Instant::now() > until {
+                return b;
+            }
+        }
     }
 
     /// Descriptors open in the serve process.
@@ -994,4 +1022,459 @@ fn usage_errors_exit_2_without_panicking() {
         .expect("run sockdup");
     assert_eq!(out.status.code(), Some(1), "{}", util::stderr(&out));
     assert!(util::stderr(&out).contains("/nonexistent/worker"));
+}
+
+/// The worker command of the attack tests: `sockdup worker --app echo`, except the first one
+/// started after the file `hostile` appears in the serve process's directory, which runs
+/// `--test-hostile MODE`.
+fn hostile_once_script(mode: &str) -> String {
+    format!(
+        "if [ -e hostile ] && mkdir hostile-once 2>/dev/null; then \
+         exec {BIN} worker --app echo --test-hostile {mode}; \
+         else exec {BIN} worker --app echo; fi"
+    )
+}
+
+/// One attack of a worker on its acceptor: `sockdup serve` with two echo workers warms up; one
+/// of them is killed while idle (losing nothing) and its replacement is the hostile worker
+/// `mode`; clients connect while it attacks. Then: the hostile worker is replaced with
+/// `complaint` in the report (at once, unless `at_once` is false: then at the 1-second answer
+/// timeout), every client got exactly its own echo back (none lost, none served twice: the
+/// summary counts each connection once), and the acceptor's descriptor count is back where it
+/// was before the attack.
+#[track_caller]
+fn attack(mode: &str, complaint: &str, at_once: bool) {
+    let script = hostile_once_script(mode);
+    let mut server = Server::start(
+        &["--workers", "2", "--answer-timeout", "1"],
+        &["sh", "-c", &script],
+    );
+    let addr = server.tcp();
+    let warm = echo_load(addr, 2, 10, "warm");
+    assert!(warm.is_empty(), "{mode}: warm-up failed: {warm:?}");
+    let fds_before = server.settled_fd_count(None);
+    let workers = server.wait_workers(2, &BTreeSet::new());
+    let victim = *workers.iter().next().expect("a worker");
+    std::fs::write(server.dir().join("hostile"), b"").expect("create the trigger");
+    // Idle (no client is connected): killing it loses nothing.
+    signal(victim, Signal::KILL);
+    let ready = server
+        .stderr
+        .wait_for_all(&["hostile worker", "ready"], WAIT);
+    let hostile: u32 = ready
+        .split("hostile worker ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{mode}: no pid in {ready:?}"));
+    // The hostile worker is ready once the acceptor read its pid line: give it a moment to.
+    thread::sleep(Duration::from_millis(100));
+    let t0 = Instant::now();
+    let failures = echo_load(addr, 4, 5, mode);
+    let took = t0.elapsed();
+    let report = ["(pid", complaint, "replacing it"];
+    let line = server.stderr.wait_for_all(&report, WAIT);
+    assert!(
+        line.contains(&format!("(pid {hostile})")),
+        "{mode}: another worker was replaced: {line}"
+    );
+    assert!(failures.is_empty(), "{mode}: clients failed: {failures:?}");
+    if at_once {
+        // The answer timeout is 1 s: the connections the hostile worker held went on long
+        // before (a failure bound for "at once", not a speed test).
+        assert!(
+            took < Duration::from_millis(900),
+            "{mode}: the clients took {took:?}: the attack was not heard at once\n{}",
+            server.stderr.text()
+        );
+    }
+    // The hostile worker is gone (killed and reaped), a healthy one took its slot.
+    let after = server.wait_workers(2, &BTreeSet::from([victim, hostile]));
+    assert!(!after.contains(&hostile), "{mode}");
+    assert!(
+        util::wait_until(WAIT, || {
+            (!std::path::Path::new(&format!("/proc/{hostile}")).exists()).then_some(true)
+        }),
+        "{mode}"
+    );
+    // Both workers serve again (the acceptor connects to a worker's inbox at its first
+    // connection: a round may find the new worker not yet announced, hence a few rounds);
+    // then the acceptor holds what it held before the attack.
+    let mut served = 40;
+    let mut fds_after = 0;
+    for _ in 0..5 {
+        let again = echo_load(addr, 2, 10, "again");
+        assert!(again.is_empty(), "{mode}: after the attack: {again:?}");
+        served += 20;
+        fds_after = server.settled_fd_count(Some(fds_before));
+        if fds_after == fds_before {
+            break;
+        }
+    }
+    assert_eq!(fds_after, fds_before, "{mode}: the acceptor's descriptors");
+    assert!(
+        server.running(),
+        "{mode}: serve stopped:\n{}",
+        server.stderr.text()
+    );
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, served, "{mode}: {summary:?}");
+    assert_eq!(summary.replaced, 1, "{mode}: {summary:?}");
+    assert!(summary.restarts >= 2, "{mode}: {summary:?}");
+}
+
+#[test]
+fn a_worker_confirming_an_id_never_given_out_is_replaced_at_once() {
+    attack(
+        "ok-unknown",
+        "said it confirmed connection 4000000000000",
+        true,
+    );
+}
+
+#[test]
+fn a_worker_confirming_connections_it_was_not_given_is_replaced_at_once() {
+    attack("ok-not-given", "said it confirmed connection", true);
+}
+
+#[test]
+fn a_worker_failing_connections_it_was_not_given_is_replaced_at_once() {
+    attack("fail-not-given", "said it failed connection", true);
+}
+
+#[test]
+fn a_worker_finishing_connections_it_never_confirmed_is_replaced_at_once() {
+    attack("done-not-confirmed", "said it finished connection", true);
+}
+
+#[test]
+fn a_worker_writing_an_endless_line_is_replaced_at_once() {
+    attack("endless-line", "longer than 4096 bytes", true);
+}
+
+#[test]
+fn a_worker_writing_random_bytes_is_replaced_at_once() {
+    attack("random-bytes", "not the sockdup worker protocol", true);
+}
+
+#[test]
+fn a_worker_leaving_a_line_unfinished_is_replaced_at_its_answer_timeout() {
+    attack("partial-line", "did not answer within 1s", false);
+}
+
+/// Whether process `pid` is gone: no longer in /proc, or a zombie (exited, waiting for whoever
+/// adopted it to reap it).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Waits (at most `limit`) until every process of `pids` exited; names the ones that did not.
+#[track_caller]
+fn wait_all_exited(pids: &BTreeSet<u32>, limit: Duration, what: &str) {
+    let until = Instant::now() + limit;
+    loop {
+        let alive: Vec<u32> = pids.iter().copied().filter(|&p| !exited(p)).collect();
+        if alive.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{what}: workers {alive:?} still run after {limit:?} (orphaned)"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn workers_of_a_killed_acceptor_finish_their_connections_and_exit() {
+    let mut server = Server::start(&["--workers", "3"], &worker("echo"));
+    let addr = server.tcp();
+    assert!(echo_load(addr, 1, 6, "warm").is_empty());
+    let workers = server.wait_workers(3, &BTreeSet::new());
+    // Two connections, each confirmed and served once, held open: two workers have one each
+    // (round robin), the third has none.
+    let mut open: Vec<TcpStream> = (0..2).map(|_| connect(addr).expect("connect")).collect();
+    for (i, s) in open.iter_mut().enumerate() {
+        let msg = format!("before {i};");
+        assert_eq!(exchange(s, &msg), msg);
+    }
+    server.signal(Signal::KILL);
+    let status = server.wait_exit(WAIT);
+    assert!(!status.success(), "{status:?}");
+    // The idle worker sees its input end and exits by itself.
+    let t0 = Instant::now();
+    let busy = util::wait_until(WAIT, || {
+        let alive: BTreeSet<u32> = workers.iter().copied().filter(|&p| !exited(p)).collect();
+        (alive.len() == 2).then_some(alive)
+    });
+    assert!(
+        t0.elapsed() < WAIT,
+        "the idle worker did not exit: {workers:?}"
+    );
+    // The two others still serve what they have, to its end, and then exit.
+    for (i, s) in open.iter_mut().enumerate() {
+        let msg = format!("after the acceptor died {i};");
+        assert_eq!(exchange(s, &msg), msg);
+    }
+    for p in &busy {
+        assert!(!exited(*p), "worker {p} left its client");
+    }
+    for s in &mut open {
+        s.shutdown(Shutdown::Write).expect("shutdown");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).expect("read to the end");
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    wait_all_exited(&workers, WAIT, "after their clients closed");
+    let text = server.stderr.text();
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn connections_handed_over_just_before_the_acceptor_dies_are_still_served() {
+    // The worker reads its input only 1.5 s after it announced itself: the acceptor has
+    // duplicated the connections to its inbox and written their conn lines, which wait in the
+    // pipe, when it is killed. The worker then redeems them, cannot confirm them (nobody
+    // reads), and must serve them all the same: nobody else holds them any more.
+    let mut server = Server::start_logging(
+        &["127.0.0.1:0"],
+        &["--workers", "1", "--answer-timeout", "30"],
+        &[BIN, "worker", "--app", "echo", "--test-read-delay", "1.5"],
+        "sockdup=debug",
+    );
+    let addr = server.tcp();
+    let line = server.stderr.wait_for("reads its input in", WAIT);
+    let pid: u32 = line
+        .split("sockdup worker: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    let mut open: Vec<TcpStream> = (0..3).map(|_| connect(addr).expect("connect")).collect();
+    for (i, s) in open.iter_mut().enumerate() {
+        write!(s, "handed {i};").expect("send");
+    }
+    // All three handed over (duplicated and their conn lines written).
+    util::wait_until(WAIT, || {
+        let text = server.stderr.text();
+        let handed: usize = text
+            .lines()
+            .filter(|l| l.contains("connections handed to a worker"))
+            .filter_map(|l| {
+                l.split("count=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum();
+        (handed == 3).then_some(())
+    });
+    server.signal(Signal::KILL);
+    server.wait_exit(WAIT);
+    assert!(!exited(pid), "the worker died with its acceptor");
+    for (i, s) in open.iter_mut().enumerate() {
+        let msg = format!("handed {i};");
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).expect("read the echo");
+        assert_eq!(String::from_utf8_lossy(&got), msg);
+        s.shutdown(Shutdown::Write).expect("shutdown");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).expect("read to the end");
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+    wait_all_exited(&BTreeSet::from([pid]), WAIT, "after its clients closed");
+}
+
+/// Whether prlimit(1) (util-linux) is there; the exhaustion tests use it to change a running
+/// process's `RLIMIT_NOFILE` (lowering or restoring the soft limit of a process of the same
+/// user needs no privilege).
+fn have_prlimit() -> bool {
+    Command::new("prlimit")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Sets the soft `RLIMIT_NOFILE` of process `pid` to `soft` (its hard limit unchanged).
+#[track_caller]
+fn set_nofile(pid: u32, soft: u64) {
+    let out = Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg(format!("--nofile={soft}:"))
+        .output()
+        .expect("run prlimit");
+    assert!(out.status.success(), "prlimit: {}", util::stderr(&out));
+}
+
+/// The soft `RLIMIT_NOFILE` of process `pid`, from /proc/PID/limits.
+fn nofile(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    line.split_whitespace()
+        .nth(3)
+        .and_then(|n| n.parse().ok())
+        .expect("a number")
+}
+
+/// CPU time (user + system) process `pid` used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let rest = stat.rsplit_once(')').expect("stat").1;
+    // After the command: state is field 3, utime 14, stime 15.
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|n| n.parse().expect("a tick count"))
+        .collect();
+    let ticks = rustix::param::clock_ticks_per_second();
+    Duration::from_secs_f64((f[0] + f[1]) as f64 / ticks as f64)
+}
+
+#[test]
+fn an_acceptor_out_of_descriptors_does_not_spin_and_serves_when_they_free_up() {
+    if !have_prlimit() {
+        eprintln!("skipped: prlimit(1) (util-linux) is not installed");
+        return;
+    }
+    let mut server = Server::start(&["--workers", "1"], &worker("echo"));
+    let addr = server.tcp();
+    assert!(echo_load(addr, 1, 5, "warm").is_empty());
+    let fds = server.settled_fd_count(None);
+    let workers = server.wait_workers(1, &BTreeSet::new());
+    let worker_pid = *workers.iter().next().expect("a worker");
+    let soft = nofile(server.pid);
+    // Three descriptors fewer than it holds; then its worker dies (idle: nothing is lost),
+    // freeing its two pipes and the connection to its inbox, which leaves no room for the
+    // pipes of another: starting it fails with EMFILE, and is tried again.
+    set_nofile(server.pid, fds as u64 - 3);
+    signal(worker_pid, Signal::KILL);
+    server
+        .stderr
+        .wait_for("cannot start a worker now; trying again shortly", WAIT);
+    // Clients come: every accept fails with EMFILE, and they wait in the backlog.
+    let clients: Vec<_> = (0..10)
+        .map(|i| thread::spawn(move || echo_once(addr, &format!("starved-{i}"))))
+        .collect();
+    server
+        .stderr
+        .wait_for_all(&["accept failed", "Too many open files"], WAIT);
+    assert!(server.running(), "serve stopped:\n{}", server.stderr.text());
+    // Out of descriptors, with connections waiting: it must not spin. (A bound for a busy
+    // loop, which would use about 100% of the wall time, not a speed test.)
+    let (cpu0, t0) = (cpu_time(server.pid), Instant::now());
+    thread::sleep(Duration::from_secs(2));
+    let (cpu, wall) = (cpu_time(server.pid) - cpu0, t0.elapsed());
+    eprintln!("the acceptor out of descriptors used {cpu:?} of CPU in {wall:?}");
+    assert!(
+        cpu.as_secs_f64() < 0.3 * wall.as_secs_f64(),
+        "the acceptor used {cpu:?} of CPU in {wall:?} while out of descriptors"
+    );
+    assert!(server.running(), "serve stopped:\n{}", server.stderr.text());
+    assert!(
+        server.workers().is_empty(),
+        "a worker started without descriptors?"
+    );
+    // Descriptors free up: a worker starts, and every client waiting is served once.
+    set_nofile(server.pid, soft);
+    let failures: Vec<String> = clients
+        .into_iter()
+        .filter_map(|c| c.join().expect("client").err())
+        .collect();
+    assert!(failures.is_empty(), "failed: {failures:?}");
+    assert!(echo_load(addr, 1, 5, "after").is_empty());
+    assert_eq!(
+        server.settled_fd_count(Some(fds)),
+        fds,
+        "the acceptor's descriptors"
+    );
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, 20, "{summary:?}");
+    assert_eq!(summary.replaced, 0, "{summary:?}\n{}", server.stderr.text());
+    assert_eq!(summary.restarts, 1, "{summary:?}");
+}
+
+#[test]
+fn a_worker_out_of_descriptors_is_not_replaced_and_serves_when_they_free_up() {
+    if !have_prlimit() {
+        eprintln!("skipped: prlimit(1) (util-linux) is not installed");
+        return;
+    }
+    let mut server = Server::start(&["--workers", "1"], &worker("echo"));
+    let addr = server.tcp();
+    assert!(echo_load(addr, 1, 5, "warm").is_empty());
+    let acceptor_fds = server.settled_fd_count(None);
+    let workers = server.wait_workers(1, &BTreeSet::new());
+    let pid = *workers.iter().next().expect("a worker");
+    let idle = util::wait_until(WAIT, || {
+        let a = fd_count(pid)?;
+        thread::sleep(Duration::from_millis(100));
+        (fd_count(pid)? == a).then_some(a)
+    });
+    // Room for about three connections (each is one descriptor once redeemed, and one while
+    // it waits in the inbox).
+    set_nofile(pid, idle as u64 + 4);
+    // Twelve clients at once, each holding its connection for a while after its echo: the
+    // worker cannot receive them all, and says so (WSAEMFILE) to the acceptor, which keeps
+    // them and hands them over as the worker's descriptors free up.
+    let clients: Vec<_> = (0..12)
+        .map(|i| {
+            thread::spawn(move || -> Result<(), String> {
+                let token = format!("tight-{i};");
+                let mut s = connect(addr).map_err(|e| format!("{token} {e}"))?;
+                s.write_all(token.as_bytes())
+                    .map_err(|e| format!("{token} {e}"))?;
+                let mut got = vec![0u8; token.len()];
+                s.read_exact(&mut got).map_err(|e| format!("{token} {e}"))?;
+                if got != token.as_bytes() {
+                    return Err(format!("{token}: got {:?}", String::from_utf8_lossy(&got)));
+                }
+                thread::sleep(Duration::from_millis(500));
+                s.shutdown(Shutdown::Write)
+                    .map_err(|e| format!("{token} {e}"))?;
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest)
+                    .map_err(|e| format!("{token} {e}"))?;
+                rest.is_empty()
+                    .then_some(())
+                    .ok_or(format!("{token}: extra {rest:?}"))
+            })
+        })
+        .collect();
+    let failures: Vec<String> = clients
+        .into_iter()
+        .filter_map(|c| c.join().expect("client").err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "failed: {failures:?}\n{}",
+        server.stderr.text()
+    );
+    let text = server.stderr.text();
+    assert!(
+        text.contains("handing off failed") && text.contains("target-out-of-descriptors"),
+        "the worker never ran out of descriptors (the test proves nothing):\n{text}"
+    );
+    // The same worker serves on; it and the acceptor hold what they held before.
+    assert_eq!(server.workers(), workers);
+    util::wait_until(WAIT, || (fd_count(pid)? == idle).then_some(()));
+    assert_eq!(
+        server.settled_fd_count(Some(acceptor_fds)),
+        acceptor_fds,
+        "the acceptor's descriptors"
+    );
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, 17, "{summary:?}");
+    assert_eq!((summary.replaced, summary.restarts), (0, 0), "{summary:?}");
 }

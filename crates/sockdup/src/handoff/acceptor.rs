@@ -210,6 +210,17 @@ fn forget_inbox_connection(pid: u32) {
     }
 }
 
+/// Whether starting a process failed for lack of resources that may free up: descriptors
+/// (`EMFILE`, `ENFILE`), processes (`EAGAIN`), memory (`ENOMEM`).
+fn is_lack_of_resources(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    e.raw_os_error().is_some_and(|n| {
+        [Errno::MFILE, Errno::NFILE, Errno::AGAIN, Errno::NOMEM]
+            .iter()
+            .any(|x| x.raw_os_error() == n)
+    })
+}
+
 /// The epoll key of a worker's output: this bit, its generation and its slot (listeners are
 /// keyed by their index).
 const WORKER_KEY: u64 = 1 << 63;
@@ -221,6 +232,13 @@ fn worker_key(slot: usize, generation: u64) -> u64 {
 /// The longest line a worker may write (`fail` and `error` lines carry at most 1 KiB of
 /// message) before it counts as not speaking the protocol.
 const MAX_WORKER_LINE: usize = 4096;
+
+/// The most bytes read from one worker's output per wake-up: a pipe's default capacity.
+const READ_BUDGET: usize = 64 * 1024;
+
+/// The most bytes read from the output of a worker that exited (its last answers: at most a
+/// pipe's capacity, unless something it started still writes there).
+const EXIT_READ_BUDGET: usize = 1024 * 1024;
 
 /// The most connections accepted from one listener per wake-up, so that the workers' answers
 /// are read between batches.
@@ -334,7 +352,7 @@ impl Run<'_> {
                 .get(slot)
                 .is_some_and(|p| p.generation == generation)
             {
-                self.read_output(slot, now);
+                self.read_output(slot, now, READ_BUDGET);
             }
         }
         for ev in events.iter() {
@@ -369,41 +387,53 @@ impl Run<'_> {
         }
     }
 
-    /// Reads what worker `slot` wrote (until its pipe is empty) and reports every whole line;
-    /// a line that is not the protocol is reported at once, and the rest is not read; at the
-    /// end of its output, reports that.
-    fn read_output(&mut self, slot: usize, now: Instant) {
-        let p = &mut self.procs[slot];
-        let Some(out) = p.stdout.as_mut() else {
-            return;
-        };
+    /// Reads what worker `slot` wrote (until its pipe is empty, or `budget` bytes) and reports
+    /// every whole line as it comes; a line that is not the protocol is reported at once, and
+    /// the rest is not read; at the end of its output, reports that.
+    ///
+    /// Lines are taken after every read, not after the pipe is empty: a worker that writes
+    /// without end (a line that never ends, or lines faster than they are read) is caught by the
+    /// line bound after a few KiB, and cannot make this loop (or its buffer) grow without
+    /// bound. The budget keeps one chatty worker from holding the loop: what it did not read,
+    /// epoll (level-triggered) reports again at once.
+    fn read_output(&mut self, slot: usize, now: Instant, budget: usize) {
+        let mut read = 0;
         let mut closed = false;
         loop {
-            match p.lines.read_from(out) {
+            let p = &mut self.procs[slot];
+            let Some(out) = p.stdout.as_mut() else {
+                return;
+            };
+            let n = match p.lines.read_from(out) {
                 Ok(0) => {
                     closed = true;
-                    break;
+                    0
                 }
-                // Less than asked for: the pipe is empty (one read for many answers).
-                Ok(n) if n < READ_CHUNK => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(_) => {
                     closed = true;
-                    break;
+                    0
+                }
+            };
+            read += n;
+            loop {
+                match self.procs[slot].lines.next_message::<FromWorker>() {
+                    Ok(Some(line)) => self.d.handle_line(slot, Ok(line), now),
+                    Ok(None) => break,
+                    Err(e) => {
+                        // The stream is out of step: the worker is replaced (Action::Kill,
+                        // which kills it before its pipes close), and nothing more of it is
+                        // read.
+                        self.d.handle_line(slot, Err(e), now);
+                        return;
+                    }
                 }
             }
-        }
-        loop {
-            match p.lines.next_message::<FromWorker>() {
-                Ok(Some(line)) => self.d.handle_line(slot, Ok(line), now),
-                Ok(None) => break,
-                Err(e) => {
-                    // The stream is out of step: the worker is replaced (Action::Kill).
-                    self.d.handle_line(slot, Err(e), now);
-                    break;
-                }
+            // Less than asked for: the pipe is empty (one read for many answers).
+            if closed || n < READ_CHUNK || read >= budget {
+                break;
             }
         }
         if closed {
@@ -433,7 +463,7 @@ impl Run<'_> {
             if !exited {
                 continue;
             }
-            self.read_output(slot, now);
+            self.read_output(slot, now, EXIT_READ_BUDGET);
             self.close_output(slot);
             let p = &mut self.procs[slot];
             p.stdin = None;
@@ -460,21 +490,33 @@ impl Run<'_> {
     }
 
     /// Starts the worker of `slot` as `generation`, after killing and reaping the one before.
+    ///
+    /// A start that fails for lack of resources (this process out of descriptors: the pipes;
+    /// out of processes or memory) is tried again a little later, and the acceptor serves on
+    /// with the workers it has; any other failure (the program cannot be run) ends the run.
     fn spawn(&mut self, slot: usize, generation: u64) -> Result<(), Error> {
         self.reap(slot);
-        let mut child = Command::new(&self.cfg.program)
+        let spawned = Command::new(&self.cfg.program)
             .args(&self.cfg.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| {
-                Error::new(
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) if is_lack_of_resources(&e) => {
+                tracing::warn!(slot, error = %e, "sockdup acceptor: cannot start a worker now; trying again shortly");
+                self.d.handle_spawn_failed(slot, Instant::now());
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(Error::new(
                     ErrorKind::InvalidArgument,
                     format!("starting worker {:?} failed: {e}", self.cfg.program),
                 )
-                .with_source(e)
-            })?;
+                .with_source(e));
+            }
+        };
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let registered = stdout.as_ref().map_or(Ok(()), |out| {
@@ -505,8 +547,9 @@ impl Run<'_> {
     }
 
     /// Duplicates the connections `ids` to worker `slot` in one message and writes their
-    /// `conn` lines in one write; a failure is reported (the worker is replaced, and the batch
-    /// goes to another).
+    /// `conn` lines in one write; a failure is reported (for lack of room the batch waits and
+    /// goes again in smaller batches; otherwise the worker is replaced, and the batch goes to
+    /// another).
     fn send(&mut self, slot: usize, pid: u32, ids: &[u64]) {
         let Some(batch) = self.d.batch(slot, ids) else {
             return;
@@ -540,8 +583,8 @@ impl Run<'_> {
                 "sockdup acceptor: connections handed to a worker"
             ),
             Err(e) => {
-                tracing::warn!(slot, pid, count, error = %e, "sockdup acceptor: handing off failed; trying another worker");
-                self.d.handle_send_failed(slot, &e, Instant::now());
+                tracing::warn!(slot, pid, count, kind = %e.kind(), error = %e, "sockdup acceptor: handing off failed");
+                self.d.handle_send_failed(slot, ids, &e, Instant::now());
             }
         }
     }
@@ -565,12 +608,18 @@ impl Run<'_> {
     }
 
     /// Kills and reaps the worker process of `slot`, if it has one.
+    ///
+    /// The kill comes before its pipes close, as in [`kill`](Self::kill): a worker that finds
+    /// its output closed (`EPIPE`) while it still runs may take it that the acceptor is gone,
+    /// and serve what it redeemed.
     fn reap(&mut self, slot: usize) {
+        if let Some(child) = self.procs[slot].child.as_mut() {
+            let _ = child.kill();
+        }
         self.close_output(slot);
         let p = &mut self.procs[slot];
         p.stdin = None;
         if let Some(mut child) = p.child.take() {
-            let _ = child.kill();
             let _ = child.wait();
             forget_inbox_connection(child.id());
         }

@@ -13,10 +13,10 @@
 //! goes backwards, each followed by taking every action; [`Dispatch::shutdown`] once; then the
 //! same until [`Dispatch::finished`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use sockdup_core::error::Error;
+use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::proto::handoff::FromWorker;
 
 /// The most connections in one batch: its `conn` lines (about 880 bytes each) fit in a pipe's
@@ -30,6 +30,14 @@ pub(crate) const RESTART_DELAY: Duration = Duration::from_millis(20);
 
 /// How long accepting pauses after an accept failed (e.g. out of descriptors).
 pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// How long after a worker could not be started for lack of resources (the acceptor out of
+/// descriptors, processes or memory) it is tried again.
+pub(crate) const SPAWN_RETRY: Duration = Duration::from_millis(100);
+
+/// How long a worker whose inbox could not take a batch (full, or out of descriptors on either
+/// side) gets nothing before it is tried again, with a batch half as large.
+pub(crate) const SEND_RETRY: Duration = Duration::from_millis(100);
 
 /// How the acceptor picks a worker for a connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -117,6 +125,9 @@ struct Slot<C> {
     generation: u64,
     /// Started at least once.
     started: bool,
+    /// A process was started at least once (a start that failed for lack of resources is not
+    /// one).
+    ran: bool,
     /// Its process runs (not reported exited).
     running: bool,
     /// Sent to it, not yet confirmed: the connection and when it was sent.
@@ -125,12 +136,17 @@ struct Slot<C> {
     /// from the front as they come up), for the answer timeout.
     sent: VecDeque<(Instant, u64)>,
     /// Confirmed, not yet done.
-    active: usize,
+    active: HashSet<u64>,
+    /// The largest batch it gets now: [`MAX_BATCH`], halved each time a batch could not be
+    /// delivered for lack of room, and grown by one for each confirmation.
+    batch_limit: usize,
+    /// A batch could not be delivered for lack of room: it gets nothing before this instant.
+    retry_at: Option<Instant>,
 }
 
 impl<C> Slot<C> {
     fn outstanding(&self) -> usize {
-        self.unconfirmed.len() + self.active
+        self.unconfirmed.len() + self.active.len()
     }
 
     fn oldest_unconfirmed(&self) -> Option<Instant> {
@@ -194,10 +210,13 @@ impl<C> Dispatch<C> {
                     state: State::Down { restart_at: None },
                     generation: 0,
                     started: false,
+                    ran: false,
                     running: false,
                     unconfirmed: HashMap::new(),
                     sent: VecDeque::new(),
-                    active: 0,
+                    active: HashSet::new(),
+                    batch_limit: MAX_BATCH,
+                    retry_at: None,
                 })
                 .collect(),
             queue: VecDeque::new(),
@@ -243,7 +262,10 @@ impl<C> Dispatch<C> {
         let limit = self.cfg.answer_timeout;
         let slots = self.slots.iter().filter_map(|s| match s.state {
             State::Starting { since, .. } => Some(since + limit),
-            State::Ready { .. } | State::Closing => s.oldest_unconfirmed().map(|at| at + limit),
+            State::Ready { .. } | State::Closing => {
+                let answer = s.oldest_unconfirmed().map(|at| at + limit);
+                answer.into_iter().chain(s.retry_at).min()
+            }
             State::Down { restart_at } => restart_at,
         });
         slots
@@ -282,6 +304,7 @@ impl<C> Dispatch<C> {
             return;
         };
         s.running = true;
+        s.ran = true;
         if let State::Starting {
             child: c @ None,
             since,
@@ -290,6 +313,27 @@ impl<C> Dispatch<C> {
             *c = Some(child);
             *since = now;
         }
+    }
+
+    /// The driver could not start the worker of `slot` ([`Action::Spawn`]) for lack of
+    /// resources (the acceptor is out of descriptors, processes or memory): it is tried again
+    /// after [`SPAWN_RETRY`] (not after a shutdown began); what is queued waits.
+    pub(crate) fn handle_spawn_failed(&mut self, slot: usize, now: Instant) {
+        let draining = self.drain.is_some();
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        if !matches!(s.state, State::Starting { child: None, .. }) {
+            return;
+        }
+        if s.ran {
+            // Counted as a restart when it was asked for; it did not happen.
+            self.summary.restarts = self.summary.restarts.saturating_sub(1);
+        }
+        s.running = false;
+        s.state = State::Down {
+            restart_at: (!draining).then_some(now + SPAWN_RETRY),
+        };
     }
 
     /// A line the worker of `slot` wrote, or why its output is not the protocol (a malformed
@@ -326,12 +370,21 @@ impl<C> Dispatch<C> {
             }
             // A worker whose input closed before it announced itself.
             (FromWorker::Pid(_), State::Closing) => {}
+            // Every id a worker names must be one it holds: an `ok` or `fail` for a connection
+            // it was not sent (another worker's, one never accepted, one it already answered)
+            // or a `done` for one it did not confirm means its stream is out of step with the
+            // acceptor's, like a line that is not the protocol. Nothing of another worker's is
+            // touched (each worker's connections are its own slot's), and it is replaced at
+            // once rather than at its answer timeout.
             (FromWorker::Redeemed(id), State::Ready { .. } | State::Closing) => {
                 // The worker has its own descriptor now: the acceptor's closes here.
                 if s.unconfirmed.remove(&id).is_some() {
                     s.prune_sent();
-                    s.active += 1;
+                    s.active.insert(id);
+                    s.batch_limit = (s.batch_limit + 1).min(MAX_BATCH);
                     self.summary.per_worker[slot] += 1;
+                } else {
+                    self.not_held(slot, "confirmed", id, now);
                 }
             }
             (FromWorker::Failed { id, error }, State::Ready { .. } | State::Closing) => {
@@ -341,10 +394,14 @@ impl<C> Dispatch<C> {
                         error.to_error()
                     );
                     self.broken(slot, why, now);
+                } else {
+                    self.not_held(slot, "failed", id, now);
                 }
             }
-            (FromWorker::Done(_), State::Ready { .. } | State::Closing) => {
-                s.active = s.active.saturating_sub(1);
+            (FromWorker::Done(id), State::Ready { .. } | State::Closing) => {
+                if !s.active.remove(&id) {
+                    self.not_held(slot, "finished", id, now);
+                }
             }
             (FromWorker::Error(report), _) => {
                 let why = format!(
@@ -384,10 +441,60 @@ impl<C> Dispatch<C> {
         }
     }
 
-    /// [`Action::Send`] to `slot` failed: the worker is replaced, and the batch, with the rest
-    /// of what it had not confirmed, goes to the others.
-    pub(crate) fn handle_send_failed(&mut self, slot: usize, error: &Error, now: Instant) {
-        let why = format!("could not take a connection: {error}");
+    /// [`Action::Send`] of `ids` to `slot` failed.
+    ///
+    /// For lack of room (its inbox full, it or this process out of descriptors: [`InboxFull`],
+    /// [`TargetOutOfDescriptors`], [`OutOfDescriptors`]) the worker is not at fault and keeps
+    /// what it has: the batch goes back to the front of the queue, and the worker gets nothing
+    /// for [`SEND_RETRY`], then batches half as large. Only a worker that cannot take even one
+    /// connection while it holds none is replaced (restarting it is all that can help).
+    ///
+    /// Any other failure (its inbox is gone, its input closed): the worker is replaced, and
+    /// the batch, with the rest of what it had not confirmed, goes to the others.
+    ///
+    /// [`InboxFull`]: ErrorKind::InboxFull
+    /// [`TargetOutOfDescriptors`]: ErrorKind::TargetOutOfDescriptors
+    /// [`OutOfDescriptors`]: ErrorKind::OutOfDescriptors
+    pub(crate) fn handle_send_failed(
+        &mut self,
+        slot: usize,
+        ids: &[u64],
+        error: &Error,
+        now: Instant,
+    ) {
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let no_room = matches!(
+            error.kind(),
+            ErrorKind::InboxFull | ErrorKind::TargetOutOfDescriptors | ErrorKind::OutOfDescriptors
+        );
+        let hopeless = error.kind() != ErrorKind::OutOfDescriptors
+            && s.batch_limit == 1
+            && s.outstanding() <= ids.len();
+        if !no_room || hopeless {
+            let why = format!("could not take a connection: {error}");
+            return self.broken(slot, why, now);
+        }
+        let mut back: Vec<(u64, C)> = ids
+            .iter()
+            .filter_map(|id| s.unconfirmed.remove(id).map(|(c, _)| (*id, c)))
+            .collect();
+        s.prune_sent();
+        s.batch_limit = (s.batch_limit / 2).max(1);
+        s.retry_at = Some(now + SEND_RETRY);
+        back.sort_unstable_by_key(|(id, _)| *id);
+        for item in back.into_iter().rev() {
+            self.queue.push_front(item);
+        }
+    }
+
+    /// The worker of `slot` named connection `id`, which it does not hold, as `what`: it is
+    /// out of step, and replaced.
+    fn not_held(&mut self, slot: usize, what: &str, id: u64, now: Instant) {
+        let why = format!(
+            "said it {what} connection {id}, which it does not hold: its answers are out of step"
+        );
         self.broken(slot, why, now);
     }
 
@@ -399,6 +506,10 @@ impl<C> Dispatch<C> {
         }
         let limit = self.cfg.answer_timeout;
         for slot in 0..self.slots.len() {
+            let s = &mut self.slots[slot];
+            if s.retry_at.is_some_and(|at| now >= at) {
+                s.retry_at = None;
+            }
             let s = &self.slots[slot];
             let late = match s.state {
                 State::Starting { since, .. } => now >= since + limit,
@@ -472,13 +583,7 @@ impl<C> Dispatch<C> {
     /// get: one below `max_outstanding` and below a full batch.
     fn pick(&mut self, planned: &[usize]) -> Option<usize> {
         let n = self.slots.len();
-        let max = self.cfg.max_outstanding;
-        let ready = |i: usize| {
-            let s = &self.slots[i];
-            matches!(s.state, State::Ready { .. })
-                && s.outstanding() + planned[i] < max
-                && planned[i] < MAX_BATCH
-        };
+        let ready = |i: usize| self.takes(i, planned[i]);
         match self.cfg.policy {
             Policy::RoundRobin => {
                 let found = (0..n).map(|k| (self.rr + k) % n).find(|&i| ready(i))?;
@@ -494,10 +599,17 @@ impl<C> Dispatch<C> {
     /// Whether more queued connections could go to a worker at once (the last batches were
     /// full): the driver should not wait for events before the next [`dispatch`](Self::dispatch).
     pub(crate) fn more(&self) -> bool {
-        !self.queue.is_empty()
-            && self.slots.iter().any(|s| {
-                matches!(s.state, State::Ready { .. }) && s.outstanding() < self.cfg.max_outstanding
-            })
+        !self.queue.is_empty() && (0..self.slots.len()).any(|i| self.takes(i, 0))
+    }
+
+    /// Whether worker `i` takes one more connection beyond `planned`: it is ready, not waiting
+    /// for a retry, below `max_outstanding` and below its batch limit.
+    fn takes(&self, i: usize, planned: usize) -> bool {
+        let s = &self.slots[i];
+        matches!(s.state, State::Ready { .. })
+            && s.retry_at.is_none()
+            && s.outstanding() + planned < self.cfg.max_outstanding
+            && planned < s.batch_limit
     }
 
     /// The connections of an [`Action::Send`], in its order; `None` if they are no longer
@@ -544,6 +656,8 @@ impl<C> Dispatch<C> {
         let s = &mut self.slots[slot];
         if s.started {
             s.generation += 1;
+        }
+        if s.ran {
             self.summary.restarts += 1;
         }
         s.started = true;
@@ -572,7 +686,9 @@ impl<C> Dispatch<C> {
             .map(|(id, (conn, _))| (id, conn))
             .collect();
         s.sent.clear();
-        s.active = 0;
+        s.active.clear();
+        s.batch_limit = MAX_BATCH;
+        s.retry_at = None;
         lost.sort_unstable_by_key(|(id, _)| *id);
         self.summary.redispatched += lost.len() as u64;
         for item in lost.into_iter().rev() {
@@ -854,11 +970,11 @@ mod tests {
             sends(&actions(&mut d)),
             vec![(0, vec![0, 2]), (1, vec![1, 3])]
         );
-        let e = Error::new(ErrorKind::InboxFull, "the inbox is full");
-        d.handle_send_failed(1, &e, t0);
+        let e = Error::new(ErrorKind::PeerClosed, "the worker's inbox is gone");
+        d.handle_send_failed(1, &[1, 3], &e, t0);
         let got = actions(&mut d);
         assert!(
-            matches!(&got[..], [Action::Kill { slot: 1, report: Some(w) }] if w.contains("could not take a connection: the inbox is full")),
+            matches!(&got[..], [Action::Kill { slot: 1, report: Some(w) }] if w.contains("could not take a connection: the worker's inbox is gone")),
             "{got:?}"
         );
         assert_eq!(d.batch(1, &[1, 3]), None);
@@ -1013,5 +1129,160 @@ mod tests {
         assert!(actions(&mut d).is_empty());
         assert_eq!(d.summary().restarts, 0);
         assert_eq!(d.summary().redispatched, 1);
+    }
+
+    #[test]
+    fn a_worker_without_room_keeps_what_it_has_and_gets_smaller_batches_later() {
+        for kind in [
+            ErrorKind::InboxFull,
+            ErrorKind::TargetOutOfDescriptors,
+            ErrorKind::OutOfDescriptors,
+        ] {
+            let t0 = Instant::now();
+            let mut d = ready(cfg(1, Policy::RoundRobin, 256), t0);
+            accept(&mut d, 1);
+            d.dispatch(t0);
+            assert_eq!(sends(&actions(&mut d)), vec![(0, vec![0])]);
+            ok(&mut d, 0, &[0], t0);
+            accept(&mut d, 10);
+            d.dispatch(t0);
+            let batch: Vec<u64> = (1..11).collect();
+            assert_eq!(sends(&actions(&mut d)), vec![(0, batch.clone())]);
+            let e = Error::new(kind, "no room");
+            d.handle_send_failed(0, &batch, &e, t0);
+            // Not replaced: connection 0 is still its own, and nothing is re-dispatched.
+            assert!(actions(&mut d).is_empty(), "{kind:?}");
+            assert_eq!(d.summary().replaced, 0);
+            assert_eq!(d.summary().redispatched, 0);
+            assert_eq!(d.batch(0, &[1]), None);
+            // Nothing goes to it before the retry, and the driver need not hurry.
+            d.dispatch(t0);
+            assert!(sends(&actions(&mut d)).is_empty());
+            assert!(!d.more());
+            assert_eq!(d.poll_timeout(), Some(t0 + SEND_RETRY));
+            // Then half the batch, in order.
+            let t1 = t0 + SEND_RETRY;
+            d.handle_timeout(t1);
+            d.dispatch(t1);
+            assert_eq!(sends(&actions(&mut d)), vec![(0, (1..11).collect())]);
+            d.handle_send_failed(0, &(1..11).collect::<Vec<_>>(), &e, t1);
+            let t2 = t1 + SEND_RETRY;
+            d.handle_timeout(t2);
+            d.dispatch(t2);
+            assert_eq!(sends(&actions(&mut d)), vec![(0, (1..11).collect())]);
+            d.handle_send_failed(0, &(1..11).collect::<Vec<_>>(), &e, t2);
+            let t3 = t2 + SEND_RETRY;
+            d.handle_timeout(t3);
+            d.dispatch(t3);
+            // 64 -> 32 -> 16 -> 8.
+            assert_eq!(sends(&actions(&mut d)), vec![(0, (1..9).collect())]);
+            assert!(d.more());
+            // Confirmations grow the limit again.
+            ok(&mut d, 0, &(1..9).collect::<Vec<_>>(), t3);
+            d.dispatch(t3);
+            assert_eq!(sends(&actions(&mut d)), vec![(0, vec![9, 10])]);
+            assert_eq!(d.summary().per_worker, vec![9]);
+        }
+    }
+
+    #[test]
+    fn a_worker_that_cannot_take_one_connection_while_holding_none_is_replaced() {
+        let t0 = Instant::now();
+        let mut d = ready(cfg(2, Policy::RoundRobin, 256), t0);
+        let e = Error::new(ErrorKind::TargetOutOfDescriptors, "out of descriptors");
+        let mut now = t0;
+        // Slot 0 fails batch after batch (1, then 1 after each halving).
+        accept(&mut d, 1);
+        loop {
+            d.handle_timeout(now);
+            d.dispatch(now);
+            let got = sends(&actions(&mut d));
+            let Some((slot, ids)) = got.into_iter().find(|(s, _)| *s == 0) else {
+                // Went to slot 1: give slot 0 another.
+                accept(&mut d, 1);
+                now += SEND_RETRY;
+                continue;
+            };
+            assert_eq!(slot, 0);
+            d.handle_send_failed(0, &ids, &e, now);
+            let got = actions(&mut d);
+            if let [
+                Action::Kill {
+                    slot: 0,
+                    report: Some(why),
+                },
+            ] = &got[..]
+            {
+                assert!(why.contains("out of descriptors"), "{why}");
+                break;
+            }
+            assert!(got.is_empty(), "{got:?}");
+            assert!(now < t0 + SEND_RETRY * 20, "never replaced");
+            now += SEND_RETRY;
+        }
+        assert_eq!(d.summary().replaced, 1);
+    }
+
+    #[test]
+    fn a_worker_naming_a_connection_it_does_not_hold_is_replaced_at_once() {
+        let t0 = Instant::now();
+        type Case = (FromWorker, &'static str);
+        let report = ErrorReport::of(&Error::new(ErrorKind::Expired, "expired"));
+        let cases: Vec<Case> = vec![
+            // Never accepted.
+            (
+                FromWorker::Redeemed(1_000_000),
+                "confirmed connection 1000000",
+            ),
+            // The other worker's.
+            (FromWorker::Redeemed(1), "confirmed connection 1,"),
+            (
+                FromWorker::Failed {
+                    id: 3,
+                    error: report,
+                },
+                "failed connection 3,",
+            ),
+            // Sent to it, not yet confirmed.
+            (FromWorker::Done(2), "finished connection 2,"),
+            // Confirmed and finished already.
+            (FromWorker::Done(0), "finished connection 0,"),
+            // Confirmed twice.
+            (FromWorker::Redeemed(0), "confirmed connection 0,"),
+        ];
+        for (line, want) in cases {
+            let mut d = ready(cfg(2, Policy::RoundRobin, 256), t0);
+            accept(&mut d, 4);
+            d.dispatch(t0);
+            assert_eq!(
+                sends(&actions(&mut d)),
+                vec![(0, vec![0, 2]), (1, vec![1, 3])]
+            );
+            ok(&mut d, 0, &[0], t0);
+            ok(&mut d, 1, &[1], t0);
+            if want.contains("finished connection 0") {
+                d.handle_line(0, Ok(FromWorker::Done(0)), t0);
+            }
+            d.handle_line(0, Ok(line), t0);
+            let got = actions(&mut d);
+            let [
+                Action::Kill {
+                    slot: 0,
+                    report: Some(why),
+                },
+            ] = &got[..]
+            else {
+                panic!("{want}: {got:?}");
+            };
+            assert!(why.contains(want), "{want}: {why}");
+            assert!(why.contains("which it does not hold"), "{why}");
+            // The other worker's connections are untouched; connection 2 goes to it.
+            assert_eq!(d.batch(1, &[3]).map(|b| b.len()), Some(1), "{want}");
+            d.dispatch(t0);
+            assert_eq!(sends(&actions(&mut d)), vec![(1, vec![2])], "{want}");
+            ok(&mut d, 1, &[2, 3], t0);
+            assert_eq!(d.summary().total(), 4, "{want}");
+            assert_eq!(d.summary().replaced, 1);
+        }
     }
 }

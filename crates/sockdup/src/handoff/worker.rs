@@ -135,6 +135,13 @@ impl Worker {
     /// kind [`ProtocolViolation`](crate::ErrorKind::ProtocolViolation), the iteration ends, and
     /// [`Incoming::broken`] holds it: the process should finish its open connections and exit
     /// with a failure status.
+    ///
+    /// If the acceptor dies (even by SIGKILL), its end of standard input closes with it: the
+    /// connections it already handed over are still yielded (a confirmation nobody reads does
+    /// not drop them: no other process holds them any more), then the iteration ends, as at a
+    /// shutdown, and the process should finish what it has and exit. That is how a worker
+    /// outlives its acceptor without being orphaned for good; a parent-death signal
+    /// (`PR_SET_PDEATHSIG`) would instead kill the connections it serves.
     pub fn incoming(&self) -> Incoming<'_> {
         Incoming {
             worker: self,
@@ -198,23 +205,20 @@ impl Worker {
         if answers.is_empty() {
             return;
         }
-        let said = self.out.write(&answers);
+        if let Err(e) = self.out.write(&answers) {
+            // Nobody reads the confirmations: the acceptor is gone (killed, crashed), or it is
+            // killing this worker (it sends the kill before it closes the pipe). Either way no
+            // other worker gets these connections, and the acceptor's descriptors are closed
+            // or about to be: this process holds the only ones, so it serves them.
+            tracing::warn!(error = %e, "sockdup worker: the acceptor does not hear; serving what was redeemed");
+        }
         for (id, r) in redeemed {
-            ready.push_back(match (r, &said) {
-                (Ok(stream), Ok(())) => Ok(Connection {
-                    id,
-                    stream,
-                    out: self.out.clone(),
-                    finished: false,
-                }),
-                // Unconfirmed: the stream closes here, and the acceptor gives the
-                // connection to another worker.
-                (Ok(_), Err(e)) => Err(Error::from_errno(
-                    io::Error::new(e.kind(), e.to_string()),
-                    "confirming a connection to the acceptor",
-                )),
-                (Err(e), _) => Err(e),
-            });
+            ready.push_back(r.map(|stream| Connection {
+                id,
+                stream,
+                out: self.out.clone(),
+                finished: false,
+            }));
         }
     }
 }
