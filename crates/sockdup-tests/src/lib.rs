@@ -26,12 +26,13 @@ use sockdup::{Error, ErrorKind};
 use sockdup_core::line::{ErrorReport, LineMessage};
 
 macro_rules! verbs {
-    ($($variant:ident = $name:literal,)*) => {
+    ($($(#[$meta:meta])* $variant:ident = $name:literal,)*) => {
         /// The commands the peer knows (the first word of a command line).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum Verb {
             $(
                 #[doc = concat!("`", $name, "`")]
+                $(#[$meta])*
                 $variant,
             )*
         }
@@ -104,6 +105,19 @@ verbs! {
     WaitHandover = "wait-handover",
     Unpublish = "unpublish",
     TakeAndCrash = "take-and-crash",
+    /// `set-nofile N`: sets this process's `RLIMIT_NOFILE` (soft and hard) to N; raising the
+    /// hard limit needs root (`CAP_SYS_RESOURCE`).
+    SetNofile = "set-nofile",
+    /// `dup-repeat IDX PID N`: duplicates descriptor IDX for PID N times (`duplicate_sockets`,
+    /// 253 a call, the same socket throughout); answers `N FIRST LAST`, the first and the last
+    /// record (the others are not kept: they wait in PID's inbox until redeemed or expired).
+    DupRepeat = "dup-repeat",
+    /// `fill IDX`: opens copies of descriptor IDX (`dup`) until this process is out of
+    /// descriptors, and keeps them; answers how many it opened.
+    Fill = "fill",
+    /// `unfill N`: closes N of the copies `fill` opened (all of them if N is `all`); answers
+    /// how many are left.
+    Unfill = "unfill",
 }
 
 /// One command line: a known [`Verb`] and its arguments, with accessors that refuse a missing

@@ -14,7 +14,9 @@
 //! `publish PIDFILE [timeout=S] NAME=IDX...`, `take-over PIDFILE NAME...` (answers
 //! `NAME=IDX...`, this process's own copies), `complete`, `abort`, `drop-takeover`,
 //! `handed-over` (`none` or `PID NAME...`), `wait-handover SECONDS`, `unpublish`,
-//! `take-and-crash PIDFILE NAME` (asks by hand, reads the first answer line, aborts).
+//! `take-and-crash PIDFILE NAME` (asks by hand, reads the first answer line, aborts);
+//! exhaustion: `set-nofile N` (`RLIMIT_NOFILE`), `dup-repeat IDX PID N` (answers `N FIRST
+//! LAST`), `fill IDX` (copies of IDX until out of descriptors), `unfill N|all`.
 //!
 //! A command that is not one of these, or lacks an argument, is answered at once with an `err`
 //! (kind `protocol-violation` or `invalid-argument`); a line too long or not UTF-8 is answered
@@ -42,6 +44,8 @@ struct Peer {
     squat: Option<OwnedFd>,
     /// Raw connections to another process's inbox (`hold-inbox`).
     held: Vec<OwnedFd>,
+    /// Copies of a descriptor that use up this process's descriptors (`fill`).
+    filler: Vec<OwnedFd>,
     published: Option<sockdup::upgrade::Published>,
     takeover: Option<sockdup::upgrade::Takeover>,
 }
@@ -149,6 +153,9 @@ impl Peer {
             | Verb::WaitHandover
             | Verb::Unpublish
             | Verb::TakeAndCrash => self.upgrade(c),
+            Verb::SetNofile => set_nofile(c),
+            Verb::DupRepeat => self.dup_repeat(c),
+            Verb::Fill | Verb::Unfill => self.fill(c),
         }
     }
 
@@ -295,6 +302,53 @@ impl Peer {
                 done()
             }
         }
+    }
+
+    /// `dup-repeat IDX PID N`: N duplicates of one socket for PID, 253 a call; answers
+    /// `N FIRST LAST`.
+    fn dup_repeat(&mut self, c: &Command) -> Outcome {
+        let idx: usize = c.parsed(0, "index")?;
+        let pid: u32 = c.parsed(1, "pid")?;
+        let n: usize = c.parsed(2, "count")?;
+        let fd = self.fd_at(idx)?;
+        let (mut first, mut last) = (None, None);
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(253);
+            let records = sockdup::duplicate_sockets(&vec![fd; k], pid)?;
+            first = first.or_else(|| records.first().cloned());
+            last = records.last().cloned();
+            left -= k;
+        }
+        match (first, last) {
+            (Some(f), Some(l)) => Ok(format!("{n} {f} {l}")),
+            _ => Ok("0".into()),
+        }
+    }
+
+    /// `fill IDX` (copies of IDX until out of descriptors), `unfill N|all`.
+    fn fill(&mut self, c: &Command) -> Outcome {
+        if c.verb == Verb::Unfill {
+            let n = match c.required(0, "count")? {
+                "all" => self.filler.len(),
+                _ => c.parsed(0, "count")?,
+            };
+            let keep = self.filler.len().saturating_sub(n);
+            self.filler.truncate(keep);
+            return Ok(self.filler.len().to_string());
+        }
+        let fd = self.fd(c, 0)?;
+        let mut opened = Vec::new();
+        loop {
+            match rustix::io::fcntl_dupfd_cloexec(fd, 0) {
+                Ok(copy) => opened.push(copy),
+                Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) => break,
+                Err(e) => return Err(Error::from_errno(e, "dup")),
+            }
+        }
+        let n = opened.len();
+        self.filler.extend(opened);
+        Ok(n.to_string())
     }
 
     /// `squat PID`: binds the inbox address of process PID before it does.
@@ -456,6 +510,18 @@ impl Peer {
 /// Words joined by single spaces.
 fn join(words: impl Iterator<Item = String>) -> String {
     words.collect::<Vec<_>>().join(" ")
+}
+
+/// `set-nofile N`: `RLIMIT_NOFILE` soft and hard limits to N.
+fn set_nofile(c: &Command) -> Outcome {
+    let n: u64 = c.parsed(0, "limit")?;
+    let limit = rustix::process::Rlimit {
+        current: Some(n),
+        maximum: Some(n),
+    };
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
+        .map_err(os("setrlimit(RLIMIT_NOFILE)"))?;
+    done()
 }
 
 /// `fdcount`: descriptors open in this process.

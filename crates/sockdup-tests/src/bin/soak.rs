@@ -89,7 +89,10 @@ fn target() -> ExitCode {
             }
             _ => format!("err unknown command {line:?}"),
         };
-        if writeln!(out, "{answer}").and_then(|()| out.flush()).is_err() {
+        if writeln!(out, "{answer}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
             break;
         }
     }
@@ -222,7 +225,13 @@ impl Drop for Target {
 }
 
 /// Runs `cycles` cycles against `t`, `batch` a line.
-fn run(args: &Args, t: &mut Target, sock: &OwnedFd, cycles: u64, line_no: &mut u64) -> Result<(), String> {
+fn run(
+    args: &Args,
+    t: &mut Target,
+    sock: &OwnedFd,
+    cycles: u64,
+    line_no: &mut u64,
+) -> Result<(), String> {
     let mut done = 0u64;
     while done < cycles {
         let n = (cycles - done).min(args.batch as u64) as usize;
