@@ -122,6 +122,19 @@ verbs! {
     /// `attack PID WHAT`: one hostile message to the inbox of PID by bare sockets (see the
     /// peer's `attack`); answers the inbox's reply (`ok N`, an error kind, `closed`, `silent`).
     Attack = "attack",
+    /// `set-nofile N`: sets this process's `RLIMIT_NOFILE` (soft and hard) to N; raising the
+    /// hard limit needs root (`CAP_SYS_RESOURCE`).
+    SetNofile = "set-nofile",
+    /// `dup-repeat IDX PID N`: duplicates descriptor IDX for PID N times (`duplicate_sockets`,
+    /// 253 a call, the same socket throughout); answers `N FIRST LAST`, the first and the last
+    /// record (the others are not kept: they wait in PID's inbox until redeemed or expired).
+    DupRepeat = "dup-repeat",
+    /// `fill IDX`: opens copies of descriptor IDX (`dup`) until this process is out of
+    /// descriptors, and keeps them; answers how many it opened.
+    Fill = "fill",
+    /// `unfill N`: closes N of the copies `fill` opened (all of them if N is `all`); answers
+    /// how many are left.
+    Unfill = "unfill",
 }
 
 /// One command line: a known [`Verb`] and its arguments, with accessors that refuse a missing

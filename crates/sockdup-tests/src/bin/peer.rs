@@ -16,7 +16,9 @@
 //! `handed-over` (`none` or `PID NAME...`), `wait-handover SECONDS`, `unpublish`,
 //! `take-and-crash PIDFILE NAME` (asks by hand, reads the first answer line, aborts); the
 //! control socket by hand: `ctl-connect PIDFILE`, `ctl-send TEXT`, `ctl-recv`, `ctl-redeem`,
-//! `ctl-hold PIDFILE N`.
+//! `ctl-hold PIDFILE N`; exhaustion: `set-nofile N` (`RLIMIT_NOFILE`), `dup-repeat IDX PID N`
+//! (answers `N FIRST LAST`), `fill IDX` (copies of IDX until out of descriptors), `unfill N|all`;
+//! a hostile inbox peer: `attack PID WHAT`.
 //!
 //! A command that is not one of these, or lacks an argument, is answered at once with an `err`
 //! (kind `protocol-violation` or `invalid-argument`); a line too long or not UTF-8 is answered
@@ -44,6 +46,8 @@ struct Peer {
     squat: Option<OwnedFd>,
     /// Raw connections to another process's inbox (`hold-inbox`).
     held: Vec<OwnedFd>,
+    /// Copies of a descriptor that use up this process's descriptors (`fill`).
+    filler: Vec<OwnedFd>,
     published: Option<sockdup::upgrade::Published>,
     takeover: Option<sockdup::upgrade::Takeover>,
     /// The current raw control connection (`ctl-connect`).
@@ -161,6 +165,9 @@ impl Peer {
             Verb::CtlConnect | Verb::CtlSend | Verb::CtlRecv | Verb::CtlRedeem | Verb::CtlHold => {
                 self.control(c)
             }
+            Verb::SetNofile => set_nofile(c),
+            Verb::DupRepeat => self.dup_repeat(c),
+            Verb::Fill | Verb::Unfill => self.fill(c),
         }
     }
 
@@ -310,6 +317,53 @@ impl Peer {
                 done()
             }
         }
+    }
+
+    /// `dup-repeat IDX PID N`: N duplicates of one socket for PID, 253 a call; answers
+    /// `N FIRST LAST`.
+    fn dup_repeat(&mut self, c: &Command) -> Outcome {
+        let idx: usize = c.parsed(0, "index")?;
+        let pid: u32 = c.parsed(1, "pid")?;
+        let n: usize = c.parsed(2, "count")?;
+        let fd = self.fd_at(idx)?;
+        let (mut first, mut last) = (None, None);
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(253);
+            let records = sockdup::duplicate_sockets(&vec![fd; k], pid)?;
+            first = first.or_else(|| records.first().cloned());
+            last = records.last().cloned();
+            left -= k;
+        }
+        match (first, last) {
+            (Some(f), Some(l)) => Ok(format!("{n} {f} {l}")),
+            _ => Ok("0".into()),
+        }
+    }
+
+    /// `fill IDX` (copies of IDX until out of descriptors), `unfill N|all`.
+    fn fill(&mut self, c: &Command) -> Outcome {
+        if c.verb == Verb::Unfill {
+            let n = match c.required(0, "count")? {
+                "all" => self.filler.len(),
+                _ => c.parsed(0, "count")?,
+            };
+            let keep = self.filler.len().saturating_sub(n);
+            self.filler.truncate(keep);
+            return Ok(self.filler.len().to_string());
+        }
+        let fd = self.fd(c, 0)?;
+        let mut opened = Vec::new();
+        loop {
+            match rustix::io::fcntl_dupfd_cloexec(fd, 0) {
+                Ok(copy) => opened.push(copy),
+                Err(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) => break,
+                Err(e) => return Err(Error::from_errno(e, "dup")),
+            }
+        }
+        let n = opened.len();
+        self.filler.extend(opened);
+        Ok(n.to_string())
     }
 
     /// `squat PID`: binds the inbox address of process PID before it does.
@@ -586,6 +640,18 @@ fn first_line(reader: &mut LineReader<UnixStream>, wait: Duration) -> Outcome {
 /// Words joined by single spaces.
 fn join(words: impl Iterator<Item = String>) -> String {
     words.collect::<Vec<_>>().join(" ")
+}
+
+/// `set-nofile N`: `RLIMIT_NOFILE` soft and hard limits to N.
+fn set_nofile(c: &Command) -> Outcome {
+    let n: u64 = c.parsed(0, "limit")?;
+    let limit = rustix::process::Rlimit {
+        current: Some(n),
+        maximum: Some(n),
+    };
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
+        .map_err(os("setrlimit(RLIMIT_NOFILE)"))?;
+    done()
 }
 
 /// `fdcount`: descriptors open in this process.

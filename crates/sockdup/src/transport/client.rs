@@ -86,8 +86,12 @@ impl Pool {
             let err = match outcome {
                 Ok(reply) => match reply.into_result() {
                     Ok(reply) => return Ok(reply),
-                    // The inbox's error. A refusal may have closed the connection (one at the
-                    // inbox's door does): the next request starts afresh.
+                    // The inbox's answer to this request (full, out of descriptors, a bad
+                    // ticket): the connection is sound and stays, so the next request needs
+                    // no new descriptor in the target, which may be the very thing it lacks.
+                    Err(e) if !super::refused_at_the_door(e.kind()) => return Err(e),
+                    // A refusal at the inbox's door comes with the connection closed: the
+                    // next request starts afresh.
                     Err(e) => e,
                 },
                 Err(Failure::Closed) if !fresh && !retried => {

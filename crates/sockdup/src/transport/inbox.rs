@@ -175,6 +175,7 @@ impl Serve {
                     let pid = match admitted {
                         Ok(pid) => pid,
                         Err(e) => {
+                            debug_assert!(super::refused_at_the_door(e.kind()), "{e}");
                             // Refused at the door: one reply that says why, then the
                             // connection closes (with whatever it carries). Nothing of a
                             // refused peer is kept, so it cannot hold this process's

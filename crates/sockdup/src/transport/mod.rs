@@ -38,3 +38,12 @@ pub(crate) fn peer_pid_uid(fd: BorrowedFd<'_>, who: &str) -> Result<(u32, u32), 
         )),
     }
 }
+
+/// Whether an inbox answers `kind` at its door (to a connection it will not keep, before any
+/// request) and then closes the connection; every other answer leaves the connection open.
+pub(crate) fn refused_at_the_door(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::RefusedByTarget | ErrorKind::OtherPidNamespace | ErrorKind::TooManyConnections
+    )
+}

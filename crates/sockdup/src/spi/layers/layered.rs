@@ -239,18 +239,27 @@ impl Provider for Layered {
     }
 
     fn close_socket(&self, s: Handle) -> Result<(), Error> {
-        self.call(
-            self.on(ProviderCall::Close, s),
-            || {
-                let lower = self.lower(s)?;
-                let closed = self.next.close_socket(lower);
-                if !self.spec.ifs {
-                    self.upcall()?.close_socket_handle(s)?;
-                }
-                closed
-            },
-            done,
-        )
+        // A close releases the socket even when this layer's check refuses it (a fault layer
+        // failing `close`), as `close(2)` releases a descriptor whatever it reports: the
+        // caller gave the socket up (`Socket::close` and `Drop` cannot try again), so a refusal
+        // that kept it would leak it. The refusal is still what the caller hears.
+        let call = self.on(ProviderCall::Close, s);
+        let refused = self.hooks.before(&call);
+        let closed = self.lower(s).and_then(|lower| {
+            let closed = self.next.close_socket(lower);
+            if !self.spec.ifs {
+                self.upcall()?.close_socket_handle(s)?;
+            }
+            closed
+        });
+        let result = refused.and(closed);
+        let outcome = if result.is_ok() {
+            Outcome::Done
+        } else {
+            Outcome::Failed
+        };
+        self.hooks.after(&call, outcome);
+        result
     }
 
     fn duplicate_socket(

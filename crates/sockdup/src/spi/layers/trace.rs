@@ -183,3 +183,56 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod bounded {
+    use super::*;
+    use crate::spi::layers::Detail;
+
+    fn on(name: ProviderCall, socket: Option<Handle>) -> Call<'static> {
+        Call {
+            name,
+            socket,
+            info: None,
+            detail: Detail::None,
+        }
+    }
+
+    /// A million sockets through one trace instance, in the order a chain calls it (opened,
+    /// used, closed; every 16th leaves by `into_fd`, without a close, and its number comes back
+    /// for a later socket; up to 64 open at once): the per-socket state never holds more
+    /// than the open sockets, and the totals hold everything. The hooks are called directly, so
+    /// the million costs seconds; `chains.rs` drives the same layer through real chains.
+    #[test]
+    fn a_million_sockets_leave_no_per_socket_state_behind() {
+        const SOCKETS: u64 = 1_000_000;
+        const OPEN: u64 = 64;
+        let spec = Layer {
+            id: 1101,
+            kind: "trace".into(),
+            name: "t".into(),
+            ifs: true,
+            provider_id: sockdup_core::wire::Guid::default(),
+            config: Config::new(),
+        };
+        let t = Trace::new(&spec, 1102, TraceSettings {});
+        let handle = |i: u64| Handle(1000 + i % OPEN);
+        let mut most = 0;
+        for i in 0..SOCKETS {
+            let h = handle(i);
+            // A socket that left without a close had this number OPEN sockets ago.
+            t.after(&on(ProviderCall::Socket, None), Outcome::Opened(h));
+            t.after(&on(ProviderCall::Send, Some(h)), Outcome::Sent(10));
+            if i % 16 != 0 {
+                t.after(&on(ProviderCall::Close, Some(h)), Outcome::Done);
+            }
+            most = most.max(lock(&t.report).sockets.len());
+        }
+        let r = lock(&t.report);
+        assert!(most <= OPEN as usize, "{most} sockets' counters at once");
+        assert!(r.sockets.len() <= OPEN as usize, "{}", r.sockets.len());
+        assert_eq!(r.totals.calls["socket"], SOCKETS);
+        assert_eq!(r.totals.bytes_sent, 10 * SOCKETS);
+        assert!(r.entries_seen.len() <= ENTRIES_KEPT);
+    }
+}
