@@ -15,7 +15,7 @@
 //! restart, or for an earlier process with the same pid, are recognised), and `provider_reserved`
 //! the ticket.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::catalog;
@@ -74,7 +74,8 @@ struct Slot<F> {
     source_pid: u32,
 }
 
-/// How many spent tickets are remembered, to tell "already redeemed" from "never issued".
+/// How many tickets' fates are remembered, to tell "already redeemed" from "never issued": the
+/// spent ones among the last this many issued (a power of two).
 const SPENT_MEMORY: usize = 65_536;
 
 /// The table of pending duplicates of one run of one process. See the [module docs](self).
@@ -88,8 +89,11 @@ pub struct Inbox<F> {
     by_source: HashMap<u32, usize>,
     /// `(deadline, ticket)` of every pending duplicate that has a deadline.
     deadlines: BTreeSet<(Instant, u32)>,
-    spent: HashMap<u32, Spent>,
-    spent_order: VecDeque<u32>,
+    /// Why tickets were spent, a ring indexed by a ticket's place in the issue order modulo
+    /// [`SPENT_MEMORY`] (`(ticket, why)`; ticket 0, never issued, marks an empty slot). It grows
+    /// with use to at most `SPENT_MEMORY` entries and never beyond: no hashing, no rehashing.
+    spent: Vec<(u32, Spent)>,
+    first_ticket: u32,
 }
 
 impl<F> std::fmt::Debug for Inbox<F> {
@@ -116,8 +120,8 @@ impl<F> Inbox<F> {
             pending: HashMap::new(),
             by_source: HashMap::new(),
             deadlines: BTreeSet::new(),
-            spent: HashMap::new(),
-            spent_order: VecDeque::new(),
+            spent: Vec::new(),
+            first_ticket,
         }
     }
 
@@ -150,20 +154,31 @@ impl<F> Inbox<F> {
         loop {
             let t = self.next_ticket;
             self.next_ticket = self.next_ticket.wrapping_add(1);
-            if t != 0 && !self.pending.contains_key(&t) && !self.spent.contains_key(&t) {
+            if t != 0 && !self.pending.contains_key(&t) && self.spent_as(t).is_none() {
                 return t;
             }
         }
     }
 
-    fn remember(&mut self, ticket: u32, why: Spent) {
-        if self.spent_order.len() == SPENT_MEMORY
-            && let Some(old) = self.spent_order.pop_front()
-        {
-            self.spent.remove(&old);
+    /// Where ticket `t`'s fate is kept in the ring.
+    fn spent_slot(&self, t: u32) -> usize {
+        t.wrapping_sub(self.first_ticket) as usize & (SPENT_MEMORY - 1)
+    }
+
+    /// Why ticket `t` was spent, if it was, among the last `SPENT_MEMORY` issued.
+    fn spent_as(&self, t: u32) -> Option<Spent> {
+        match self.spent.get(self.spent_slot(t)) {
+            Some(&(ticket, why)) if ticket == t => Some(why),
+            _ => None,
         }
-        self.spent.insert(ticket, why);
-        self.spent_order.push_back(ticket);
+    }
+
+    fn remember(&mut self, ticket: u32, why: Spent) {
+        let i = self.spent_slot(ticket);
+        if i >= self.spent.len() {
+            self.spent.resize(i + 1, (0, Spent::Redeemed));
+        }
+        self.spent[i] = (ticket, why);
     }
 
     /// Takes a pending ticket out of the table, with its deadline, and remembers why.
@@ -364,8 +379,9 @@ impl<F> Inbox<F> {
     /// failed after some of its records were redeemed). Its time-to-live starts anew at `now`,
     /// and no source may cancel it any more.
     pub fn restore(&mut self, now: Instant, ticket: u32, fd: F) {
-        if self.spent.get(&ticket) == Some(&Spent::Redeemed) {
-            self.spent.remove(&ticket);
+        if self.spent_as(ticket) == Some(Spent::Redeemed) {
+            let i = self.spent_slot(ticket);
+            self.spent[i] = (0, Spent::Redeemed);
         }
         let deadline = self.limits.ttl.map(|ttl| now + ttl);
         if let Some(d) = deadline {
@@ -432,8 +448,8 @@ impl<F> Inbox<F> {
 
     /// Why `ticket`, which is not pending, cannot be redeemed.
     fn not_pending(&self, ticket: u32) -> Error {
-        match self.spent.get(&ticket) {
-            Some(&why) => self.spent_error(ticket, why),
+        match self.spent_as(ticket) {
+            Some(why) => self.spent_error(ticket, why),
             None => Error::new(
                 ErrorKind::NotSockdupRecord,
                 format!(
@@ -695,6 +711,45 @@ mod tests {
         assert_eq!(share(10, Some(0)), 1);
         assert_eq!(share(10, Some(99)), 10);
         assert_eq!(share(10, Some(4)), 4);
+    }
+
+    #[test]
+    fn a_spent_ticket_is_remembered_until_its_slot_is_reused_and_memory_stays_capped() {
+        let (mut inbox, closed, t0) = setup(Limits {
+            ttl: None,
+            capacity: 300,
+            per_source: None,
+        });
+        let first = inbox
+            .handle_push(t0, 1, tokens(&closed, 0..1))
+            .map_err(|e| e.0)
+            .unwrap()[0];
+        inbox.claim(t0, &record(PID, NONCE, first)).unwrap();
+        let e = inbox.claim(t0, &record(PID, NONCE, first)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyRedeemed, "{e}");
+        // Spend as many tickets again, 200 at a time: the last one takes the first one's slot.
+        let mut issued = 1;
+        while issued < SPENT_MEMORY + 1 {
+            let n = (SPENT_MEMORY + 1 - issued).min(200) as u32;
+            let ts = inbox
+                .handle_push(t0, 1, tokens(&closed, 0..n))
+                .map_err(|e| e.0)
+                .unwrap();
+            let records: Vec<_> = ts.iter().map(|&t| record(PID, NONCE, t)).collect();
+            drop(inbox.claim_all(t0, &records).unwrap());
+            issued += n as usize;
+        }
+        assert_eq!(
+            inbox.spent.len(),
+            SPENT_MEMORY,
+            "the ring never grows beyond its size"
+        );
+        let e = inbox.claim(t0, &record(PID, NONCE, first)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotSockdupRecord, "{e}");
+        assert!(e.message().contains("spent long ago"), "{e}");
+        let last = first.wrapping_add(SPENT_MEMORY as u32);
+        let e = inbox.claim(t0, &record(PID, NONCE, last)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyRedeemed, "{e}");
     }
 
     #[test]
