@@ -75,9 +75,12 @@ impl Peer {
             stdout,
             pid,
         };
-        if let Some(opts) = startup {
-            peer.ok(&format!("startup {opts}"));
-        }
+        // One answer before handing the peer out: right after spawning it may still be in
+        // exec, with the descriptors of its exec handshake open, and tests count descriptors.
+        match startup {
+            Some(opts) => peer.ok(&format!("startup {opts}")),
+            None => peer.ok("pid"),
+        };
         peer
     }
 
