@@ -53,8 +53,8 @@ use rustix::net::{self, RecvFlags, SendFlags};
 use sockdup::catalog::Catalog;
 use sockdup::spi::Socket;
 use sockdup_bench::{
-    ACK, FINISH, MAX_RECORDS_PER_MESSAGE, RAW, READY, RECORD_LEN, SPI, SPI_MESSAGE_LEN,
-    TARGET_CPU_ENV,
+    ACK, FINISH, FLOOR_FDS, FLOOR_FDS_ONE_WAY, FLOOR_RECORDS, MAX_RECORDS_PER_MESSAGE, RAW,
+    RAW_ONE_WAY, READY, RECORD_LEN, SPI, SPI_MESSAGE_LEN, TARGET_CPU_ENV,
 };
 
 /// Sockets duplicated per `batch64` iteration.
@@ -140,6 +140,76 @@ impl Drop for Target {
     }
 }
 
+/// The floor twin: the least any implementation of the contract does for `fds`, here with
+/// nothing else: it identifies each socket (its family, type and protocol, which its record
+/// names: three `getsockopt`), passes the descriptors by `SCM_RIGHTS` to the target (which keeps
+/// them and acknowledges, unless `one_way`), and sends their records separately, one message of
+/// 628 bytes each, as a record travels through the caller's own channel; the target takes the
+/// kept descriptors for the records and closes them. One thread on each side, no table, no
+/// ticket, no encoding beyond patching three words of a template: what is left of sockdup's
+/// cost when everything that is not the contract's is gone.
+fn floor_twin(target: &Target, fds: &[BorrowedFd<'_>], one_way: bool, iters: u64) -> Duration {
+    floor_twin_of(target, fds, one_way, true, iters)
+}
+
+/// [`floor_twin`], identifying each socket only if `identify` (a caller that already knows
+/// its sockets' family, type and protocol, as an acceptor knows its listener's, need not).
+fn floor_twin_of(
+    target: &Target,
+    fds: &[BorrowedFd<'_>],
+    one_way: bool,
+    identify: bool,
+    iters: u64,
+) -> Duration {
+    let template = sockdup::catalog::base_entry(1001)
+        .expect("base entry 1001")
+        .to_bytes();
+    let mut wire = Vec::with_capacity(1 + fds.len() * RECORD_LEN);
+    let start = Instant::now();
+    for _ in 0..iters {
+        wire.clear();
+        wire.push(FLOOR_RECORDS);
+        for (i, fd) in fds.iter().enumerate() {
+            if identify {
+                let family = net::sockopt::socket_domain(fd).expect("SO_DOMAIN");
+                let kind = net::sockopt::socket_type(fd).expect("SO_TYPE");
+                let protocol = net::sockopt::socket_protocol(fd).expect("SO_PROTOCOL");
+                std::hint::black_box((family, kind, protocol));
+            }
+            let at = wire.len();
+            wire.extend_from_slice(&template);
+            wire[at + 4..at + 8].copy_from_slice(&(i as u32).to_le_bytes());
+        }
+        if one_way {
+            sockdup_bench::send_fds(target.ctl.as_fd(), &[FLOOR_FDS_ONE_WAY], fds)
+                .expect("sendmsg with SCM_RIGHTS");
+        } else {
+            sockdup_bench::send_fds(target.ctl.as_fd(), &[FLOOR_FDS], fds)
+                .expect("sendmsg with SCM_RIGHTS");
+            let mut b = [0u8; 8];
+            assert_eq!(target.recv(&mut b), [ACK]);
+        }
+        target.send_records(&wire);
+    }
+    let redeemed = target.finish();
+    let elapsed = start.elapsed();
+    assert_eq!(redeemed, iters * fds.len() as u64);
+    elapsed
+}
+
+/// The one-way raw twin: `iters` bare `SCM_RIGHTS` messages of `fds`, no answer.
+fn raw_one_way(target: &Target, fds: &[BorrowedFd<'_>], iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        sockdup_bench::send_fds(target.ctl.as_fd(), &[RAW_ONE_WAY], fds)
+            .expect("sendmsg with SCM_RIGHTS");
+    }
+    let redeemed = target.finish();
+    let elapsed = start.elapsed();
+    assert_eq!(redeemed, 0);
+    elapsed
+}
+
 /// The raw twin: `iters` bare `SCM_RIGHTS` round trips of `fds`, timed like the sockdup side.
 fn raw_twin(target: &Target, fds: &[BorrowedFd<'_>], iters: u64) -> Duration {
     let start = Instant::now();
@@ -175,6 +245,15 @@ fn single(c: &mut Criterion, target: &Target) {
     g.bench_function("raw", |b| {
         b.iter_custom(|iters| raw_twin(target, &[sock.as_fd()], iters));
     });
+    g.bench_function("floor", |b| {
+        b.iter_custom(|iters| floor_twin(target, &[sock.as_fd()], false, iters));
+    });
+    g.bench_function("raw-one-way", |b| {
+        b.iter_custom(|iters| raw_one_way(target, &[sock.as_fd()], iters));
+    });
+    g.bench_function("floor-one-way", |b| {
+        b.iter_custom(|iters| floor_twin(target, &[sock.as_fd()], true, iters));
+    });
     g.finish();
 }
 
@@ -204,9 +283,21 @@ fn batch64(c: &mut Criterion, target: &Target) {
             elapsed
         });
     });
+    let fds: Vec<BorrowedFd<'_>> = socks.iter().map(AsFd::as_fd).collect();
     g.bench_function("raw", |b| {
-        let fds: Vec<BorrowedFd<'_>> = socks.iter().map(AsFd::as_fd).collect();
         b.iter_custom(|iters| raw_twin(target, &fds, iters));
+    });
+    g.bench_function("floor", |b| {
+        b.iter_custom(|iters| floor_twin(target, &fds, false, iters));
+    });
+    g.bench_function("raw-one-way", |b| {
+        b.iter_custom(|iters| raw_one_way(target, &fds, iters));
+    });
+    g.bench_function("floor-one-way", |b| {
+        b.iter_custom(|iters| floor_twin(target, &fds, true, iters));
+    });
+    g.bench_function("floor-known", |b| {
+        b.iter_custom(|iters| floor_twin_of(target, &fds, false, false, iters));
     });
     g.finish();
 }

@@ -66,6 +66,16 @@ pub const FINISH: u8 = b'E';
 /// ([`sockdup::spi::Socket::from_info`]) rather than with `socket_from_info`. Such a message is
 /// `1 + 628` bytes, never a multiple of 628, so it cannot be mistaken for a batch of records.
 pub const SPI: u8 = b'S';
+/// The floor twin's descriptors (see the `handoff` benchmark's docs): attached to a one-byte
+/// message; the target keeps them, in order, and answers [`ACK`].
+pub const FLOOR_FDS: u8 = b'P';
+/// [`FLOOR_FDS`] without the answer: the one-way floor twin.
+pub const FLOOR_FDS_ONE_WAY: u8 = b'p';
+/// Leads a message of the floor twin's records, [`RECORD_LEN`] bytes each: the target takes as
+/// many of the descriptors it keeps, oldest first, and closes them (its "redeem").
+pub const FLOOR_RECORDS: u8 = b'Q';
+/// A one-way raw-twin message: descriptors attached, the target closes them and answers nothing.
+pub const RAW_ONE_WAY: u8 = b'f';
 /// Bytes of an [`SPI`] message.
 pub const SPI_MESSAGE_LEN: usize = 1 + RECORD_LEN;
 /// Bytes of one record on the control socket.

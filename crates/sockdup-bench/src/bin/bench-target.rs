@@ -20,7 +20,8 @@ use rustix::net::{
     self, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags,
 };
 use sockdup_bench::{
-    ACK, FINISH, MAX_FDS, MAX_RECORDS_PER_MESSAGE, RAW, READY, RECORD_LEN, SPI, SPI_MESSAGE_LEN,
+    ACK, FINISH, FLOOR_FDS, FLOOR_FDS_ONE_WAY, FLOOR_RECORDS, MAX_FDS, MAX_RECORDS_PER_MESSAGE,
+    RAW, RAW_ONE_WAY, READY, RECORD_LEN, SPI, SPI_MESSAGE_LEN,
 };
 
 fn send(ctl: BorrowedFd<'_>, bytes: &[u8]) -> Result<(), String> {
@@ -63,6 +64,8 @@ fn serve(ctl: BorrowedFd<'_>) -> Result<(), String> {
     let mut buf = vec![0u8; MAX_RECORDS_PER_MESSAGE * RECORD_LEN + 1];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut redeemed: u64 = 0;
+    // The floor twin's descriptors, waiting for their records.
+    let mut kept: std::collections::VecDeque<std::os::fd::OwnedFd> = Default::default();
     loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let msg = match net::recvmsg(
@@ -75,11 +78,19 @@ fn serve(ctl: BorrowedFd<'_>) -> Result<(), String> {
             Err(Errno::INTR) => continue,
             Err(e) => return Err(format!("receiving from the benchmark: {e}")),
         };
-        // Close every descriptor that came (the raw twin's work), as the buffer drains.
+        // Close every descriptor that came (the raw twin's work), as the buffer drains; the
+        // floor twin's are kept for their records.
+        let keep = matches!(buf.first(), Some(&FLOOR_FDS | &FLOOR_FDS_ONE_WAY)) && msg.bytes == 1;
         let mut fds = 0usize;
         for m in control.drain() {
             if let RecvAncillaryMessage::ScmRights(rights) = m {
-                fds += rights.count();
+                if keep {
+                    let before = kept.len();
+                    kept.extend(rights);
+                    fds += kept.len() - before;
+                } else {
+                    fds += rights.count();
+                }
             }
         }
         if msg
@@ -91,6 +102,23 @@ fn serve(ctl: BorrowedFd<'_>) -> Result<(), String> {
         match &buf[..msg.bytes] {
             [] if fds == 0 => return Ok(()), // the benchmark went away
             [RAW] => send(ctl, &[ACK])?,
+            [RAW_ONE_WAY] | [FLOOR_FDS_ONE_WAY] => {}
+            [FLOOR_FDS] => send(ctl, &[ACK])?,
+            [FLOOR_RECORDS, records @ ..] if fds == 0 && records.len() % RECORD_LEN == 0 => {
+                let n = records.len() / RECORD_LEN;
+                if n > kept.len() {
+                    return Err(format!(
+                        "{n} floor records for {} kept descriptors",
+                        kept.len()
+                    ));
+                }
+                // Each record is looked at as a redeem looks at it (which descriptor, is it for
+                // this process), then its descriptor closes.
+                for (record, fd) in records.chunks_exact(RECORD_LEN).zip(kept.drain(..n)) {
+                    std::hint::black_box((&record[..16], fd));
+                }
+                redeemed += n as u64;
+            }
             [FINISH] => {
                 send(ctl, &redeemed.to_le_bytes())?;
                 redeemed = 0;
