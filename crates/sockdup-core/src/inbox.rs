@@ -15,7 +15,8 @@
 //! restart, or for an earlier process with the same pid, are recognised), and `provider_reserved`
 //! the ticket.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use crate::catalog;
@@ -74,6 +75,31 @@ struct Slot<F> {
     source_pid: u32,
 }
 
+/// The hasher of the ticket and pid maps: a multiplication, not SipHash. Their keys are this
+/// table's own tickets (handed out in sequence) and the kernel's pids, never chosen by a peer,
+/// so there is no flooding to resist, and redeeming is one lookup.
+#[derive(Clone, Copy, Debug, Default)]
+struct TicketHasher(u64);
+
+impl Hasher for TicketHasher {
+    fn finish(&self) -> u64 {
+        let h = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^ (h >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n);
+    }
+}
+
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<TicketHasher>>;
+
 /// How many tickets' fates are remembered, to tell "already redeemed" from "never issued": the
 /// spent ones among the last this many issued (a power of two).
 const SPENT_MEMORY: usize = 65_536;
@@ -84,11 +110,15 @@ pub struct Inbox<F> {
     nonce: u32,
     limits: Limits,
     next_ticket: u32,
-    pending: HashMap<u32, Slot<F>>,
+    pending: Map<u32, Slot<F>>,
     /// How many of `pending` each source pid pushed (entries at zero are removed).
-    by_source: HashMap<u32, usize>,
-    /// `(deadline, ticket)` of every pending duplicate that has a deadline.
-    deadlines: BTreeSet<(Instant, u32)>,
+    by_source: Map<u32, usize>,
+    /// `(deadline, ticket)` of every pending duplicate that has a deadline, in the order they
+    /// were pushed, which is the order of their deadlines (one time-to-live, and `now` never
+    /// goes back). Entries of tickets since redeemed, cancelled or restored stay until they
+    /// reach the front or the queue is compacted ([`Inbox::forget_stale_deadlines`]): an
+    /// append and a pop instead of a tree's insert and removal per ticket.
+    deadlines: VecDeque<(Instant, u32)>,
     /// Why tickets were spent, a ring indexed by a ticket's place in the issue order modulo
     /// [`SPENT_MEMORY`] (`(ticket, why)`; ticket 0, never issued, marks an empty slot). It grows
     /// with use to at most `SPENT_MEMORY` entries and never beyond: no hashing, no rehashing.
@@ -117,9 +147,9 @@ impl<F> Inbox<F> {
             nonce,
             limits,
             next_ticket: first_ticket,
-            pending: HashMap::new(),
-            by_source: HashMap::new(),
-            deadlines: BTreeSet::new(),
+            pending: Map::default(),
+            by_source: Map::default(),
+            deadlines: VecDeque::new(),
             spent: Vec::new(),
             first_ticket,
         }
@@ -185,11 +215,32 @@ impl<F> Inbox<F> {
     fn take(&mut self, ticket: u32, why: Spent) -> Option<F> {
         let slot = self.pending.remove(&ticket)?;
         self.uncount(slot.source_pid);
-        if let Some(d) = slot.deadline {
-            self.deadlines.remove(&(d, ticket));
-        }
         self.remember(ticket, why);
+        self.forget_stale_deadlines();
         Some(slot.fd)
+    }
+
+    /// Whether the deadline entry `(d, t)` is still the deadline of a pending ticket.
+    fn is_live(&self, &(d, t): &(Instant, u32)) -> bool {
+        self.pending.get(&t).is_some_and(|s| s.deadline == Some(d))
+    }
+
+    /// Drops the deadline entries of tickets no longer pending from the front of the queue,
+    /// and compacts the whole queue once it holds more than twice as many entries as tickets
+    /// pending (so a duplicate left pending ahead of many redeemed ones costs no more than
+    /// twice its table's memory; amortized, a constant per ticket).
+    fn forget_stale_deadlines(&mut self) {
+        while let Some(front) = self.deadlines.front() {
+            if self.is_live(front) {
+                break;
+            }
+            self.deadlines.pop_front();
+        }
+        if self.deadlines.len() > 2 * self.pending.len() + 64 {
+            let mut queue = std::mem::take(&mut self.deadlines);
+            queue.retain(|e| self.is_live(e));
+            self.deadlines = queue;
+        }
     }
 
     fn uncount(&mut self, source_pid: u32) {
@@ -264,7 +315,7 @@ impl<F> Inbox<F> {
                 },
             );
             if let Some(d) = deadline {
-                self.deadlines.insert((d, ticket));
+                self.deadlines.push_back((d, ticket));
             }
             tickets.push(ticket);
         }
@@ -293,18 +344,22 @@ impl<F> Inbox<F> {
     /// descriptors (dropping an `OwnedFd` closes it).
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<F> {
         let mut out = Vec::new();
-        while let Some(&(deadline, ticket)) = self.deadlines.first() {
+        while let Some(&(deadline, ticket)) = self.deadlines.front() {
             if deadline > now {
                 break;
             }
-            out.extend(self.take(ticket, Spent::Expired));
+            self.deadlines.pop_front();
+            if self.is_live(&(deadline, ticket)) {
+                out.extend(self.take(ticket, Spent::Expired));
+            }
         }
         out
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|&(d, _)| d)
+        // The front is live: every change that leaves it stale drops it.
+        self.deadlines.front().map(|&(d, _)| d)
     }
 
     /// Redeems `info` (`WSPSocket` with a duplicate's protocol info): hands out its descriptor
@@ -385,7 +440,7 @@ impl<F> Inbox<F> {
         }
         let deadline = self.limits.ttl.map(|ttl| now + ttl);
         if let Some(d) = deadline {
-            self.deadlines.insert((d, ticket));
+            self.deadlines.push_back((d, ticket));
         }
         *self.by_source.entry(0).or_insert(0) += 1;
         self.pending.insert(
@@ -750,6 +805,68 @@ mod tests {
         let last = first.wrapping_add(SPENT_MEMORY as u32);
         let e = inbox.claim(t0, &record(PID, NONCE, last)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::AlreadyRedeemed, "{e}");
+    }
+
+    #[test]
+    fn the_deadline_queue_agrees_with_the_table_through_any_order_of_calls() {
+        // A small deterministic random walk over push, claim (in and out of order), cancel,
+        // restore and time passing: the next deadline is always the earliest of the pending
+        // tickets', expiry closes exactly those due, and the queue stays within its bound.
+        let ttl = Duration::from_secs(10);
+        let (mut inbox, closed, t0) = setup(Limits {
+            ttl: Some(ttl),
+            capacity: 10_000,
+            per_source: None,
+        });
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut now = t0;
+        let mut live: Vec<u32> = Vec::new();
+        let mut id = 0;
+        for _ in 0..20_000 {
+            match next() % 10 {
+                0..=3 => {
+                    let n = (next() % 5 + 1) as u32;
+                    let ts = inbox
+                        .handle_push(now, 1 + (next() % 3) as u32, tokens(&closed, id..id + n))
+                        .map_err(|e| e.0)
+                        .unwrap();
+                    id += n;
+                    live.extend(ts);
+                }
+                4..=6 if !live.is_empty() => {
+                    let i = (next() % live.len() as u64) as usize;
+                    let t = live.swap_remove(i);
+                    let fd = inbox.claim(now, &record(PID, NONCE, t)).unwrap();
+                    if next() % 4 == 0 {
+                        inbox.restore(now, t, fd);
+                        live.push(t);
+                    }
+                }
+                7 if !live.is_empty() => {
+                    // Only its source may cancel it (a restored one, nobody).
+                    let t = live[(next() % live.len() as u64) as usize];
+                    for src in 1..=3 {
+                        drop(inbox.handle_cancel(src, &[t]));
+                    }
+                    live.retain(|&t| inbox.pending.contains_key(&t));
+                }
+                _ => {
+                    now += Duration::from_millis(next() % 3000);
+                    drop(inbox.handle_timeout(now));
+                    live.retain(|&t| inbox.pending.contains_key(&t));
+                }
+            }
+            let earliest = inbox.pending.values().filter_map(|s| s.deadline).min();
+            assert_eq!(inbox.poll_timeout(), earliest);
+            assert!(inbox.deadlines.len() <= 2 * inbox.pending.len() + 64 + 5);
+            assert_eq!(inbox.len(), live.len());
+        }
     }
 
     #[test]
