@@ -111,7 +111,8 @@ verbs! {
     /// `ctl-send TEXT`: writes TEXT and a newline on the current control connection.
     CtlSend = "ctl-send",
     /// `ctl-recv`: the next line on the current control connection (10 s at most), or `closed`;
-    /// `listener NAME RECORD` lines are remembered for `ctl-redeem`.
+    /// the records of `listeners COUNT RECORD` lines are remembered, with the names the last
+    /// `ctl-send take ...` asked for, for `ctl-redeem`.
     CtlRecv = "ctl-recv",
     /// `ctl-redeem`: redeems the records `ctl-recv` remembered; answers `NAME=IDX...`.
     CtlRedeem = "ctl-redeem",

@@ -342,11 +342,11 @@ fn a_garbage_line_to_a_publishing_server_is_answered_at_once_and_it_serves_on() 
     let oversized = "x".repeat(MAX_LINE + 100);
     let cases: [(&[u8], &str); 6] = [
         (b"hello\n", "not a line of the sockdup takeover protocol"),
-        (b"take 2 web\n", "version"),
+        (b"take 3 web\n", "version"),
         (b"ready\n", "starts with `take`"),
-        (b"take 1 web\xff\n", "not UTF-8"),
+        (b"take 2 web\xff\n", "not UTF-8"),
         (oversized.as_bytes(), "longer than 65536 bytes"),
-        (b"take 1 a:b\n", "listener name"),
+        (b"take 2 a:b\n", "listener name"),
     ];
     for (garbage, problem) in cases {
         let mut conn = UnixStream::connect_addr(&control_addr(old.pid)).unwrap();
@@ -398,7 +398,7 @@ fn a_new_process_aborts_at_once_when_the_old_one_breaks_the_protocol() {
     let pf = pid_file("garbage-to-new");
     std::fs::write(&pf, format!("{}\n", std::process::id())).unwrap();
     let listener = UnixListener::bind_addr(&control_addr(std::process::id())).unwrap();
-    let not_a_record = "listener web sockdup1:!!!!\n".to_owned();
+    let not_a_record = "listeners 1 sockdup1:!!!!\n".to_owned();
     let oversized = "y".repeat(MAX_LINE + 100);
     let mut new = Peer::spawn(Some(""));
     for (answer, problem) in [
@@ -406,7 +406,8 @@ fn a_new_process_aborts_at_once_when_the_old_one_breaks_the_protocol() {
             "offered later\n",
             "not a line of the sockdup takeover protocol",
         ),
-        ("listener api sockdup1:AAAA\n", "listener api"),
+        // Records for more listeners than were asked for.
+        ("listeners 2 sockdup1:AAAA\n", "listeners 2"),
         (not_a_record.as_str(), "does not parse"),
         (oversized.as_str(), "longer than 65536 bytes"),
     ] {
@@ -417,7 +418,7 @@ fn a_new_process_aborts_at_once_when_the_old_one_breaks_the_protocol() {
                 let (mut conn, _) = listener.accept().unwrap();
                 conn.set_read_timeout(Some(Duration::from_secs(20)))
                     .unwrap();
-                assert_eq!(read_line_from(&mut conn), "take 1 web");
+                assert_eq!(read_line_from(&mut conn), "take 2 web");
                 // The new process may stop reading an oversized line before its end.
                 let _ = conn.write_all(answer.as_bytes());
                 read_line_from(&mut conn)
@@ -648,22 +649,22 @@ fn lying_takeover_lines_are_refused_with_the_reason_and_change_nothing() {
     let long_name = "n".repeat(300);
     let cases: Vec<(String, &str, &str)> = vec![
         // Names the server does not have, given twice, none, or not names.
-        ("take 1 web api".into(), "unknown-listener", "it has web"),
-        ("take 1 web web".into(), "bad-listener-name", "twice"),
-        ("take 1".into(), "unknown-listener", "at least one"),
-        ("take 1 web ".into(), "bad-listener-name", "1 to 255"),
+        ("take 2 web api".into(), "unknown-listener", "it has web"),
+        ("take 2 web web".into(), "bad-listener-name", "twice"),
+        ("take 2".into(), "unknown-listener", "at least one"),
+        ("take 2 web ".into(), "bad-listener-name", "1 to 255"),
         (
-            format!("take 1 {many}"),
+            format!("take 2 {many}"),
             "unknown-listener",
             "no listener named",
         ),
         (
-            format!("take 1 {long_name}"),
+            format!("take 2 {long_name}"),
             "bad-listener-name",
             "1 to 255",
         ),
         // Versions that do not exist.
-        ("take 2 web".into(), "protocol-violation", "version"),
+        ("take 3 web".into(), "protocol-violation", "version"),
         (
             "take 18446744073709551616 web".into(),
             "protocol-violation",
@@ -675,7 +676,7 @@ fn lying_takeover_lines_are_refused_with_the_reason_and_change_nothing() {
         ("abort".into(), "protocol-violation", "starts with `take`"),
         ("ready now".into(), "protocol-violation", "not a line"),
         (
-            "listener web sockdup1:AAAA".into(),
+            "listeners 1 sockdup1:AAAA".into(),
             "protocol-violation",
             "not a line",
         ),
@@ -688,7 +689,7 @@ fn lying_takeover_lines_are_refused_with_the_reason_and_change_nothing() {
         ),
         // A well-formed `take` from a process that cannot receive descriptors (this test
         // process never started sockdup): the offer fails and is withdrawn.
-        ("take 1 web".into(), "target-not-started", ""),
+        ("take 2 web".into(), "target-not-started", ""),
     ];
     for (line, kind, problem) in &cases {
         let mut conn = b.connect();
@@ -709,7 +710,7 @@ fn half_a_line_then_silence_holds_up_nobody_and_times_out() {
     let mut silent: Vec<UnixStream> = (0..MAX_WAITING + 8)
         .map(|_| {
             let mut conn = b.connect();
-            conn.write_all(b"take 1 we").unwrap();
+            conn.write_all(b"take 2 we").unwrap();
             conn
         })
         .collect();
@@ -718,7 +719,7 @@ fn half_a_line_then_silence_holds_up_nobody_and_times_out() {
         let mut conn = b.connect();
         std::thread::spawn(move || {
             let start = Instant::now();
-            for byte in b"take 1 web".iter().cycle() {
+            for byte in b"take 2 web".iter().cycle() {
                 if conn.write_all(&[*byte]).is_err() || start.elapsed() > Duration::from_secs(15) {
                     break;
                 }
@@ -887,8 +888,8 @@ fn for_each_step(case: impl Fn(Step)) {
 /// The new process speaks the protocol by hand up to `offered` and remembers the records.
 fn ask_by_hand(new: &mut Peer, pf: &Path) {
     new.ok(&format!("ctl-connect {}", pf.display()));
-    new.ok("ctl-send take 1 web");
-    assert!(new.ok("ctl-recv").starts_with("listener web "));
+    new.ok("ctl-send take 2 web");
+    assert!(new.ok("ctl-recv").starts_with("listeners 1 "));
     assert_eq!(new.ok("ctl-recv"), "offered");
 }
 
@@ -930,7 +931,7 @@ fn sigkill_of_the_new_process_at_each_step_leaves_the_old_one_serving() {
         match step {
             Step::Asked => {
                 new.ok(&format!("ctl-connect {}", pf.display()));
-                new.ok("ctl-send take 1 web");
+                new.ok("ctl-send take 2 web");
             }
             Step::Offered => ask_by_hand(&mut new, &pf),
             Step::Redeemed => {
@@ -968,7 +969,7 @@ fn sigkill_of_the_old_process_at_each_step_leaves_the_new_one_serving() {
                 // Stopped, the old process cannot answer before it dies.
                 old.signal(rustix::process::Signal::STOP);
                 new.ok(&format!("ctl-connect {}", pf.display()));
-                new.ok("ctl-send take 1 web");
+                new.ok("ctl-send take 2 web");
                 old.kill();
                 assert_eq!(new.ok("ctl-recv"), "closed");
                 // Nothing was handed over, and the listener died with its only holder: the

@@ -2,8 +2,10 @@
 //! from the new process to the running one's control socket.
 //!
 //! ```text
-//! new: take 1 NAME...              version 1; the listeners it wants, by name
-//! old: listener NAME RECORD        one per name, in the order asked: a duplicate for the new pid
+//! new: take 2 NAME...              version 2; the listeners it wants, by name
+//! old: listeners COUNT RECORD      the next COUNT names, in the order asked: duplicates for the
+//!                                  new pid; RECORD is the first one's, and each next one's is the
+//!                                  same record with the next ticket (one line per such run)
 //! old: offered                     all records sent
 //!  or: error CODE KIND MESSAGE     refused (Winsock code, ErrorKind name, what went wrong); the end
 //! new: ready                       redeemed and accepting: the old process may stop
@@ -24,8 +26,9 @@ use crate::error::{Error, ErrorKind};
 use crate::line::{ErrorReport, LineMessage};
 use crate::wire::ProtocolInfo;
 
-/// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
+/// The protocol version this build speaks (2: records travel as runs, `listeners COUNT RECORD`,
+/// instead of a line each).
+pub const VERSION: u32 = 2;
 
 /// The longest listener name, as for systemd's `FileDescriptorName=`.
 pub const MAX_NAME_LEN: usize = 255;
@@ -66,7 +69,8 @@ pub fn check_name(name: &str) -> Result<(), Error> {
 /// [`ErrorKind::BadListenerName`] for a bad or repeated name; [`ErrorKind::UnknownListener`]
 /// for no name at all.
 pub fn check_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), Error> {
-    let mut seen = std::collections::HashSet::new();
+    let names = names.into_iter();
+    let mut seen = std::collections::HashSet::with_capacity(names.size_hint().0);
     for name in names {
         check_name(name)?;
         if !seen.insert(name) {
@@ -101,8 +105,10 @@ pub enum ToOld {
 /// A line from the old process to the new one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ToNew {
-    /// `listener NAME RECORD`: a duplicate of the listener `NAME` for the new process.
-    Listener(String, ProtocolInfo),
+    /// `listeners COUNT RECORD`: duplicates of the next `COUNT` listeners asked for (at least
+    /// one), for the new process: the first's record, and each next one's is the same record
+    /// with the next ticket ([`expand`]).
+    Listeners(u32, ProtocolInfo),
     /// `offered`: every listener asked for was sent.
     Offered,
     /// `done`: the pid file names the new process; the old one stops.
@@ -185,11 +191,9 @@ impl LineMessage for ToOld {
 impl LineMessage for ToNew {
     fn encode_into(&self, out: &mut String) {
         match self {
-            Self::Listener(name, record) => {
-                out.push_str("listener ");
-                out.push_str(name);
-                out.push(' ');
-                out.push_str(&record.to_string());
+            Self::Listeners(count, record) => {
+                use std::fmt::Write;
+                let _ = write!(out, "listeners {count} {record}");
             }
             Self::Offered => out.push_str("offered"),
             Self::Done => out.push_str("done"),
@@ -210,16 +214,25 @@ impl LineMessage for ToNew {
     fn parse(line: &str) -> Result<Self, Error> {
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
         match (word, rest) {
-            ("listener", rest) => {
-                let (name, record) = rest.split_once(' ').ok_or_else(|| not_a_line(line))?;
-                check_name(name).map_err(|e| violation(e.message()))?;
+            ("listeners", rest) => {
+                let (count, record) = rest.split_once(' ').ok_or_else(|| not_a_line(line))?;
+                let count = count
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| {
+                        violation(format!(
+                            "{:?} is not a count of listeners (1 or more)",
+                            truncate(count)
+                        ))
+                    })?;
                 let record = record.parse::<ProtocolInfo>().map_err(|e| {
                     violation(format!(
-                        "the record of listener {name:?} does not parse: {}",
+                        "the record of a run of {count} listeners does not parse: {}",
                         e.message()
                     ))
                 })?;
-                Ok(Self::Listener(name.into(), record))
+                Ok(Self::Listeners(count, record))
             }
             ("offered", "") => Ok(Self::Offered),
             ("done", "") => Ok(Self::Done),
@@ -234,6 +247,23 @@ impl LineMessage for ToNew {
             _ => Err(not_a_line(line)),
         }
     }
+}
+
+/// The runs of `records` that one `listeners` line each can carry: consecutive records equal
+/// but for their tickets, each the one before plus one.
+pub fn runs(records: &[ProtocolInfo]) -> impl Iterator<Item = &[ProtocolInfo]> {
+    records.chunk_by(|a, b| {
+        a.provider_reserved.wrapping_add(1) == b.provider_reserved && a.same_but_ticket(b)
+    })
+}
+
+/// The `count` records of a `listeners COUNT RECORD` line: `first`, then the same record with
+/// each next ticket.
+pub fn expand(count: u32, first: &ProtocolInfo) -> impl Iterator<Item = ProtocolInfo> + '_ {
+    (0..count).map(move |i| ProtocolInfo {
+        provider_reserved: first.provider_reserved.wrapping_add(i),
+        ..first.clone()
+    })
 }
 
 /// The start of a line (80 characters), for messages about lines that make no sense.
@@ -293,11 +323,12 @@ mod tests {
         }
         assert_eq!(
             ToOld::Take(vec!["web".into()]).encode(),
-            "take 1 web\n",
-            "the wire form of version 1"
+            "take 2 web\n",
+            "the wire form of version 2"
         );
         for l in [
-            ToNew::Listener("web".into(), record()),
+            ToNew::Listeners(1, record()),
+            ToNew::Listeners(1000, record()),
             ToNew::Offered,
             ToNew::Done,
             ToNew::Aborted,
@@ -348,31 +379,42 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_with_a_kind() {
-        for bad in ["", "take", "take 2 web", "ready now", "hello", "abort!"] {
+        for bad in [
+            "",
+            "take",
+            "take 1 web",
+            "take 3 web",
+            "ready now",
+            "hello",
+            "abort!",
+        ] {
             let e = ToOld::parse(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::ProtocolViolation, "{bad:?}");
             assert_eq!(e.code(), WSAENETDOWN);
         }
         assert!(
-            ToOld::parse("take 2 web")
+            ToOld::parse("take 1 web")
                 .unwrap_err()
                 .message()
                 .contains("version")
         );
         assert_eq!(
-            ToOld::parse("take 1").unwrap_err().kind(),
+            ToOld::parse("take 2").unwrap_err().kind(),
             ErrorKind::UnknownListener
         );
-        for bad in ["take 1 a:b", "take 1 web web", "take 1 web  admin"] {
+        for bad in ["take 2 a:b", "take 2 web web", "take 2 web  admin"] {
             let e = ToOld::parse(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::BadListenerName, "{bad:?}");
         }
         for bad in [
             "",
             "listener web",
-            "listener a:b sockdup1:AAAA",
-            "listener web not-a-record",
-            "listener web sockdup1:!!",
+            "listeners 1",
+            "listeners 0 sockdup1:AAAA",
+            "listeners -1 sockdup1:AAAA",
+            "listeners web sockdup1:AAAA",
+            "listeners 1 not-a-record",
+            "listeners 1 sockdup1:!!",
             "error x y",
             "error",
             "done 1",
@@ -414,5 +456,33 @@ mod tests {
             let refused = ToNew::Refused(Refusal { kind: "remote".into(), code, message });
             prop_assert_eq!(ToNew::parse(refused.encode().trim_end_matches('\n')).unwrap(), refused);
         }
+    }
+
+    #[test]
+    fn runs_split_where_tickets_jump_or_records_differ_and_expand_back() {
+        let at = |t: u32| ProtocolInfo {
+            provider_reserved: t,
+            ..record()
+        };
+        let mut other = at(13);
+        other.service_flags4 = 99;
+        let records = vec![
+            at(7),
+            at(8),
+            at(9),
+            at(11),
+            at(12),
+            other,
+            at(u32::MAX),
+            at(0),
+        ];
+        let runs: Vec<&[ProtocolInfo]> = runs(&records).collect();
+        let lens: Vec<usize> = runs.iter().map(|r| r.len()).collect();
+        assert_eq!(lens, [3, 2, 1, 2]);
+        let back: Vec<ProtocolInfo> = runs
+            .iter()
+            .flat_map(|r| expand(r.len() as u32, &r[0]))
+            .collect();
+        assert_eq!(back, records);
     }
 }

@@ -52,7 +52,9 @@ struct Peer {
     takeover: Option<sockdup::upgrade::Takeover>,
     /// The current raw control connection (`ctl-connect`).
     ctl: Option<LineReader<UnixStream>>,
-    /// `listener NAME RECORD` lines read on it.
+    /// The names the last `take` line sent on it asked for, in order.
+    ctl_asked: Vec<String>,
+    /// The records its `listeners COUNT RECORD` lines carried, with the names asked for.
     ctl_records: Vec<(String, sockdup::ProtocolInfo)>,
     /// Raw control connections kept by `ctl-hold`.
     ctl_held: Vec<UnixStream>,
@@ -539,6 +541,10 @@ impl Peer {
                     .ctl
                     .as_mut()
                     .ok_or_else(|| refused("no control connection"))?;
+                let text = c.rest(0);
+                if let Some(rest) = text.strip_prefix("take ") {
+                    self.ctl_asked = rest.split(' ').skip(1).map(str::to_owned).collect();
+                }
                 let mut stream = ctl.get_ref();
                 stream
                     .write_all(format!("{}\n", c.rest(0)).as_bytes())
@@ -552,11 +558,21 @@ impl Peer {
                     .ok_or_else(|| refused("no control connection"))?;
                 let line = first_line(ctl, wait)?;
                 let mut words = line.splitn(3, ' ');
-                if let (Some("listener"), Some(name), Some(record)) =
+                if let (Some("listeners"), Some(count), Some(record)) =
                     (words.next(), words.next(), words.next())
                 {
-                    self.ctl_records
-                        .push((name.to_owned(), record.parse::<sockdup::ProtocolInfo>()?));
+                    let count: u32 = count
+                        .parse()
+                        .map_err(|_| refused(format!("bad count in {line:?}")))?;
+                    let first = record.parse::<sockdup::ProtocolInfo>()?;
+                    for record in sockdup_core::proto::upgrade::expand(count, &first) {
+                        let name = self
+                            .ctl_asked
+                            .get(self.ctl_records.len())
+                            .cloned()
+                            .unwrap_or_default();
+                        self.ctl_records.push((name, record));
+                    }
                 }
                 Ok(line)
             }
@@ -751,10 +767,13 @@ fn take_and_crash(c: &Command) -> Outcome {
     rustix::net::connect(&fd, &addr).map_err(os("connect"))?;
     let mut stream = UnixStream::from(fd);
     stream
-        .write_all(format!("take 1 {name}\n").as_bytes())
+        .write_all(format!("take 2 {name}\n").as_bytes())
         .map_err(os("write"))?;
     let first = LineReader::new(&stream, sockdup_core::line::MAX_LINE).read_line()?;
-    if !first.as_deref().is_some_and(|l| l.starts_with("listener ")) {
+    if !first
+        .as_deref()
+        .is_some_and(|l| l.starts_with("listeners "))
+    {
         return Err(Error::new(
             ErrorKind::ProtocolViolation,
             format!("expected a listener line, got {first:?}"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rustix::io::Errno;
 use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::line::LineMessage;
-use sockdup_core::proto::upgrade::{ToNew, ToOld, check_names, truncate};
+use sockdup_core::proto::upgrade::{ToNew, ToOld, check_names, expand, truncate};
 use sockdup_core::wire::ProtocolInfo;
 
 use super::proto::Conn;
@@ -158,7 +158,8 @@ enum Answer {
     Refused(Error),
 }
 
-/// Reads the old process's answer to `take`: one record per name, in order, then `offered`.
+/// Reads the old process's answer to `take`: one record per name, in order (in runs), then
+/// `offered`.
 fn receive_offer(
     conn: &mut Conn,
     old_pid: u32,
@@ -169,8 +170,8 @@ fn receive_offer(
     let mut records = Vec::with_capacity(names.len());
     loop {
         match recv(conn, old_pid, timeout)? {
-            ToNew::Listener(name, record) if names.get(records.len()) == Some(&name.as_str()) => {
-                records.push(record);
+            ToNew::Listeners(count, first) if count as usize <= names.len() - records.len() => {
+                records.extend(expand(count, &first));
             }
             ToNew::Offered if records.len() == names.len() => return Ok(Answer::Offered(records)),
             ToNew::Refused(r) => return Ok(Answer::Refused(refused(old_pid, &r))),

@@ -13,6 +13,7 @@ use sockdup_core::allow::Allow;
 use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::line::LineMessage;
 use sockdup_core::proto::upgrade::{Refusal, ToNew, ToOld, check_names};
+use sockdup_core::wire::ProtocolInfo;
 
 use super::proto::{Conn, Polled};
 use super::{Upgrade, control_address};
@@ -102,6 +103,9 @@ struct Shared {
     /// Where each name is in `names` and `fds`: a takeover of 1000 names looks each up.
     index: HashMap<String, usize>,
     fds: Vec<OwnedFd>,
+    /// Each listener's base catalog entry, read once when it is published: a takeover of 1000
+    /// listeners then asks the kernel nothing about them (three `getsockopt` each).
+    entries: Vec<ProtocolInfo>,
     state: Mutex<State>,
     changed: Condvar,
     /// An eventfd made readable (and left so) by the handover, for event loops.
@@ -159,6 +163,14 @@ impl Published {
         let stop = sys::waker().map_err(|e| Error::from_errno(e, "creating an eventfd"))?;
         let handed_over = sys::waker().map_err(|e| Error::from_errno(e, "creating an eventfd"))?;
         let (names, fds): (Vec<String>, Vec<OwnedFd>) = listeners.into_iter().unzip();
+        let entries = fds
+            .iter()
+            .zip(&names)
+            .map(|(fd, name)| {
+                crate::transfer::entry_for(fd.as_fd())
+                    .map_err(|e| e.context(format!("publishing listener {name:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let index = names
             .iter()
             .enumerate()
@@ -170,6 +182,7 @@ impl Published {
             names,
             index,
             fds,
+            entries,
             state: Mutex::new(State::Serving),
             changed: Condvar::new(),
             handed_over,
@@ -546,10 +559,11 @@ fn offer<'a>(
     lock(&shared.state).begin(pid)?;
     let offer = Offer { shared, pid, names };
     let fds: Vec<BorrowedFd<'_>> = picked.iter().map(|&i| shared.fds[i].as_fd()).collect();
-    let records = crate::duplicate_sockets(&fds, pid)?;
-    let mut out = String::new();
-    for (name, record) in offer.names.iter().zip(records) {
-        ToNew::Listener(name.clone(), record).encode_into(&mut out);
+    let entries = picked.iter().map(|&i| shared.entries[i].clone()).collect();
+    let records = crate::transfer::duplicate_known(&fds, entries, pid)?;
+    let mut out = String::with_capacity(64 + records.len() / 8 * 256);
+    for run in sockdup_core::proto::upgrade::runs(&records) {
+        ToNew::Listeners(run.len() as u32, run[0].clone()).encode_into(&mut out);
     }
     ToNew::Offered.encode_into(&mut out);
     conn.send_raw(&out, "sending the records")?;
