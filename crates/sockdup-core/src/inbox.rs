@@ -99,6 +99,7 @@ impl Hasher for TicketHasher {
 }
 
 type Map<K, V> = HashMap<K, V, BuildHasherDefault<TicketHasher>>;
+type Set<K> = std::collections::HashSet<K, BuildHasherDefault<TicketHasher>>;
 
 /// How many tickets' fates are remembered, to tell "already redeemed" from "never issued": the
 /// spent ones among the last this many issued (a power of two).
@@ -393,6 +394,58 @@ impl<F> Inbox<F> {
             .collect())
     }
 
+    /// [`claim_all`](Self::claim_all) of runs of records, each `(first, count)` standing for
+    /// `count` records equal to `first` but for their tickets, `first`'s and the `count - 1`
+    /// after it (what a takeover sends: [`crate::proto::upgrade::expand`]), without making
+    /// the records: all or nothing, the descriptors in order.
+    ///
+    /// # Errors
+    /// As [`claim_all`](Self::claim_all); the message names the first record that cannot be
+    /// redeemed by its place among all the runs' records.
+    pub fn claim_runs(
+        &mut self,
+        now: Instant,
+        runs: &[(ProtocolInfo, u32)],
+    ) -> Result<Vec<F>, Error> {
+        let total: usize = runs.iter().map(|&(_, n)| n as usize).sum();
+        let mut tickets = Vec::with_capacity(total);
+        let mut seen = Set::with_capacity_and_hasher(total, Default::default());
+        for (first, count) in runs {
+            for i in 0..*count {
+                let ticket = first.provider_reserved.wrapping_add(i);
+                let checked = if i == 0 {
+                    self.verify(now, first)
+                } else {
+                    self.verify_ticket(now, ticket)
+                }
+                .and_then(|t| {
+                    if seen.insert(t) {
+                        Ok(t)
+                    } else {
+                        Err(Error::new(
+                            ErrorKind::AlreadyRedeemed,
+                            format!(
+                                "ticket {t:#010x} appears twice in the batch: a duplicate's record can be used only once"
+                            ),
+                        ))
+                    }
+                });
+                match checked {
+                    Ok(t) => tickets.push(t),
+                    Err(e) => {
+                        let at = tickets.len();
+                        drop(self.handle_timeout(now));
+                        return Err(e.context(format_args!("record {at} of the batch")));
+                    }
+                }
+            }
+        }
+        Ok(tickets
+            .into_iter()
+            .filter_map(|t| self.take(t, Spent::Redeemed))
+            .collect())
+    }
+
     /// Checks, changing nothing (but closing what has expired), that [`claim_all`](Self::claim_all)
     /// would redeem every record of `infos` now.
     ///
@@ -405,7 +458,7 @@ impl<F> Inbox<F> {
     /// The tickets of `infos`, if every one can be redeemed now and none appears twice.
     fn verify_all(&mut self, now: Instant, infos: &[ProtocolInfo]) -> Result<Vec<u32>, Error> {
         let mut tickets = Vec::with_capacity(infos.len());
-        let mut seen = std::collections::HashSet::with_capacity(infos.len());
+        let mut seen = Set::with_capacity_and_hasher(infos.len(), Default::default());
         for (i, info) in infos.iter().enumerate() {
             let checked = self.verify(now, info).and_then(|t| {
                 if seen.insert(t) {
@@ -492,6 +545,11 @@ impl<F> Inbox<F> {
                 ),
             ));
         }
+        self.verify_ticket(now, ticket)
+    }
+
+    /// Checks that `ticket` is pending and not past its time-to-live, and returns it.
+    fn verify_ticket(&self, now: Instant, ticket: u32) -> Result<u32, Error> {
         match self.pending.get(&ticket) {
             Some(slot) if slot.deadline.is_some_and(|d| d <= now) => {
                 Err(self.spent_error(ticket, Spent::Expired))
@@ -867,6 +925,52 @@ mod tests {
             assert!(inbox.deadlines.len() <= 2 * inbox.pending.len() + 64 + 5);
             assert_eq!(inbox.len(), live.len());
         }
+    }
+
+    #[test]
+    fn runs_of_records_redeem_all_or_nothing_in_order() {
+        let (mut inbox, closed, t0) = setup(Limits::default());
+        let ts = inbox
+            .handle_push(t0, 1, tokens(&closed, 0..5))
+            .map_err(|e| e.0)
+            .unwrap();
+        let runs = [
+            (record(PID, NONCE, ts[0]), 3),
+            (record(PID, NONCE, ts[3]), 2),
+        ];
+        // One ticket of the second run already spent: nothing is taken, and the message
+        // names its place among all the records.
+        let lone = inbox.claim(t0, &record(PID, NONCE, ts[4])).unwrap();
+        assert_eq!(lone.0, 4);
+        let e = inbox.claim_runs(t0, &runs).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyRedeemed, "{e}");
+        assert!(e.message().contains("record 4 of the batch"), "{e}");
+        assert_eq!(inbox.len(), 4);
+        inbox.restore(t0, ts[4], lone);
+        let fds = inbox.claim_runs(t0, &runs).unwrap();
+        assert_eq!(fds.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+        assert!(inbox.is_empty());
+        // A run's first record is checked whole: another process's is refused.
+        let ts = inbox
+            .handle_push(t0, 1, tokens(&closed, 5..7))
+            .map_err(|e| e.0)
+            .unwrap();
+        let e = inbox
+            .claim_runs(t0, &[(record(PID + 1, NONCE, ts[0]), 2)])
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WrongProcess, "{e}");
+        // The same ticket twice across runs.
+        let e = inbox
+            .claim_runs(
+                t0,
+                &[
+                    (record(PID, NONCE, ts[0]), 2),
+                    (record(PID, NONCE, ts[1]), 1),
+                ],
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyRedeemed, "{e}");
+        assert_eq!(inbox.len(), 2);
     }
 
     #[test]

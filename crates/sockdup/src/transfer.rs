@@ -89,6 +89,23 @@ pub(crate) fn duplicate_known(
     send(&rt, sockets, records, target_pid)
 }
 
+/// Pushes `sockets` to `target_pid` (this process's own table if it is this process): the
+/// target's pid and run nonce, and a ticket per socket, in order; all or nothing. What a record
+/// needs besides the socket's catalog entry, for callers that make records themselves (a
+/// takeover sends them as runs).
+pub(crate) fn push<S: AsFd>(
+    rt: &Runtime,
+    sockets: &[S],
+    target_pid: u32,
+) -> Result<(u32, u32, Vec<u32>), Error> {
+    check_pid(target_pid)?;
+    if target_pid == rt.pid {
+        push_local(rt, sockets)
+    } else {
+        push_remote(rt, sockets, target_pid)
+    }
+}
+
 /// Sends `sockets`, whose base entries are `records`, to `target_pid` and completes the
 /// records with its pid, nonce and tickets.
 fn send<S: AsFd>(
@@ -97,11 +114,7 @@ fn send<S: AsFd>(
     mut records: Vec<ProtocolInfo>,
     target_pid: u32,
 ) -> Result<Vec<ProtocolInfo>, Error> {
-    let (pid, nonce, tickets) = if target_pid == rt.pid {
-        push_local(rt, sockets)?
-    } else {
-        push_remote(rt, sockets, target_pid)?
-    };
+    let (pid, nonce, tickets) = push(rt, sockets, target_pid)?;
     for (record, ticket) in records.iter_mut().zip(tickets) {
         record.service_flags3 = pid;
         record.service_flags4 = nonce;
@@ -188,6 +201,18 @@ pub(crate) fn claim(rt: &Runtime, info: &ProtocolInfo) -> Result<OwnedFd, Error>
 pub(crate) fn claim_all(rt: &Runtime, infos: &[ProtocolInfo]) -> Result<Vec<OwnedFd>, Error> {
     let fds = lock(&rt.table).claim_all(Instant::now(), infos)?;
     tracing::debug!(count = fds.len(), "redeemed duplicates");
+    Ok(fds)
+}
+
+/// Redeems runs of base records (`(first, count)`: see
+/// [`Inbox::claim_runs`](sockdup_core::inbox::Inbox::claim_runs)) under one lock, all or
+/// nothing.
+pub(crate) fn claim_runs(
+    rt: &Runtime,
+    runs: &[(ProtocolInfo, u32)],
+) -> Result<Vec<OwnedFd>, Error> {
+    let fds = lock(&rt.table).claim_runs(Instant::now(), runs)?;
+    tracing::debug!(count = fds.len(), "redeemed runs of duplicates");
     Ok(fds)
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rustix::io::Errno;
 use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::line::LineMessage;
-use sockdup_core::proto::upgrade::{ToNew, ToOld, check_names, expand, truncate};
+use sockdup_core::proto::upgrade::{ToNew, ToOld, check_names, truncate};
 use sockdup_core::wire::ProtocolInfo;
 
 use super::proto::Conn;
@@ -62,12 +62,14 @@ pub(super) fn take_over(upgrade: &Upgrade, names: &[&str]) -> Result<Takeover, E
     // Read the answer even if asking failed: the old process may have refused before reading
     // (this process's user), and its refusal is what to report.
     let answer = receive_offer(&mut conn, old_pid, names, upgrade.timeout);
-    let records = match (asked, answer) {
+    let runs = match (asked, answer) {
         (_, Ok(Answer::Refused(e))) | (Err(e), _) => return Err(e),
-        (Ok(()), Ok(Answer::Offered(records))) => records,
+        (Ok(()), Ok(Answer::Offered(runs))) => runs,
         (Ok(()), Err(e)) => return Err(abort_now(&conn, e)),
     };
-    let fds = crate::sockets_from_info(&records).map_err(|e| abort_now(&conn, e))?;
+    // The records are base records (the old process duplicated with its listeners' base
+    // entries): claimed from the table as runs, without making each record.
+    let fds = crate::transfer::claim_runs(&rt, &runs).map_err(|e| abort_now(&conn, e))?;
     tracing::debug!(old_pid, ?names, "took listeners over");
     Ok(Takeover {
         upgrade: upgrade.clone(),
@@ -152,8 +154,9 @@ fn connect(
 
 /// The old process's answer to `take`.
 enum Answer {
-    /// One record per name, in the order asked.
-    Offered(Vec<ProtocolInfo>),
+    /// The records, one per name in the order asked, as runs (`(first, count)`: see
+    /// [`expand`](sockdup_core::proto::upgrade::expand)).
+    Offered(Vec<(ProtocolInfo, u32)>),
     /// Its refusal, as this process's error; the old process ended the session.
     Refused(Error),
 }
@@ -167,13 +170,15 @@ fn receive_offer(
     timeout: Duration,
 ) -> Result<Answer, Error> {
     let peer = format!("process {old_pid}");
-    let mut records = Vec::with_capacity(names.len());
+    let mut runs = Vec::new();
+    let mut taken = 0;
     loop {
         match recv(conn, old_pid, timeout)? {
-            ToNew::Listeners(count, first) if count as usize <= names.len() - records.len() => {
-                records.extend(expand(count, &first));
+            ToNew::Listeners(count, first) if count as usize <= names.len() - taken => {
+                taken += count as usize;
+                runs.push((first, count));
             }
-            ToNew::Offered if records.len() == names.len() => return Ok(Answer::Offered(records)),
+            ToNew::Offered if taken == names.len() => return Ok(Answer::Offered(runs)),
             ToNew::Refused(r) => return Ok(Answer::Refused(refused(old_pid, &r))),
             other => return Err(unexpected(&peer, &other)),
         }

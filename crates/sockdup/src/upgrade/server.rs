@@ -5,14 +5,14 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sockdup_core::allow::Allow;
 use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::line::LineMessage;
-use sockdup_core::proto::upgrade::{Refusal, ToNew, ToOld, check_names};
+use sockdup_core::proto::upgrade::{Refusal, ToNew, ToOld};
 use sockdup_core::wire::ProtocolInfo;
 
 use super::proto::{Conn, Polled};
@@ -318,6 +318,7 @@ struct Waiting {
 /// and starts a session thread for each `take`. Returns when `shared.stop` is woken.
 fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd) {
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    let workers = Workers::new();
     loop {
         // Deadlines are set in order of arrival: the oldest is the next to expire.
         let wait = waiting
@@ -338,7 +339,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &OwnedFd) {
         // Newest first, so that removing one leaves the indices still to visit valid.
         for i in (0..waiting.len()).rev() {
             if ready[2 + i] {
-                read_first_line(shared, &mut waiting, i);
+                read_first_line(shared, &workers, &mut waiting, i);
             }
         }
         let now = Instant::now();
@@ -403,7 +404,12 @@ fn accept_waiting(shared: &Shared, listener: &OwnedFd, waiting: &mut VecDeque<Wa
 
 /// Reads what waiting connection `i` sent: its `take` line starts a session; anything else is
 /// refused at once and closes it; a connection closed by its peer is dropped.
-fn read_first_line(shared: &Arc<Shared>, waiting: &mut VecDeque<Waiting>, i: usize) {
+fn read_first_line(
+    shared: &Arc<Shared>,
+    workers: &Workers,
+    waiting: &mut VecDeque<Waiting>,
+    i: usize,
+) {
     let outcome = waiting[i].conn.poll_message::<ToOld>();
     if matches!(outcome, Ok(Polled::Pending)) {
         return;
@@ -412,7 +418,7 @@ fn read_first_line(shared: &Arc<Shared>, waiting: &mut VecDeque<Waiting>, i: usi
         return;
     };
     match outcome {
-        Ok(Polled::Message(ToOld::Take(names))) => start_session(shared, conn, names),
+        Ok(Polled::Message(ToOld::Take(names))) => start_session(shared, workers, conn, names),
         Ok(Polled::Message(_)) => refuse(
             &conn,
             &Error::new(
@@ -428,9 +434,62 @@ fn read_first_line(shared: &Arc<Shared>, waiting: &mut VecDeque<Waiting>, i: usi
     }
 }
 
-/// Starts a session thread for a connection that asked for `names`, unless
-/// [`MAX_SESSIONS`] run already.
-fn start_session(shared: &Arc<Shared>, conn: Conn, names: Vec<String>) {
+/// A session for the session threads: the server, the connection, the names asked for.
+type Job = (Arc<Shared>, Conn, Vec<String>);
+
+/// The session threads, kept for the next takeover: starting a thread (its stack mapped, and
+/// unmapped when it ends) costs more than a small takeover itself, so a thread that finished a
+/// session waits for the next one. They end when the control thread does (the channel closes
+/// as this value drops); one watching a successor ends when its watch does.
+struct Workers {
+    jobs: mpsc::Sender<Job>,
+    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    /// Threads waiting for a session (or about to).
+    idle: Arc<AtomicUsize>,
+}
+
+impl Workers {
+    fn new() -> Self {
+        let (jobs, queue) = mpsc::channel();
+        Self {
+            jobs,
+            queue: Arc::new(Mutex::new(queue)),
+            idle: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Runs `job` on a waiting thread, or on a new one if none waits.
+    fn run(&self, job: Job) -> std::io::Result<()> {
+        let claimed = self
+            .idle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if claimed {
+            // A waiting thread takes it: every claim is matched by one thread receiving.
+            return self
+                .jobs
+                .send(job)
+                .map_err(|_| std::io::Error::other("the session threads are gone"));
+        }
+        let (queue, idle) = (self.queue.clone(), self.idle.clone());
+        std::thread::Builder::new()
+            .name("sockdup-takeover".into())
+            .spawn(move || {
+                let mut next = Some(job);
+                while let Some((shared, conn, names)) = next.take() {
+                    session(&shared, conn, names);
+                    drop(shared);
+                    idle.fetch_add(1, Ordering::SeqCst);
+                    next = lock(&queue).recv().ok();
+                }
+            })
+            .map(drop)
+    }
+}
+
+/// Starts a session for a connection that asked for `names`, unless [`MAX_SESSIONS`] run
+/// already.
+fn start_session(shared: &Arc<Shared>, workers: &Workers, conn: Conn, names: Vec<String>) {
     if shared.sessions.fetch_add(1, Ordering::SeqCst) >= MAX_SESSIONS {
         shared.sessions.fetch_sub(1, Ordering::SeqCst);
         let e = Error::new(
@@ -440,11 +499,7 @@ fn start_session(shared: &Arc<Shared>, conn: Conn, names: Vec<String>) {
         refuse(&conn, &e);
         return;
     }
-    let in_session = shared.clone();
-    let spawned = std::thread::Builder::new()
-        .name("sockdup-takeover".into())
-        .spawn(move || session(&in_session, conn, names));
-    if let Err(e) = spawned {
+    if let Err(e) = workers.run((shared.clone(), conn, names)) {
         // The session never ran: its place is free again.
         shared.sessions.fetch_sub(1, Ordering::SeqCst);
         tracing::warn!(error = %e, "starting a takeover session");
@@ -533,15 +588,14 @@ fn configure(shared: &Shared, conn: &Conn) -> Result<(u32, OwnedFd), Error> {
     Ok((pid, pidfd))
 }
 
-/// Offers the listeners `names` to `pid`: duplicates for it, one `listener` line each, then
-/// `offered`.
+/// Offers the listeners `names` (checked and distinct: [`ToOld::parse`] refuses any other
+/// `take`) to `pid`: duplicates for it, one `listeners` line per run, then `offered`.
 fn offer<'a>(
     shared: &'a Shared,
     conn: &mut Conn,
     pid: u32,
     names: Vec<String>,
 ) -> Result<Offer<'a>, Error> {
-    check_names(names.iter().map(String::as_str))?;
     let picked = names
         .iter()
         .map(|n| {
@@ -559,11 +613,24 @@ fn offer<'a>(
     lock(&shared.state).begin(pid)?;
     let offer = Offer { shared, pid, names };
     let fds: Vec<BorrowedFd<'_>> = picked.iter().map(|&i| shared.fds[i].as_fd()).collect();
-    let entries = picked.iter().map(|&i| shared.entries[i].clone()).collect();
-    let records = crate::transfer::duplicate_known(&fds, entries, pid)?;
-    let mut out = String::with_capacity(64 + records.len() / 8 * 256);
-    for run in sockdup_core::proto::upgrade::runs(&records) {
-        ToNew::Listeners(run.len() as u32, run[0].clone()).encode_into(&mut out);
+    let (target, nonce, tickets) = crate::transfer::push(&*Runtime::current()?, &fds, pid)?;
+    // One line per run of listeners of one catalog entry with consecutive tickets: a record
+    // made once per run, not per listener.
+    let mut out = String::with_capacity(256 * (1 + picked.len() / 64));
+    let mut start = 0;
+    for end in 1..=picked.len() {
+        let same_run = end < picked.len()
+            && shared.entries[picked[end]].catalog_entry_id
+                == shared.entries[picked[start]].catalog_entry_id
+            && tickets[end] == tickets[end - 1].wrapping_add(1);
+        if !same_run {
+            let mut record = shared.entries[picked[start]].clone();
+            record.service_flags3 = target;
+            record.service_flags4 = nonce;
+            record.provider_reserved = tickets[start];
+            ToNew::Listeners((end - start) as u32, record).encode_into(&mut out);
+            start = end;
+        }
     }
     ToNew::Offered.encode_into(&mut out);
     conn.send_raw(&out, "sending the records")?;
