@@ -366,14 +366,20 @@ impl ProtocolInfo {
                 "field protocol_name (szProtocol) has no NUL terminator within its 256 UTF-16 units: the record is corrupt",
             ));
         };
-        let protocol_name = char::decode_utf16(units.take(nul))
-            .collect::<Result<String, _>>()
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::MalformedRecord,
-                    "field protocol_name (szProtocol) is not valid UTF-16: the record is corrupt",
-                )
-            })?;
+        // Names are ASCII in practice (every catalog entry's is): copied byte by byte, without
+        // decoding; anything else goes through the UTF-16 decoder.
+        let protocol_name = if units.clone().take(nul).all(|u| u < 0x80) {
+            units.take(nul).map(|u| char::from(u as u8)).collect()
+        } else {
+            char::decode_utf16(units.take(nul))
+                .collect::<Result<String, _>>()
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::MalformedRecord,
+                        "field protocol_name (szProtocol) is not valid UTF-16: the record is corrupt",
+                    )
+                })?
+        };
         let mut id = [0u8; 16];
         id.copy_from_slice(&b[field::PROVIDER_ID]);
         Ok(Self {

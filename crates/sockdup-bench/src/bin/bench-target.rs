@@ -64,6 +64,8 @@ fn serve(ctl: BorrowedFd<'_>) -> Result<(), String> {
     let mut buf = vec![0u8; MAX_RECORDS_PER_MESSAGE * RECORD_LEN + 1];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut redeemed: u64 = 0;
+    // Every message and every redeemed record since the start, for `SOCKDUP_BENCH_COUNTS`.
+    let (mut messages, mut redeemed_total, mut raw_fds) = (0u64, 0u64, 0u64);
     // The floor twin's descriptors, waiting for their records.
     let mut kept: std::collections::VecDeque<std::os::fd::OwnedFd> = Default::default();
     loop {
@@ -99,10 +101,24 @@ fn serve(ctl: BorrowedFd<'_>) -> Result<(), String> {
         {
             return Err("a control message was truncated".into());
         }
+        messages += 1;
         match &buf[..msg.bytes] {
-            [] if fds == 0 => return Ok(()), // the benchmark went away
-            [RAW] => send(ctl, &[ACK])?,
-            [RAW_ONE_WAY] | [FLOOR_FDS_ONE_WAY] => {}
+            [] if fds == 0 => {
+                // The benchmark went away. With SOCKDUP_BENCH_COUNTS set, say how much work
+                // came, so that a profile of this process (callgrind) can be divided by it.
+                if std::env::var_os("SOCKDUP_BENCH_COUNTS").is_some() {
+                    eprintln!(
+                        "bench-target counts: messages={messages} redeemed={redeemed_total} raw_fds={raw_fds}"
+                    );
+                }
+                return Ok(());
+            }
+            [RAW] => {
+                raw_fds += fds as u64;
+                send(ctl, &[ACK])?
+            }
+            [RAW_ONE_WAY] => raw_fds += fds as u64,
+            [FLOOR_FDS_ONE_WAY] => {}
             [FLOOR_FDS] => send(ctl, &[ACK])?,
             [FLOOR_RECORDS, records @ ..] if fds == 0 && records.len() % RECORD_LEN == 0 => {
                 let n = records.len() / RECORD_LEN;
@@ -118,16 +134,21 @@ fn serve(ctl: BorrowedFd<'_>) -> Result<(), String> {
                     std::hint::black_box((&record[..16], fd));
                 }
                 redeemed += n as u64;
+                redeemed_total += n as u64;
             }
             [FINISH] => {
                 send(ctl, &redeemed.to_le_bytes())?;
                 redeemed = 0;
             }
             [SPI, record @ ..] if fds == 0 && record.len() + 1 == SPI_MESSAGE_LEN => {
-                redeemed += redeem_spi(record)?;
+                let n = redeem_spi(record)?;
+                redeemed += n;
+                redeemed_total += n;
             }
             records if fds == 0 && !records.is_empty() && records.len() % RECORD_LEN == 0 => {
-                redeemed += redeem(records)?;
+                let n = redeem(records)?;
+                redeemed += n;
+                redeemed_total += n;
             }
             other => {
                 return Err(format!(
