@@ -134,7 +134,17 @@ impl Target {
 }
 
 impl Drop for Target {
+    /// Ends the target by closing its control socket (it exits by itself, so a profiler
+    /// around it finishes its report), and kills it if it has not exited within 30 s.
     fn drop(&mut self) {
+        let _ = net::shutdown(&self.ctl, net::Shutdown::Both);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -171,7 +171,13 @@ pub fn pin_to(cpu: usize) -> io::Result<()> {
 pub fn place(bench: &str) -> Result<Option<usize>, String> {
     let placement = Placement::from_env()?;
     let cpus = allowed_cpus().map_err(|e| format!("sched_getaffinity: {e}"))?;
-    let here = current_cpu();
+    // `none` asks nothing of the CPU this runs on (so the benchmark also runs under
+    // valgrind, whose processes have no vDSO for `getcpu`).
+    let here = if placement == Placement::Free {
+        cpus[0]
+    } else {
+        current_cpu()
+    };
     let first = if cpus.contains(&here) { here } else { cpus[0] };
     let (source, target) = match placement {
         Placement::Free => (None, None),
