@@ -293,6 +293,15 @@ impl ProtocolInfo {
         put(field::PROVIDER_RESERVED, self.provider_reserved);
         b[field::PROVIDER_ID].copy_from_slice(&self.provider_id.to_bytes());
         let mut at = field::SZ_PROTOCOL.start;
+        let name = self.protocol_name.as_bytes();
+        if name.is_ascii() {
+            // Every catalog entry's name: one unit per byte, cut to leave the NUL.
+            for &c in name.iter().take(WSAPROTOCOL_LEN) {
+                b[at] = c;
+                at += 2;
+            }
+            return b;
+        }
         let mut units = 0;
         for ch in self.protocol_name.chars() {
             let mut buf = [0u16; 2];
@@ -369,7 +378,9 @@ impl ProtocolInfo {
         // Names are ASCII in practice (every catalog entry's is): copied byte by byte, without
         // decoding; anything else goes through the UTF-16 decoder.
         let protocol_name = if units.clone().take(nul).all(|u| u < 0x80) {
-            units.take(nul).map(|u| char::from(u as u8)).collect()
+            let mut name = String::with_capacity(nul);
+            name.extend(units.take(nul).map(|u| char::from(u as u8)));
+            name
         } else {
             char::decode_utf16(units.take(nul))
                 .collect::<Result<String, _>>()

@@ -14,10 +14,19 @@ use sockdup_core::message::{MAX_MESSAGE, Reply, Request};
 use crate::sync::lock;
 use crate::sys::{self, InboxAddress};
 
+/// A kept connection to an inbox, with the buffer its replies are read into (allocated once:
+/// zeroing a message-sized buffer for every request cost more than the rest of a request's
+/// own work).
+#[derive(Debug)]
+struct Connection {
+    fd: OwnedFd,
+    buf: Box<[u8]>,
+}
+
 /// The kept connections of one run to other processes' inboxes, by target pid.
 #[derive(Debug)]
 pub(crate) struct Pool {
-    conns: Mutex<HashMap<u32, Arc<Mutex<OwnedFd>>>>,
+    conns: Mutex<HashMap<u32, Arc<Mutex<Connection>>>>,
     runtime_dir: Option<PathBuf>,
     ack_timeout: Duration,
 }
@@ -70,13 +79,20 @@ impl Pool {
                 match cached {
                     Some(c) => (c, false),
                     None => {
-                        let c = Arc::new(Mutex::new(self.connect(target)?));
+                        let c = Arc::new(Mutex::new(Connection {
+                            fd: self.connect(target)?,
+                            buf: vec![0; MAX_MESSAGE].into_boxed_slice(),
+                        }));
                         lock(&self.conns).insert(target, c.clone());
                         (c, true)
                     }
                 }
             };
-            let outcome = exchange(lock(&conn).as_fd(), &bytes, fds);
+            let outcome = {
+                let mut c = lock(&conn);
+                let Connection { fd, buf } = &mut *c;
+                exchange(fd.as_fd(), &bytes, fds, buf)
+            };
             let forget = || {
                 let mut map = lock(&self.conns);
                 if map.get(&target).is_some_and(|c| Arc::ptr_eq(c, &conn)) {
@@ -207,13 +223,17 @@ impl Pool {
     }
 }
 
-fn exchange(fd: BorrowedFd<'_>, request: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Reply, Failure> {
-    let mut buf = [0u8; MAX_MESSAGE];
+fn exchange(
+    fd: BorrowedFd<'_>,
+    request: &[u8],
+    fds: &[BorrowedFd<'_>],
+    buf: &mut [u8],
+) -> Result<Reply, Failure> {
     match sys::send_with_fds(fd, request, fds) {
-        Ok(()) => receive(fd, &mut buf),
+        Ok(()) => receive(fd, buf),
         // The inbox closed the connection; it may have said why first (a refusal at its door
         // comes before any request): that answer, if there is one.
-        Err(Errno::PIPE | Errno::CONNRESET) => match receive(fd, &mut buf) {
+        Err(Errno::PIPE | Errno::CONNRESET) => match receive(fd, buf) {
             Err(Failure::Timeout) => Err(Failure::Closed),
             other => other,
         },
