@@ -17,6 +17,11 @@
 //!   duplicate, redeem and close passes each layer (the trace layer's counters included).
 //!   `ratios.py` prints layered/base.
 //!
+//! - `single/floor`, `batch64/floor` (and `-one-way`, and `batch64/floor-known`): the floor
+//!   twins, the contract's least work with nothing of sockdup's ([`floor_twin`]), and
+//!   `raw-one-way`, the raw twin without its acknowledgement. `ratios.py` prints each floor
+//!   against raw and sockdup against its floor.
+//!
 //! Every measurement of `N` iterations ends only when the target has answered a final
 //! [`FINISH`] (after redeeming all the records it was sent), so the target's redeem work is
 //! counted; both twins pay that last round trip. `ratios.py` beside `Cargo.toml` prints the
