@@ -17,7 +17,9 @@
 //! is not one of its own entries, so a layer that breaks the rule fails loudly.
 
 mod base;
+mod events;
 pub mod layers;
+mod watch;
 mod ws2;
 
 use std::collections::HashMap;
@@ -30,6 +32,9 @@ use sockdup_core::wire::ProtocolInfo;
 
 pub(crate) use base::BaseProvider;
 pub(crate) use ws2::redeem_fds;
+pub use events::{
+    Event, EventSink, NetworkEvents, Notification, WSA_MAXIMUM_WAIT_EVENTS, wait_for_events,
+};
 pub use ws2::{Socket, address_to_string, string_to_address};
 
 use crate::sync::lock;
@@ -54,7 +59,10 @@ impl Handle {
     }
 }
 
-pub use sockdup_core::sockopt::{FD_ACCEPT, FD_CLOSE, FD_CONNECT, FD_READ, FD_WRITE, SockOpt};
+pub use sockdup_core::sockopt::{
+    FD_ACCEPT, FD_ACCEPT_BIT, FD_ALL_EVENTS, FD_CLOSE, FD_CLOSE_BIT, FD_CONNECT, FD_CONNECT_BIT,
+    FD_MAX_EVENTS, FD_OOB, FD_OOB_BIT, FD_READ, FD_READ_BIT, FD_WRITE, FD_WRITE_BIT, SockOpt,
+};
 
 /// `WSPPROC_TABLE`: what a provider implements. `info` arguments follow the propagation rule
 /// (see the [module docs](self)).
@@ -112,10 +120,17 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// `WSPSetSockOpt`.
     #[doc(alias = "WSPSetSockOpt")]
     fn set_sock_opt(&self, s: Handle, opt: SockOpt, value: i64) -> Result<(), Error>;
-    /// `WSPEventSelect`: the network events (`FD_*`) of interest; replaces any earlier
-    /// registration for the socket, whichever descriptor made it.
+    /// `WSPEventSelect` (an [`EventSink::Event`]) and `WSPAsyncSelect` (an
+    /// [`EventSink::Channel`]): the network events (`FD_*`) of interest, signalled through
+    /// `sink`; replaces any earlier registration for the socket, whichever descriptor made it,
+    /// in whatever process. 0 cancels.
     #[doc(alias = "WSPEventSelect", alias = "WSPAsyncSelect")]
-    fn event_select(&self, s: Handle, events: u32) -> Result<(), Error>;
+    fn event_select(&self, s: Handle, events: u32, sink: &EventSink) -> Result<(), Error>;
+    /// `WSPEnumNetworkEvents`: takes (and clears) the network events recorded for the socket,
+    /// and resets `event` if given.
+    #[doc(alias = "WSPEnumNetworkEvents")]
+    fn enum_network_events(&self, s: Handle, event: Option<&Event>)
+    -> Result<NetworkEvents, Error>;
     /// `WSPAddressToString`.
     #[doc(alias = "WSPAddressToString")]
     fn address_to_string(&self, addr: &SocketAddr, info: &ProtocolInfo) -> Result<String, Error>;
