@@ -6,8 +6,8 @@ use std::os::fd::BorrowedFd;
 use std::sync::{Arc, OnceLock};
 
 use sockdup_core::catalog::{self, BASE_PROVIDER_ID};
-use sockdup_core::sockopt::{FD_ACCEPT, FD_OOB, FD_READ, FD_WRITE};
 use sockdup_core::error::{Error, ErrorKind};
+use sockdup_core::sockopt::{FD_ACCEPT, FD_OOB, FD_READ, FD_WRITE};
 use sockdup_core::wire::ProtocolInfo;
 
 use super::watch::Watcher;

@@ -31,10 +31,10 @@ use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::wire::ProtocolInfo;
 
 pub(crate) use base::BaseProvider;
-pub(crate) use ws2::redeem_fds;
 pub use events::{
     Event, EventSink, NetworkEvents, Notification, WSA_MAXIMUM_WAIT_EVENTS, wait_for_events,
 };
+pub(crate) use ws2::redeem_fds;
 pub use ws2::{Socket, address_to_string, string_to_address};
 
 use crate::sync::lock;

@@ -632,8 +632,12 @@ fn cancel_remote(pid: u32, cookie: u64) -> Result<(), Error> {
             ),
         ));
     }
-    rustix::net::send(&conn, &cookie.to_le_bytes(), rustix::net::SendFlags::NOSIGNAL)
-        .map_err(os("sending a cancellation"))?;
+    rustix::net::send(
+        &conn,
+        &cookie.to_le_bytes(),
+        rustix::net::SendFlags::NOSIGNAL,
+    )
+    .map_err(os("sending a cancellation"))?;
     let mut ack = [0u8; 1];
     match rustix::net::recv(&conn, &mut ack, rustix::net::RecvFlags::empty()) {
         // 0: the process exited while answering; its registrations went with it.
@@ -646,6 +650,9 @@ fn cancel_remote(pid: u32, cookie: u64) -> Result<(), Error> {
             ),
         )),
         Err(Errno::CONNRESET) => Ok(()),
-        Err(e) => Err(Error::from_errno(e, "waiting for a cancellation's acknowledgement")),
+        Err(e) => Err(Error::from_errno(
+            e,
+            "waiting for a cancellation's acknowledgement",
+        )),
     }
 }

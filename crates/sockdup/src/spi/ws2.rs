@@ -375,15 +375,18 @@ impl Socket {
     /// `WSAEAFNOSUPPORT` if no base entry serves its family, type and protocol.
     pub fn from_fd(fd: OwnedFd) -> Result<Self, Error> {
         let (_, ws2) = ws2()?;
-        let (family, kind, protocol) = crate::sys::socket_triple(fd.as_fd())
-            .map_err(|e| Error::from_errno(e, "reading the descriptor's family, type and protocol"))?;
+        let (family, kind, protocol) = crate::sys::socket_triple(fd.as_fd()).map_err(|e| {
+            Error::from_errno(e, "reading the descriptor's family, type and protocol")
+        })?;
         let entry = catalog::base_entries()
             .into_iter()
             .find(|e| e.address_family == family && e.socket_type == kind && e.protocol == protocol)
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::Unsupported,
-                    format!("no base entry serves family {family}, type {kind}, protocol {protocol}"),
+                    format!(
+                        "no base entry serves family {family}, type {kind}, protocol {protocol}"
+                    ),
                 )
             })?;
         let handle = ws2.upcall.modify_ifs_handle(entry.catalog_entry_id, fd);

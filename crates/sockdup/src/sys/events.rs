@@ -142,9 +142,15 @@ pub(crate) fn readable_bytes(fd: BorrowedFd<'_>) -> u64 {
 }
 
 /// Waits until `fd` is readable, for `timeout` at most (`None`: no limit); says whether it is.
-pub(crate) fn wait_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Result<Vec<bool>> {
+pub(crate) fn wait_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> Result<Vec<bool>> {
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
-    let mut polled: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
+    let mut polled: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
         let ts = left.map(timespec);
@@ -169,7 +175,12 @@ pub(crate) fn epoll_new() -> Result<OwnedFd> {
 }
 
 /// Adds `fd` to `ep` with `flags` (level-triggered), tagged `token`.
-pub(crate) fn epoll_add(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>, token: u64, flags: u32) -> Result<()> {
+pub(crate) fn epoll_add(
+    ep: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    token: u64,
+    flags: u32,
+) -> Result<()> {
     epoll::add(
         ep,
         fd,
@@ -179,7 +190,12 @@ pub(crate) fn epoll_add(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>, token: u64, flag
 }
 
 /// Changes `fd`'s flags in `ep`.
-pub(crate) fn epoll_modify(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>, token: u64, flags: u32) -> Result<()> {
+pub(crate) fn epoll_modify(
+    ep: BorrowedFd<'_>,
+    fd: BorrowedFd<'_>,
+    token: u64,
+    flags: u32,
+) -> Result<()> {
     epoll::modify(
         ep,
         fd,
