@@ -518,3 +518,44 @@ fn ten_thousand_registrations_alternating_between_two_processes_leak_nothing() {
     assert_eq!(b.fdcount(), fb, "descriptors left in B");
     assert_eq!(fd_count(), ours);
 }
+
+/// `trace` reports of a peer, as `key=value` maps.
+fn traces(p: &mut Peer) -> Vec<std::collections::BTreeMap<String, String>> {
+    p.ok("trace")
+        .split(" | ")
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            r.split(' ')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn through_a_non_ifs_chain_each_layer_sees_the_calls_and_the_rule_holds() {
+    let mut c = sockdup::catalog::Catalog::builtin();
+    let (_, chains) = c
+        .install("trace", "trace", false, Default::default(), &[1001])
+        .unwrap();
+    let file = util::CatalogFile::new("events", &c);
+    let mut a = file.peer();
+    let mut b = file.peer();
+    let (ia, ib, mut remote) = shared(&mut a, &mut b);
+    let ea = a.ok("ev-new");
+    let eb = b.ok("ev-new");
+    a.ok(&format!("ev-select {ia} {ea} {FD_READ}"));
+    b.ok(&format!("ev-select {ib} {eb} {FD_READ}"));
+    remote.write_all(b"to B").unwrap();
+    assert_eq!(b.ok(&format!("ev-wait {eb} 10000")), "set");
+    assert!(b.ok(&format!("ev-enum {ib} {eb}")).starts_with("events=0x1 "));
+    assert_eq!(a.ok(&format!("ev-wait {ea} 300")), "timeout");
+    for p in [&mut a, &mut b] {
+        let t = traces(p);
+        let report = t.iter().find(|r| r["chain"] == chains[0].to_string()).unwrap();
+        assert!(report["calls"].contains("event_select:1"), "{t:?}");
+    }
+    let t = traces(&mut b);
+    assert!(t[0]["calls"].contains("enum_network_events:1"), "{t:?}");
+}
