@@ -87,7 +87,8 @@ fn child() {
         .expect("read")
         .parse()
         .expect("a record");
-    let shared = Socket::from_fd(sockdup::socket_from_info(&record).expect("redeem")).expect("wrap");
+    let shared =
+        Socket::from_fd(sockdup::socket_from_info(&record).expect("redeem")).expect("wrap");
     let (own_fd, _remote) = pair();
     let own = Socket::from_fd(own_fd).expect("wrap");
     let e = Event::new().expect("event");
@@ -96,7 +97,9 @@ fn child() {
     let mut input = std::io::stdin().lock();
     while input.read_exact(&mut byte).is_ok() {
         let target = if byte[0] == b's' { &shared } else { &own };
-        target.event_select(&e, FD_READ).expect("event_select in the child");
+        target
+            .event_select(&e, FD_READ)
+            .expect("event_select in the child");
         out.write_all(b"k").expect("answer");
         out.flush().expect("flush");
     }

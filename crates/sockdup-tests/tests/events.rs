@@ -549,11 +549,17 @@ fn through_a_non_ifs_chain_each_layer_sees_the_calls_and_the_rule_holds() {
     b.ok(&format!("ev-select {ib} {eb} {FD_READ}"));
     remote.write_all(b"to B").unwrap();
     assert_eq!(b.ok(&format!("ev-wait {eb} 10000")), "set");
-    assert!(b.ok(&format!("ev-enum {ib} {eb}")).starts_with("events=0x1 "));
+    assert!(
+        b.ok(&format!("ev-enum {ib} {eb}"))
+            .starts_with("events=0x1 ")
+    );
     assert_eq!(a.ok(&format!("ev-wait {ea} 300")), "timeout");
     for p in [&mut a, &mut b] {
         let t = traces(p);
-        let report = t.iter().find(|r| r["chain"] == chains[0].to_string()).unwrap();
+        let report = t
+            .iter()
+            .find(|r| r["chain"] == chains[0].to_string())
+            .unwrap();
         assert!(report["calls"].contains("event_select:1"), "{t:?}");
     }
     let t = traces(&mut b);

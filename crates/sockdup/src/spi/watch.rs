@@ -477,12 +477,6 @@ impl Watcher {
         };
         drop(old);
     }
-
-    /// How many registrations this process holds.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.shared.count.load(Ordering::Acquire)
-    }
 }
 
 impl Drop for Watcher {
