@@ -32,6 +32,9 @@ pub const WSAEADDRINUSE: i32 = 10048;
 pub const WSAENETDOWN: i32 = 10050;
 /// `WSAENOBUFS`: no buffer space is available.
 pub const WSAENOBUFS: i32 = 10055;
+/// `WSA_INVALID_PARAMETER`: a parameter of an event call is invalid (more than
+/// `WSA_MAXIMUM_WAIT_EVENTS` events, or none, given to `WSAWaitForMultipleEvents`).
+pub const WSA_INVALID_PARAMETER: i32 = 87;
 /// `WSANOTINITIALISED`: no successful `WSAStartup` (here: `sockdup::startup()`) in this process.
 pub const WSANOTINITIALISED: i32 = 10093;
 
@@ -50,6 +53,7 @@ pub fn code_name(code: i32) -> Option<&'static str> {
         WSAENETDOWN => "WSAENETDOWN",
         WSAENOBUFS => "WSAENOBUFS",
         WSANOTINITIALISED => "WSANOTINITIALISED",
+        WSA_INVALID_PARAMETER => "WSA_INVALID_PARAMETER",
         _ => return None,
     })
 }
@@ -155,6 +159,8 @@ pub enum ErrorKind {
     UnknownListener,
     /// An argument is invalid (`EINVAL` from the kernel, or a call's own check) (`WSAEINVAL`).
     InvalidArgument,
+    /// `wait_for_events` was given more than 64 events (`WSA_MAXIMUM_WAIT_EVENTS`), or none (`WSA_INVALID_PARAMETER`).
+    TooManyEvents,
     /// This process is out of descriptors (`EMFILE`, `ENFILE`) (`WSAEMFILE`).
     OutOfDescriptors,
     /// A call was interrupted (`EINTR`) or would block (`EAGAIN`): retry (`WSAEINPROGRESS`).
@@ -217,6 +223,7 @@ impl ErrorKind {
         Self::BadListenerName,
         Self::UnknownListener,
         Self::InvalidArgument,
+        Self::TooManyEvents,
         Self::OutOfDescriptors,
         Self::WouldBlock,
         Self::AddressInUse,
@@ -273,6 +280,7 @@ impl ErrorKind {
             Self::BadListenerName => WSAEINVAL,
             Self::UnknownListener => WSAEINVAL,
             Self::InvalidArgument => WSAEINVAL,
+            Self::TooManyEvents => WSA_INVALID_PARAMETER,
             Self::OutOfDescriptors => WSAEMFILE,
             Self::WouldBlock => WSAEINPROGRESS,
             Self::AddressInUse => WSAEADDRINUSE,
@@ -331,6 +339,7 @@ impl ErrorKind {
             Self::BadListenerName => "bad-listener-name",
             Self::UnknownListener => "unknown-listener",
             Self::InvalidArgument => "invalid-argument",
+            Self::TooManyEvents => "too-many-events",
             Self::OutOfDescriptors => "out-of-descriptors",
             Self::WouldBlock => "would-block",
             Self::AddressInUse => "address-in-use",
@@ -460,6 +469,9 @@ impl ErrorKind {
             }
             Self::InvalidArgument => {
                 "an argument is invalid (`EINVAL` from the kernel, or a call's own check)"
+            }
+            Self::TooManyEvents => {
+                "`wait_for_events` was given more than 64 events (`WSA_MAXIMUM_WAIT_EVENTS`), or none"
             }
             Self::OutOfDescriptors => "this process is out of descriptors (`EMFILE`, `ENFILE`)",
             Self::WouldBlock => "a call was interrupted (`EINTR`) or would block (`EAGAIN`): retry",

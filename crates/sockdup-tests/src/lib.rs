@@ -136,6 +136,25 @@ verbs! {
     /// `unfill N`: closes N of the copies `fill` opened (all of them if N is `all`); answers
     /// how many are left.
     Unfill = "unfill",
+    /// `spi-from-fd IDX`: wraps descriptor IDX as a chain socket of the base provider
+    /// (`Socket::from_fd`); answers like `spi-redeem`.
+    SpiFromFd = "spi-from-fd",
+    /// `ev-new`: a new event object (`WSACreateEvent`); answers its index.
+    EvNew = "ev-new",
+    /// `ev-select IDX EV MASK`: `event_select` of socket IDX with event EV and MASK (decimal or
+    /// `0x` hex; 0 cancels).
+    EvSelect = "ev-select",
+    /// `ev-async IDX MASK`: `async_select` of socket IDX with MASK, to this socket's channel.
+    EvAsync = "ev-async",
+    /// `ev-enum IDX [EV]`: `enum_network_events`; answers `events=0xN errors=E0,E1,...`.
+    EvEnum = "ev-enum",
+    /// `ev-wait EV MS`: waits up to MS ms for event EV; answers `set` or `timeout`.
+    EvWait = "ev-wait",
+    /// `ev-reset EV`: resets event EV.
+    EvReset = "ev-reset",
+    /// `ev-notes IDX MS`: the notifications socket IDX's channel got, waiting up to MS ms for
+    /// the first; answers `EVENT:ERROR` words (empty if none).
+    EvNotes = "ev-notes",
 }
 
 /// One command line: a known [`Verb`] and its arguments, with accessors that refuse a missing

@@ -38,6 +38,8 @@ pub enum ProviderCall {
     SetSockOpt,
     /// `WSPEventSelect`.
     EventSelect,
+    /// `WSPEnumNetworkEvents`.
+    EnumNetworkEvents,
     /// `WSPAddressToString`.
     AddressToString,
     /// `WSPStringToAddress`.
@@ -62,6 +64,7 @@ impl ProviderCall {
         Self::GetSockOpt,
         Self::SetSockOpt,
         Self::EventSelect,
+        Self::EnumNetworkEvents,
         Self::AddressToString,
         Self::StringToAddress,
     ];
@@ -84,6 +87,7 @@ impl ProviderCall {
             Self::GetSockOpt => "getsockopt",
             Self::SetSockOpt => "setsockopt",
             Self::EventSelect => "event_select",
+            Self::EnumNetworkEvents => "enum_network_events",
             Self::AddressToString => "address_to_string",
             Self::StringToAddress => "string_to_address",
         }

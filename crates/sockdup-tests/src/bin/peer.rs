@@ -58,6 +58,10 @@ struct Peer {
     ctl_records: Vec<(String, sockdup::ProtocolInfo)>,
     /// Raw control connections kept by `ctl-hold`.
     ctl_held: Vec<UnixStream>,
+    /// Event objects (`ev-new`).
+    events: HashMap<usize, sockdup::spi::Event>,
+    /// `async_select` channels by socket index (`ev-async`).
+    notes: HashMap<usize, std::sync::mpsc::Receiver<sockdup::spi::Notification>>,
 }
 
 /// What a command answers: `ok VALUE` or the error.
@@ -170,6 +174,14 @@ impl Peer {
             Verb::SetNofile => set_nofile(c),
             Verb::DupRepeat => self.dup_repeat(c),
             Verb::Fill | Verb::Unfill => self.fill(c),
+            Verb::SpiFromFd
+            | Verb::EvNew
+            | Verb::EvSelect
+            | Verb::EvAsync
+            | Verb::EvEnum
+            | Verb::EvWait
+            | Verb::EvReset
+            | Verb::EvNotes => self.events(c),
         }
     }
 
@@ -434,6 +446,95 @@ impl Peer {
                     .ok_or_else(|| refused("no such socket"))?;
                 let fd = sock.into_fd()?;
                 Ok(self.keep(fd).to_string())
+            }
+        }
+    }
+
+    /// The network-event commands: `spi-from-fd`, `ev-new`, `ev-select`, `ev-async`,
+    /// `ev-enum`, `ev-wait`, `ev-reset`, `ev-notes`.
+    fn events(&mut self, c: &Command) -> Outcome {
+        let mask = |i: usize| -> Result<u32, Error> {
+            let w = c.required(i, "event mask")?;
+            let parsed = match w.strip_prefix("0x") {
+                Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                None => w.parse().ok(),
+            };
+            parsed.ok_or_else(|| c.bad(format!("{w:?} is not an event mask")))
+        };
+        let event = |p: &Self, i: usize| -> Result<sockdup::spi::Event, Error> {
+            let idx: usize = c.parsed(i, "event index")?;
+            p.events
+                .get(&idx)
+                .cloned()
+                .ok_or_else(|| refused(format!("no event {idx}")))
+        };
+        match c.verb {
+            Verb::SpiFromFd => {
+                let idx: usize = c.parsed(0, "descriptor index")?;
+                let fd = self
+                    .fds
+                    .remove(&idx)
+                    .ok_or_else(|| refused(format!("no descriptor {idx}")))?;
+                let sock = sockdup::spi::Socket::from_fd(fd)?;
+                Ok(self.keep_spi(sock))
+            }
+            Verb::EvNew => {
+                self.next += 1;
+                self.events.insert(self.next, sockdup::spi::Event::new()?);
+                Ok(self.next.to_string())
+            }
+            Verb::EvSelect => {
+                let e = event(self, 1)?;
+                self.spi(c, 0)?.event_select(&e, mask(2)?)?;
+                done()
+            }
+            Verb::EvAsync => {
+                let idx: usize = c.parsed(0, "socket index")?;
+                let (tx, rx) = std::sync::mpsc::channel();
+                self.spi(c, 0)?.async_select(mask(1)?, tx)?;
+                self.notes.insert(idx, rx);
+                done()
+            }
+            Verb::EvEnum => {
+                let e = match c.word(1) {
+                    Some(_) => Some(event(self, 1)?),
+                    None => None,
+                };
+                let n = self.spi(c, 0)?.enum_network_events(e.as_ref())?;
+                let errors: Vec<String> = n.errors.iter().map(i32::to_string).collect();
+                Ok(format!(
+                    "events={:#x} errors={}",
+                    n.events,
+                    errors.join(",")
+                ))
+            }
+            Verb::EvWait => {
+                let e = event(self, 0)?;
+                let ms: u64 = c.parsed(1, "milliseconds")?;
+                let set = e.wait(Some(std::time::Duration::from_millis(ms)))?;
+                Ok(if set { "set" } else { "timeout" }.to_owned())
+            }
+            Verb::EvReset => {
+                event(self, 0)?.reset();
+                done()
+            }
+            _ => {
+                let idx: usize = c.parsed(0, "socket index")?;
+                let ms: u64 = c.parsed(1, "milliseconds")?;
+                let rx = self
+                    .notes
+                    .get(&idx)
+                    .ok_or_else(|| refused(format!("socket {idx} has no channel")))?;
+                let mut out = Vec::new();
+                if let Ok(n) = rx.recv_timeout(std::time::Duration::from_millis(ms)) {
+                    out.push(n);
+                    out.extend(rx.try_iter());
+                }
+                Ok(out
+                    .iter()
+                    .map(|n| format!("{}:{}", n.event, n.error))
+                    .collect::<Vec<_>>()
+                    .join(" "))
             }
         }
     }

@@ -7,9 +7,11 @@ use std::sync::{Arc, OnceLock};
 
 use sockdup_core::catalog::{self, BASE_PROVIDER_ID};
 use sockdup_core::error::{Error, ErrorKind};
+use sockdup_core::sockopt::{FD_ACCEPT, FD_OOB, FD_READ, FD_WRITE};
 use sockdup_core::wire::ProtocolInfo;
 
-use super::{Handle, Provider, SockOpt, Upcall};
+use super::watch::Watcher;
+use super::{Event, EventSink, Handle, NetworkEvents, Provider, SockOpt, Upcall};
 use crate::startup::Runtime;
 use crate::sys::socket as os;
 use crate::transfer;
@@ -18,8 +20,10 @@ use crate::transfer;
 #[derive(Debug, Default)]
 pub(crate) struct BaseProvider {
     upcall: OnceLock<Arc<Upcall>>,
-    /// `FD_*` registrations by handle (see `event_select`).
-    events: std::sync::Mutex<std::collections::HashMap<Handle, u32>>,
+    /// The network-event registrations and their thread, started by the first registration.
+    watcher: OnceLock<Watcher>,
+    /// Held while the watcher starts.
+    starting: std::sync::Mutex<()>,
 }
 
 /// The base provider only ever receives its own entries; anything else means a layer above
@@ -43,6 +47,38 @@ impl BaseProvider {
         self.upcall
             .get()
             .ok_or_else(|| Error::new(ErrorKind::NotStarted, "the base provider was not started"))
+    }
+
+    /// The watcher, started if need be.
+    fn watcher(&self) -> Result<&Watcher, Error> {
+        if let Some(w) = self.watcher.get() {
+            return Ok(w);
+        }
+        let _one = crate::sync::lock(&self.starting);
+        if self.watcher.get().is_none() {
+            let _ = self.watcher.set(Watcher::start()?);
+        }
+        self.watcher
+            .get()
+            .ok_or_else(|| Error::new(ErrorKind::NotStarted, "the events watcher did not start"))
+    }
+
+    /// The registration of listener `s` in this process, for a socket it accepted.
+    pub(crate) fn registration(&self, s: Handle) -> Option<(u32, EventSink)> {
+        let w = self.watcher.get()?;
+        self.upcall()
+            .ok()?
+            .with_fd(s, |fd| Ok(w.registration(s, fd)))
+            .ok()
+            .flatten()
+    }
+
+    /// Base handle `s` leaves the provider without a close (`Socket::into_fd`): its
+    /// registration ends.
+    pub(crate) fn forget(&self, s: Handle) {
+        if let Some(w) = self.watcher.get() {
+            w.forget(s);
+        }
     }
 
     fn on<T>(
@@ -112,7 +148,25 @@ impl Provider for BaseProvider {
     }
 
     fn connect(&self, s: Handle, addr: &SocketAddr) -> Result<(), Error> {
-        self.on(s, "connecting", |fd| os::connect(fd, addr))
+        self.upcall()?.with_fd(s, |fd| {
+            let r = os::connect(fd, addr);
+            if let Some(w) = self.watcher.get() {
+                w.connected(s, fd, r);
+            }
+            match r {
+                Ok(()) => Ok(()),
+                Err(e @ (rustix::io::Errno::INPROGRESS | rustix::io::Errno::ALREADY)) => {
+                    Err(Error::new(
+                        ErrorKind::WouldBlock,
+                        format!(
+                            "connecting a non-blocking socket: in progress ({e}); FD_CONNECT says when it ends"
+                        ),
+                    )
+                    .with_source(std::io::Error::from(e)))
+                }
+                Err(e) => Err(Error::from_errno(e, "connecting")),
+            }
+        })
     }
 
     fn bind(&self, s: Handle, addr: &SocketAddr) -> Result<(), Error> {
@@ -120,26 +174,54 @@ impl Provider for BaseProvider {
     }
 
     fn listen(&self, s: Handle, backlog: i32) -> Result<(), Error> {
-        self.on(s, "listening", |fd| os::listen(fd, backlog))
+        self.on(s, "listening", |fd| {
+            os::listen(fd, backlog)?;
+            if let Some(w) = self.watcher.get() {
+                w.listening(s, fd);
+            }
+            Ok(())
+        })
     }
 
     fn accept(&self, s: Handle) -> Result<Handle, Error> {
         let upcall = self.upcall()?;
         let owner = upcall.owner(s).unwrap_or(0);
-        let fd = self.on(s, "accepting", os::accept)?;
+        let fd = self.on(s, "accepting", |fd| {
+            let r = os::accept(fd);
+            if let Some(w) = self.watcher.get() {
+                w.rearm(s, fd, FD_ACCEPT);
+            }
+            r
+        })?;
         Ok(upcall.modify_ifs_handle(owner, fd))
     }
 
     fn send(&self, s: Handle, data: &[u8]) -> Result<usize, Error> {
-        self.on(s, "sending", |fd| os::send(fd, data))
+        self.on(s, "sending", |fd| {
+            let r = os::send(fd, data);
+            if r == Err(rustix::io::Errno::AGAIN) {
+                if let Some(w) = self.watcher.get() {
+                    w.rearm(s, fd, FD_WRITE);
+                }
+            }
+            r
+        })
     }
 
     fn recv(&self, s: Handle, buf: &mut [u8]) -> Result<usize, Error> {
-        self.on(s, "receiving", |fd| os::recv(fd, buf))
+        self.on(s, "receiving", |fd| {
+            let r = os::recv(fd, buf);
+            if let Some(w) = self.watcher.get() {
+                w.rearm(s, fd, FD_READ | FD_OOB);
+            }
+            r
+        })
     }
 
     fn close_socket(&self, s: Handle) -> Result<(), Error> {
-        crate::sync::lock(&self.events).remove(&s);
+        if let Some(w) = self.watcher.get() {
+            w.forget(s);
+        }
         self.upcall()?.close_socket_handle(s)
     }
 
@@ -171,17 +253,31 @@ impl Provider for BaseProvider {
         })
     }
 
-    /// Records the interest per descriptor. (Windows keeps one registration per underlying
-    /// socket across processes; sockdup keeps it per descriptor in this process.)
-    fn event_select(&self, s: Handle, events: u32) -> Result<(), Error> {
-        self.upcall()?.with_fd(s, |_| Ok(()))?;
-        let mut map = crate::sync::lock(&self.events);
-        if events == 0 {
-            map.remove(&s);
-        } else {
-            map.insert(s, events);
-        }
-        Ok(())
+    /// One registration per socket across processes (see the `watch` module).
+    fn event_select(&self, s: Handle, events: u32, sink: &EventSink) -> Result<(), Error> {
+        let upcall = self.upcall()?;
+        upcall.with_fd(s, |_| Ok(()))?;
+        let w = self.watcher()?;
+        upcall.with_fd(s, |fd| w.select(s, fd, events, sink))
+    }
+
+    fn enum_network_events(
+        &self,
+        s: Handle,
+        event: Option<&Event>,
+    ) -> Result<NetworkEvents, Error> {
+        let upcall = self.upcall()?;
+        upcall.with_fd(s, |fd| {
+            Ok(match self.watcher.get() {
+                Some(w) => w.enumerate(s, fd, event),
+                None => {
+                    if let Some(e) = event {
+                        e.reset();
+                    }
+                    NetworkEvents::default()
+                }
+            })
+        })
     }
 
     fn address_to_string(&self, addr: &SocketAddr, info: &ProtocolInfo) -> Result<String, Error> {

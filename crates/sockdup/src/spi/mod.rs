@@ -10,6 +10,48 @@
 //! | MSAFD (base provider, IFS) | the Linux base provider (real descriptors) |
 //! | layered service providers | the `trace`, `policy` and `fault` layers ([`layers`]) |
 //!
+//! # Network events
+//!
+//! [`Socket::event_select`] (`WSAEventSelect`), [`Socket::enum_network_events`]
+//! (`WSAEnumNetworkEvents`) and [`Socket::async_select`] (`WSAAsyncSelect`, with a channel of
+//! [`Notification`]s for the window) keep Windows' rules:
+//!
+//! - an event already pending is recorded before the call returns (data waiting: `FD_READ`; a
+//!   connected socket: `FD_WRITE`, and `FD_CONNECT` first if asked for);
+//! - `FD_READ` and `FD_OOB` are recorded once and re-enabled by the next receive through
+//!   [`Socket::recv`]; `FD_WRITE` comes on connect/accept and then only after a
+//!   [`Socket::send`] failed with would-block and space is available again; `FD_ACCEPT` is
+//!   re-enabled by [`Socket::accept`]; re-enabled events are level-triggered;
+//! - `FD_CONNECT` and `FD_CLOSE` come once; `FD_CLOSE` after all received data has been read
+//!   (error 0), or with `WSAECONNRESET` (10054) for a reset; a failed connect records
+//!   `FD_CONNECT` with its error (`WSAECONNREFUSED`, 10061) in
+//!   `errors[`[`FD_CONNECT_BIT`]`]`;
+//! - an accepted socket inherits its listener's registration (made in this process), without
+//!   `FD_CONNECT`;
+//! - the call makes the socket non-blocking (all its descriptors share that) and clears the
+//!   record.
+//!
+//! I/O on the raw descriptor, or on another process's descriptor, is invisible to the rules:
+//! it does not re-enable anything (a `read(2)` that empties the socket leaves `FD_READ`
+//! disabled until the next [`Socket::recv`]). A registration's pending socket error is taken
+//! (`SO_ERROR`) to report `FD_CONNECT`/`FD_CLOSE` errors.
+//!
+//! **One registration per socket, across processes**: a registration in any process, on any
+//! descriptor of the socket (duplicated, redeemed, through chains, from [`Socket::from_fd`]),
+//! cancels the earlier one wherever it is, and the cancellation has taken effect when the call
+//! returns. Every descriptor of the socket shares one open file description, whose owner slot
+//! (`F_SETOWN`) holds the registering pid; a new registrant takes the socket's record lock,
+//! reads the slot, asks that process (through its cancellation socket, the abstract unix name
+//! `@sockdup/v1/events/PID`, credentials checked) to drop its registration and waits for the
+//! acknowledgement (10 s at most: `peer-timed-out`); an exited process needs no answer. The
+//! record of events belongs to the registration: after another process's registration, this
+//! one's [`Socket::enum_network_events`] returns nothing (Windows would return the other's
+//! record). Owning the slot also means this process receives `SIGURG` for urgent data (its
+//! default action is to ignore it) and `SIGIO` if `O_ASYNC` is set on the socket. Closing the
+//! registering descriptor ends the registration; an exiting process takes its registrations
+//! with it. Cost: per registering process one watcher thread (`epoll`), one eventfd and one
+//! listening unix socket; per registration one descriptor (the watcher's copy).
+//!
 //! The propagation rule: a layer passes the record it was given, unmodified, to a next layer,
 //! and the base provider's own catalog entry to the base provider (with `dwProviderReserved`
 //! and the reserved service flags of the record it was given); on the way back up it restores
@@ -17,7 +59,9 @@
 //! is not one of its own entries, so a layer that breaks the rule fails loudly.
 
 mod base;
+mod events;
 pub mod layers;
+mod watch;
 mod ws2;
 
 use std::collections::HashMap;
@@ -29,6 +73,9 @@ use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::wire::ProtocolInfo;
 
 pub(crate) use base::BaseProvider;
+pub use events::{
+    Event, EventSink, NetworkEvents, Notification, WSA_MAXIMUM_WAIT_EVENTS, wait_for_events,
+};
 pub(crate) use ws2::redeem_fds;
 pub use ws2::{Socket, address_to_string, string_to_address};
 
@@ -54,7 +101,10 @@ impl Handle {
     }
 }
 
-pub use sockdup_core::sockopt::{FD_ACCEPT, FD_CLOSE, FD_CONNECT, FD_READ, FD_WRITE, SockOpt};
+pub use sockdup_core::sockopt::{
+    FD_ACCEPT, FD_ACCEPT_BIT, FD_ALL_EVENTS, FD_CLOSE, FD_CLOSE_BIT, FD_CONNECT, FD_CONNECT_BIT,
+    FD_MAX_EVENTS, FD_OOB, FD_OOB_BIT, FD_READ, FD_READ_BIT, FD_WRITE, FD_WRITE_BIT, SockOpt,
+};
 
 /// `WSPPROC_TABLE`: what a provider implements. `info` arguments follow the propagation rule
 /// (see the [module docs](self)).
@@ -112,10 +162,17 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// `WSPSetSockOpt`.
     #[doc(alias = "WSPSetSockOpt")]
     fn set_sock_opt(&self, s: Handle, opt: SockOpt, value: i64) -> Result<(), Error>;
-    /// `WSPEventSelect`: the network events (`FD_*`) of interest; replaces any earlier
-    /// registration for the socket, whichever descriptor made it.
+    /// `WSPEventSelect` (an [`EventSink::Event`]) and `WSPAsyncSelect` (an
+    /// [`EventSink::Channel`]): the network events (`FD_*`) of interest, signalled through
+    /// `sink`; replaces any earlier registration for the socket, whichever descriptor made it,
+    /// in whatever process. 0 cancels.
     #[doc(alias = "WSPEventSelect", alias = "WSPAsyncSelect")]
-    fn event_select(&self, s: Handle, events: u32) -> Result<(), Error>;
+    fn event_select(&self, s: Handle, events: u32, sink: &EventSink) -> Result<(), Error>;
+    /// `WSPEnumNetworkEvents`: takes (and clears) the network events recorded for the socket,
+    /// and resets `event` if given.
+    #[doc(alias = "WSPEnumNetworkEvents")]
+    fn enum_network_events(&self, s: Handle, event: Option<&Event>)
+    -> Result<NetworkEvents, Error>;
     /// `WSPAddressToString`.
     #[doc(alias = "WSPAddressToString")]
     fn address_to_string(&self, addr: &SocketAddr, info: &ProtocolInfo) -> Result<String, Error>;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use sockdup_core::catalog::{self, Catalog, SOCK_STREAM};
@@ -12,7 +12,7 @@ use sockdup_core::flags::XP1_IFS_HANDLES;
 use sockdup_core::wire::ProtocolInfo;
 
 use super::layers::{Layered, check_catalog, keep_provider_fields};
-use super::{BaseProvider, Handle, Provider, SockOpt, Upcall};
+use super::{BaseProvider, Event, EventSink, Handle, NetworkEvents, Provider, SockOpt, Upcall};
 use crate::catalog_file;
 use crate::startup::Runtime;
 use crate::sync::lock;
@@ -222,20 +222,50 @@ impl Socket {
         self.provider.listen(self.handle, backlog)
     }
 
-    /// `WSAAccept`: the accepted connection, through the same chain.
+    /// `WSAAccept`: the accepted connection, through the same chain. It inherits the
+    /// listener's event registration when this process made it (the same events, signalled to
+    /// the same event or channel; through the chain, as an `event_select` of the new socket).
     ///
     /// # Errors
     /// The providers' errors.
     #[doc(alias = "WSAAccept", alias = "WSPAccept")]
     pub fn accept(&self) -> Result<Self, Error> {
         let handle = self.provider.accept(self.handle)?;
-        Ok(Self {
+        let accepted = Self {
             handle,
             entry: self.entry.clone(),
             provider: self.provider.clone(),
             ws2: self.ws2.clone(),
             closed: false,
-        })
+        };
+        let inherited = self
+            .base_handle()
+            .ok()
+            .and_then(|b| self.ws2.base.registration(b));
+        if let Some((events, sink)) = inherited {
+            let sink = match sink {
+                EventSink::Channel { sender, .. } => EventSink::Channel {
+                    handle: accepted.handle,
+                    sender,
+                },
+                other => other,
+            };
+            // Each layer sees the call. An accepted socket is connected already: FD_CONNECT
+            // (recorded at once on a connected socket) has no meaning for it.
+            accepted
+                .provider
+                .event_select(accepted.handle, events & !super::FD_CONNECT, &sink)?;
+        }
+        Ok(accepted)
+    }
+
+    /// The base provider's handle under this socket's chain (its descriptor).
+    fn base_handle(&self) -> Result<Handle, Error> {
+        let mut h = self.handle;
+        while !h.is_ifs() {
+            h = Handle(self.ws2.upcall.query_socket_handle_context(h)?);
+        }
+        Ok(h)
     }
 
     /// `WSASend`.
@@ -285,13 +315,89 @@ impl Socket {
         self.provider.set_sock_opt(self.handle, opt, value)
     }
 
-    /// `WSAEventSelect` with the `FD_*` events of interest (0 cancels).
+    /// `WSAEventSelect`: records the network events of `events` (`FD_READ`, `FD_WRITE`,
+    /// `FD_OOB`, `FD_ACCEPT`, `FD_CONNECT`, `FD_CLOSE`; 0 cancels) for
+    /// [`enum_network_events`](Self::enum_network_events) and sets `event` for each. Like
+    /// Windows, it makes the socket non-blocking (every descriptor of it, in every process),
+    /// clears the record, and cancels the socket's earlier registration, whichever descriptor
+    /// made it in whatever process, before it returns. Events already pending are recorded
+    /// before it returns. See the [module docs](super) for the rules.
     ///
     /// # Errors
-    /// The providers' errors.
+    /// `WSAEINVAL` for bits that are no network event; `WSAENOTSOCK` for a closed socket;
+    /// `WSAENETDOWN` (`peer-timed-out`) if the process holding the registration does not
+    /// acknowledge its cancellation within 10 s; the providers' errors.
     #[doc(alias = "WSAEventSelect", alias = "WSPEventSelect")]
-    pub fn event_select(&self, events: u32) -> Result<(), Error> {
-        self.provider.event_select(self.handle, events)
+    pub fn event_select(&self, event: &Event, events: u32) -> Result<(), Error> {
+        self.provider
+            .event_select(self.handle, events, &EventSink::Event(event.clone()))
+    }
+
+    /// `WSAAsyncSelect`: as [`event_select`](Self::event_select), but each recorded event is
+    /// sent through `sink` as a [`Notification`](super::Notification) naming this socket's
+    /// handle (the channel stands in for the window and its message). 0 cancels.
+    ///
+    /// # Errors
+    /// As [`event_select`](Self::event_select).
+    #[doc(alias = "WSAAsyncSelect", alias = "WSPAsyncSelect")]
+    pub fn async_select(
+        &self,
+        events: u32,
+        sink: std::sync::mpsc::Sender<super::Notification>,
+    ) -> Result<(), Error> {
+        self.provider.event_select(
+            self.handle,
+            events,
+            &EventSink::Channel {
+                handle: self.handle,
+                sender: sink,
+            },
+        )
+    }
+
+    /// `WSAEnumNetworkEvents`: the network events recorded since the registration or the last
+    /// enumeration, with their errors, and clears them; resets `event` if given. A socket
+    /// whose registration was cancelled (by a registration elsewhere) reports nothing.
+    ///
+    /// # Errors
+    /// `WSAENOTSOCK` for a closed socket; the providers' errors.
+    #[doc(alias = "WSAEnumNetworkEvents", alias = "WSPEnumNetworkEvents")]
+    pub fn enum_network_events(&self, event: Option<&Event>) -> Result<NetworkEvents, Error> {
+        self.provider.enum_network_events(self.handle, event)
+    }
+
+    /// Wraps a descriptor this process already has (any socket of a family, type and protocol
+    /// the base provider serves) as a `Socket` of the base provider, so that event selection
+    /// and the rest work on it. The descriptor is the socket's from now on.
+    ///
+    /// # Errors
+    /// `WSANOTINITIALISED` without `startup()`; `WSAENOTSOCK` if `fd` is not a socket;
+    /// `WSAEAFNOSUPPORT` if no base entry serves its family, type and protocol.
+    pub fn from_fd(fd: OwnedFd) -> Result<Self, Error> {
+        let (_, ws2) = ws2()?;
+        let (family, kind, protocol) = crate::sys::socket_triple(fd.as_fd()).map_err(|e| {
+            Error::from_errno(e, "reading the descriptor's family, type and protocol")
+        })?;
+        let entry = catalog::base_entries()
+            .into_iter()
+            .find(|e| e.address_family == family && e.socket_type == kind && e.protocol == protocol)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "no base entry serves family {family}, type {kind}, protocol {protocol}"
+                    ),
+                )
+            })?;
+        let handle = ws2.upcall.modify_ifs_handle(entry.catalog_entry_id, fd);
+        let provider: Arc<dyn Provider> = ws2.base.clone();
+        Ok(Self {
+            handle,
+            entry: Arc::new(entry),
+            provider,
+            ws2,
+            closed: false,
+        })
     }
 
     /// `closesocket`, reporting errors (dropping closes too, silently).
@@ -319,6 +425,7 @@ impl Socket {
                 ),
             ));
         }
+        self.ws2.base.forget(self.handle);
         let fd = self.ws2.upcall.take_fd(self.handle)?;
         self.closed = true;
         Ok(fd)

@@ -28,6 +28,7 @@ use rustix::net::{
 use rustix::process::{Pid, PidfdFlags};
 use sockdup_core::message::MAX_FDS_PER_MESSAGE;
 
+pub(crate) mod events;
 pub(crate) mod procfs;
 
 /// Where a process's inbox listens.

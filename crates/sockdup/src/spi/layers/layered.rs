@@ -10,7 +10,7 @@ use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::wire::ProtocolInfo;
 
 use super::{Call, Detail, Hooks, Outcome, kind_of};
-use crate::spi::{Handle, Provider, SockOpt, Upcall};
+use crate::spi::{Event, EventSink, Handle, NetworkEvents, Provider, SockOpt, Upcall};
 
 /// One layer of one chain: the hooks of its kind, around the next provider.
 #[derive(Debug)]
@@ -308,10 +308,22 @@ impl Provider for Layered {
         )
     }
 
-    fn event_select(&self, s: Handle, events: u32) -> Result<(), Error> {
+    fn event_select(&self, s: Handle, events: u32, sink: &EventSink) -> Result<(), Error> {
         self.call(
             self.on(ProviderCall::EventSelect, s),
-            || self.next.event_select(self.lower(s)?, events),
+            || self.next.event_select(self.lower(s)?, events, sink),
+            done,
+        )
+    }
+
+    fn enum_network_events(
+        &self,
+        s: Handle,
+        event: Option<&Event>,
+    ) -> Result<NetworkEvents, Error> {
+        self.call(
+            self.on(ProviderCall::EnumNetworkEvents, s),
+            || self.next.enum_network_events(self.lower(s)?, event),
             done,
         )
     }

@@ -11,7 +11,7 @@ use sockdup_core::wire::ProtocolInfo;
 use super::layered::keep_provider_fields;
 use super::trace::registered_instances;
 use super::{Config, Layered, REGISTRY, check_catalog, kinds, settings_help, trace_reports};
-use crate::spi::{Handle, Provider, SockOpt, Upcall};
+use crate::spi::{Event, EventSink, Handle, NetworkEvents, Provider, SockOpt, Upcall};
 use crate::sync::lock;
 
 /// A layer's `config` from key-value pairs.
@@ -100,8 +100,11 @@ impl Provider for Recorder {
     fn set_sock_opt(&self, _: Handle, _: SockOpt, _: i64) -> Result<(), Error> {
         Ok(())
     }
-    fn event_select(&self, _: Handle, _: u32) -> Result<(), Error> {
+    fn event_select(&self, _: Handle, _: u32, _: &EventSink) -> Result<(), Error> {
         Ok(())
+    }
+    fn enum_network_events(&self, _: Handle, _: Option<&Event>) -> Result<NetworkEvents, Error> {
+        Ok(NetworkEvents::default())
     }
     fn address_to_string(&self, addr: &SocketAddr, info: &ProtocolInfo) -> Result<String, Error> {
         self.saw("address_to_string", info);

@@ -1,0 +1,205 @@
+//! Event objects and the records of network events: `WSAEVENT` ([`Event`]),
+//! `WSAWaitForMultipleEvents` ([`wait_for_events`]), `WSANETWORKEVENTS` ([`NetworkEvents`]),
+//! and the message `WSAAsyncSelect` posts ([`Notification`]).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use sockdup_core::error::{Error, ErrorKind};
+use sockdup_core::sockopt::FD_MAX_EVENTS;
+
+use super::Handle;
+use crate::sys;
+
+/// `WSA_MAXIMUM_WAIT_EVENTS`: the most events [`wait_for_events`] takes.
+pub const WSA_MAXIMUM_WAIT_EVENTS: usize = 64;
+
+/// `WSAEVENT`: a manual-reset event object (`WSACreateEvent`). It is an `eventfd`: readable
+/// while set, so `epoll`, `poll` and async runtimes can wait on it ([`AsFd`]). Clones share the
+/// one object (like `DuplicateHandle`); dropping the last one is `WSACloseEvent`. A
+/// registration keeps its event alive until it is cancelled.
+#[derive(Clone, Debug)]
+#[doc(alias = "WSAEVENT", alias = "WSACreateEvent", alias = "WSACloseEvent")]
+pub struct Event {
+    fd: Arc<OwnedFd>,
+}
+
+impl Event {
+    /// `WSACreateEvent`: a new event, not set.
+    ///
+    /// # Errors
+    /// `WSAEMFILE` when this process is out of descriptors.
+    pub fn new() -> Result<Self, Error> {
+        let fd = sys::waker().map_err(|e| Error::from_errno(e, "creating an event (eventfd)"))?;
+        Ok(Self { fd: Arc::new(fd) })
+    }
+
+    /// `WSASetEvent`: sets the event; it stays set until [`reset`](Self::reset).
+    #[doc(alias = "WSASetEvent")]
+    pub fn set(&self) {
+        // EAGAIN only when the counter is near 2^64: it is set anyway.
+        let _ = sys::wake(self.fd.as_fd());
+    }
+
+    /// `WSAResetEvent`: clears the event.
+    #[doc(alias = "WSAResetEvent")]
+    pub fn reset(&self) {
+        sys::unwake(self.fd.as_fd());
+    }
+
+    /// Whether the event is set now.
+    pub fn is_set(&self) -> bool {
+        sys::events::poll_now(self.fd.as_fd()) & sys::events::IN != 0
+    }
+
+    /// Waits until the event is set, for `timeout` at most (`None`: no limit): `true` if it
+    /// is set, `false` if the time ran out. The event stays set (manual reset).
+    ///
+    /// # Errors
+    /// The OS's, from `poll`.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, Error> {
+        let ready = sys::events::wait_readable(&[self.fd.as_fd()], timeout)
+            .map_err(|e| Error::from_errno(e, "waiting for an event"))?;
+        Ok(ready[0])
+    }
+}
+
+impl AsFd for Event {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// `WSAWaitForMultipleEvents`: waits until one of `events` is set (or all of them at once, with
+/// `wait_all`), for `timeout` at most (`None`: no limit). `Some(i)`: the index of the first set
+/// event (0 with `wait_all`); `None`: the time ran out. Events stay set (manual reset).
+///
+/// # Errors
+/// [`ErrorKind::TooManyEvents`] (`WSA_INVALID_PARAMETER`, 87, as on Windows) for no events or
+/// more than [`WSA_MAXIMUM_WAIT_EVENTS`].
+#[doc(alias = "WSAWaitForMultipleEvents")]
+pub fn wait_for_events(
+    events: &[&Event],
+    wait_all: bool,
+    timeout: Option<Duration>,
+) -> Result<Option<usize>, Error> {
+    if events.is_empty() || events.len() > WSA_MAXIMUM_WAIT_EVENTS {
+        return Err(Error::new(
+            ErrorKind::TooManyEvents,
+            format!(
+                "wait_for_events was given {} events: give 1 to {WSA_MAXIMUM_WAIT_EVENTS} (WSA_MAXIMUM_WAIT_EVENTS)",
+                events.len()
+            ),
+        ));
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if wait_all {
+            let unset: Vec<BorrowedFd<'_>> = events
+                .iter()
+                .filter(|e| !e.is_set())
+                .map(|e| e.as_fd())
+                .collect();
+            if unset.is_empty() {
+                return Ok(Some(0));
+            }
+            sys::events::wait_readable(&unset, left)
+                .map_err(|e| Error::from_errno(e, "waiting for events"))?;
+        } else {
+            let fds: Vec<BorrowedFd<'_>> = events.iter().map(|e| e.as_fd()).collect();
+            let ready = sys::events::wait_readable(&fds, left)
+                .map_err(|e| Error::from_errno(e, "waiting for events"))?;
+            if let Some(i) = ready.iter().position(|r| *r) {
+                return Ok(Some(i));
+            }
+        }
+        if left.is_some_and(|l| l.is_zero()) {
+            // With wait_all, one last look: all may have become set together.
+            if wait_all && events.iter().all(|e| e.is_set()) {
+                return Ok(Some(0));
+            }
+            return Ok(None);
+        }
+    }
+}
+
+/// `WSANETWORKEVENTS`: the network events recorded since the last enumeration, and each one's
+/// error (a Winsock code, 0 for none), indexed by `FD_*_BIT`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[doc(alias = "WSANETWORKEVENTS")]
+pub struct NetworkEvents {
+    /// `lNetworkEvents`: the `FD_*` bits recorded.
+    pub events: u32,
+    /// `iErrorCode`: the error of the event whose bit index is `i` (`FD_READ_BIT` = 0 ...
+    /// `FD_CLOSE_BIT` = 5): `WSAECONNREFUSED` (10061) for a failed connect,
+    /// `WSAECONNRESET` (10054) for a reset connection, 0 otherwise.
+    pub errors: [i32; FD_MAX_EVENTS],
+}
+
+/// The message `WSAAsyncSelect` posts, one per network event, through the channel given to
+/// [`Socket::async_select`](super::Socket::async_select).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Notification {
+    /// The socket, as the application holds it (its top handle).
+    pub handle: Handle,
+    /// One `FD_*` bit (`WSAGETSELECTEVENT`).
+    pub event: u32,
+    /// Its Winsock error, 0 for none (`WSAGETSELECTERROR`).
+    pub error: i32,
+}
+
+/// Where a registration signals its network events: an event object (`WSPEventSelect`) or a
+/// channel (`WSPAsyncSelect`, standing in for the window and its message).
+#[derive(Clone, Debug)]
+pub enum EventSink {
+    /// Set the event for each recorded event.
+    Event(Event),
+    /// Send a [`Notification`] for each recorded event, naming `handle`.
+    Channel {
+        /// The handle the notifications name.
+        handle: Handle,
+        /// Where they go; a closed receiver drops them.
+        sender: Sender<Notification>,
+    },
+}
+
+impl EventSink {
+    /// Signals event `bit` with Winsock error `error`.
+    pub(crate) fn signal(&self, bit: u32, error: i32) {
+        match self {
+            Self::Event(e) => e.set(),
+            Self::Channel { handle, sender } => {
+                let _ = sender.send(Notification {
+                    handle: *handle,
+                    event: bit,
+                    error,
+                });
+            }
+        }
+    }
+}
+
+/// The Winsock code for a Linux errno carried by a network event.
+pub(crate) fn wsa_code(errno: i32) -> i32 {
+    use rustix::io::Errno;
+    if errno == 0 {
+        return 0;
+    }
+    let e = Errno::from_raw_os_error(errno);
+    match e {
+        Errno::CONNREFUSED => 10061,
+        Errno::CONNRESET | Errno::PIPE => 10054,
+        Errno::CONNABORTED => 10053,
+        Errno::TIMEDOUT => 10060,
+        Errno::NETUNREACH => 10051,
+        Errno::HOSTUNREACH => 10065,
+        Errno::NETDOWN => 10050,
+        Errno::ADDRNOTAVAIL => 10049,
+        Errno::NOBUFS | Errno::NOMEM => 10055,
+        Errno::ACCESS | Errno::PERM => 10013,
+        _ => 10050,
+    }
+}
