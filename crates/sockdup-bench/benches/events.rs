@@ -144,6 +144,10 @@ fn main() {
         .warm_up_time(Duration::from_secs(1))
         .sample_size(20)
         .configure_from_args();
+    // Placement as in `handoff` (SOCKDUP_BENCH_PIN, default `same`): this process, so every
+    // thread it starts (the watcher) and the child it re-executes, on one CPU, so that the
+    // twins differ in their work, not in cross-CPU wakeups.
+    sockdup_bench::place("events").unwrap_or_else(|e| panic!("{e}"));
     let guard = sockdup::startup().expect("sockdup::startup in the benchmark");
     latency(&mut c);
     cancel(&mut c);
