@@ -244,6 +244,10 @@ fn a_failed_connect_records_fd_connect_with_wsaeconnrefused() {
     let n = s.enum_network_events(Some(&e)).unwrap();
     assert_eq!(n.events, FD_CONNECT);
     assert_eq!(n.errors[FD_CONNECT_BIT], 10061);
+    // Recorded once: nothing more comes of the failed connect (no FD_WRITE, no FD_CLOSE, no
+    // second FD_CONNECT).
+    quiet(&e);
+    assert_eq!(s.enum_network_events(None).unwrap().events, 0);
 }
 
 #[test]
@@ -296,6 +300,28 @@ fn fd_oob_is_recorded_for_urgent_data() {
     signalled(&e);
     assert_eq!(take(&s, &e), FD_OOB);
     quiet(&e);
+}
+
+#[test]
+fn fd_oob_is_recorded_once_and_re_enabled_by_a_receive() {
+    let _g = sockdup::startup().unwrap();
+    let (s, remote) = connected();
+    let e = Event::new().unwrap();
+    s.event_select(&e, FD_OOB).unwrap();
+    rustix::net::send(&remote, b"!", rustix::net::SendFlags::OOB).unwrap();
+    signalled(&e);
+    assert_eq!(take(&s, &e), FD_OOB);
+    // The urgent data is still there, and more comes: recorded once, nothing until a receive.
+    rustix::net::send(&remote, b"?", rustix::net::SendFlags::OOB).unwrap();
+    quiet(&e);
+    // A receive re-enables it, even one that finds no ordinary data (as on Windows, the call
+    // re-enables). On Linux a receive at the urgent mark also ends the urgent data, so the
+    // next urgent byte is what records FD_OOB again.
+    let mut buf = [0u8; 64];
+    assert!(s.recv(&mut buf).is_err(), "no ordinary data was sent");
+    rustix::net::send(&remote, b"#", rustix::net::SendFlags::OOB).unwrap();
+    signalled(&e);
+    assert_eq!(take(&s, &e), FD_OOB);
 }
 
 #[test]
