@@ -407,16 +407,45 @@ impl<F> Inbox<F> {
         now: Instant,
         runs: &[(ProtocolInfo, u32)],
     ) -> Result<Vec<F>, Error> {
-        let total: usize = runs.iter().map(|&(_, n)| n as usize).sum();
+        let tickets = self.verify_runs(now, runs.iter().map(|(first, n)| (first, *n)))?;
+        Ok(tickets
+            .into_iter()
+            .filter_map(|t| self.take(t, Spent::Redeemed))
+            .collect())
+    }
+
+    /// Checks, changing nothing (but closing what has expired), that [`claim_all`](Self::claim_all)
+    /// would redeem every record of `infos` now.
+    ///
+    /// # Errors
+    /// As [`claim_all`](Self::claim_all).
+    pub fn check_all(&mut self, now: Instant, infos: &[ProtocolInfo]) -> Result<(), Error> {
+        self.verify_all(now, infos).map(drop)
+    }
+
+    /// The tickets of `infos`, if every one can be redeemed now and none appears twice.
+    fn verify_all(&mut self, now: Instant, infos: &[ProtocolInfo]) -> Result<Vec<u32>, Error> {
+        self.verify_runs(now, infos.iter().map(|info| (info, 1)))
+    }
+
+    /// The tickets of runs of records (`(first, count)`: `first` and the `count - 1` records
+    /// after it, equal but for their consecutive tickets), if every one can be redeemed now and
+    /// none appears twice. A run's first record is checked whole, the rest by their tickets;
+    /// the error names the first record that cannot be redeemed by its place in the batch.
+    fn verify_runs<'a>(
+        &mut self,
+        now: Instant,
+        runs: impl Iterator<Item = (&'a ProtocolInfo, u32)> + Clone,
+    ) -> Result<Vec<u32>, Error> {
+        let total: usize = runs.clone().map(|(_, n)| n as usize).sum();
         let mut tickets = Vec::with_capacity(total);
         let mut seen = Set::with_capacity_and_hasher(total, Default::default());
         for (first, count) in runs {
-            for i in 0..*count {
-                let ticket = first.provider_reserved.wrapping_add(i);
+            for i in 0..count {
                 let checked = if i == 0 {
                     self.verify(now, first)
                 } else {
-                    self.verify_ticket(now, ticket)
+                    self.verify_ticket(now, first.provider_reserved.wrapping_add(i))
                 }
                 .and_then(|t| {
                     if seen.insert(t) {
@@ -437,46 +466,6 @@ impl<F> Inbox<F> {
                         drop(self.handle_timeout(now));
                         return Err(e.context(format_args!("record {at} of the batch")));
                     }
-                }
-            }
-        }
-        Ok(tickets
-            .into_iter()
-            .filter_map(|t| self.take(t, Spent::Redeemed))
-            .collect())
-    }
-
-    /// Checks, changing nothing (but closing what has expired), that [`claim_all`](Self::claim_all)
-    /// would redeem every record of `infos` now.
-    ///
-    /// # Errors
-    /// As [`claim_all`](Self::claim_all).
-    pub fn check_all(&mut self, now: Instant, infos: &[ProtocolInfo]) -> Result<(), Error> {
-        self.verify_all(now, infos).map(drop)
-    }
-
-    /// The tickets of `infos`, if every one can be redeemed now and none appears twice.
-    fn verify_all(&mut self, now: Instant, infos: &[ProtocolInfo]) -> Result<Vec<u32>, Error> {
-        let mut tickets = Vec::with_capacity(infos.len());
-        let mut seen = Set::with_capacity_and_hasher(infos.len(), Default::default());
-        for (i, info) in infos.iter().enumerate() {
-            let checked = self.verify(now, info).and_then(|t| {
-                if seen.insert(t) {
-                    Ok(t)
-                } else {
-                    Err(Error::new(
-                        ErrorKind::AlreadyRedeemed,
-                        format!(
-                            "ticket {t:#010x} appears twice in the batch: a duplicate's record can be used only once"
-                        ),
-                    ))
-                }
-            });
-            match checked {
-                Ok(t) => tickets.push(t),
-                Err(e) => {
-                    drop(self.handle_timeout(now));
-                    return Err(e.context(format_args!("record {i} of the batch")));
                 }
             }
         }
