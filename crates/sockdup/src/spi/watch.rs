@@ -34,7 +34,7 @@ use super::Handle;
 use super::events::{Event, EventSink, NetworkEvents, wsa_code};
 use crate::sync::lock;
 use crate::sys;
-use crate::sys::events::{ERR, HUP, IN, OUT, PRI, RDHUP, Shape};
+use crate::sys::events::{ERR, HUP, IN, ONESHOT, OUT, PRI, RDHUP, Shape};
 
 /// How long a registering process waits for another process to acknowledge a cancellation.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,6 +66,11 @@ struct Shared {
     stop: AtomicBool,
     /// How many registrations exist: the receive path's test for "nothing to do".
     count: AtomicUsize,
+    /// Held by the watcher thread while it signals what it recorded, after it let go of
+    /// `state` (so that the thread it wakes, which enumerates under `state`, runs without
+    /// waiting for it); a cancellation takes it once after removing a registration, so that
+    /// no signal of the removed registration is still on its way when the call returns.
+    signalling: Mutex<()>,
     pid: u32,
     uid: u32,
 }
@@ -86,7 +91,7 @@ struct Reg {
     token: u64,
     /// The base handle that registered (closing it ends the registration).
     handle: Handle,
-    /// The watcher's own descriptor of the socket, in the epoll set while `interest != 0`.
+    /// The watcher's own descriptor of the socket, in the epoll set while `registered`.
     fd: OwnedFd,
     wanted: u32,
     sink: EventSink,
@@ -97,7 +102,15 @@ struct Reg {
     shape: Shape,
     closed: bool,
     hup: bool,
+    /// The epoll flags armed in the kernel now. The descriptor is in the set one-shot: an
+    /// event disarms it there (`interest` becomes 0 without a system call), so firing costs no
+    /// `epoll_ctl`, and re-enabling one.
     interest: u32,
+    /// Whether `fd` is in the epoll set (armed or not).
+    registered: bool,
+    /// Events fired and not yet signalled to the sink ([`Reg::flush`], or the watcher thread
+    /// after it lets go of the state).
+    pending: Vec<(u32, i32)>,
 }
 
 fn bit_index(bit: u32) -> usize {
@@ -112,7 +125,15 @@ impl Reg {
         }
         self.record |= bit;
         self.errors[bit_index(bit)] = error;
-        self.sink.signal(bit, error);
+        self.pending.push((bit, error));
+    }
+
+    /// Signals what was fired, now (the caller holds the state: a registering or re-shaping
+    /// call, which returns after its own signals).
+    fn flush(&mut self) {
+        for (bit, error) in self.pending.drain(..) {
+            self.sink.signal(bit, error);
+        }
     }
 
     fn armed(&self, bit: u32) -> bool {
@@ -233,15 +254,22 @@ impl Reg {
             return;
         }
         let fd = self.fd.as_fd();
-        let r = if want == 0 {
-            sys::events::epoll_delete(ep, fd)
-        } else if self.interest == 0 {
-            sys::events::epoll_add(ep, fd, self.token, want)
+        let r = if !self.registered {
+            sys::events::epoll_add(ep, fd, self.token, want | ONESHOT)
         } else {
-            sys::events::epoll_modify(ep, fd, self.token, want)
+            // Flags 0 leave it in the set, disarmed.
+            sys::events::epoll_modify(
+                ep,
+                fd,
+                self.token,
+                if want == 0 { 0 } else { want | ONESHOT },
+            )
         };
         match r {
-            Ok(()) => self.interest = want,
+            Ok(()) => {
+                self.interest = want;
+                self.registered = true;
+            }
             Err(e) => tracing::warn!(error = %e, "sockdup events: epoll_ctl failed"),
         }
     }
@@ -289,6 +317,7 @@ impl Watcher {
             listener,
             stop: AtomicBool::new(false),
             count: AtomicUsize::new(0),
+            signalling: Mutex::new(()),
             pid,
             uid: sys::getuid(),
         });
@@ -362,12 +391,15 @@ impl Watcher {
                 closed: false,
                 hup: false,
                 interest: 0,
+                registered: false,
+                pending: Vec::new(),
             };
             if shape == Shape::Connected {
                 reg.fire(FD_CONNECT, 0);
             }
             reg.armed |= FD_CONNECT;
             reg.evaluate(sys::events::poll_now(fd));
+            reg.flush();
             reg.sync(self.shared.epoll.as_fd());
             st.by_token.insert(token, cookie);
             st.by_handle.insert(h, cookie);
@@ -376,6 +408,8 @@ impl Watcher {
         }
         drop(_locked);
         drop(old);
+        // No signal of the registration removed above is still on its way.
+        drop(lock(&self.shared.signalling));
         Ok(())
     }
 
@@ -459,6 +493,7 @@ impl Watcher {
             reg.closed = false;
             reg.hup = false;
             f(reg);
+            reg.flush();
             reg.sync(self.shared.epoll.as_fd());
         }
     }
@@ -476,6 +511,7 @@ impl Watcher {
             }
         };
         drop(old);
+        drop(lock(&self.shared.signalling));
     }
 }
 
@@ -516,8 +552,9 @@ impl Shared {
         if st.by_handle.get(&reg.handle) == Some(&cookie) {
             st.by_handle.remove(&reg.handle);
         }
-        if reg.interest != 0 {
+        if reg.registered {
             let _ = sys::events::epoll_delete(self.epoll.as_fd(), reg.fd.as_fd());
+            reg.registered = false;
             reg.interest = 0;
         }
         self.count.store(st.regs.len(), Ordering::Release);
@@ -526,6 +563,7 @@ impl Shared {
 
     fn run(&self) {
         let mut ready = Vec::new();
+        let mut fired = Vec::new();
         while !self.stop.load(Ordering::Acquire) {
             if let Err(e) = sys::events::epoll_wait(self.epoll.as_fd(), &mut ready) {
                 tracing::error!(error = %e, "sockdup events: epoll_wait failed; the thread stops");
@@ -541,10 +579,26 @@ impl Shared {
                         let Some(cookie) = st.by_token.get(&t).copied() else {
                             continue;
                         };
-                        if let Some(reg) = st.regs.get_mut(&cookie) {
-                            reg.evaluate(flags);
-                            reg.sync(self.epoll.as_fd());
+                        let Some(reg) = st.regs.get_mut(&cookie) else {
+                            continue;
+                        };
+                        // One-shot: the event disarmed it in the kernel.
+                        reg.interest = 0;
+                        reg.evaluate(flags);
+                        reg.sync(self.epoll.as_fd());
+                        if reg.pending.is_empty() {
+                            continue;
                         }
+                        std::mem::swap(&mut reg.pending, &mut fired);
+                        let sink = reg.sink.clone();
+                        // Signal without the state held (the thread woken enumerates under
+                        // it), but under `signalling`, which a cancellation waits for.
+                        let signalling = lock(&self.signalling);
+                        drop(st);
+                        for (bit, error) in fired.drain(..) {
+                            sink.signal(bit, error);
+                        }
+                        drop(signalling);
                     }
                 }
             }
@@ -635,7 +689,14 @@ fn cancel_remote(pid: u32, cookie: u64) -> Result<(), Error> {
     let mut ack = [0u8; 1];
     match rustix::net::recv(&conn, &mut ack, rustix::net::RecvFlags::empty()) {
         // 0: the process exited while answering; its registrations went with it.
-        Ok(_) => Ok(()),
+        Ok((0, _)) => Ok(()),
+        // Acknowledged; the other process closes its end right after: wait for that too, so
+        // that when this returns it holds nothing of this cancellation (a test counting its
+        // descriptors sees them settled).
+        Ok(_) => {
+            let _ = rustix::net::recv(&conn, &mut ack, rustix::net::RecvFlags::empty());
+            Ok(())
+        }
         Err(Errno::AGAIN) => Err(Error::new(
             ErrorKind::PeerTimedOut,
             format!(

@@ -12,6 +12,8 @@ use rustix::net::sockopt;
 
 use super::InboxAddress;
 
+/// `EPOLLONESHOT`: an event disarms the descriptor until `epoll_ctl(MOD)` arms it again.
+pub(crate) const ONESHOT: u32 = 1 << 30;
 /// `EPOLLIN` (= `POLLIN`).
 pub(crate) const IN: u32 = 0x001;
 /// `EPOLLPRI` (= `POLLPRI`).
