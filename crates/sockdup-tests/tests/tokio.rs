@@ -352,3 +352,70 @@ fn a_duplication_waiting_for_a_stopped_target_does_not_block_the_runtime() {
         peer.ok(&format!("redeem {record}"));
     });
 }
+
+/// One connection to `addr`, accepted on `web`, two bytes echoed.
+async fn echo(web: &tokio::net::TcpListener, addr: std::net::SocketAddr) {
+    let client = tokio::spawn(async move {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"hi").await.unwrap();
+        let mut b = [0u8; 2];
+        c.read_exact(&mut b).await.unwrap();
+        b
+    });
+    let (mut s, _) = within(web.accept()).await.unwrap();
+    let mut b = [0u8; 2];
+    within(s.read_exact(&mut b)).await.unwrap();
+    s.write_all(&b).await.unwrap();
+    assert_eq!(&within(client).await.unwrap(), b"hi");
+}
+
+#[test]
+fn a_tokio_server_takes_over_from_a_blocking_one_and_hands_over_in_turn() {
+    let _g = sockdup::startup().unwrap();
+    let dir = TempDir::new("tokio-takeover");
+    let pid_file = dir.path().join("server.pid");
+    let mut old = Peer::spawn(Some(""));
+    let answer = old.ok("tcp-listen");
+    let (idx, addr) = answer.split_once(' ').unwrap();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    old.ok(&format!("publish {} web={idx}", pid_file.display()));
+    let pid_file_names =
+        |pid: u32| std::fs::read_to_string(&pid_file).unwrap().trim() == pid.to_string();
+    runtime().block_on(async {
+        let upgrade = sockdup::upgrade::Upgrade::new(&pid_file);
+        let takeover = within(sockdup::tokio::take_over(&upgrade, &["web"]))
+            .await
+            .unwrap();
+        assert_eq!(takeover.old_pid(), old.pid);
+        let fd = takeover.listener("web").unwrap();
+        let e = sockdup::tokio::unix_listener(fd).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        let web = sockdup::tokio::tcp_listener(fd).unwrap();
+        // This process accepts before it completes the takeover.
+        echo(&web, addr).await;
+        let published =
+            std::sync::Arc::new(within(sockdup::tokio::complete(takeover)).await.unwrap());
+        assert!(old.ok("wait-handover 10").starts_with(&me().to_string()));
+        assert!(pid_file_names(me()));
+        echo(&web, addr).await;
+        // A successor takes over from this process while it awaits the handover.
+        let waiter = tokio::spawn({
+            let published = published.clone();
+            async move { sockdup::tokio::handed_over(&published).await }
+        });
+        let mut new = Peer::spawn(Some(""));
+        new.ok(&format!("take-over {} web", pid_file.display()));
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "a takeover in progress is not a handover"
+        );
+        new.ok("complete");
+        let handover = within(waiter).await.unwrap().unwrap();
+        assert_eq!(handover.pid, new.pid);
+        assert_eq!(handover.names, ["web"]);
+        assert!(pid_file_names(new.pid));
+        // Until it drops its listener, this process still accepts from the shared queue.
+        echo(&web, addr).await;
+    });
+}

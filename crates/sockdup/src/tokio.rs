@@ -5,6 +5,9 @@
 //!   blocking pool, never on a runtime thread.
 //! - [`FromInfo`]: redeem a record straight into a tokio socket type
 //!   (`tokio::net::TcpStream::from_info(&record)`), registered with the current runtime.
+//! - Zero-downtime takeover ([`upgrade`](crate::upgrade)) from async code: [`take_over`],
+//!   [`complete`] and [`abort`] off the runtime's threads, [`handed_over`] as a future, and
+//!   tokio listeners of the listeners taken over ([`tcp_listener`], [`unix_listener`]).
 //!
 //! ```no_run
 //! use sockdup::tokio::FromInfo;
@@ -39,12 +42,14 @@
 //! and its records are lost; the target's copies are then closed when their time-to-live ends
 //! ([`Options::ttl`](crate::Options::ttl)), as for any record nobody redeems.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use sockdup_core::catalog::{AF_INET, AF_INET6, AF_UNIX, IPPROTO_TCP, IPPROTO_UDP};
 use sockdup_core::catalog::{SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM};
 use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::wire::ProtocolInfo;
+
+use crate::upgrade::{Handover, Published, Takeover, Upgrade};
 
 /// [`crate::duplicate_socket`] without blocking the runtime: duplicates `socket` for process
 /// `target_pid`; when the future completes, the target holds a descriptor of the same socket.
@@ -92,15 +97,203 @@ pub async fn duplicate_sockets<S: AsFd>(
             })
         })
         .collect::<Result<Vec<OwnedFd>, Error>>()?;
-    match ::tokio::task::spawn_blocking(move || crate::duplicate_sockets(&owned, target_pid)).await
-    {
+    blocking("the duplication", move || {
+        crate::duplicate_sockets(&owned, target_pid)
+    })
+    .await
+}
+
+/// Runs a blocking sockdup call `f` on tokio's blocking pool; resumes its panic here.
+async fn blocking<T, F>(what: &str, f: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+{
+    match ::tokio::task::spawn_blocking(f).await {
         Ok(result) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => Err(Error::new(
             ErrorKind::Os,
-            "the tokio runtime shut down before the duplication ran; nothing was sent",
+            format!("the tokio runtime shut down before {what} ran; nothing was done"),
         )),
     }
+}
+
+/// [`Upgrade::take_over`] without blocking the runtime (it waits for the old process's
+/// answers, up to the upgrade's timeout): when the future completes, this process holds its
+/// descriptors of the listeners. Make tokio listeners of them with [`tcp_listener`] or
+/// [`unix_listener`] and accept at once, then finish with [`complete`] or [`abort`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), sockdup::Error> {
+/// use sockdup::upgrade::Upgrade;
+/// let _guard = sockdup::startup()?;
+/// let upgrade = Upgrade::new("/run/myserver.pid");
+/// let takeover = sockdup::tokio::take_over(&upgrade, &["web"]).await?;
+/// let web = sockdup::tokio::tcp_listener(takeover.listener("web").expect("asked for"))?;
+/// let published = sockdup::tokio::complete(takeover).await?;
+/// // ... accept on `web`; when a successor takes over in turn:
+/// let handover = sockdup::tokio::handed_over(&published).await?;
+/// # drop((web, handover)); Ok(()) }
+/// ```
+///
+/// # Errors
+/// As [`Upgrade::take_over`].
+///
+/// # Panics
+/// As [`duplicate_socket`].
+pub async fn take_over(upgrade: &Upgrade, names: &[&str]) -> Result<Takeover, Error> {
+    let upgrade = upgrade.clone();
+    let names = names.iter().map(|&n| n.to_owned()).collect::<Vec<_>>();
+    blocking("the takeover", move || {
+        upgrade.take_over(&names.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+}
+
+/// [`Takeover::complete`] without blocking the runtime (it waits for the old process's
+/// confirmation): this process publishes the listeners, the old one stops.
+///
+/// # Errors
+/// As [`Takeover::complete`].
+///
+/// # Panics
+/// As [`duplicate_socket`].
+pub async fn complete(takeover: Takeover) -> Result<Published, Error> {
+    blocking("completing the takeover", move || takeover.complete()).await
+}
+
+/// [`Takeover::abort`] without blocking the runtime: the old process keeps serving, unchanged.
+///
+/// # Errors
+/// As [`Takeover::abort`].
+///
+/// # Panics
+/// As [`duplicate_socket`].
+pub async fn abort(takeover: Takeover) -> Result<(), Error> {
+    blocking("aborting the takeover", move || takeover.abort()).await
+}
+
+/// [`Published::wait`] as a future: completes once a successor has taken over (polling
+/// [`Published::handover_fd`] through the runtime's I/O driver, no thread). If the successor
+/// dies and this process takes the listeners back, it keeps waiting for the next one.
+///
+/// # Errors
+/// An OS error if the descriptor cannot be copied or registered with the runtime.
+///
+/// # Panics
+/// Outside a tokio runtime with I/O enabled, as [`tokio::io::unix::AsyncFd::new`].
+pub async fn handed_over(published: &Published) -> Result<Handover, Error> {
+    let fd = published
+        .handover_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::from_errno(e, "copying the handover descriptor"))?;
+    let fd = crate::sys::async_readable(fd)
+        .map_err(|e| Error::from_errno(e, "registering the handover descriptor"))?;
+    loop {
+        if let Some(h) = published.handed_over() {
+            return Ok(h);
+        }
+        let mut ready = fd
+            .readable()
+            .await
+            .map_err(|e| Error::from_errno(e, "waiting for the handover"))?;
+        if let Some(h) = published.handed_over() {
+            return Ok(h);
+        }
+        // Readable but no handover: taken back after the successor died. Wait again.
+        ready.clear_ready();
+    }
+}
+
+/// A tokio TCP listener of `fd` (a listener of a [`Takeover`] or a [`Published`], or any
+/// listening TCP socket): a copy of the descriptor, made non-blocking and registered with the
+/// current runtime; `fd` itself stays open.
+///
+/// `O_NONBLOCK` is shared by every descriptor of the socket, in every process: an old server
+/// that still accepts on its own descriptor with blocking calls gets `EAGAIN` from then on
+/// (see [`FromInfo`]).
+///
+/// # Errors
+/// [`InvalidArgument`](ErrorKind::InvalidArgument) (`WSAEINVAL`) if `fd` is not a listening
+/// `AF_INET`/`AF_INET6` stream socket, or outside a tokio runtime; an OS error if it cannot be
+/// copied or registered.
+///
+/// # Panics
+/// Within a runtime built without I/O, as tokio's `from_std`.
+pub fn tcp_listener(fd: BorrowedFd<'_>) -> Result<::tokio::net::TcpListener, Error> {
+    let fd = listener_copy(fd, TCP, "tokio::net::TcpListener")?;
+    register(
+        ::tokio::net::TcpListener::from_std(fd.into()),
+        "tokio::net::TcpListener",
+    )
+}
+
+/// A tokio Unix listener of `fd`, as [`tcp_listener`] for `AF_UNIX` stream sockets.
+///
+/// # Errors
+/// As [`tcp_listener`].
+///
+/// # Panics
+/// As [`tcp_listener`].
+pub fn unix_listener(fd: BorrowedFd<'_>) -> Result<::tokio::net::UnixListener, Error> {
+    let fd = listener_copy(fd, UNIX, "tokio::net::UnixListener")?;
+    register(
+        ::tokio::net::UnixListener::from_std(fd.into()),
+        "tokio::net::UnixListener",
+    )
+}
+
+/// Checks that `fd` is a listening stream socket of one of `families` and a runtime is
+/// current; returns a non-blocking copy.
+fn listener_copy(fd: BorrowedFd<'_>, families: &[i32], name: &str) -> Result<OwnedFd, Error> {
+    use rustix::net::sockopt;
+    let domain = sockopt::socket_domain(fd)
+        .map_err(|e| Error::from_errno(e, "reading the socket's family"))?;
+    let socket_type =
+        sockopt::socket_type(fd).map_err(|e| Error::from_errno(e, "reading the socket's type"))?;
+    let listening = sockopt::socket_acceptconn(fd)
+        .map_err(|e| Error::from_errno(e, "reading whether the socket listens"))?;
+    let family = i32::from(domain.as_raw());
+    let socket_type = socket_type.as_raw() as i32;
+    if !(families.contains(&family) && socket_type == SOCK_STREAM && listening) {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "the descriptor is a {} {} socket{}, but {name} needs a listening {} SOCK_STREAM socket",
+                family_name(family),
+                type_name(socket_type),
+                if listening {
+                    " that listens"
+                } else {
+                    " that does not listen"
+                },
+                families
+                    .iter()
+                    .map(|f| family_name(*f))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            ),
+        ));
+    }
+    if ::tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("a {name} must be made within a tokio runtime"),
+        ));
+    }
+    let fd = fd
+        .try_clone_to_owned()
+        .map_err(|e| Error::from_errno(e, "copying the listener's descriptor"))?;
+    set_nonblocking(&fd)?;
+    Ok(fd)
+}
+
+/// Sets `O_NONBLOCK` on `fd`'s open file description (shared with its other descriptors).
+fn set_nonblocking(fd: &OwnedFd) -> Result<(), Error> {
+    rustix::fs::fcntl_getfl(fd)
+        .and_then(|fl| rustix::fs::fcntl_setfl(fd, fl | rustix::fs::OFlags::NONBLOCK))
+        .map_err(|e| Error::from_errno(e, "making the socket non-blocking"))
 }
 
 /// A tokio socket type a record can be redeemed into ([`crate::socket_from_info`], then
@@ -213,9 +406,7 @@ impl Fits {
     fn redeem(&self, info: &ProtocolInfo) -> Result<OwnedFd, Error> {
         self.check(info)?;
         let fd = crate::socket_from_info(info)?;
-        let nonblocking = rustix::fs::fcntl_getfl(&fd)
-            .and_then(|fl| rustix::fs::fcntl_setfl(&fd, fl | rustix::fs::OFlags::NONBLOCK));
-        nonblocking.map_err(|e| Error::from_errno(e, "making the redeemed socket non-blocking"))?;
+        set_nonblocking(&fd)?;
         Ok(fd)
     }
 }
