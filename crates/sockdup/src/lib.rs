@@ -41,6 +41,11 @@
 //! it stays open until the last one closes, in whatever process. Every descriptor sockdup creates
 //! is close-on-exec.
 //!
+//! # Async use
+//!
+//! With the `tokio` feature (off by default), the module `sockdup::tokio` offers duplication as futures that never block a runtime thread, and `FromInfo`, which
+//! redeems a record straight into a `tokio::net` socket type.
+//!
 //! # Errors
 //!
 //! Every function returns [`Error`]: [`Error::kind`] names the reason ([`ErrorKind`]: one variant
@@ -56,6 +61,8 @@ pub mod spi;
 mod startup;
 mod sync;
 mod sys;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod transfer;
 mod transport;
 pub mod upgrade;

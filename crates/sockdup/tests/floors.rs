@@ -3,7 +3,8 @@
 //! import that runs back up fails here, naming the file and the line.
 //!
 //! ```text
-//! 8  lib.rs                      re-exports only
+//! 9  lib.rs                      re-exports only
+//! 8  tokio.rs                    async use (the `tokio` feature): the API and upgrade/, async
 //! 7  handoff/  upgrade/          the patterns built on the API
 //! 6  api.rs                      duplicate and redeem; base-vs-chain routing
 //!    catalog_api.rs              the catalog file, checked against the SPI's layer registry
@@ -31,7 +32,9 @@ const FLOORS: &[(&str, u32)] = &[
     ("catalog_api", 6),
     ("handoff", 7),
     ("upgrade", 7),
-    ("lib", 8),
+    // The `tokio` feature: the API and takeover, as futures.
+    ("tokio", 8),
+    ("lib", 9),
 ];
 
 /// Names the crate root re-exports, and the module (or `None`: the core) they come from.

@@ -458,3 +458,20 @@ pub(crate) mod socket {
         Ok(())
     }
 }
+
+/// `fd` registered with the current tokio runtime's I/O driver for readiness to read (the
+/// `tokio` feature: [`crate::tokio::handed_over`] waits on an eventfd this way).
+///
+/// # Panics
+/// Outside a tokio runtime with I/O enabled.
+#[cfg(feature = "tokio")]
+pub(crate) fn async_readable(fd: OwnedFd) -> io::Result<::tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: `register_with_interest` requires that the descriptor stay open, and not be
+    // replaced, for as long as it is registered: the `AsyncFd` owns the `OwnedFd`, which
+    // nothing else can close, and closes it only when the `AsyncFd` drops, after deregistering.
+    #[allow(unsafe_code)]
+    let registered = unsafe {
+        ::tokio::io::unix::AsyncFd::register_with_interest(fd, ::tokio::io::Interest::READABLE)
+    };
+    registered.map_err(io::Error::from)
+}
