@@ -4,8 +4,10 @@
 //!
 //! Covered: 1 000 echo connections, each served exactly once, with a worker SIGKILLed midway
 //! (the acceptor starts another; no connection lost or served twice; the acceptor's
-//! descriptors back where they were); a clean drain at SIGTERM; the example and the test's
-//! copy are the same program.
+//! descriptors back where they were; a clean drain at SIGTERM); the protocol spoken to a piped
+//! worker (`ok` and `fail` for one batch in one write, `done` when the connection ends, exit 0
+//! when the input closes; a malformed line answered at once with `error`, exit 1); the example
+//! and the test's copy are the same program.
 
 mod util;
 
@@ -282,4 +284,98 @@ fn the_test_worker_is_the_documented_example() {
         .split_once("same below this paragraph.\n//!\n")
         .expect("the copy's header");
     assert_eq!(body, example, "the test worker and the example differ");
+}
+
+/// Starts `tokio-serve-worker` with piped standard input and output, as an acceptor would, and
+/// reads its `pid` line.
+fn piped_worker() -> (
+    Child,
+    std::process::ChildStdin,
+    BufReader<std::process::ChildStdout>,
+) {
+    let mut child = Command::new(WORKER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tokio-serve-worker");
+    let stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut pid = String::new();
+    stdout.read_line(&mut pid).expect("read the pid line");
+    assert_eq!(pid.trim(), format!("pid {}", child.id()));
+    (child, stdin, stdout)
+}
+
+/// Reads one line of the worker's output (bounded by the worker's own progress: every test
+/// here expects the line to come).
+fn read_line(stdout: &mut BufReader<std::process::ChildStdout>) -> String {
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read a line");
+    line
+}
+
+#[test]
+fn the_async_worker_speaks_the_protocol_ok_fail_done_and_ends_with_its_input() {
+    let _guard = sockdup::startup().expect("startup");
+    let (mut child, mut stdin, mut stdout) = piped_worker();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    client.set_read_timeout(Some(WAIT)).expect("timeout");
+    let (accepted, _) = listener.accept().expect("accept");
+    let record = sockdup::duplicate_socket(&accepted, child.id()).expect("duplicate");
+    drop(accepted);
+    // The same record twice in one write: the first is redeemed, the second's ticket is spent.
+    // Both answers come in one write, in order; the stream goes on after the failure.
+    let mut lines = String::new();
+    for id in [1, 2] {
+        lines.push_str(&format!("conn {id} {record}\n"));
+    }
+    stdin.write_all(lines.as_bytes()).expect("write conn lines");
+    assert_eq!(read_line(&mut stdout), "ok 1\n");
+    let fail = read_line(&mut stdout);
+    assert!(fail.starts_with("fail 2 "), "{fail:?}");
+    // The connection is served by the tokio task: echo, then `done` once it ends.
+    client.write_all(b"async hello").expect("write");
+    client.shutdown(Shutdown::Write).expect("shutdown");
+    let mut got = String::new();
+    client.read_to_string(&mut got).expect("read the echo");
+    assert_eq!(got, "async hello");
+    assert_eq!(read_line(&mut stdout), "done 1\n");
+    // The acceptor's end closes: the worker finishes and exits 0.
+    drop(stdin);
+    let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("read the rest");
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[test]
+fn the_async_worker_answers_a_malformed_line_at_once_and_exits_1() {
+    for (bad, what) in [
+        ("hello worker\n", "hello worker"),
+        ("conn 1 not-a-record\n", "the record is not valid"),
+    ] {
+        let (mut child, mut stdin, mut stdout) = piped_worker();
+        // The input stays open: the worker must not wait for its end.
+        stdin.write_all(bad.as_bytes()).expect("write the bad line");
+        let line = read_line(&mut stdout);
+        assert!(
+            line.starts_with("error 10050 protocol-violation "),
+            "{what}: {line:?}"
+        );
+        assert!(line.contains(what), "{line:?}");
+        let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
+        assert_eq!(status.code(), Some(1), "{what}");
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut err)
+            .expect("read stderr");
+        assert!(!err.contains("panicked"), "{err}");
+        drop(stdin);
+    }
 }
