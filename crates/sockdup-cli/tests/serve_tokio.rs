@@ -3,8 +3,8 @@
 //! `sockdup::handoff::Worker::incoming_async`). Real processes, loopback, bounded waits.
 //!
 //! Covered: 1 000 echo connections, each served exactly once, with a worker SIGKILLed midway
-//! (the acceptor starts another; no connection lost or served twice; the acceptor's
-//! descriptors back where they were; a clean drain at SIGTERM); the protocol spoken to a piped
+//! (the acceptor starts another; no connection lost or served twice; the descriptors of the
+//! acceptor and of the surviving worker back where they were; a clean drain at SIGTERM); the protocol spoken to a piped
 //! worker (`ok` and `fail` for one batch in one write, `done` when the connection ends, exit 0
 //! when the input closes; a malformed line answered at once with `error`, exit 1); the example
 //! and the test's copy are the same program.
@@ -217,6 +217,9 @@ fn an_async_worker_serves_a_thousand_connections_each_once_through_a_sigkill() {
         echo_once(addr, &format!("warm-{i};")).expect("warm-up");
     }
     let fds_before = server.settled_fd_count(None);
+    // The worker that survives: its descriptors when idle, to compare after the load.
+    let survivor = *first.iter().last().expect("a worker");
+    let survivor_idle = fd_count(survivor).expect("the worker's fds");
     let done = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -265,6 +268,15 @@ fn an_async_worker_serves_a_thousand_connections_each_once_through_a_sigkill() {
     // Back to the descriptors it had with two idle workers.
     let fds_after = server.settled_fd_count(Some(fds_before));
     assert_eq!(fds_after, fds_before, "the acceptor's descriptors");
+    // The async worker that served throughout holds nothing more than before the load: every
+    // connection's descriptor closed with its task.
+    let survivor_after = util::wait_until(WAIT, || {
+        let n = fd_count(survivor)?;
+        (n == survivor_idle).then_some(n)
+    });
+    eprintln!(
+        "acceptor fds {fds_before} -> {fds_after}; surviving worker fds {survivor_idle} -> {survivor_after}"
+    );
     let (total, per_worker, restarts) = server.stop();
     assert_eq!(total, 1000, "{}", server.text());
     assert_eq!(THREADS * PER_THREAD + WARM_UP, 1000);
