@@ -255,7 +255,18 @@ impl Runtime {
             ));
         }
         let address = InboxAddress::for_pid(pid, options.runtime_dir.as_deref());
-        let listener = sys::listen_inbox(&address).map_err(|e| {
+        // The address is this process's own: in use means a squatter, or this process's
+        // previous run, whose last guard another thread is dropping right now (its inbox
+        // closes a moment after). Give that a moment before calling it a squatter.
+        let mut listening = sys::listen_inbox(&address);
+        let patience = std::time::Instant::now() + Duration::from_secs(1);
+        while matches!(listening, Err(rustix::io::Errno::ADDRINUSE))
+            && std::time::Instant::now() < patience
+        {
+            std::thread::sleep(Duration::from_millis(5));
+            listening = sys::listen_inbox(&address);
+        }
+        let listener = listening.map_err(|e| {
             if e == rustix::io::Errno::ADDRINUSE {
                 Error::new(
                     ErrorKind::InboxAddressInUse,
