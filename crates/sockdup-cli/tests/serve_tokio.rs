@@ -1,4 +1,4 @@
-//! `sockdup serve` with an async worker: `tokio-serve-worker` (the copy of the example
+//! `sockdup serve` with an async worker: `tokio-serve-worker` (built from the example
 //! `tokio_serve_worker`, a tokio echo server taking its connections with
 //! `sockdup::handoff::Worker::incoming_async`). Real processes, loopback, bounded waits.
 //!
@@ -286,16 +286,17 @@ fn an_async_worker_serves_a_thousand_connections_each_once_through_a_sigkill() {
 
 #[test]
 fn the_test_worker_is_the_documented_example() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let example = std::fs::read_to_string(format!("{root}/sockdup/examples/tokio_serve_worker.rs"))
-        .expect("the example");
-    let copy = std::fs::read_to_string(format!("{root}/sockdup-cli/src/bin/tokio-serve-worker.rs"))
-        .expect("the copy");
-    // The copy is its own header paragraph, a `//!` line, then the example verbatim.
-    let (_, body) = copy
-        .split_once("same below this paragraph.\n//!\n")
-        .expect("the copy's header");
-    assert_eq!(body, example, "the test worker and the example differ");
+    // The binary the tests run is built from the example's own file.
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .expect("the manifest");
+    let bin = manifest
+        .split("[[bin]]")
+        .find(|b| b.contains("name = \"tokio-serve-worker\""))
+        .expect("the test binary's [[bin]] section");
+    assert!(
+        bin.contains("path = \"../sockdup/examples/tokio_serve_worker.rs\""),
+        "the test binary is not the documented example: {bin}"
+    );
 }
 
 /// Starts `tokio-serve-worker` with piped standard input and output, as an acceptor would, and
