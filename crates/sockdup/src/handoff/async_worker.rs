@@ -4,27 +4,24 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use ::tokio::io::unix::AsyncFd;
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use ::tokio::net::{TcpStream, UnixStream};
 use sockdup_core::error::{Error, ErrorKind};
-use sockdup_core::line::{LineBuffer, LineMessage, MAX_LINE};
-use sockdup_core::proto::handoff::FromWorker;
+use sockdup_core::line::{LineBuffer, MAX_LINE};
 
-use super::worker::{Channel, Worker, parse_lines};
+use super::worker::{Done, Worker, parse_lines};
 
 /// A connection an async worker received ([`Worker::incoming_async`]): a tokio stream, and the
 /// acceptor's id for it. Dropping it (or [`finish`](Self::finish)) tells the acceptor the
 /// connection is done, as [`Connection`](super::Connection) does.
 #[derive(Debug)]
 pub struct AsyncConnection {
-    id: u64,
+    // First, so that it drops (sending `done`) before the stream closes.
+    done: Done,
     stream: AsyncStream,
-    out: Arc<Channel>,
-    finished: bool,
 }
 
 /// A received stream as a tokio type, registered with the runtime: TCP or Unix (by the
@@ -235,10 +232,8 @@ impl AsyncIncoming<'_> {
         let redeemed = self.worker.redeem_all(conns, broken.as_ref(), tokio_stream);
         for (id, r) in redeemed {
             self.ready.push_back(r.map(|stream| AsyncConnection {
-                id,
+                done: Done::new(id, self.worker.out.clone()),
                 stream,
-                out: self.worker.out.clone(),
-                finished: false,
             }));
         }
         if let Some(e) = broken {
@@ -254,7 +249,7 @@ impl AsyncIncoming<'_> {
 impl AsyncConnection {
     /// The acceptor's id for this connection.
     pub fn id(&self) -> u64 {
-        self.id
+        self.done.id()
     }
 
     /// The stream.
@@ -264,19 +259,6 @@ impl AsyncConnection {
 
     /// Closes the stream and tells the acceptor this connection is done.
     pub fn finish(mut self) {
-        self.done();
-    }
-
-    fn done(&mut self) {
-        if !self.finished {
-            self.finished = true;
-            let _ = self.out.write(&FromWorker::Done(self.id).encode());
-        }
-    }
-}
-
-impl Drop for AsyncConnection {
-    fn drop(&mut self) {
-        self.done();
+        self.done.send();
     }
 }

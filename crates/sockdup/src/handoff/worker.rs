@@ -40,10 +40,48 @@ pub struct Worker {
 /// [`finish`](Self::finish)) tells the acceptor the connection is done.
 #[derive(Debug)]
 pub struct Connection {
-    id: u64,
+    // First, so that it drops (sending `done`) before the stream closes.
+    done: Done,
     stream: Stream,
+}
+
+/// A received connection's `done`: written once, when the connection is finished or dropped.
+/// What the blocking and the async connections share.
+#[derive(Debug)]
+pub(super) struct Done {
+    id: u64,
     out: Arc<Channel>,
-    finished: bool,
+    sent: bool,
+}
+
+impl Done {
+    pub(super) fn new(id: u64, out: Arc<Channel>) -> Self {
+        Self {
+            id,
+            out,
+            sent: false,
+        }
+    }
+
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Tells the acceptor the connection is done, once.
+    pub(super) fn send(&mut self) {
+        if !self.sent {
+            self.sent = true;
+            // Each connection's own write: gathering them in a flusher thread measured slower
+            // (one more thread waking up) than what the shared writes saved.
+            let _ = self.out.write(&FromWorker::Done(self.id).encode());
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.send();
+    }
 }
 
 /// A received stream: TCP or Unix.
@@ -279,10 +317,8 @@ impl Incoming<'_> {
         });
         for (id, r) in redeemed {
             self.ready.push_back(r.map(|stream| Connection {
-                id,
+                done: Done::new(id, self.worker.out.clone()),
                 stream,
-                out: self.worker.out.clone(),
-                finished: false,
             }));
         }
         if let Some(e) = broken {
@@ -314,7 +350,7 @@ impl Iterator for Incoming<'_> {
 impl Connection {
     /// The acceptor's id for this connection.
     pub fn id(&self) -> u64 {
-        self.id
+        self.done.id()
     }
 
     /// The stream.
@@ -324,21 +360,6 @@ impl Connection {
 
     /// Closes the stream and tells the acceptor this connection is done.
     pub fn finish(mut self) {
-        self.done();
-    }
-
-    fn done(&mut self) {
-        if !self.finished {
-            self.finished = true;
-            // Each connection's own write: gathering them in a flusher thread measured slower
-            // (one more thread waking up) than what the shared writes saved.
-            let _ = self.out.write(&FromWorker::Done(self.id).encode());
-        }
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.done();
+        self.done.send();
     }
 }
