@@ -350,8 +350,7 @@ fn a_squatter_on_the_targets_inbox_address_is_refused() {
         "{}",
         e.message
     );
-    // The victim itself cannot start on its squatted address, and says so (after giving a
-    // run of its own that is shutting down a moment to let go of it).
+    // The victim itself cannot start on its squatted address, and says so.
     let e = victim.fails("startup");
     assert_eq!(
         (e.code, e.kind.as_str()),
