@@ -144,6 +144,19 @@ fn the_static_library_links_and_works() {
 }
 
 #[test]
+fn the_readme_c_example_builds_and_runs() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let section = &readme[readme.find("\n## From C").expect("a From C section")..];
+    let start = section.find("```c\n").expect("a C example") + 5;
+    let code = &section[start..start + section[start..].find("```").expect("its end")];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = compile_text(dir.path(), "readme", code);
+    let (status, out, err) = run(&program, &[], WAIT);
+    assert!(status.success(), "the README's example failed: {err}");
+    assert_eq!(out, "the child said hello (exit 0)\n");
+}
+
+#[test]
 fn bad_pointers_handles_lengths_and_events_from_c() {
     let dir = tempfile::tempdir().expect("tempdir");
     let program = compile(
