@@ -12,8 +12,22 @@ use crate::guard::{self, api};
 use crate::ptr;
 use crate::types::*;
 
-/// The guards of this library's `WSAStartup` calls (one per call, dropped by `WSACleanup`).
-static STARTUPS: Mutex<Vec<Startup>> = Mutex::new(Vec::new());
+/// The guards of this library's `WSAStartup` calls (one per call, dropped by `WSACleanup`),
+/// with the pid that made them.
+static STARTUPS: Mutex<Vec<(u32, Startup)>> = Mutex::new(Vec::new());
+
+/// This process's `WSAStartup` guards; those inherited through `fork()` are forgotten (the
+/// library forgets the parent's run the same way), so a child's `WSACleanup` count is its own.
+fn startups() -> std::sync::MutexGuard<'static, Vec<(u32, Startup)>> {
+    let mut startups = lock(&STARTUPS);
+    let pid = std::process::id();
+    if startups.iter().any(|(owner, _)| *owner != pid) {
+        for inherited in std::mem::take(&mut *startups) {
+            std::mem::forget(inherited);
+        }
+    }
+    startups
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -67,7 +81,7 @@ pub unsafe extern "C" fn WSAStartup(wVersionRequested: WORD, lpWSAData: *mut WSA
         }
         // SAFETY: `lpWSAData` is NULL or writable (this function's contract).
         unsafe { ptr::write(lpWSAData, data, "lpWSAData") }?;
-        lock(&STARTUPS).push(started);
+        startups().push((std::process::id(), started));
         Ok(())
     }) {
         Ok(()) => 0,
@@ -80,7 +94,7 @@ pub unsafe extern "C" fn WSAStartup(wVersionRequested: WORD, lpWSAData: *mut WSA
 #[unsafe(no_mangle)]
 pub extern "C" fn WSACleanup() -> i32 {
     api(SOCKET_ERROR, || {
-        let mut startups = lock(&STARTUPS);
+        let mut startups = startups();
         let Some(last) = startups.pop() else {
             return Err(Error::new(
                 ErrorKind::NotStarted,

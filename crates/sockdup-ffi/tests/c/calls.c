@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define CHECK(cond)                                                                       \
@@ -266,6 +267,33 @@ static void no_descriptor_left(void) {
     CHECK(WSACleanup() == 0); /* the last: the inbox and the unredeemed duplicates go */
 }
 
+/* A child forked after WSAStartup starts its own run: its WSAStartup/WSACleanup count is its
+ * own, and the parent's sockets are plain descriptors to it. */
+static void forked_child(void) {
+    SOCKET s = WSASocketW(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, 0);
+    pid_t child;
+    int status;
+    CHECK(s != INVALID_SOCKET);
+    child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        WSADATA data;
+        WSAPROTOCOL_INFOW info;
+        WSASetLastError(0);
+        CHECK(WSADuplicateSocketW(s, (DWORD)getpid(), &info) == SOCKET_ERROR);
+        CHECK(WSAGetLastError() == WSANOTINITIALISED); /* the parent's run does not cross fork */
+        CHECK(WSAStartup(MAKEWORD(2, 2), &data) == 0);
+        CHECK(WSADuplicateSocketW(s, (DWORD)getpid(), &info) == 0);
+        CHECK(closesocket(s) == 0);
+        CHECK(WSACleanup() == 0);
+        FAILS(WSACleanup(), WSANOTINITIALISED);
+        _exit(0);
+    }
+    CHECK(waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(closesocket(s) == 0); /* the parent's is still its own */
+}
+
 int main(void) {
     WSADATA data;
     WSAPROTOCOL_INFOW info;
@@ -286,6 +314,7 @@ int main(void) {
     bad_pointers_and_handles();
     enum_protocols();
     events();
+    forked_child();
     CHECK(WSACleanup() == 0);
     no_descriptor_left();
     FAILS(WSACleanup(), WSANOTINITIALISED);
