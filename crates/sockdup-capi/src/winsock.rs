@@ -497,7 +497,9 @@ pub extern "C" fn WSAResetEvent(hEvent: WSAEVENT) -> BOOL {
 
 /// `WSAEventSelect`: records the network events `lNetworkEvents` (`FD_*`; 0 cancels) of `s`
 /// and sets `hEventObject` for each; makes the socket non-blocking; replaces the socket's
-/// earlier registration wherever it was made (see `sockdup::spi`). 0, or `SOCKET_ERROR`:
+/// earlier registration wherever it was made (see `sockdup::spi`). `FD_QOS`, `FD_GROUP_QOS`,
+/// `FD_ROUTING_INTERFACE_CHANGE` and `FD_ADDRESS_LIST_CHANGE` are accepted and never signalled.
+/// 0, or `SOCKET_ERROR`:
 /// `WSANOTINITIALISED`, `WSAENOTSOCK`, `WSA_INVALID_HANDLE`, `WSAEINVAL` (bits that are no
 /// network event).
 #[unsafe(no_mangle)]
@@ -509,14 +511,20 @@ pub extern "C" fn WSAEventSelect(
     api(SOCKET_ERROR, || {
         require_started()?;
         let socket = crate::sockets::lookup(s)?;
-        let bits = u32::try_from(lNetworkEvents).map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "lNetworkEvents {lNetworkEvents:#x} has bits that are no network event (FD_*)"
-                ),
-            )
-        })?;
+        let bits = u32::try_from(lNetworkEvents)
+            .ok()
+            .filter(|b| b & !WINDOWS_FD_ALL_EVENTS == 0)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "lNetworkEvents {lNetworkEvents:#x} has bits that are no network event (FD_*)"
+                    ),
+                )
+            })?
+            // FD_QOS, FD_GROUP_QOS, FD_ROUTING_INTERFACE_CHANGE, FD_ADDRESS_LIST_CHANGE: accepted
+            // (Windows' FD_ALL_EVENTS has them), never signalled.
+            & sockdup::spi::FD_ALL_EVENTS;
         let e = if hEventObject.is_null() && bits == 0 {
             Event::new()?
         } else {
@@ -526,6 +534,9 @@ pub extern "C" fn WSAEventSelect(
         Ok(0)
     })
 }
+
+/// Windows' `FD_ALL_EVENTS`: the six events sockdup signals and four it never does.
+const WINDOWS_FD_ALL_EVENTS: u32 = (1 << sockdup::spi::FD_MAX_EVENTS) - 1;
 
 /// `WSAEnumNetworkEvents`: the network events of `s` recorded since the registration or the
 /// last call, with their errors, into `lpNetworkEvents`, clearing them; resets `hEventObject`
