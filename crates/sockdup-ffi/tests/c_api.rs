@@ -147,6 +147,13 @@ int main(void) {
            offsetof(WSAPROTOCOL_INFOW, dwProviderReserved), offsetof(WSAPROTOCOL_INFOW, szProtocol),
            sizeof(WSADATA), sizeof(WSANETWORKEVENTS), INVALID_SOCKET == (SOCKET)-1,
            FROM_PROTOCOL_INFO);
+    /* The generic names of ported code compile to the W calls. */
+    WSAPROTOCOL_INFO generic;
+    LPWSAPROTOCOL_INFO pointer = &generic;
+    SOCKET (*socket_call)(int, int, int, LPWSAPROTOCOL_INFOW, GROUP, DWORD) = WSASocket;
+    int (*duplicate_call)(SOCKET, DWORD, LPWSAPROTOCOL_INFOW) = WSADuplicateSocket;
+    int (*enum_call)(LPINT, LPWSAPROTOCOL_INFOW, LPDWORD) = WSAEnumProtocols;
+    if (!socket_call || !duplicate_call || !enum_call || pointer != &generic) return 1;
     return sizeof(SOCKET) == sizeof(void *) && sizeof(WCHAR) == 2 ? 0 : 1;
 }
 "#,

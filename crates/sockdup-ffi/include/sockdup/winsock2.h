@@ -297,6 +297,14 @@ int WSAAPI WSAEnumNetworkEvents(SOCKET s, WSAEVENT hEventObject,
 DWORD WSAAPI WSAWaitForMultipleEvents(DWORD cEvents, const WSAEVENT *lphEvents, BOOL fWaitAll,
                                       DWORD dwTimeout, BOOL fAlertable);
 
+/* The generic names, as a UNICODE build of Windows' header maps them (sockdup has only the W
+ * forms: the record's name is UTF-16 on every platform). */
+typedef WSAPROTOCOL_INFOW WSAPROTOCOL_INFO;
+typedef LPWSAPROTOCOL_INFOW LPWSAPROTOCOL_INFO;
+#define WSASocket WSASocketW
+#define WSADuplicateSocket WSADuplicateSocketW
+#define WSAEnumProtocols WSAEnumProtocolsW
+
 /* ---- sockdup's own ---- */
 
 /* The record's one-line text form ("sockdup1:..."), NUL-terminated, into buf: its length

@@ -110,6 +110,16 @@ static void bad_pointers_and_handles(void) {
         CHECK(WSAGetLastError() == WSAEINVAL);
     }
     FAILS(sockdup_info_from_text("not a record", &info), WSAEINVAL);
+    {
+        /* The message behind it: its full length, cut to fit a short buffer, NUL-terminated. */
+        char small[8];
+        int full = sockdup_last_error_message(NULL, 0);
+        CHECK(full > 20);
+        CHECK(sockdup_last_error_message(small, sizeof small) == full);
+        CHECK(strlen(small) == sizeof small - 1);
+        CHECK(strncmp(small, "\"not a ", 7) == 0);
+        FAILS(sockdup_last_error_message(NULL, 5), WSAEFAULT);
+    }
     WSASetLastError(0);
     CHECK(WSASocketW(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 7, 0) == INVALID_SOCKET);
     CHECK(WSAGetLastError() == WSAEINVAL); /* a group */
