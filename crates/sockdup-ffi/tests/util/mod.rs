@@ -41,6 +41,7 @@ pub fn lib_dir() -> PathBuf {
                 .args([
                     "build",
                     "--quiet",
+                    "--locked",
                     "-p",
                     "sockdup-ffi",
                     "--profile",
