@@ -101,6 +101,8 @@ static void bad_pointers_and_handles(void) {
     CHECK(WSAGetLastError() == WSAEINVAL); /* redeemed already */
     CHECK(closesocket(s) == 0);
     FAILS(closesocket(s), WSAENOTSOCK);
+    /* Event selection on a closed socket: a clear error, no crash */
+    FAILS(WSAEventSelect(s, NULL, 0), WSAENOTSOCK);
     {
         WSAPROTOCOL_INFOW junk;
         memset(&junk, 0x5a, sizeof junk);
