@@ -12,6 +12,8 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -21,6 +23,14 @@ use sockdup::{Error, ErrorKind, ProtocolInfo, Startup};
 
 /// This process's sockdup run: the pid that started it and its guard.
 static RUN: Mutex<Option<(u32, Startup)>> = Mutex::new(None);
+
+/// Set by `sockdup.install()`: a share to a child of this process that has not opened its inbox
+/// yet waits for it ([`CHILD_WAIT`]), as Windows code shares to a worker as soon as it has its pid.
+static WAIT_FOR_CHILDREN: AtomicBool = AtomicBool::new(false);
+
+/// How long a share waits for a child's inbox (a forked child opens it in its at-fork hook, a
+/// spawned one when it imports the module that calls `install()`, which takes Python's start-up).
+const CHILD_WAIT: Duration = Duration::from_secs(3);
 
 /// The Python class `sockdup.Error`, registered by the package's `__init__` at import.
 static ERROR_CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -157,6 +167,18 @@ fn target_pid(pid: i64) -> Result<u32, Error> {
     })
 }
 
+/// Whether process `pid` is a child of this one (its parent in `/proc/PID/stat` is us).
+fn is_child(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "PID (COMM) STATE PPID ...": COMM may hold spaces and parentheses; the last ')' ends it.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|ppid| ppid.parse::<u32>().ok())
+        == Some(std::process::id())
+}
+
 fn duplicate(py: Python<'_>, sock: &Bound<'_, PyAny>, pid: i64) -> PyResult<ProtocolInfo> {
     let fd = fileno(sock)?;
     let run = || -> Result<ProtocolInfo, Error> {
@@ -164,7 +186,24 @@ fn duplicate(py: Python<'_>, sock: &Bound<'_, PyAny>, pid: i64) -> PyResult<Prot
         let copy = copy_fd(py, fd)?;
         ensure_started()?;
         // The wait for the target's inbox must not hold the GIL.
-        py.detach(move || sockdup::duplicate_socket(&copy, pid))
+        py.detach(move || {
+            let deadline = Instant::now() + CHILD_WAIT;
+            let mut pause = Duration::from_micros(200);
+            loop {
+                match sockdup::duplicate_socket(&copy, pid) {
+                    Err(e)
+                        if e.kind() == ErrorKind::TargetNotStarted
+                            && WAIT_FOR_CHILDREN.load(Ordering::Relaxed)
+                            && Instant::now() < deadline
+                            && is_child(pid) =>
+                    {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(20));
+                    }
+                    done => return done,
+                }
+            }
+        })
     };
     run().map_err(|e| to_py(py, e))
 }
@@ -332,6 +371,16 @@ fn pending(py: Python<'_>) -> PyResult<usize> {
     sockdup::pending().map_err(|e| to_py(py, e))
 }
 
+/// _wait_for_children(on, /)
+/// --
+///
+/// Makes a share to a child that has not opened its inbox yet wait for it (`install()` does).
+#[pyfunction]
+#[pyo3(signature = (on, /))]
+fn _wait_for_children(on: bool) {
+    WAIT_FOR_CHILDREN.store(on, Ordering::Relaxed);
+}
+
 /// _set_error_class(cls, /)
 /// --
 ///
@@ -351,6 +400,7 @@ fn _sockdup(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(pending, m)?)?;
     m.add_function(wrap_pyfunction!(_set_error_class, m)?)?;
+    m.add_function(wrap_pyfunction!(_wait_for_children, m)?)?;
     m.add("RECORD_LEN", ProtocolInfo::LEN)?;
     Ok(())
 }

@@ -115,13 +115,15 @@ def install() -> None:
     ``os.fork()`` (``multiprocessing``'s ``fork`` start method) open its own at once, because on
     Windows any process can receive a socket without preparing: a parent that learns a
     worker's pid can share to it at once. A child made by ``spawn`` or ``forkserver`` is ready
-    once it has imported the module that calls ``install()``. Calling it again does nothing. On
-    Windows it does nothing at all.
+    once it has imported the module that calls ``install()``; until then (3 s at most), a
+    ``share`` to a child of this process waits for its inbox instead of failing with
+    ``target-not-started``. Calling it again does nothing. On Windows it does nothing at all.
     """
     global _installed
     if sys.platform == "win32" or _installed:
         return
     _native.startup()
+    _native._wait_for_children(True)
     _socket.socket.share = _share_method  # type: ignore[attr-defined]
     _socket.fromshare = fromshare  # type: ignore[attr-defined]
     if hasattr(os, "register_at_fork"):
