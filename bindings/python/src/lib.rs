@@ -208,11 +208,19 @@ fn duplicate(py: Python<'_>, sock: &Bound<'_, PyAny>, pid: i64) -> PyResult<Prot
     run().map_err(|e| to_py(py, e))
 }
 
-/// share(sock, pid, /)
-/// --
-///
 /// Duplicates `sock` for process `pid` and returns the 628-byte WSAPROTOCOL_INFOW record, as
-/// `socket.share` does on Windows; when it returns, the target holds the socket.
+/// `socket.share` does on Windows; when it returns, the target holds the socket, so this
+/// process may close its own or exit at once. The target redeems the record once with
+/// `sockdup.fromshare` (or `socket.fromshare` after `sockdup.install()`).
+///
+/// `sock` is a `socket.socket` or any object with `fileno()`. The target must have opened its
+/// inbox (any use of sockdup there, or `sockdup.startup()`). This process's inbox opens on
+/// first use.
+///
+/// Raises `sockdup.Error`: `winerror` 10038 (`not-a-socket`) for a descriptor that is not an
+/// open socket; 10022 for a bad pid, a process that does not exist or has not started sockdup
+/// (`target-not-started`), or refuses this user; 10055 when the target's inbox is full; the
+/// message says which. `TypeError` for an object without `fileno()`.
 #[pyfunction]
 #[pyo3(signature = (sock, pid, /))]
 fn share<'py>(
@@ -224,10 +232,8 @@ fn share<'py>(
     Ok(PyBytes::new(py, &info.to_bytes()))
 }
 
-/// share_text(sock, pid, /)
-/// --
-///
-/// As `share`, but returns the record's one-line text form (`sockdup1:...`).
+/// As `share`, but returns the record's one-line text form (`sockdup1:` and URL-safe base64),
+/// for an environment variable, JSON or a command line; `fromshare` takes it as a `str`.
 #[pyfunction]
 #[pyo3(signature = (sock, pid, /))]
 fn share_text(py: Python<'_>, sock: &Bound<'_, PyAny>, pid: i64) -> PyResult<String> {
@@ -268,9 +274,6 @@ fn record(py: Python<'_>, data: &Bound<'_, PyAny>, what: &str) -> PyResult<Proto
     }
 }
 
-/// redeem(data, /)
-/// --
-///
 /// Redeems a record (bytes or text); returns `(fd, family, type, proto)`. `sockdup.fromshare`
 /// wraps the descriptor in a `socket.socket`.
 #[pyfunction]
@@ -289,19 +292,17 @@ fn redeem(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<(i32, i32, i32, i
     ))
 }
 
-/// startup()
-/// --
-///
 /// Opens this process's inbox now, if it is not open yet.
 #[pyfunction]
 fn startup(py: Python<'_>) -> PyResult<()> {
     ensure_started().map_err(|e| to_py(py, e))
 }
 
-/// inspect(data, /)
-/// --
-///
-/// Decodes a record (bytes or text) into a dict with the keys of `sockdup inspect --json`.
+/// Decodes a record (the 628 bytes or the text form) into a dict with the keys and values of
+/// `sockdup inspect --json`: the WSAPROTOCOL_INFOW fields (`service_flags3` is the target's
+/// pid, `provider_reserved` the ticket, `protocol_chain` a dict of `len` and seven `entries`).
+/// Redeems nothing. `ValueError` for bytes of the wrong length, `sockdup.Error` (10022) for
+/// input that is no record.
 #[pyfunction]
 #[pyo3(signature = (data, /))]
 fn inspect<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
@@ -354,9 +355,6 @@ fn inspect<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py
     Ok(d)
 }
 
-/// pending()
-/// --
-///
 /// How many duplicates wait in this process's inbox, not yet redeemed (0 before first use).
 #[pyfunction]
 fn pending(py: Python<'_>) -> PyResult<usize> {
@@ -371,9 +369,6 @@ fn pending(py: Python<'_>) -> PyResult<usize> {
     sockdup::pending().map_err(|e| to_py(py, e))
 }
 
-/// _wait_for_children(on, /)
-/// --
-///
 /// Makes a share to a child that has not opened its inbox yet wait for it (`install()` does).
 #[pyfunction]
 #[pyo3(signature = (on, /))]
@@ -381,9 +376,6 @@ fn _wait_for_children(on: bool) {
     WAIT_FOR_CHILDREN.store(on, Ordering::Relaxed);
 }
 
-/// _set_error_class(cls, /)
-/// --
-///
 /// Registers `sockdup.Error` (done once by the package at import).
 #[pyfunction]
 fn _set_error_class(py: Python<'_>, cls: Bound<'_, PyType>) {
