@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import socket
 import sys
+from multiprocessing.queues import Queue
 
 if sys.platform != "win32":
     import sockdup
@@ -28,7 +29,12 @@ if sys.platform != "win32":
     sockdup.install()
 
 
-def worker(index: int, jobs: "multiprocessing.Queue[bytes | None]", ready, results) -> None:
+def worker(
+    index: int,
+    jobs: "Queue[bytes | None]",
+    ready: "Queue[tuple[int, int]]",
+    results: "Queue[tuple[int, int]]",
+) -> None:
     """Announce this process's pid, then serve every connection the parent shares with it."""
     ready.put((index, os.getpid()))
     served = 0

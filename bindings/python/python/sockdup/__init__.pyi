@@ -15,7 +15,7 @@ class Error(OSError):
 
     winerror: int
     kind: str
-    errno: Optional[int]  # type: ignore[assignment]
+    errno: Optional[int]
     strerror: str
 
 def share(sock: Union[socket.socket, _HasFileno], pid: int, /) -> bytes:
