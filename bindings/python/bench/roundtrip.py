@@ -10,7 +10,8 @@ interleaved round by round:
 - ``sockdup``: ``sockdup.share(sock, target_pid)`` (returns once the target's inbox holds the
   descriptor), the 628-byte record sent over a SOCK_SEQPACKET socketpair, ``sockdup.fromshare``.
 - ``send_fds``: ``socket.send_fds`` of the descriptor over a SOCK_SEQPACKET socketpair, the
-  target's ``socket.recv_fds`` and ``socket.socket(fileno=...)``, and a one-byte acknowledgement
+  target's ``socket.recv_fds`` and ``socket.socket(family, type, proto, fd)`` (the target
+  knows them beforehand, the cheapest raw receiver), and a one-byte acknowledgement
   the source waits for: the same guarantee as ``share`` (the source knows the target holds it).
 - ``send_fds one-way`` (for information): the same without the acknowledgement.
 
@@ -29,6 +30,11 @@ import time
 import sockdup
 
 
+# What the raw target is told beforehand (sockdup's record carries it): without it,
+# socket.socket(fileno=fd) would ask the kernel (getsockname and two getsockopt).
+FAMILY, TYPE, PROTO = socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+
+
 def target(chan: socket.socket) -> None:
     """The target process: serves rounds (``MODE COUNT``) until the channel closes."""
     while True:
@@ -37,25 +43,28 @@ def target(chan: socket.socket) -> None:
             return
         mode, n = head.decode().split()
         count = int(n)
+        cpu = time.process_time()
         if mode == "sockdup":
             for _ in range(count):
                 sockdup.fromshare(chan.recv(700)).close()
         elif mode == "raw":
             for _ in range(count):
                 _, fds, _, _ = socket.recv_fds(chan, 16, 1)
-                socket.socket(fileno=fds[0]).close()
+                socket.socket(FAMILY, TYPE, PROTO, fds[0]).close()
                 chan.send(b"k")
         else:
             for _ in range(count):
                 _, fds, _, _ = socket.recv_fds(chan, 16, 1)
-                socket.socket(fileno=fds[0]).close()
-        chan.send(b"done")
+                socket.socket(FAMILY, TYPE, PROTO, fds[0]).close()
+        chan.send(b"done %.9f" % (time.process_time() - cpu))
 
 
-def one_round(mode: str, chan: socket.socket, sock: socket.socket, pid: int, count: int) -> float:
-    """Seconds per hand-off for one round."""
+def one_round(mode: str, chan: socket.socket, sock: socket.socket, pid: int, count: int) -> "tuple[float, float, float]":
+    """Seconds per hand-off for one round: wall time, the source's and the target's CPU time
+    (every thread of each process: the target's includes its inbox thread)."""
     chan.send(f"{mode} {count}".encode())
     fd = [sock.fileno()]
+    cpu = time.process_time()
     start = time.perf_counter()
     if mode == "sockdup":
         for _ in range(count):
@@ -67,8 +76,10 @@ def one_round(mode: str, chan: socket.socket, sock: socket.socket, pid: int, cou
     else:
         for _ in range(count):
             socket.send_fds(chan, [b"x"], fd)
-    assert chan.recv(16) == b"done"
-    return (time.perf_counter() - start) / count
+    done = chan.recv(64).split()
+    wall = time.perf_counter() - start
+    assert done[0] == b"done"
+    return wall / count, (time.process_time() - cpu) / count, float(done[1]) / count
 
 
 def main() -> None:
@@ -107,18 +118,23 @@ def main() -> None:
     for mode in modes:  # warm-up: connections, caches, the inbox's table
         one_round(mode, src, sock, pid, min(args.count, 500))
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cpus: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     for _ in range(args.rounds):
         for mode in modes:
-            times[mode].append(one_round(mode, src, sock, pid, args.count))
+            wall, source_cpu, target_cpu = one_round(mode, src, sock, pid, args.count)
+            times[mode].append(wall)
+            cpus[mode].append((source_cpu, target_cpu))
     src.close()
     os.waitpid(pid, 0)
 
     med = {m: statistics.median(t) * 1e6 for m, t in times.items()}
     spread = {m: (max(t) - min(t)) / statistics.median(t) * 100 for m, t in times.items()}
-    print(f"pin={args.pin} count={args.count} rounds={args.rounds} (median us per hand-off, spread)")
+    print(f"pin={args.pin} count={args.count} rounds={args.rounds} (median us per hand-off, spread; CPU us of source + target)")
     names = {"sockdup": "sockdup share+fromshare  ", "raw": "send_fds/recv_fds + ack  ", "oneway": "send_fds/recv_fds one-way"}
     for m in modes:
-        print(f"  {names[m]} {med[m]:7.2f} us  ({spread[m]:.0f}%)")
+        source_cpu = statistics.median(c[0] for c in cpus[m]) * 1e6
+        target_cpu = statistics.median(c[1] for c in cpus[m]) * 1e6
+        print(f"  {names[m]} {med[m]:7.2f} us  ({spread[m]:3.0f}%)   CPU {source_cpu:6.2f} + {target_cpu:6.2f} us")
     if "sockdup" in med and "raw" in med:
         print(f"  ratio sockdup / (send_fds + ack): {med['sockdup'] / med['raw']:.2f}x   (goal: at most 1.5x)")
     if "sockdup" in med and "oneway" in med:

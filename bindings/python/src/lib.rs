@@ -35,24 +35,54 @@ const CHILD_WAIT: Duration = Duration::from_secs(3);
 /// The Python class `sockdup.Error`, registered by the package's `__init__` at import.
 static ERROR_CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
+/// Whether this process's run is started, so that a call needs no lock and no `getpid`. The
+/// package clears it in a child made by `os.fork()` (its at-fork hook, [`_forked`]); a fork the
+/// hook does not see is caught by the library's own check ([`in_run`]).
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Starts sockdup in this process unless it already runs here.
+fn ensure_started() -> Result<(), Error> {
+    if STARTED.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    start_here()
+}
+
 /// Starts sockdup in this process unless it already runs here; a run inherited through `fork()`
 /// is forgotten and a new one started.
-fn ensure_started() -> Result<(), Error> {
+fn start_here() -> Result<(), Error> {
     let pid = std::process::id();
     let mut run = RUN.lock().unwrap_or_else(|e| e.into_inner());
     match run.take() {
-        Some((owner, guard)) if owner == pid => {
-            *run = Some((owner, guard));
-            return Ok(());
+        Some((owner, guard)) if owner == pid => *run = Some((owner, guard)),
+        inherited => {
+            // Inherited through fork(): the parent's inbox thread does not exist here, and
+            // dropping the guard would wake (stop) the parent's inbox through the eventfd both
+            // processes share. The library's own startup() forgets the inherited run the same
+            // way.
+            if let Some((_, guard)) = inherited {
+                std::mem::forget(guard);
+            }
+            *run = Some((pid, sockdup::startup()?));
         }
-        // Inherited through fork(): the parent's inbox thread does not exist here, and dropping
-        // the guard would wake (stop) the parent's inbox through the eventfd both processes
-        // share. The library's own startup() forgets the inherited run the same way.
-        Some((_, inherited)) => std::mem::forget(inherited),
-        None => {}
     }
-    *run = Some((pid, sockdup::startup()?));
+    STARTED.store(true, Ordering::Release);
     Ok(())
+}
+
+/// Runs `call` in this process's run, starting it first if needed. A run inherited through a
+/// fork the at-fork hook did not see (the library answers `Forked`) is replaced by a new one and
+/// the call made once more.
+fn in_run<T>(call: impl Fn() -> Result<T, Error>) -> Result<T, Error> {
+    ensure_started()?;
+    match call() {
+        Err(e) if e.kind() == ErrorKind::Forked => {
+            STARTED.store(false, Ordering::Release);
+            start_here()?;
+            call()
+        }
+        done => done,
+    }
 }
 
 /// The `errno` a Python program on Linux expects beside the Winsock code.
@@ -179,31 +209,34 @@ fn is_child(pid: u32) -> bool {
         == Some(std::process::id())
 }
 
+/// `duplicate_socket`; after `install()`, a child of this process that has not opened its inbox
+/// yet is waited for ([`CHILD_WAIT`]).
+fn duplicate_waiting(socket: &OwnedFd, pid: u32) -> Result<ProtocolInfo, Error> {
+    let deadline = Instant::now() + CHILD_WAIT;
+    let mut pause = Duration::from_micros(200);
+    loop {
+        match sockdup::duplicate_socket(socket, pid) {
+            Err(e)
+                if e.kind() == ErrorKind::TargetNotStarted
+                    && WAIT_FOR_CHILDREN.load(Ordering::Relaxed)
+                    && Instant::now() < deadline
+                    && is_child(pid) =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            done => return done,
+        }
+    }
+}
+
 fn duplicate(py: Python<'_>, sock: &Bound<'_, PyAny>, pid: i64) -> PyResult<ProtocolInfo> {
     let fd = fileno(sock)?;
     let run = || -> Result<ProtocolInfo, Error> {
         let pid = target_pid(pid)?;
         let copy = copy_fd(py, fd)?;
-        ensure_started()?;
         // The wait for the target's inbox must not hold the GIL.
-        py.detach(move || {
-            let deadline = Instant::now() + CHILD_WAIT;
-            let mut pause = Duration::from_micros(200);
-            loop {
-                match sockdup::duplicate_socket(&copy, pid) {
-                    Err(e)
-                        if e.kind() == ErrorKind::TargetNotStarted
-                            && WAIT_FOR_CHILDREN.load(Ordering::Relaxed)
-                            && Instant::now() < deadline
-                            && is_child(pid) =>
-                    {
-                        std::thread::sleep(pause);
-                        pause = (pause * 2).min(Duration::from_millis(20));
-                    }
-                    done => return done,
-                }
-            }
-        })
+        py.detach(move || in_run(|| duplicate_waiting(&copy, pid)))
     };
     run().map_err(|e| to_py(py, e))
 }
@@ -280,9 +313,7 @@ fn record(py: Python<'_>, data: &Bound<'_, PyAny>, what: &str) -> PyResult<Proto
 #[pyo3(signature = (data, /))]
 fn redeem(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<(i32, i32, i32, i32)> {
     let info = record(py, data, "fromshare")?;
-    let fd = ensure_started()
-        .and_then(|()| sockdup::socket_from_info(&info))
-        .map_err(|e| to_py(py, e))?;
+    let fd = in_run(|| sockdup::socket_from_info(&info)).map_err(|e| to_py(py, e))?;
     debug_assert!(fd.as_raw_fd() >= 0);
     Ok((
         fd.into_raw_fd(),
@@ -369,6 +400,13 @@ fn pending(py: Python<'_>) -> PyResult<usize> {
     sockdup::pending().map_err(|e| to_py(py, e))
 }
 
+/// Forgets that this process's run is started: called in a child made by `os.fork()` (the
+/// package registers it with `os.register_at_fork`), whose first call then starts its own.
+#[pyfunction]
+fn _forked() {
+    STARTED.store(false, Ordering::Release);
+}
+
 /// Makes a share to a child that has not opened its inbox yet wait for it (`install()` does).
 #[pyfunction]
 #[pyo3(signature = (on, /))]
@@ -393,6 +431,7 @@ fn _sockdup(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pending, m)?)?;
     m.add_function(wrap_pyfunction!(_set_error_class, m)?)?;
     m.add_function(wrap_pyfunction!(_wait_for_children, m)?)?;
+    m.add_function(wrap_pyfunction!(_forked, m)?)?;
     m.add("RECORD_LEN", ProtocolInfo::LEN)?;
     Ok(())
 }

@@ -165,3 +165,45 @@ def test_install_makes_windows_code_run_unchanged():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "windows style ok"
+
+
+def test_a_fork_the_at_fork_hook_did_not_see_is_caught():
+    """libc's fork() called directly (as a C extension might) runs no Python at-fork hook: the
+    child's first call still notices, through the library's check, and starts its own run."""
+    import ctypes
+    import time
+
+    sockdup.startup()
+    sockdup.fromshare(sockdup.share(socket.socketpair()[0], os.getpid())).close()  # started here
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = libc.fork()
+    assert pid >= 0
+    if pid == 0:
+        code = 1
+        try:
+            os.write(w, sockdup.share(a, os.getppid()))  # as a source: needs its own run
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("the child did not finish")
+        time.sleep(0.01)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    data = os.read(r, 628)
+    os.close(r)
+    s = sockdup.fromshare(data)
+    s.sendall(b"z")
+    b.settimeout(TIMEOUT)
+    assert b.recv(1) == b"z"
+    for x in (a, b, s):
+        x.close()

@@ -63,6 +63,9 @@ class Error(OSError):
 
 
 _native._set_error_class(Error)
+if hasattr(os, "register_at_fork"):
+    # A forked child starts its own run on first use (the check costs nothing per call).
+    os.register_at_fork(after_in_child=_native._forked)
 
 share = _native.share
 share_text = _native.share_text
