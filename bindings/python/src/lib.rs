@@ -237,6 +237,16 @@ fn duplicate(py: Python<'_>, sock: &Bound<'_, PyAny>, pid: i64) -> PyResult<Prot
         let copy = copy_fd(py, fd)?;
         // The wait for the target's inbox must not hold the GIL.
         py.detach(move || in_run(|| duplicate_waiting(&copy, pid)))
+            .map_err(|e| match e.kind() {
+                // The library names the copy's number; the caller knows its own.
+                ErrorKind::NotASocket => Error::new(
+                    ErrorKind::NotASocket,
+                    format!(
+                        "descriptor {fd} (the fileno() given) is not a socket: only sockets can be shared"
+                    ),
+                ),
+                _ => e,
+            })
     };
     run().map_err(|e| to_py(py, e))
 }

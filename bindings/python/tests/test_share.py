@@ -150,6 +150,7 @@ def test_a_pipe_or_a_closed_socket_is_not_a_socket():
             sockdup.share(pipe_file, os.getpid())
         assert raised.value.winerror == 10038 and raised.value.kind == "not-a-socket"
         assert raised.value.errno == errno.ENOTSOCK
+        assert f"descriptor {pipe_file.fileno()} " in raised.value.strerror
     os.close(w)
 
     s = socket.socket()
