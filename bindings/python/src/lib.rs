@@ -73,6 +73,9 @@ fn start_here() -> Result<(), Error> {
 /// Runs `call` in this process's run, starting it first if needed. A run inherited through a
 /// fork the at-fork hook did not see (the library answers `Forked`) is replaced by a new one and
 /// the call made once more.
+///
+/// Called with the GIL held, so [`RUN`] is only ever locked by a thread holding the GIL: a
+/// thread calling `os.fork()` holds it too, so no child inherits [`RUN`] locked.
 fn in_run<T>(call: impl Fn() -> Result<T, Error>) -> Result<T, Error> {
     ensure_started()?;
     match call() {
@@ -235,9 +238,9 @@ fn duplicate(py: Python<'_>, sock: &Bound<'_, PyAny>, pid: i64) -> PyResult<Prot
     let run = || -> Result<ProtocolInfo, Error> {
         let pid = target_pid(pid)?;
         let copy = copy_fd(py, fd)?;
-        // The wait for the target's inbox must not hold the GIL.
-        py.detach(move || in_run(|| duplicate_waiting(&copy, pid)))
-            .map_err(|e| match e.kind() {
+        // The wait for the target's inbox must not hold the GIL; starting the run does (see
+        // `in_run`).
+        in_run(|| py.detach(|| duplicate_waiting(&copy, pid))).map_err(|e| match e.kind() {
                 // The library names the copy's number; the caller knows its own.
                 ErrorKind::NotASocket => Error::new(
                     ErrorKind::NotASocket,
