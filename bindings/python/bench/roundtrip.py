@@ -1,0 +1,147 @@
+"""share + fromshare in Python beside the standard library's send_fds/recv_fds, same run.
+
+    python3 bindings/python/bench/roundtrip.py [--count 2000] [--rounds 7] [--pin same|split|none]
+
+A source process hands one connected socket to a target process ``--count`` times; the target
+turns each into a ``socket.socket`` and closes it. Timed from the first hand-off until the target
+reports it has done the last one; per hand-off, median of ``--rounds`` rounds, the twins
+interleaved round by round:
+
+- ``sockdup``: ``sockdup.share(sock, target_pid)`` (returns once the target's inbox holds the
+  descriptor), the 628-byte record sent over a SOCK_SEQPACKET socketpair, ``sockdup.fromshare``.
+- ``send_fds``: ``socket.send_fds`` of the descriptor over a SOCK_SEQPACKET socketpair, the
+  target's ``socket.recv_fds`` and ``socket.socket(family, type, proto, fd)`` (the target
+  knows them beforehand, the cheapest raw receiver), and a one-byte acknowledgement
+  the source waits for: the same guarantee as ``share`` (the source knows the target holds it).
+- ``send_fds one-way`` (for information): the same without the acknowledgement.
+
+``--pin same`` (default) runs both processes on one CPU, as the Rust benchmarks do; ``split`` one
+CPU each; ``none`` lets the scheduler decide. Not a test: it asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import time
+
+import sockdup
+
+
+# What the raw target is told beforehand (sockdup's record carries it): without it,
+# socket.socket(fileno=fd) would ask the kernel (getsockname and two getsockopt).
+FAMILY, TYPE, PROTO = socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+
+
+def target(chan: socket.socket) -> None:
+    """The target process: serves rounds (``MODE COUNT``) until the channel closes."""
+    while True:
+        head = chan.recv(64)
+        if not head:
+            return
+        mode, n = head.decode().split()
+        count = int(n)
+        cpu = time.process_time()
+        if mode == "sockdup":
+            for _ in range(count):
+                sockdup.fromshare(chan.recv(700)).close()
+        elif mode == "raw":
+            for _ in range(count):
+                _, fds, _, _ = socket.recv_fds(chan, 16, 1)
+                socket.socket(FAMILY, TYPE, PROTO, fds[0]).close()
+                chan.send(b"k")
+        else:
+            for _ in range(count):
+                _, fds, _, _ = socket.recv_fds(chan, 16, 1)
+                socket.socket(FAMILY, TYPE, PROTO, fds[0]).close()
+        chan.send(b"done %.9f" % (time.process_time() - cpu))
+
+
+def one_round(mode: str, chan: socket.socket, sock: socket.socket, pid: int, count: int) -> "tuple[float, float, float]":
+    """Seconds per hand-off for one round: wall time, the source's and the target's CPU time
+    (every thread of each process: the target's includes its inbox thread)."""
+    chan.send(f"{mode} {count}".encode())
+    fd = [sock.fileno()]
+    cpu = time.process_time()
+    start = time.perf_counter()
+    if mode == "sockdup":
+        for _ in range(count):
+            chan.send(sockdup.share(sock, pid))
+    elif mode == "raw":
+        for _ in range(count):
+            socket.send_fds(chan, [b"x"], fd)
+            chan.recv(1)
+    else:
+        for _ in range(count):
+            socket.send_fds(chan, [b"x"], fd)
+    done = chan.recv(64).split()
+    wall = time.perf_counter() - start
+    assert done[0] == b"done"
+    return wall / count, (time.process_time() - cpu) / count, float(done[1]) / count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=2000, help="hand-offs per round (default 2000)")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds per twin (default 7)")
+    parser.add_argument("--modes", default="sockdup,raw,oneway", help="which twins (default: all three)")
+    parser.add_argument("--pin", choices=["same", "split", "none"], default="same")
+    args = parser.parse_args()
+
+    cpus = sorted(os.sched_getaffinity(0))
+    src, dst = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sockdup.startup()
+    pid = os.fork()
+    if pid == 0:
+        src.close()
+        if args.pin != "none":
+            os.sched_setaffinity(0, {cpus[-1] if args.pin == "split" else cpus[0]})
+        sockdup.startup()
+        dst.send(b"ready")
+        code = 1
+        try:
+            target(dst)
+            code = 0
+        finally:
+            os._exit(code)
+    dst.close()
+    if args.pin != "none":
+        os.sched_setaffinity(0, {cpus[0]})
+    assert src.recv(16) == b"ready"
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        sock = socket.create_connection(listener.getsockname())
+        peer, _ = listener.accept()
+
+    modes = args.modes.split(",")
+    for mode in modes:  # warm-up: connections, caches, the inbox's table
+        one_round(mode, src, sock, pid, min(args.count, 500))
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    cpus: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    for _ in range(args.rounds):
+        for mode in modes:
+            wall, source_cpu, target_cpu = one_round(mode, src, sock, pid, args.count)
+            times[mode].append(wall)
+            cpus[mode].append((source_cpu, target_cpu))
+    src.close()
+    os.waitpid(pid, 0)
+
+    med = {m: statistics.median(t) * 1e6 for m, t in times.items()}
+    spread = {m: (max(t) - min(t)) / statistics.median(t) * 100 for m, t in times.items()}
+    print(f"pin={args.pin} count={args.count} rounds={args.rounds} (median us per hand-off, spread; CPU us of source + target)")
+    names = {"sockdup": "sockdup share+fromshare  ", "raw": "send_fds/recv_fds + ack  ", "oneway": "send_fds/recv_fds one-way"}
+    for m in modes:
+        source_cpu = statistics.median(c[0] for c in cpus[m]) * 1e6
+        target_cpu = statistics.median(c[1] for c in cpus[m]) * 1e6
+        print(f"  {names[m]} {med[m]:7.2f} us  ({spread[m]:3.0f}%)   CPU {source_cpu:6.2f} + {target_cpu:6.2f} us")
+    if "sockdup" in med and "raw" in med:
+        print(f"  ratio sockdup / (send_fds + ack): {med['sockdup'] / med['raw']:.2f}x   (goal: at most 1.5x)")
+    if "sockdup" in med and "oneway" in med:
+        print(f"  ratio sockdup / one-way:          {med['sockdup'] / med['oneway']:.2f}x")
+    peer.close()
+    sock.close()
+
+
+if __name__ == "__main__":
+    main()
