@@ -8,7 +8,7 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use sockdup_core::allow::Allow;
 use sockdup_core::error::{Error, ErrorKind};
@@ -225,6 +225,28 @@ struct State {
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
+/// How long a start waits for its inbox address to be free again.
+const ADDRESS_RELEASE_WAIT: Duration = Duration::from_millis(500);
+
+/// [`sys::listen_inbox`], waiting up to [`ADDRESS_RELEASE_WAIT`] while the address is in use.
+/// The inbox of an earlier run of this process may still be open in a child that another
+/// thread is starting: between `fork` and `exec` the child holds a copy of every descriptor,
+/// close-on-exec ones included, so the address is released only when it execs. A squatter
+/// still holds it when the wait ends.
+fn listen_inbox_retrying(address: &InboxAddress) -> rustix::io::Result<std::os::fd::OwnedFd> {
+    let deadline = Instant::now() + ADDRESS_RELEASE_WAIT;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        match sys::listen_inbox(address) {
+            Err(rustix::io::Errno::ADDRINUSE) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Per-run state of a floor above, by type ([`Runtime::extension`]).
 type Extensions = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
 
@@ -256,7 +278,7 @@ impl Runtime {
             ));
         }
         let address = InboxAddress::for_pid(pid, options.runtime_dir.as_deref());
-        let listener = sys::listen_inbox(&address).map_err(|e| {
+        let listener = listen_inbox_retrying(&address).map_err(|e| {
             if e == rustix::io::Errno::ADDRINUSE {
                 Error::new(
                     ErrorKind::InboxAddressInUse,
