@@ -15,7 +15,9 @@
 //! is not theirs are replaced (garbage at once, not after the answer timeout, and the
 //! connections they held go to another worker); a worker answers a malformed or oversized
 //! line from the acceptor at once and exits 1; no descriptor leaked by the acceptor; the `hello` HTTP app
-//! (keep-alive, `Connection: close`, HTTP/1.0, bodies, malformed requests); a Unix listener;
+//! (keep-alive, `Connection: close`, HTTP/1.0, bodies, malformed requests); one worker serving
+//! 300 open keep-alive connections and a client that does not read on its three threads (the
+//! event loop, issue 12); a Unix listener;
 //! usage errors. Under attack and faults (issue 10): a hostile worker (`--test-hostile MODE`)
 //! confirming, failing or finishing connections it does not hold, writing an endless line,
 //! random bytes, or a line that never ends, is replaced (at once, or at its answer timeout) with
@@ -922,6 +924,90 @@ fn hello_answers_malformed_requests_with_400_and_closes() {
     }
     let summary = server.stop(WAIT);
     assert_eq!(summary.total, 6, "{summary:?}");
+}
+
+/// The threads of process `pid` right now.
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn one_hello_worker_serves_hundreds_of_open_connections_and_a_stalled_reader_on_three_threads() {
+    // An event loop, not a thread per connection: 300 keep-alive connections open at once,
+    // each answered, interleaved, by one worker whose thread count stays at three (the event
+    // loop, the handoff reader, the library's inbox thread); a client that sends thousands of pipelined requests and
+    // does not read holds nobody else up; SIGTERM drains them all.
+    let mut server = Server::start(
+        &["--workers", "1", "--max-outstanding", "400"],
+        &worker("hello"),
+    );
+    let pid = *server
+        .wait_workers(1, &BTreeSet::new())
+        .iter()
+        .next()
+        .expect("a worker");
+    // The stalled reader: ~1.5 MiB of responses, far past what a reader that never reads lets
+    // the socket buffers hold.
+    const PIPELINED: usize = 10_000;
+    let stalled = connect(server.tcp()).expect("connect");
+    let mut stalled_w = stalled.try_clone().expect("clone");
+    let writer = thread::spawn(move || {
+        let one = b"GET /p HTTP/1.1\r\nHost: test\r\n\r\n";
+        let all: Vec<u8> = one
+            .iter()
+            .copied()
+            .cycle()
+            .take(one.len() * PIPELINED)
+            .collect();
+        stalled_w
+            .write_all(&all)
+            .expect("send the pipelined requests");
+    });
+    let mut open = Vec::new();
+    for i in 0..300 {
+        let s = connect(server.tcp()).expect("connect");
+        let mut w = s.try_clone().expect("clone");
+        let mut r = BufReader::new(s);
+        w.write_all(format!("GET /{i} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .expect("send");
+        let resp = read_response(&mut r, false);
+        assert_eq!(
+            (resp.status, resp.body.as_slice()),
+            (200, &b"hello from sockdup\n"[..])
+        );
+        open.push((w, r));
+    }
+    let threads = thread_count(pid);
+    assert!(
+        threads <= 3,
+        "worker {pid} runs {threads} threads for 301 connections"
+    );
+    // Every connection is still open and served, in the reverse order.
+    for (i, (w, r)) in open.iter_mut().enumerate().rev() {
+        // One write: a request cut in pieces waits for delayed ACKs (Nagle) on the client.
+        w.write_all(format!("GET /again/{i} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .expect("send");
+        assert_eq!(read_response(r, false).status, 200);
+    }
+    // The stalled reader now reads everything it asked for.
+    let mut r = BufReader::new(stalled);
+    for _ in 0..PIPELINED {
+        assert_eq!(read_response(&mut r, false).status, 200);
+    }
+    writer.join().expect("the writer");
+    // SIGTERM: the acceptor closes the worker's input; the idle connections close, the
+    // worker and the acceptor exit.
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, 301, "{summary:?}");
+    for (_, r) in &mut open {
+        assert!(closed(r), "an idle connection stayed open after the drain");
+    }
+    assert!(
+        closed(&mut r),
+        "the stalled connection stayed open after the drain"
+    );
 }
 
 #[test]
