@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread;
 
-use sockdup::handoff::Worker;
+use sockdup::handoff::{Connection, Stream, Worker};
 
 use crate::CliError;
 
@@ -90,6 +90,52 @@ pub(crate) enum App {
     Hello,
 }
 
+impl App {
+    fn protocol(self) -> evloop::Protocol {
+        match self {
+            Self::Echo => evloop::Protocol::Echo,
+            Self::Hello => evloop::Protocol::Hello,
+        }
+    }
+}
+
+/// A connection the worker serves.
+pub(crate) enum Sock {
+    /// Handed over by `sockdup serve`: dropping it tells the acceptor it is done.
+    Handoff(Connection),
+    /// Accepted on a listener of our own (`--listen-fds`).
+    Plain(Stream),
+}
+
+impl evloop::Client for Sock {
+    type Io = Stream;
+    fn io(&mut self) -> &mut Stream {
+        match self {
+            Self::Handoff(c) => c.stream(),
+            Self::Plain(s) => s,
+        }
+    }
+    fn fd(&mut self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self.io() {
+            Stream::Tcp(s) => AsFd::as_fd(&*s),
+            Stream::Unix(s) => AsFd::as_fd(&*s),
+        }
+    }
+    fn make_nonblocking(&mut self) -> io::Result<()> {
+        match self.io() {
+            Stream::Tcp(s) => s.set_nonblocking(true),
+            Stream::Unix(s) => s.set_nonblocking(true),
+        }
+    }
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        match self.io() {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+        }
+    }
+}
+
 /// Runs `sockdup worker`.
 pub(crate) fn run(args: &Args) -> Result<(), CliError> {
     crate::init_logging();
@@ -126,7 +172,7 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
         .name("handoff".into())
         .spawn(move || feed(&worker, &feeder))
         .map_err(|e| CliError::failed(format!("starting the handoff reader: {e}")))?;
-    let served = event_loop.run(args.app);
+    let served = event_loop.run(args.app.protocol());
     let broken = reader.join().unwrap_or(None);
     served.map_err(|e| CliError::failed(format!("the event loop failed: {e}")))?;
     match broken {
@@ -137,13 +183,13 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
 
 /// Hands every connection the acceptor gives this worker to the event loop, then the end;
 /// returns the error that broke the acceptor's channel, if one did.
-fn feed(worker: &Worker, feeder: &evloop::Feeder) -> Option<sockdup::Error> {
+fn feed(worker: &Worker, feeder: &evloop::Feeder<Sock>) -> Option<sockdup::Error> {
     let mut incoming = worker.incoming();
     while let Some(conn) = incoming.next() {
         match conn {
             Ok(conn) => {
                 tracing::debug!(id = conn.id(), "sockdup worker: serving a connection");
-                if !feeder.send(evloop::Feed::Conn(evloop::Sock::Handoff(conn))) {
+                if !feeder.send(evloop::Feed::Conn(Sock::Handoff(conn))) {
                     break;
                 }
             }

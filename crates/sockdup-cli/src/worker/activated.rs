@@ -19,7 +19,8 @@ use rustix::net::{SocketFlags, accept_with};
 use sockdup::handoff::Stream;
 
 use super::App;
-use super::evloop::{Feed, Feeder, Sock};
+use super::Sock;
+use super::evloop::{Feed, Feeder};
 use crate::CliError;
 
 /// How often the accept loop looks at the stop flag.
@@ -85,7 +86,7 @@ pub(super) fn run(app: App) -> Result<(), CliError> {
         .name("accept".into())
         .spawn(move || accept_loop(listeners, &stop, &feeder))
         .map_err(|e| CliError::failed(format!("starting the accept loop: {e}")))?;
-    let served = event_loop.run(app);
+    let served = event_loop.run(app.protocol());
     let accepted = acceptor
         .join()
         .unwrap_or_else(|_| Err(CliError::failed("the accept loop panicked")));
@@ -95,7 +96,11 @@ pub(super) fn run(app: App) -> Result<(), CliError> {
 
 /// Accepts until `stop`, handing each connection to the event loop; then closes the listeners
 /// and tells the loop the end.
-fn accept_loop(listeners: Vec<Passed>, stop: &AtomicBool, feeder: &Feeder) -> Result<(), CliError> {
+fn accept_loop(
+    listeners: Vec<Passed>,
+    stop: &AtomicBool,
+    feeder: &Feeder<Sock>,
+) -> Result<(), CliError> {
     let tick = rustix::time::Timespec {
         tv_sec: 0,
         tv_nsec: TICK.as_nanos() as i64,

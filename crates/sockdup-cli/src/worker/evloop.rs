@@ -11,6 +11,11 @@
 //! Why epoll through rustix rather than tokio: the apps are tiny state machines already, the
 //! CLI needs no runtime for anything else, and the loop is the same shape as the C epoll twins
 //! the benchmark compares with.
+//!
+//! This file is shared, word for word, with the load-test twins (`sockdup-loadtest` includes it
+//! and [`hello`] with `#[path]`), so that the benchmark compares how connections reach the
+//! workers and not how they are served: it uses only std, rustix, tracing and its sibling
+//! `hello` module, and serves any [`Client`].
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -18,12 +23,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
+use super::hello::{self, IDLE_TIMEOUT, LINGER, Next};
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::{EventfdFlags, eventfd};
-use sockdup::handoff::{Connection, Stream};
-
-use super::App;
-use super::hello::{self, IDLE_TIMEOUT, LINGER, Next};
 
 /// How often the loop looks at idle and lingering connections' clocks.
 const TICK: Duration = Duration::from_millis(200);
@@ -34,47 +36,63 @@ const WAKE: u64 = u64::MAX;
 /// The most bytes a lingering close reads from the client before giving up.
 const LINGER_BYTES: usize = 1 << 20;
 
-/// A connection to serve.
-pub(crate) enum Sock {
-    /// Handed over by `sockdup serve`: dropping it tells the acceptor it is done.
-    Handoff(Connection),
-    /// Accepted on a listener of our own.
-    Plain(Stream),
+/// What the loop serves on each connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// Every byte back, until the client closes.
+    Echo,
+    /// HTTP/1.1 hello ([`hello::Session`]).
+    Hello,
 }
 
-impl Sock {
-    fn stream(&mut self) -> &mut Stream {
-        match self {
-            Self::Handoff(c) => c.stream(),
-            Self::Plain(s) => s,
-        }
+/// A connection the loop can serve: a stream socket, and whatever must happen when it closes
+/// (dropped by the loop when it is done).
+pub(crate) trait Client: Send + 'static {
+    /// The stream.
+    type Io: Read + Write;
+    /// The stream, to read and write.
+    fn io(&mut self) -> &mut Self::Io;
+    /// The stream's descriptor, to watch.
+    fn fd(&mut self) -> BorrowedFd<'_>;
+    /// Puts the stream in non-blocking mode.
+    fn make_nonblocking(&mut self) -> io::Result<()>;
+    /// Shuts down the stream's write side.
+    fn shutdown_write(&mut self) -> io::Result<()>;
+}
+
+impl Client for std::net::TcpStream {
+    type Io = Self;
+    fn io(&mut self) -> &mut Self {
+        self
     }
-}
-
-fn fd_of(stream: &Stream) -> BorrowedFd<'_> {
-    match stream {
-        Stream::Tcp(s) => s.as_fd(),
-        Stream::Unix(s) => s.as_fd(),
+    fn fd(&mut self) -> BorrowedFd<'_> {
+        AsFd::as_fd(&*self)
+    }
+    fn make_nonblocking(&mut self) -> io::Result<()> {
+        self.set_nonblocking(true)
+    }
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
     }
 }
 
 /// What the feeder sends the loop.
-pub(crate) enum Feed {
+pub(crate) enum Feed<C> {
     /// A connection.
-    Conn(Sock),
+    Conn(C),
     /// No more connections: drain and return.
     End,
 }
 
 /// The feeder's end: sends connections and wakes the loop.
-pub(crate) struct Feeder {
-    tx: Sender<Feed>,
+pub(crate) struct Feeder<C> {
+    tx: Sender<Feed<C>>,
     wake: std::sync::Arc<OwnedFd>,
 }
 
-impl Feeder {
+impl<C> Feeder<C> {
     /// Sends `feed` to the loop; false if the loop is gone.
-    pub(crate) fn send(&self, feed: Feed) -> bool {
+    pub(crate) fn send(&self, feed: Feed<C>) -> bool {
         if self.tx.send(feed).is_err() {
             return false;
         }
@@ -85,13 +103,13 @@ impl Feeder {
 }
 
 /// The loop's end.
-pub(crate) struct Loop {
-    rx: Receiver<Feed>,
+pub(crate) struct Loop<C> {
+    rx: Receiver<Feed<C>>,
     wake: std::sync::Arc<OwnedFd>,
 }
 
 /// A feeder and the loop it feeds.
-pub(crate) fn channel() -> io::Result<(Feeder, Loop)> {
+pub(crate) fn channel<C>() -> io::Result<(Feeder<C>, Loop<C>)> {
     let wake = std::sync::Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?);
     let (tx, rx) = mpsc::channel();
     Ok((
@@ -120,8 +138,8 @@ enum Phase {
     Lingering { until: Instant, read: usize },
 }
 
-struct Slot {
-    sock: Sock,
+struct Slot<C> {
+    sock: C,
     proto: Proto,
     /// Bytes to send, from `sent` on.
     out: Vec<u8>,
@@ -139,22 +157,22 @@ enum Fate {
     Close,
 }
 
-struct EventLoop {
-    app: App,
+struct EventLoop<C> {
+    app: Protocol,
     epoll: OwnedFd,
-    slots: Vec<Option<Slot>>,
+    slots: Vec<Option<Slot<C>>>,
     free: Vec<usize>,
     open: usize,
     draining: bool,
     buf: Box<[u8]>,
 }
 
-impl Loop {
+impl<C: Client> Loop<C> {
     /// Serves every connection fed until [`Feed::End`] and until the last one closes.
     ///
     /// # Errors
     /// The epoll set's own errors (a connection's errors close that connection only).
-    pub(crate) fn run(self, app: App) -> io::Result<()> {
+    pub(crate) fn run(self, app: Protocol) -> io::Result<()> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(
             &epoll,
@@ -221,14 +239,9 @@ impl Loop {
     }
 }
 
-impl EventLoop {
-    fn add(&mut self, mut sock: Sock) {
-        let stream = sock.stream();
-        let ready = match stream {
-            Stream::Tcp(s) => s.set_nonblocking(true),
-            Stream::Unix(s) => s.set_nonblocking(true),
-        };
-        if let Err(e) = ready {
+impl<C: Client> EventLoop<C> {
+    fn add(&mut self, mut sock: C) {
+        if let Err(e) = sock.make_nonblocking() {
             tracing::debug!(error = %e, "sockdup worker: a connection could not be made non-blocking");
             return;
         }
@@ -238,7 +251,7 @@ impl EventLoop {
         });
         if let Err(e) = epoll::add(
             &self.epoll,
-            fd_of(sock.stream()),
+            sock.fd(),
             EventData::new_u64(index as u64),
             EventFlags::IN,
         ) {
@@ -247,8 +260,8 @@ impl EventLoop {
             return;
         }
         let proto = match self.app {
-            App::Echo => Proto::Echo,
-            App::Hello => Proto::Hello(hello::Session::new()),
+            Protocol::Echo => Proto::Echo,
+            Protocol::Hello => Proto::Hello(hello::Session::new()),
         };
         self.slots[index] = Some(Slot {
             sock,
@@ -279,7 +292,7 @@ impl EventLoop {
             return;
         };
         if fate == Fate::Close {
-            let _ = epoll::delete(&self.epoll, fd_of(slot.sock.stream()));
+            let _ = epoll::delete(&self.epoll, slot.sock.fd());
             // Dropping a handed-over connection tells the acceptor it is done.
             self.slots[index] = None;
             self.free.push(index);
@@ -295,7 +308,7 @@ impl EventLoop {
             slot.interest = want;
             if epoll::modify(
                 &self.epoll,
-                fd_of(slot.sock.stream()),
+                slot.sock.fd(),
                 EventData::new_u64(index as u64),
                 want,
             )
@@ -327,7 +340,7 @@ impl EventLoop {
             let close = match slot.phase {
                 Phase::Lingering { until, .. } => now >= until,
                 Phase::Open => {
-                    now.duration_since(slot.last_data) > IDLE_TIMEOUT && self.app == App::Hello
+                    now.duration_since(slot.last_data) > IDLE_TIMEOUT && self.app == Protocol::Hello
                         || (self.draining
                             && slot.sent == slot.out.len()
                             && matches!(&slot.proto, Proto::Hello(s) if s.idle()))
@@ -341,7 +354,7 @@ impl EventLoop {
     }
 }
 
-impl Slot {
+impl<C: Client> Slot<C> {
     /// Does what the event allows: reads, answers, writes, closes.
     fn step(&mut self, buf: &mut [u8], flags: EventFlags, draining: bool) -> Fate {
         if flags.intersects(EventFlags::ERR) && !flags.intersects(EventFlags::IN) {
@@ -351,7 +364,7 @@ impl Slot {
             return self.linger(buf, until, read);
         }
         if self.phase == Phase::Open && self.sent == self.out.len() {
-            match self.sock.stream().read(buf) {
+            match self.sock.io().read(buf) {
                 Ok(0) => self.phase = Phase::Closing { linger: false },
                 Ok(n) => {
                     self.last_data = Instant::now();
@@ -382,11 +395,7 @@ impl Slot {
         match self.phase {
             Phase::Closing { linger: false } => Fate::Close,
             Phase::Closing { linger: true } => {
-                let shut = match self.sock.stream() {
-                    Stream::Tcp(s) => s.shutdown(Shutdown::Write),
-                    Stream::Unix(s) => s.shutdown(Shutdown::Write),
-                };
-                if shut.is_err() {
+                if self.sock.shutdown_write().is_err() {
                     return Fate::Close;
                 }
                 let until = Instant::now() + LINGER;
@@ -403,7 +412,7 @@ impl Slot {
     fn flush(&mut self) -> io::Result<()> {
         while self.sent < self.out.len() {
             let (out, sent) = (&self.out, self.sent);
-            match self.sock.stream().write(&out[sent..]) {
+            match self.sock.io().write(&out[sent..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.sent += n,
                 Err(e) if would_wait(&e) => return Ok(()),
@@ -418,7 +427,7 @@ impl Slot {
     /// Reads and drops the client's last bytes.
     fn linger(&mut self, buf: &mut [u8], until: Instant, mut read: usize) -> Fate {
         loop {
-            match self.sock.stream().read(buf) {
+            match self.sock.io().read(buf) {
                 Ok(0) => return Fate::Close,
                 Ok(n) => {
                     read += n;
