@@ -145,6 +145,8 @@ struct Slot<C> {
     out: Vec<u8>,
     sent: usize,
     phase: Phase,
+    /// When a byte last came in or went out: [`IDLE_TIMEOUT`] after it, a `hello` connection
+    /// closes.
     last_data: Instant,
     /// The events it is registered for.
     interest: EventFlags,
@@ -414,7 +416,11 @@ impl<C: Client> Slot<C> {
             let (out, sent) = (&self.out, self.sent);
             match self.sock.io().write(&out[sent..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.sent += n,
+                Ok(n) => {
+                    self.sent += n;
+                    // A client reading a long answer slowly is not idle.
+                    self.last_data = Instant::now();
+                }
                 Err(e) if would_wait(&e) => return Ok(()),
                 Err(e) => return Err(e),
             }
