@@ -172,9 +172,12 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
         .name("handoff".into())
         .spawn(move || feed(&worker, &feeder))
         .map_err(|e| CliError::failed(format!("starting the handoff reader: {e}")))?;
-    let served = event_loop.run(args.app.protocol());
+    // A failed loop returns at once: the reader may be blocked on the acceptor's next line,
+    // and leaving `run` ends the process, reader and all.
+    event_loop
+        .run(args.app.protocol())
+        .map_err(|e| CliError::failed(format!("the event loop failed: {e}")))?;
     let broken = reader.join().unwrap_or(None);
-    served.map_err(|e| CliError::failed(format!("the event loop failed: {e}")))?;
     match broken {
         Some(e) => Err(CliError::sockdup("reading the acceptor's line", e)),
         None => Ok(()),

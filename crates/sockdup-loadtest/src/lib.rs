@@ -275,9 +275,10 @@ where
             }
             feeder.send(evloop::Feed::End);
         })?;
-    let served = event_loop.run(evloop::Protocol::Hello);
+    // A failed loop returns at once: the feeding thread may be blocked in `next`.
+    event_loop.run(evloop::Protocol::Hello)?;
     let _ = feeding.join();
-    served
+    Ok(())
 }
 
 /// Serves `stream` on a thread of its own (one thread per connection), with the read timeout

@@ -86,12 +86,13 @@ pub(super) fn run(app: App) -> Result<(), CliError> {
         .name("accept".into())
         .spawn(move || accept_loop(listeners, &stop, &feeder))
         .map_err(|e| CliError::failed(format!("starting the accept loop: {e}")))?;
-    let served = event_loop.run(app.protocol());
-    let accepted = acceptor
+    // A failed loop returns at once (leaving `run` ends the process, accept thread and all).
+    event_loop
+        .run(app.protocol())
+        .map_err(|e| CliError::failed(format!("the event loop failed: {e}")))?;
+    acceptor
         .join()
-        .unwrap_or_else(|_| Err(CliError::failed("the accept loop panicked")));
-    served.map_err(|e| CliError::failed(format!("the event loop failed: {e}")))?;
-    accepted
+        .unwrap_or_else(|_| Err(CliError::failed("the accept loop panicked")))
 }
 
 /// Accepts until `stop`, handing each connection to the event loop; then closes the listeners
