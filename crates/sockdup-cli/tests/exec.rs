@@ -1,6 +1,8 @@
 //! Tests of `sockdup exec` with real processes: zero-downtime replacement of a
 //! socket-activated server (`sockdup worker --app hello --listen-fds`) under a steady stream of
-//! connections, and takeovers that are refused or fail, leaving the running server as it was.
+//! connections, and takeovers that are refused or fail, leaving the running server as it was;
+//! and an async server (`tokio-exec-server`, built from the example `tokio_exec_server`)
+//! upgraded three times under load.
 //!
 //! Ports: each test picks a free loopback port (bind to port 0, close) and passes it on
 //! every command line, since a replacement runs the same command line. Every wait is bounded.
@@ -8,7 +10,7 @@
 mod util;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use util::{TempDir, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sockdup");
+const TOKIO_SERVER: &str = env!("CARGO_BIN_EXE_tokio-exec-server");
 
 /// The longest any single wait in these tests may take.
 const WAIT: Duration = Duration::from_secs(15);
@@ -66,6 +69,17 @@ impl Exec {
             child: cmd.spawn().expect("spawn sockdup exec"),
             log,
         }
+    }
+
+    /// `sockdup exec --listen web=127.0.0.1:PORT -- tokio-exec-server` (the example
+    /// `tokio_exec_server`: a tokio echo server that drains and exits 0 at SIGTERM).
+    fn tokio(dir: &Path, port: u16) -> Self {
+        Self::start(
+            dir,
+            &[format!("web=127.0.0.1:{port}")],
+            &[],
+            &[TOKIO_SERVER],
+        )
     }
 
     fn hello(dir: &Path, port: u16) -> Self {
@@ -155,9 +169,15 @@ fn get(port: u16) -> Result<(), String> {
 /// Waits until `exec` serves: the pid file names it and a request is answered.
 #[track_caller]
 fn serving(dir: &Path, exec: &Exec, port: u16) {
+    serving_by(dir, exec, || get(port).is_ok());
+}
+
+/// Waits until the pid file names `exec` and `answers()` (a request to its server succeeds).
+#[track_caller]
+fn serving_by(dir: &Path, exec: &Exec, answers: impl Fn() -> bool) {
     let pid = exec.pid();
     let start = Instant::now();
-    while pid_in(dir) != Some(pid) || get(port).is_err() {
+    while pid_in(dir) != Some(pid) || !answers() {
         assert!(
             start.elapsed() < WAIT,
             "{pid} not serving; log:\n{}",
@@ -597,4 +617,114 @@ fn sigkill_of_the_new_sockdup_exec_after_it_completed_gives_the_listeners_back_t
         (pid_in(dir.path()) == Some(next.pid()) && echoes(port).is_ok()).then_some(())
     });
     assert!(next.terminate().success(), "{}", next.log());
+}
+
+/// One echo connection: `token` sent, the write side closed, exactly `token` back.
+fn echo(port: u16, token: &str) -> Result<(), String> {
+    let run = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(WAIT))?;
+        s.write_all(token.as_bytes())?;
+        s.shutdown(Shutdown::Write)?;
+        let mut got = String::new();
+        s.read_to_string(&mut got)?;
+        Ok(got)
+    };
+    match run() {
+        Ok(got) if got == token => Ok(()),
+        Ok(got) => Err(format!("{token}: got {got:?}")),
+        Err(e) => Err(format!("{token}: {e}")),
+    }
+}
+
+#[test]
+fn an_async_server_upgraded_three_times_under_load_fails_no_connection() {
+    let dir = TempDir::new("exec-tokio");
+    let port = free_port();
+    let mut current = Exec::tokio(dir.path(), port);
+    serving_by(dir.path(), &current, || echo(port, "ready?").is_ok());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|t| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let (mut ok, mut failures) = (0u32, Vec::new());
+                let mut i = 0;
+                // Light load: a connection, then a short pause; bounded.
+                while !stop.load(Ordering::SeqCst) && i < 20_000 {
+                    match echo(port, &format!("up-{t}-{i};")) {
+                        Ok(()) => ok += 1,
+                        Err(e) => failures.push(e),
+                    }
+                    i += 1;
+                    thread::sleep(Duration::from_millis(1));
+                }
+                (ok, failures)
+            })
+        })
+        .collect();
+
+    for round in 1..=3 {
+        thread::sleep(Duration::from_millis(300));
+        let mut next = Exec::tokio(dir.path(), port);
+        let status = current.exits();
+        let log = current.log();
+        assert!(
+            status.success(),
+            "round {round}: the old sockdup exec ended with {status}; log:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("process {} took over web", next.pid())),
+            "{log}"
+        );
+        // The async server drained at SIGTERM and exited 0 by itself.
+        assert!(log.contains("the old server stopped (status 0)"), "{log}");
+        assert_eq!(pid_in(dir.path()), Some(next.pid()), "round {round}");
+        assert!(
+            next.child.try_wait().expect("wait").is_none(),
+            "round {round}: the new one runs; log:\n{}",
+            next.log()
+        );
+        std::mem::swap(&mut current, &mut next);
+    }
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failures) = (0, Vec::new());
+    for c in clients {
+        let (o, f) = c.join().expect("client thread");
+        ok += o;
+        failures.extend(f);
+    }
+    eprintln!("connections echoed: {ok}, failed: {}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} connections failed, first: {:?}",
+        failures.len(),
+        ok as usize + failures.len(),
+        failures.first()
+    );
+    assert!(ok > 100, "only {ok} connections ran");
+    let status = current.terminate();
+    assert!(status.success(), "{status}; log:\n{}", current.log());
+    assert_eq!(
+        pid_in(dir.path()),
+        None,
+        "the last server removes its pid file"
+    );
+}
+
+#[test]
+fn the_test_server_is_the_documented_example() {
+    // The binary the tests run is built from the example's own file.
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .expect("the manifest");
+    let bin = manifest
+        .split("[[bin]]")
+        .find(|b| b.contains("name = \"tokio-exec-server\""))
+        .expect("the test binary's [[bin]] section");
+    assert!(
+        bin.contains("path = \"../sockdup/examples/tokio_exec_server.rs\""),
+        "the test binary is not the documented example: {bin}"
+    );
 }

@@ -445,54 +445,6 @@ impl ProtocolInfo {
     }
 }
 
-impl ProtocolInfo {
-    /// Whether `self` and `other` are the same record but for their tickets
-    /// (`provider_reserved`): what a run of duplicates made at once shares. Allocates nothing.
-    pub fn same_but_ticket(&self, other: &Self) -> bool {
-        let Self {
-            service_flags1,
-            service_flags2,
-            service_flags3,
-            service_flags4,
-            provider_flags,
-            provider_id,
-            catalog_entry_id,
-            protocol_chain,
-            version,
-            address_family,
-            max_sockaddr,
-            min_sockaddr,
-            socket_type,
-            protocol,
-            protocol_max_offset,
-            network_byte_order,
-            security_scheme,
-            message_size,
-            provider_reserved: _,
-            protocol_name,
-        } = self;
-        *service_flags1 == other.service_flags1
-            && *service_flags2 == other.service_flags2
-            && *service_flags3 == other.service_flags3
-            && *service_flags4 == other.service_flags4
-            && *provider_flags == other.provider_flags
-            && *provider_id == other.provider_id
-            && *catalog_entry_id == other.catalog_entry_id
-            && *protocol_chain == other.protocol_chain
-            && *version == other.version
-            && *address_family == other.address_family
-            && *max_sockaddr == other.max_sockaddr
-            && *min_sockaddr == other.min_sockaddr
-            && *socket_type == other.socket_type
-            && *protocol == other.protocol
-            && *protocol_max_offset == other.protocol_max_offset
-            && *network_byte_order == other.network_byte_order
-            && *security_scheme == other.security_scheme
-            && *message_size == other.message_size
-            && *protocol_name == other.protocol_name
-    }
-}
-
 impl fmt::Display for ProtocolInfo {
     /// The one-line text form: `sockdup1:` and URL-safe base64 without padding.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

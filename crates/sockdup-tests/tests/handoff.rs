@@ -336,7 +336,7 @@ fn a_restarted_target_refuses_records_of_its_earlier_run() {
 #[test]
 fn a_squatter_on_the_targets_inbox_address_is_refused() {
     let mut source = Peer::spawn(Some(""));
-    let victim = Peer::spawn(None);
+    let mut victim = Peer::spawn(None);
     let mut squatter = Peer::spawn(None);
     squatter.ok(&format!("squat {}", victim.pid));
     let (c, _remote) = connected(&mut source);
@@ -349,6 +349,13 @@ fn a_squatter_on_the_targets_inbox_address_is_refused() {
             .contains(&format!("held by process {}", squatter.pid)),
         "{}",
         e.message
+    );
+    // The victim itself cannot start on its squatted address, and says so.
+    let e = victim.fails("startup");
+    assert_eq!(
+        (e.code, e.kind.as_str()),
+        (10048, "inbox-address-in-use"),
+        "{e:?}"
     );
 }
 

@@ -190,18 +190,18 @@ impl Startup {
 impl Drop for Startup {
     #[doc(alias = "WSACleanup")]
     fn drop(&mut self) {
-        let stopped = {
-            let mut slot = lock(&STATE);
-            match slot.as_mut() {
-                Some(state) if state.guards > 1 => {
-                    state.guards -= 1;
-                    None
+        let mut slot = lock(&STATE);
+        match slot.as_mut() {
+            Some(state) if state.guards > 1 => state.guards -= 1,
+            _ => {
+                // The inbox closes before the slot is free: a startup in another thread then
+                // finds this run's address free, never still held by it. (Other threads may
+                // still hold the runtime for a moment; its inbox is gone all the same.)
+                if let Some(state) = slot.take() {
+                    state.runtime.shut_down();
                 }
-                _ => slot.take(),
             }
-        };
-        // Shut down outside the lock: joining the inbox thread takes a moment.
-        drop(stopped);
+        }
     }
 }
 
@@ -236,7 +236,8 @@ pub(crate) struct Runtime {
     /// Connections to other processes' inboxes.
     pub(crate) pool: Pool,
     extensions: Mutex<Extensions>,
-    thread: Option<InboxThread>,
+    /// The inbox thread, until the run is shut down.
+    thread: Mutex<Option<InboxThread>>,
 }
 
 impl Runtime {
@@ -284,7 +285,7 @@ impl Runtime {
             table,
             pool: Pool::new(options.runtime_dir.clone(), options.ack_timeout),
             extensions: Mutex::new(HashMap::new()),
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
         })
     }
 
@@ -332,15 +333,23 @@ fn downcast<T: Any + Send + Sync>(value: Arc<dyn Any + Send + Sync>) -> Arc<T> {
         .unwrap_or_else(|_| unreachable!("extensions are stored under their own TypeId"))
 }
 
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            thread.stop();
-        }
+impl Runtime {
+    /// Stops the inbox (its thread, its listening socket, its socket file); once is enough.
+    fn shut_down(&self) {
+        let Some(thread) = lock(&self.thread).take() else {
+            return;
+        };
+        thread.stop();
         if let InboxAddress::Path(path) = &self.address {
             let _ = std::fs::remove_file(path);
         }
         tracing::debug!(pid = self.pid, "sockdup inbox stopped");
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.shut_down();
     }
 }
 

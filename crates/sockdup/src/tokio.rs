@@ -8,6 +8,9 @@
 //! - Zero-downtime takeover ([`upgrade`](crate::upgrade)) from async code: [`take_over`],
 //!   [`complete`] and [`abort`] off the runtime's threads, [`handed_over`] as a future, and
 //!   tokio listeners of the listeners taken over ([`tcp_listener`], [`unix_listener`]).
+//! - A `sockdup serve` worker in a runtime:
+//!   [`Worker::incoming_async`](crate::handoff::Worker::incoming_async), the handoff protocol
+//!   kept, each connection a tokio stream.
 //!
 //! ```no_run
 //! use sockdup::tokio::FromInfo;

@@ -13,9 +13,13 @@
 //! acceptor is the epoll, pipe and process driver around it.
 
 mod acceptor;
+#[cfg(feature = "tokio")]
+mod async_worker;
 mod dispatch;
 mod worker;
 
 pub use acceptor::{Acceptor, Listener, ShutdownHandle};
+#[cfg(feature = "tokio")]
+pub use async_worker::{AsyncConnection, AsyncIncoming, AsyncStream};
 pub use dispatch::{Policy, Summary};
 pub use worker::{Connection, Incoming, Stream, Worker};

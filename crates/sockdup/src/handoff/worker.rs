@@ -33,17 +33,55 @@ use crate::sync::lock;
 #[derive(Debug)]
 pub struct Worker {
     _guard: crate::Startup,
-    out: Arc<Channel>,
+    pub(super) out: Arc<Channel>,
 }
 
 /// A connection a worker received: the stream, and the acceptor's id for it. Dropping it (or
 /// [`finish`](Self::finish)) tells the acceptor the connection is done.
 #[derive(Debug)]
 pub struct Connection {
-    id: u64,
+    // First, so that it drops (sending `done`) before the stream closes.
+    done: Done,
     stream: Stream,
+}
+
+/// A received connection's `done`: written once, when the connection is finished or dropped.
+/// What the blocking and the async connections share.
+#[derive(Debug)]
+pub(super) struct Done {
+    id: u64,
     out: Arc<Channel>,
-    finished: bool,
+    sent: bool,
+}
+
+impl Done {
+    pub(super) fn new(id: u64, out: Arc<Channel>) -> Self {
+        Self {
+            id,
+            out,
+            sent: false,
+        }
+    }
+
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Tells the acceptor the connection is done, once.
+    pub(super) fn send(&mut self) {
+        if !self.sent {
+            self.sent = true;
+            // Each connection's own write: gathering them in a flusher thread measured slower
+            // (one more thread waking up) than what the shared writes saved.
+            let _ = self.out.write(&FromWorker::Done(self.id).encode());
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.send();
+    }
 }
 
 /// A received stream: TCP or Unix.
@@ -95,13 +133,13 @@ impl Write for Stream {
 
 /// The worker's side of the channel to the acceptor: its standard output.
 #[derive(Debug)]
-struct Channel {
+pub(super) struct Channel {
     out: Mutex<io::Stdout>,
 }
 
 impl Channel {
     /// Writes `text` (whole lines) in one write.
-    fn write(&self, text: &str) -> io::Result<()> {
+    pub(super) fn write(&self, text: &str) -> io::Result<()> {
         let mut out = lock(&self.out);
         out.write_all(text.as_bytes())?;
         out.flush()
@@ -154,25 +192,22 @@ impl Worker {
         }
     }
 
-    /// Redeems one record; the answer for the acceptor is added to `answers`.
-    fn redeem(
+    /// Redeems one record into `T` with `make`; the answer for the acceptor is added to
+    /// `answers` (`fail` if `make` fails: the acceptor still holds the connection and gives it
+    /// to another worker).
+    fn redeem<T>(
         rt: Option<&Runtime>,
         id: u64,
         info: &ProtocolInfo,
+        make: &mut impl FnMut(OwnedFd, bool) -> Result<T, Error>,
         answers: &mut String,
-    ) -> Result<Stream, Error> {
+    ) -> Result<T, Error> {
         let redeemed = match rt {
             Some(rt) => crate::api::redeem_one(rt, info),
             // Not started: the public call says why.
             None => crate::socket_from_info(info),
         }
-        .map(|fd: OwnedFd| {
-            if info.address_family == AF_UNIX {
-                Stream::Unix(UnixStream::from(fd))
-            } else {
-                Stream::Tcp(TcpStream::from(fd))
-            }
-        });
+        .and_then(|fd: OwnedFd| make(fd, info.address_family == AF_UNIX));
         let answer = match &redeemed {
             Ok(_) => FromWorker::Redeemed(id),
             Err(e) => FromWorker::Failed {
@@ -184,26 +219,28 @@ impl Worker {
         redeemed
     }
 
-    /// Redeems the connections of `conns` and answers them all in one write, followed by the
-    /// `error` line of `broken` (the line after them was not the protocol), if any.
-    fn redeem_all(
+    /// Redeems the connections of `conns` (each into `T` with `make`) and answers them all in
+    /// one write, followed by the `error` line of `broken` (the line after them was not the
+    /// protocol), if any. Returns them with their ids, in order.
+    pub(super) fn redeem_all<T>(
         &self,
         conns: Vec<(u64, ProtocolInfo)>,
         broken: Option<&Error>,
-        ready: &mut VecDeque<Result<Connection, Error>>,
-    ) {
+        mut make: impl FnMut(OwnedFd, bool) -> Result<T, Error>,
+    ) -> Vec<(u64, Result<T, Error>)> {
         let mut answers = String::new();
         let mut redeemed = Vec::with_capacity(conns.len());
         // One look-up (and one getpid) for the whole batch.
         let rt = Runtime::current().ok();
         for (id, info) in conns {
-            redeemed.push((id, Self::redeem(rt.as_deref(), id, &info, &mut answers)));
+            let r = Self::redeem(rt.as_deref(), id, &info, &mut make, &mut answers);
+            redeemed.push((id, r));
         }
         if let Some(e) = broken {
             FromWorker::Error(ErrorReport::of(e)).encode_into(&mut answers);
         }
         if answers.is_empty() {
-            return;
+            return redeemed;
         }
         if let Err(e) = self.out.write(&answers) {
             // Nobody reads the confirmations: the acceptor is gone (killed, crashed), or it is
@@ -212,13 +249,19 @@ impl Worker {
             // or about to be: this process holds the only ones, so it serves them.
             tracing::warn!(error = %e, "sockdup worker: the acceptor does not hear; serving what was redeemed");
         }
-        for (id, r) in redeemed {
-            ready.push_back(r.map(|stream| Connection {
-                id,
-                stream,
-                out: self.out.clone(),
-                finished: false,
-            }));
+        redeemed
+    }
+}
+
+/// The `conn` lines `lines` holds whole, and the error of the first line that is not the
+/// protocol, if any (the lines after it are left unread).
+pub(super) fn parse_lines(lines: &mut LineBuffer) -> (Vec<(u64, ProtocolInfo)>, Option<Error>) {
+    let mut conns = Vec::new();
+    loop {
+        match lines.next_message::<ToWorker>() {
+            Ok(Some(ToWorker::Conn { id, record })) => conns.push((id, record)),
+            Ok(None) => return (conns, None),
+            Err(e) => return (conns, Some(e)),
         }
     }
 }
@@ -264,20 +307,20 @@ impl Incoming<'_> {
             return;
         }
         self.lines.extend(&self.chunk[..n]);
-        let mut conns = Vec::new();
-        let mut broken = None;
-        loop {
-            match self.lines.next_message::<ToWorker>() {
-                Ok(Some(ToWorker::Conn { id, record })) => conns.push((id, record)),
-                Ok(None) => break,
-                Err(e) => {
-                    broken = Some(e);
-                    break;
-                }
-            }
+        let (conns, broken) = parse_lines(&mut self.lines);
+        let redeemed = self.worker.redeem_all(conns, broken.as_ref(), |fd, unix| {
+            Ok(if unix {
+                Stream::Unix(UnixStream::from(fd))
+            } else {
+                Stream::Tcp(TcpStream::from(fd))
+            })
+        });
+        for (id, r) in redeemed {
+            self.ready.push_back(r.map(|stream| Connection {
+                done: Done::new(id, self.worker.out.clone()),
+                stream,
+            }));
         }
-        self.worker
-            .redeem_all(conns, broken.as_ref(), &mut self.ready);
         if let Some(e) = broken {
             tracing::error!(error = %e, "sockdup worker: the acceptor's line is not the protocol");
             self.ready
@@ -307,7 +350,7 @@ impl Iterator for Incoming<'_> {
 impl Connection {
     /// The acceptor's id for this connection.
     pub fn id(&self) -> u64 {
-        self.id
+        self.done.id()
     }
 
     /// The stream.
@@ -317,21 +360,6 @@ impl Connection {
 
     /// Closes the stream and tells the acceptor this connection is done.
     pub fn finish(mut self) {
-        self.done();
-    }
-
-    fn done(&mut self) {
-        if !self.finished {
-            self.finished = true;
-            // Each connection's own write: gathering them in a flusher thread measured slower
-            // (one more thread waking up) than what the shared writes saved.
-            let _ = self.out.write(&FromWorker::Done(self.id).encode());
-        }
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.done();
+        self.done.send();
     }
 }
