@@ -11,6 +11,7 @@ use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::sockopt::FD_MAX_EVENTS;
 
 use super::Handle;
+use super::watch::{self, Assist};
 use crate::sys;
 
 /// `WSA_MAXIMUM_WAIT_EVENTS`: the most events [`wait_for_events`] takes.
@@ -24,6 +25,8 @@ pub const WSA_MAXIMUM_WAIT_EVENTS: usize = 64;
 #[doc(alias = "WSAEVENT", alias = "WSACreateEvent", alias = "WSACloseEvent")]
 pub struct Event {
     fd: Arc<OwnedFd>,
+    /// The watcher this event was last registered with (shared by the clones).
+    assist: Arc<Assist>,
 }
 
 impl Event {
@@ -33,7 +36,10 @@ impl Event {
     /// `WSAEMFILE` when this process is out of descriptors.
     pub fn new() -> Result<Self, Error> {
         let fd = sys::waker().map_err(|e| Error::from_errno(e, "creating an event (eventfd)"))?;
-        Ok(Self { fd: Arc::new(fd) })
+        Ok(Self {
+            fd: Arc::new(fd),
+            assist: Arc::default(),
+        })
     }
 
     /// `WSASetEvent`: sets the event; it stays set until [`reset`](Self::reset).
@@ -60,9 +66,13 @@ impl Event {
     /// # Errors
     /// The OS's, from `poll`.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, Error> {
-        let ready = sys::events::wait_readable(&[self.fd.as_fd()], timeout)
+        let ready = watch::wait_readable(&[self.fd.as_fd()], &[&self.assist], timeout)
             .map_err(|e| Error::from_errno(e, "waiting for an event"))?;
         Ok(ready[0])
+    }
+
+    pub(crate) fn assist(&self) -> &Assist {
+        &self.assist
     }
 }
 
@@ -95,6 +105,7 @@ pub fn wait_for_events(
         ));
     }
     let deadline = timeout.map(|t| Instant::now() + t);
+    let assists: Vec<&Assist> = events.iter().map(|e| e.assist()).collect();
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if wait_all {
@@ -106,11 +117,11 @@ pub fn wait_for_events(
             if unset.is_empty() {
                 return Ok(Some(0));
             }
-            sys::events::wait_readable(&unset, left)
+            watch::wait_readable(&unset, &assists, left)
                 .map_err(|e| Error::from_errno(e, "waiting for events"))?;
         } else {
             let fds: Vec<BorrowedFd<'_>> = events.iter().map(|e| e.as_fd()).collect();
-            let ready = sys::events::wait_readable(&fds, left)
+            let ready = watch::wait_readable(&fds, &assists, left)
                 .map_err(|e| Error::from_errno(e, "waiting for events"))?;
             if let Some(i) = ready.iter().position(|r| *r) {
                 return Ok(Some(i));

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -43,6 +43,7 @@ const MAX_CONNS: usize = 64;
 
 const TOKEN_WAKER: u64 = 0;
 const TOKEN_LISTENER: u64 = 1;
+const TOKEN_SOCKETS: u64 = 2;
 const FIRST_REG_TOKEN: u64 = 16;
 const CONN_BIT: u64 = 1 << 63;
 
@@ -60,7 +61,13 @@ pub(crate) struct Watcher {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
+    /// The thread's set: the waker, the cancellation socket and its connections, and
+    /// `sockets`.
     epoll: OwnedFd,
+    /// The registrations' sockets (one-shot). A set of its own, nested in `epoll`, so that a
+    /// thread waiting on an event can wait on it too and record what it finds itself
+    /// ([`wait_readable`]) instead of waiting for the watcher thread to wake it.
+    sockets: OwnedFd,
     waker: OwnedFd,
     listener: OwnedFd,
     stop: AtomicBool,
@@ -293,6 +300,7 @@ impl Watcher {
     pub(crate) fn start() -> Result<Self, Error> {
         let pid = sys::getpid();
         let epoll = sys::events::epoll_new().map_err(os("creating the events epoll set"))?;
+        let sockets = sys::events::epoll_new().map_err(os("creating the sockets' epoll set"))?;
         let waker = sys::waker().map_err(os("creating the events waker"))?;
         let listener = sys::events::listen_events(pid).map_err(|e| {
             Error::from_errno(
@@ -307,12 +315,15 @@ impl Watcher {
             .map_err(os("watching the events waker"))?;
         sys::events::epoll_add(epoll.as_fd(), listener.as_fd(), TOKEN_LISTENER, IN)
             .map_err(os("watching the cancellation socket"))?;
+        sys::events::epoll_add(epoll.as_fd(), sockets.as_fd(), TOKEN_SOCKETS, IN)
+            .map_err(os("watching the sockets' epoll set"))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 next_token: FIRST_REG_TOKEN,
                 ..State::default()
             }),
             epoll,
+            sockets,
             waker,
             listener,
             stop: AtomicBool::new(false),
@@ -400,11 +411,14 @@ impl Watcher {
             reg.armed |= FD_CONNECT;
             reg.evaluate(sys::events::poll_now(fd));
             reg.flush();
-            reg.sync(self.shared.epoll.as_fd());
+            reg.sync(self.shared.sockets.as_fd());
             st.by_token.insert(token, cookie);
             st.by_handle.insert(h, cookie);
             st.regs.insert(cookie, reg);
             self.shared.count.store(st.regs.len(), Ordering::Release);
+        }
+        if let EventSink::Event(e) = sink {
+            e.assist().set(&self.shared);
         }
         drop(_locked);
         drop(old);
@@ -454,7 +468,7 @@ impl Watcher {
         if let Some(reg) = st.regs.get_mut(&cookie) {
             if reg.armed & bits != bits {
                 reg.armed |= bits;
-                reg.sync(self.shared.epoll.as_fd());
+                reg.sync(self.shared.sockets.as_fd());
             }
         }
     }
@@ -494,7 +508,7 @@ impl Watcher {
             reg.hup = false;
             f(reg);
             reg.flush();
-            reg.sync(self.shared.epoll.as_fd());
+            reg.sync(self.shared.sockets.as_fd());
         }
     }
 
@@ -553,7 +567,7 @@ impl Shared {
             st.by_handle.remove(&reg.handle);
         }
         if reg.registered {
-            let _ = sys::events::epoll_delete(self.epoll.as_fd(), reg.fd.as_fd());
+            let _ = sys::events::epoll_delete(self.sockets.as_fd(), reg.fd.as_fd());
             reg.registered = false;
             reg.interest = 0;
         }
@@ -563,45 +577,57 @@ impl Shared {
 
     fn run(&self) {
         let mut ready = Vec::new();
+        let mut sockets = Vec::new();
         let mut fired = Vec::new();
         while !self.stop.load(Ordering::Acquire) {
             if let Err(e) = sys::events::epoll_wait(self.epoll.as_fd(), &mut ready) {
                 tracing::error!(error = %e, "sockdup events: epoll_wait failed; the thread stops");
                 return;
             }
-            for &(token, flags) in &ready {
+            for &(token, _) in &ready {
                 match token {
                     TOKEN_WAKER => sys::unwake(self.waker.as_fd()),
                     TOKEN_LISTENER => self.accept_all(),
+                    TOKEN_SOCKETS => self.record_ready(&mut sockets, &mut fired),
                     t if t & CONN_BIT != 0 => self.serve(t),
-                    t => {
-                        let mut st = lock(&self.state);
-                        let Some(cookie) = st.by_token.get(&t).copied() else {
-                            continue;
-                        };
-                        let Some(reg) = st.regs.get_mut(&cookie) else {
-                            continue;
-                        };
-                        // One-shot: the event disarmed it in the kernel.
-                        reg.interest = 0;
-                        reg.evaluate(flags);
-                        reg.sync(self.epoll.as_fd());
-                        if reg.pending.is_empty() {
-                            continue;
-                        }
-                        std::mem::swap(&mut reg.pending, &mut fired);
-                        let sink = reg.sink.clone();
-                        // Signal without the state held (the thread woken enumerates under
-                        // it), but under `signalling`, which a cancellation waits for.
-                        let signalling = lock(&self.signalling);
-                        drop(st);
-                        for (bit, error) in fired.drain(..) {
-                            sink.signal(bit, error);
-                        }
-                        drop(signalling);
-                    }
+                    _ => {}
                 }
             }
+        }
+    }
+
+    /// Records and signals what the registrations' sockets hold ready now: the watcher
+    /// thread's work, done by whichever thread finds `sockets` readable first (the one-shot
+    /// registrations hand each readiness to one of them).
+    fn record_ready(&self, ready: &mut Vec<(u64, u32)>, fired: &mut Vec<(u32, i32)>) {
+        if sys::events::epoll_ready(self.sockets.as_fd(), ready).is_err() {
+            return;
+        }
+        for &(token, flags) in ready.iter() {
+            let mut st = lock(&self.state);
+            let Some(cookie) = st.by_token.get(&token).copied() else {
+                continue;
+            };
+            let Some(reg) = st.regs.get_mut(&cookie) else {
+                continue;
+            };
+            // One-shot: the event disarmed it in the kernel.
+            reg.interest = 0;
+            reg.evaluate(flags);
+            reg.sync(self.sockets.as_fd());
+            if reg.pending.is_empty() {
+                continue;
+            }
+            std::mem::swap(&mut reg.pending, fired);
+            let sink = reg.sink.clone();
+            // Signal without the state held (the thread woken enumerates under it), but
+            // under `signalling`, which a cancellation waits for.
+            let signalling = lock(&self.signalling);
+            drop(st);
+            for (bit, error) in fired.drain(..) {
+                sink.signal(bit, error);
+            }
+            drop(signalling);
         }
     }
 
@@ -650,6 +676,58 @@ impl Shared {
         if let Some(conn) = conn {
             let _ = sys::events::epoll_delete(self.epoll.as_fd(), conn.as_fd());
             let _ = rustix::net::send(&conn, &[1], rustix::net::SendFlags::NOSIGNAL);
+        }
+    }
+}
+
+/// The watcher an event object was last registered with: a thread waiting on the event
+/// watches that watcher's sockets too ([`wait_readable`]).
+#[derive(Debug, Default)]
+pub(crate) struct Assist(Mutex<Weak<Shared>>);
+
+impl Assist {
+    fn set(&self, shared: &Arc<Shared>) {
+        let mut slot = lock(&self.0);
+        if !std::ptr::eq(slot.as_ptr(), Arc::as_ptr(shared)) {
+            *slot = Arc::downgrade(shared);
+        }
+    }
+
+    fn get(&self) -> Option<Arc<Shared>> {
+        lock(&self.0).upgrade()
+    }
+}
+
+/// Waits until one of `fds` is readable, for `timeout` at most, as
+/// [`sys::events::wait_readable`]. If one of `assists` names a live watcher, it waits on that
+/// watcher's sockets as well, and when they hold something ready it records and signals it
+/// itself, as the watcher thread would: the kernel wakes the waiting thread directly, instead
+/// of waking the watcher thread, which then wakes it (one thread switch instead of two between
+/// data arriving and `Event::wait` returning). Whichever thread finds a readiness first takes
+/// it (the registrations are one-shot): the rules are applied once, under the same locks.
+pub(crate) fn wait_readable(
+    fds: &[BorrowedFd<'_>],
+    assists: &[&Assist],
+    timeout: Option<Duration>,
+) -> Result<Vec<bool>, Errno> {
+    let Some(shared) = assists.iter().find_map(|a| a.get()) else {
+        return sys::events::wait_readable(fds, timeout);
+    };
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let mut all = fds.to_vec();
+    all.push(shared.sockets.as_fd());
+    let (mut ready, mut fired) = (Vec::new(), Vec::new());
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let mut got = sys::events::wait_readable(&all, left)?;
+        let sockets = got.pop().unwrap_or(false);
+        if got.iter().any(|r| *r) {
+            return Ok(got);
+        }
+        if sockets {
+            shared.record_ready(&mut ready, &mut fired);
+        } else if left.is_some_and(|l| l.is_zero()) {
+            return Ok(got);
         }
     }
 }

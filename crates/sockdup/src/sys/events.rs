@@ -213,10 +213,23 @@ pub(crate) fn epoll_delete(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<()>
 
 /// Waits for events on `ep` (no limit); `(token, flags)` pairs.
 pub(crate) fn epoll_wait(ep: BorrowedFd<'_>, out: &mut Vec<(u64, u32)>) -> Result<()> {
+    epoll_collect(ep, out, None)
+}
+
+/// What the `epoll` set `ep` holds ready now, without waiting (`epoll_wait` with timeout 0).
+pub(crate) fn epoll_ready(ep: BorrowedFd<'_>, out: &mut Vec<(u64, u32)>) -> Result<()> {
+    epoll_collect(ep, out, Some(&timespec(Duration::ZERO)))
+}
+
+fn epoll_collect(
+    ep: BorrowedFd<'_>,
+    out: &mut Vec<(u64, u32)>,
+    timeout: Option<&rustix::time::Timespec>,
+) -> Result<()> {
     let mut buf = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 64];
     out.clear();
     let (got, _) = loop {
-        match epoll::wait(ep, &mut buf, None) {
+        match epoll::wait(ep, &mut buf, timeout) {
             Err(Errno::INTR) => continue,
             other => break other?,
         }
