@@ -134,6 +134,17 @@ impl evloop::Client for Sock {
             Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
         }
     }
+    fn close_all(closed: &mut Vec<Self>) {
+        // One write of `done` lines for every handed-over connection of the turn.
+        let handed: Vec<Connection> = closed
+            .drain(..)
+            .filter_map(|s| match s {
+                Self::Handoff(c) => Some(c),
+                Self::Plain(_) => None,
+            })
+            .collect();
+        Connection::finish_all(handed);
+    }
 }
 
 /// Runs `sockdup worker`.

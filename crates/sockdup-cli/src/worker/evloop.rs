@@ -58,6 +58,15 @@ pub(crate) trait Client: Send + 'static {
     fn make_nonblocking(&mut self) -> io::Result<()>;
     /// Shuts down the stream's write side.
     fn shutdown_write(&mut self) -> io::Result<()>;
+    /// Closes the connections the loop finished with during one turn (after one
+    /// `epoll_wait`), emptying `closed`: at once, by default; a handed-over connection tells
+    /// the acceptor it is done, and many of them can say so in one write.
+    fn close_all(closed: &mut Vec<Self>)
+    where
+        Self: Sized,
+    {
+        closed.clear();
+    }
 }
 
 impl Client for std::net::TcpStream {
@@ -167,6 +176,8 @@ struct EventLoop<C> {
     open: usize,
     draining: bool,
     buf: Box<[u8]>,
+    /// Connections done with during this turn, closed together at its end.
+    closed: Vec<C>,
 }
 
 impl<C: Client> Loop<C> {
@@ -190,6 +201,7 @@ impl<C: Client> Loop<C> {
             open: 0,
             draining: false,
             buf: vec![0u8; 16 * 1024].into_boxed_slice(),
+            closed: Vec::new(),
         };
         let mut events = Vec::with_capacity(256);
         let tick = rustix::time::Timespec {
@@ -236,6 +248,9 @@ impl<C: Client> Loop<C> {
             if last_scan.elapsed() >= TICK {
                 last_scan = Instant::now();
                 ev.scan();
+            }
+            if !ev.closed.is_empty() {
+                C::close_all(&mut ev.closed);
             }
         }
     }
@@ -295,8 +310,11 @@ impl<C: Client> EventLoop<C> {
         };
         if fate == Fate::Close {
             let _ = epoll::delete(&self.epoll, slot.sock.fd());
-            // Dropping a handed-over connection tells the acceptor it is done.
-            self.slots[index] = None;
+            // Closed at the end of this turn, with the others done with in it (a handed-over
+            // connection tells the acceptor it is done as it closes).
+            if let Some(slot) = self.slots[index].take() {
+                self.closed.push(slot.sock);
+            }
             self.free.push(index);
             self.open -= 1;
             return;
