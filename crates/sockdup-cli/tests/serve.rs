@@ -17,7 +17,8 @@
 //! line from the acceptor at once and exits 1; no descriptor leaked by the acceptor; the `hello` HTTP app
 //! (keep-alive, `Connection: close`, HTTP/1.0, bodies, malformed requests); one worker serving
 //! 300 open keep-alive connections and a client that does not read on its three threads (the
-//! event loop, issue 12); a Unix listener;
+//! event loop, issue 12); `ok` and `done` once per connection from the event loop, for
+//! connections that end together too; a Unix listener;
 //! usage errors. Under attack and faults (issue 10): a hostile worker (`--test-hostile MODE`)
 //! confirming, failing or finishing connections it does not hold, writing an endless line,
 //! random bytes, or a line that never ends, is replaced (at once, or at its answer timeout) with
@@ -789,6 +790,64 @@ fn a_worker_answers_a_malformed_or_oversized_line_at_once_and_exits_1() {
         assert!(!err.contains("panicked"), "{err}");
         drop(stdin);
     }
+}
+
+#[test]
+fn the_event_loop_worker_says_ok_and_done_once_for_each_connection() {
+    // Connections that end together are told done together (the event loop closes what one
+    // turn finished at its end, in one write): each `done` still comes once, after its `ok`.
+    let _guard = sockdup::startup().expect("startup");
+    let (mut child, mut stdin, mut stdout) = piped_worker();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut clients = Vec::new();
+    let mut accepted = Vec::new();
+    for _ in 0..3 {
+        clients.push(connect(addr).expect("connect"));
+        accepted.push(listener.accept().expect("accept").0);
+    }
+    let records = sockdup::duplicate_sockets(&accepted, child.id()).expect("duplicate");
+    drop(accepted);
+    let lines: String = (1..=3)
+        .zip(&records)
+        .map(|(id, record)| format!("conn {id} {record}\n"))
+        .collect();
+    stdin
+        .write_all(lines.as_bytes())
+        .expect("write the conn lines");
+    for id in 1..=3 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read an ok line");
+        assert_eq!(line, format!("ok {id}\n"));
+    }
+    // All three clients finish at once.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("echo {i}").as_bytes()).expect("write");
+        c.shutdown(Shutdown::Write).expect("shutdown");
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut got = String::new();
+        c.read_to_string(&mut got).expect("read the echo");
+        assert_eq!(got, format!("echo {i}"));
+    }
+    let mut done = BTreeSet::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read a done line");
+        let id: u64 = line
+            .strip_prefix("done ")
+            .and_then(|rest| rest.trim_end().parse().ok())
+            .unwrap_or_else(|| panic!("not a done line: {line:?}"));
+        assert!(done.insert(id), "done {id} twice");
+    }
+    assert_eq!(done, BTreeSet::from([1, 2, 3]));
+    // The acceptor's end closes: the worker exits 0, having said nothing more.
+    drop(stdin);
+    let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("read the rest");
+    assert!(rest.is_empty(), "{rest:?}");
 }
 
 #[test]
