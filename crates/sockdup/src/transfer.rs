@@ -12,7 +12,7 @@ use std::time::Instant;
 use rustix::io::Errno;
 use sockdup_core::catalog;
 use sockdup_core::error::{Error, ErrorKind};
-use sockdup_core::message::{MAX_FDS_PER_MESSAGE, MAX_MESSAGE, Reply, Request};
+use sockdup_core::message::{MAX_FDS_PER_MESSAGE, Request};
 use sockdup_core::wire::ProtocolInfo;
 
 use crate::startup::Runtime;
@@ -67,73 +67,26 @@ pub(crate) fn duplicate<S: AsFd>(
     send(rt, sockets, records, target_pid)
 }
 
-/// A connection of the caller's own to `target_pid`'s inbox (checked as the kept ones are:
-/// the target itself listens there), for [`push_send`] and [`push_answer`]: a push split in
-/// two, for a caller that waits for the inbox's answer in its own epoll set instead of blocked
-/// in `recvmsg` (the handoff acceptor). The inbox answers the requests of one connection in
-/// their order.
-pub(crate) fn connect_inbox(rt: &Runtime, target_pid: u32) -> Result<OwnedFd, Error> {
-    check_pid(target_pid)?;
-    rt.pool.connect(target_pid)
-}
-
-/// Sends `sockets` (at most [`MAX_FDS_PER_MESSAGE`]) to the inbox of `target_pid` on `conn`
-/// ([`connect_inbox`]) without waiting for its answer ([`push_answer`]).
-pub(crate) fn push_send(
-    conn: BorrowedFd<'_>,
+/// [`duplicate`] for sockets whose base catalog entries the caller already knows
+/// (`records[i]` is [`entry_for`] of `sockets[i]`), e.g. connections accepted from one
+/// listener, which share its family, type and protocol: saves three `getsockopt` per socket.
+/// Debug builds check the entries. `rt` is the caller's, taken once for many calls (no
+/// `getpid` per call).
+pub(crate) fn duplicate_known(
+    rt: &Runtime,
     sockets: &[BorrowedFd<'_>],
+    records: Vec<ProtocolInfo>,
     target_pid: u32,
-) -> Result<(), Error> {
-    debug_assert!(sockets.len() <= MAX_FDS_PER_MESSAGE);
-    let request = Request::Push {
-        count: sockets.len() as u32,
-    };
-    sys::send_with_fds(conn, &request.encode(), sockets).map_err(|e| inbox_failed(e, target_pid))
-}
-
-/// Reads the inbox's answer to the oldest [`push_send`] of `count` sockets on `conn` (call it
-/// when `conn` is readable): the target's pid and run nonce, and a ticket per socket, in order.
-pub(crate) fn push_answer(
-    conn: BorrowedFd<'_>,
-    count: usize,
-    target_pid: u32,
-) -> Result<(u32, u32, Vec<u32>), Error> {
-    let mut buf = [0u8; MAX_MESSAGE];
-    let received = loop {
-        match sys::recv_with_fds(conn, &mut buf) {
-            Err(Errno::INTR) => {}
-            other => break other.map_err(|e| inbox_failed(e, target_pid))?,
-        }
-    };
-    if received.len == 0 {
-        return Err(inbox_failed(Errno::CONNRESET, target_pid));
-    }
-    // An inbox never sends descriptors; any that came close as `received` drops.
-    let reply = Reply::decode(&buf[..received.len])?.into_result()?;
-    if reply.tickets.len() != count {
-        return Err(Error::new(
-            ErrorKind::ProtocolViolation,
-            format!("process {target_pid}'s inbox answered a push with the wrong tickets"),
-        ));
-    }
-    Ok((reply.pid, reply.nonce, reply.tickets))
-}
-
-/// A failed exchange with `target_pid`'s inbox on a caller's own connection.
-fn inbox_failed(e: Errno, target_pid: u32) -> Error {
-    match e {
-        Errno::PIPE | Errno::CONNRESET => Error::new(
-            ErrorKind::PeerClosed,
-            format!(
-                "process {target_pid}'s inbox closed the connection: the target stopped sockdup or exited"
-            ),
-        ),
-        Errno::AGAIN => Error::new(
-            ErrorKind::PeerTimedOut,
-            format!("process {target_pid}'s inbox did not take the request in time"),
-        ),
-        e => Error::from_errno(e, &format!("talking to process {target_pid}'s inbox")),
-    }
+) -> Result<Vec<ProtocolInfo>, Error> {
+    debug_assert_eq!(sockets.len(), records.len());
+    debug_assert!(
+        sockets
+            .iter()
+            .zip(&records)
+            .all(|(s, r)| entry_for(*s).is_ok_and(|e| e == *r)),
+        "a known entry does not match its socket"
+    );
+    send(rt, sockets, records, target_pid)
 }
 
 /// Pushes `sockets` to `target_pid` (this process's own table if it is this process): the

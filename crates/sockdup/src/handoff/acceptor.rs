@@ -1,7 +1,6 @@
 //! The acceptor: owns the listeners, runs the worker processes, and hands every accepted
 //! connection to one of them.
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -229,10 +228,6 @@ fn is_lack_of_resources(e: &io::Error) -> bool {
 /// keyed by their index).
 const WORKER_KEY: u64 = 1 << 63;
 
-/// With [`WORKER_KEY`]: the key of the acceptor's connection to that worker's inbox (its
-/// answers to the pushes), not of its output.
-const INBOX_KEY: u64 = 1 << 62;
-
 fn worker_key(slot: usize, generation: u64) -> u64 {
     WORKER_KEY | (generation << 24) | slot as u64
 }
@@ -271,12 +266,6 @@ struct Proc {
     /// What it wrote, not yet a whole line.
     lines: LineBuffer,
     generation: u64,
-    /// This acceptor's connection to the worker's inbox (in the epoll set), made at its first
-    /// batch: the pushes go out on it and their answers are read when it turns readable, so
-    /// the acceptor does not sleep in `recvmsg` for each batch.
-    inbox: Option<OwnedFd>,
-    /// The ids of the batches pushed on `inbox` whose answers have not come, oldest first.
-    inflight: VecDeque<Vec<u64>>,
 }
 
 impl Default for Proc {
@@ -287,8 +276,6 @@ impl Default for Proc {
             stdout: None,
             lines: LineBuffer::new(MAX_WORKER_LINE),
             generation: 0,
-            inbox: None,
-            inflight: VecDeque::new(),
         }
     }
 }
@@ -363,18 +350,13 @@ impl Run<'_> {
                 continue;
             }
             let slot = (key & 0xff_ffff) as usize;
-            let generation = (key & !(WORKER_KEY | INBOX_KEY)) >> 24;
+            let generation = (key & !WORKER_KEY) >> 24;
             if self
                 .procs
                 .get(slot)
-                .is_none_or(|p| p.generation != generation)
+                .is_some_and(|p| p.generation == generation)
             {
-                continue;
-            }
-            if key & INBOX_KEY == 0 {
                 self.read_output(slot, now, READ_BUDGET);
-            } else {
-                self.read_answer(slot);
             }
         }
         for ev in events.iter() {
@@ -487,7 +469,6 @@ impl Run<'_> {
             }
             self.read_output(slot, now, EXIT_READ_BUDGET);
             self.close_output(slot);
-            self.close_inbox(slot);
             let p = &mut self.procs[slot];
             p.stdin = None;
             if let Some(child) = p.child.take() {
@@ -569,117 +550,48 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Duplicates the connections `ids` to worker `slot` in one message on the acceptor's
-    /// connection to its inbox (made at the first batch); the `conn` lines go out in one write
-    /// once the inbox answered with the tickets ([`read_answer`](Self::read_answer)). A
-    /// failure is reported (for lack of room the batch waits and goes again in smaller
-    /// batches; otherwise the worker is replaced, and the batch goes to another).
+    /// Duplicates the connections `ids` to worker `slot` in one message and writes their
+    /// `conn` lines in one write; a failure is reported (for lack of room the batch waits and
+    /// goes again in smaller batches; otherwise the worker is replaced, and the batch goes to
+    /// another).
     fn send(&mut self, slot: usize, pid: u32, ids: &[u64]) {
-        if self.d.batch(slot, ids).is_none() {
+        let Some(batch) = self.d.batch(slot, ids) else {
             return;
-        }
-        let sent = self.connect_inbox(slot, pid).and_then(|()| {
-            let batch = self.d.batch(slot, ids).unwrap_or_default();
-            let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|p| p.fd.as_fd()).collect();
-            // The records are made from the listener's entry: debug builds check it.
-            debug_assert!(
-                batch
-                    .iter()
-                    .all(|p| crate::transfer::entry_for(p.fd.as_fd())
-                        .is_ok_and(|e| e == self.entries[p.listener])),
-                "a listener's entry does not match its connection"
-            );
-            let inbox = self.procs[slot].inbox.as_ref().ok_or_else(|| {
-                Error::new(ErrorKind::PeerClosed, "no connection to the worker's inbox")
-            })?;
-            crate::transfer::push_send(inbox.as_fd(), &fds, pid)
-        });
+        };
+        let records: Vec<ProtocolInfo> = batch
+            .iter()
+            .map(|p| self.entries[p.listener].clone())
+            .collect();
+        let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|p| p.fd.as_fd()).collect();
+        let stdin = &mut self.procs[slot].stdin;
+        let sent =
+            crate::transfer::duplicate_known(&self.rt, &fds, records, pid).and_then(|records| {
+                let stdin = stdin.as_mut().ok_or_else(|| {
+                    Error::new(ErrorKind::PeerClosed, "the worker's input is closed")
+                })?;
+                let mut text = String::with_capacity(records.len() * 880);
+                for (&id, record) in ids.iter().zip(records) {
+                    ToWorker::Conn { id, record }.encode_into(&mut text);
+                }
+                // One write for the whole batch: a pipe is unbuffered.
+                stdin
+                    .write_all(text.as_bytes())
+                    .map_err(|e| Error::from_errno(e, "writing to the worker"))
+            });
+        drop(fds);
+        let count = ids.len();
         match sent {
-            Ok(()) => self.procs[slot].inflight.push_back(ids.to_vec()),
-            Err(e) => self.send_failed(slot, pid, ids, &e),
-        }
-    }
-
-    /// Makes the connection to the inbox of worker `slot` (process `pid`), if there is none.
-    fn connect_inbox(&mut self, slot: usize, pid: u32) -> Result<(), Error> {
-        let p = &mut self.procs[slot];
-        if p.inbox.is_some() {
-            return Ok(());
-        }
-        let inbox = crate::transfer::connect_inbox(&self.rt, pid)?;
-        epoll::add(
-            &self.ep,
-            &inbox,
-            epoll::EventData::new_u64(worker_key(slot, p.generation) | INBOX_KEY),
-            epoll::EventFlags::IN,
-        )
-        .map_err(|e| Error::from_errno(e, "registering a worker's inbox with epoll"))?;
-        p.inbox = Some(inbox);
-        Ok(())
-    }
-
-    /// Reads the inbox's answer to the oldest batch pushed to worker `slot` and writes the
-    /// batch's `conn` lines, in one write.
-    fn read_answer(&mut self, slot: usize) {
-        let p = &mut self.procs[slot];
-        let (Some(inbox), Some(pid)) = (p.inbox.as_ref(), p.child.as_ref().map(Child::id)) else {
-            return;
-        };
-        let Some(ids) = p.inflight.pop_front() else {
-            // Nothing asked: the inbox closed the connection (or spoke out of turn). The next
-            // batch makes a new one.
-            self.close_inbox(slot);
-            return;
-        };
-        let answer = crate::transfer::push_answer(inbox.as_fd(), ids.len(), pid);
-        let Some(batch) = self.d.batch(slot, &ids) else {
-            // No longer this worker's to confirm (its tickets expire in its inbox).
-            return;
-        };
-        let written = answer.and_then(|(pid, nonce, tickets)| {
-            let mut text = String::with_capacity(ids.len() * 880);
-            for ((&id, conn), ticket) in ids.iter().zip(&batch).zip(tickets) {
-                let mut record = self.entries[conn.listener].clone();
-                record.service_flags3 = pid;
-                record.service_flags4 = nonce;
-                record.provider_reserved = ticket;
-                ToWorker::Conn { id, record }.encode_into(&mut text);
-            }
-            let stdin = self.procs[slot]
-                .stdin
-                .as_mut()
-                .ok_or_else(|| Error::new(ErrorKind::PeerClosed, "the worker's input is closed"))?;
-            // One write for the whole batch: a pipe is unbuffered.
-            stdin
-                .write_all(text.as_bytes())
-                .map_err(|e| Error::from_errno(e, "writing to the worker"))
-        });
-        match written {
             Ok(()) => tracing::debug!(
                 slot,
                 pid,
-                count = ids.len(),
+                count,
                 "sockdup acceptor: connections handed to a worker"
             ),
-            Err(e) => self.send_failed(slot, pid, &ids, &e),
+            Err(e) => {
+                tracing::warn!(slot, pid, count, kind = %e.kind(), error = %e, "sockdup acceptor: handing off failed");
+                self.d.handle_send_failed(slot, ids, &e, Instant::now());
+            }
         }
-    }
-
-    /// Handing the batch `ids` to worker `slot` failed with `e`.
-    fn send_failed(&mut self, slot: usize, pid: u32, ids: &[u64], e: &Error) {
-        let count = ids.len();
-        tracing::warn!(slot, pid, count, kind = %e.kind(), error = %e, "sockdup acceptor: handing off failed");
-        self.d.handle_send_failed(slot, ids, e, Instant::now());
-    }
-
-    /// Closes the connection to the inbox of worker `slot`; the answers still to come are not
-    /// waited for (their batches are taken back with the worker's other unconfirmed ones).
-    fn close_inbox(&mut self, slot: usize) {
-        let p = &mut self.procs[slot];
-        if let Some(inbox) = p.inbox.take() {
-            let _ = epoll::delete(&self.ep, &inbox);
-        }
-        p.inflight.clear();
     }
 
     /// Kills the worker of `slot` (reaped at the next check or restart) and stops talking to
@@ -698,7 +610,6 @@ impl Run<'_> {
         }
         p.stdin = None;
         self.close_output(slot);
-        self.close_inbox(slot);
     }
 
     /// Kills and reaps the worker process of `slot`, if it has one.
@@ -711,7 +622,6 @@ impl Run<'_> {
             let _ = child.kill();
         }
         self.close_output(slot);
-        self.close_inbox(slot);
         let p = &mut self.procs[slot];
         p.stdin = None;
         if let Some(mut child) = p.child.take() {
