@@ -43,7 +43,7 @@ const MAX_CONNS: usize = 64;
 
 const TOKEN_WAKER: u64 = 0;
 const TOKEN_LISTENER: u64 = 1;
-const TOKEN_SOCKETS: u64 = 2;
+const TOKEN_CONTROL: u64 = 2;
 const FIRST_REG_TOKEN: u64 = 16;
 const CONN_BIT: u64 = 1 << 63;
 
@@ -61,12 +61,12 @@ pub(crate) struct Watcher {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    /// The thread's set: the waker, the cancellation socket and its connections, and
-    /// `sockets`.
+    /// The control set: the waker, the cancellation socket and its connections (nested in
+    /// `sockets`).
     epoll: OwnedFd,
-    /// The registrations' sockets (one-shot). A set of its own, nested in `epoll`, so that a
-    /// thread waiting on an event can wait on it too and record what it finds itself
-    /// ([`wait_readable`]) instead of waiting for the watcher thread to wake it.
+    /// The set the watcher thread waits on: the registrations' sockets (one-shot) and the
+    /// control set. A thread waiting on an event waits on it too and records what it finds
+    /// itself ([`wait_readable`]) instead of waiting for the watcher thread to wake it.
     sockets: OwnedFd,
     waker: OwnedFd,
     listener: OwnedFd,
@@ -315,8 +315,8 @@ impl Watcher {
             .map_err(os("watching the events waker"))?;
         sys::events::epoll_add(epoll.as_fd(), listener.as_fd(), TOKEN_LISTENER, IN)
             .map_err(os("watching the cancellation socket"))?;
-        sys::events::epoll_add(epoll.as_fd(), sockets.as_fd(), TOKEN_SOCKETS, IN)
-            .map_err(os("watching the sockets' epoll set"))?;
+        sys::events::epoll_add(sockets.as_fd(), epoll.as_fd(), TOKEN_CONTROL, IN)
+            .map_err(os("watching the control epoll set"))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 next_token: FIRST_REG_TOKEN,
@@ -577,22 +577,13 @@ impl Shared {
 
     fn run(&self) {
         let mut ready = Vec::new();
-        let mut sockets = Vec::new();
         let mut fired = Vec::new();
         while !self.stop.load(Ordering::Acquire) {
-            if let Err(e) = sys::events::epoll_wait(self.epoll.as_fd(), &mut ready) {
+            if let Err(e) = sys::events::epoll_wait(self.sockets.as_fd(), &mut ready) {
                 tracing::error!(error = %e, "sockdup events: epoll_wait failed; the thread stops");
                 return;
             }
-            for &(token, _) in &ready {
-                match token {
-                    TOKEN_WAKER => sys::unwake(self.waker.as_fd()),
-                    TOKEN_LISTENER => self.accept_all(),
-                    TOKEN_SOCKETS => self.record_ready(&mut sockets, &mut fired),
-                    t if t & CONN_BIT != 0 => self.serve(t),
-                    _ => {}
-                }
-            }
+            self.record(&ready, &mut fired, true);
         }
     }
 
@@ -600,10 +591,35 @@ impl Shared {
     /// thread's work, done by whichever thread finds `sockets` readable first (the one-shot
     /// registrations hand each readiness to one of them).
     fn record_ready(&self, ready: &mut Vec<(u64, u32)>, fired: &mut Vec<(u32, i32)>) {
-        if sys::events::epoll_ready(self.sockets.as_fd(), ready).is_err() {
+        if sys::events::epoll_ready(self.sockets.as_fd(), ready).is_ok() {
+            self.record(ready, fired, false);
+        }
+    }
+
+    /// Serves the control set: cancellation connections and requests, and (the watcher
+    /// thread only) the waker.
+    fn control(&self, thread: bool) {
+        let mut ready = Vec::new();
+        if sys::events::epoll_ready(self.epoll.as_fd(), &mut ready).is_err() {
             return;
         }
-        for &(token, flags) in ready.iter() {
+        for &(token, _) in &ready {
+            match token {
+                TOKEN_WAKER if thread => sys::unwake(self.waker.as_fd()),
+                TOKEN_LISTENER => self.accept_all(),
+                t if t & CONN_BIT != 0 => self.serve(t),
+                _ => {}
+            }
+        }
+    }
+
+    /// Applies the rules to `ready` (from `sockets`) and signals what they record.
+    fn record(&self, ready: &[(u64, u32)], fired: &mut Vec<(u32, i32)>, thread: bool) {
+        for &(token, flags) in ready {
+            if token == TOKEN_CONTROL {
+                self.control(thread);
+                continue;
+            }
             let mut st = lock(&self.state);
             let Some(cookie) = st.by_token.get(&token).copied() else {
                 continue;
