@@ -4,9 +4,11 @@
 //!
 //! Connections come from a feeder thread (the handoff protocol on stdin, or the accept loop of
 //! `--listen-fds`) through a channel; the feeder wakes the loop with an eventfd. When the feeder
-//! says the end ([`Feed::End`]), the loop drains: idle `hello` connections close at once, the
-//! requests in progress are answered with `Connection: close`, echo connections run until their
-//! client closes; the loop returns when none is left.
+//! says the end ([`Feed::End`]), the loop drains: `hello` connections idle at a request boundary
+//! close once they have been idle for a [`TICK`] (a connection handed over or accepted just
+//! before the end gets that long to send its request, as a worker thread blocked in a read got
+//! until its read timed out), the requests in progress are answered with `Connection: close`,
+//! echo connections run until their client closes; the loop returns when none is left.
 //!
 //! Why epoll through rustix rather than tokio: the apps are tiny state machines already, the
 //! CLI needs no runtime for anything else, and the loop is the same shape as the C epoll twins
@@ -339,8 +341,8 @@ impl<C: Client> EventLoop<C> {
         }
     }
 
-    /// The end of the feed: idle `hello` connections close now, the others at their next
-    /// request boundary.
+    /// The end of the feed: `hello` connections idle for a [`TICK`] close now, the other idle
+    /// ones once they have been, the others at their next request boundary.
     fn drain(&mut self) {
         tracing::debug!(
             open = self.open,
@@ -350,7 +352,8 @@ impl<C: Client> EventLoop<C> {
         self.scan();
     }
 
-    /// Closes the connections idle too long, lingering too long, or idle while draining.
+    /// Closes the connections idle too long, lingering too long, or idle for a [`TICK`] while
+    /// draining.
     fn scan(&mut self) {
         let now = Instant::now();
         for index in 0..self.slots.len() {
@@ -360,8 +363,10 @@ impl<C: Client> EventLoop<C> {
             let close = match slot.phase {
                 Phase::Lingering { until, .. } => now >= until,
                 Phase::Open => {
-                    now.duration_since(slot.last_data) > IDLE_TIMEOUT && self.app == Protocol::Hello
+                    let idle_for = now.duration_since(slot.last_data);
+                    idle_for > IDLE_TIMEOUT && self.app == Protocol::Hello
                         || (self.draining
+                            && idle_for >= TICK
                             && slot.sent == slot.out.len()
                             && matches!(&slot.proto, Proto::Hello(s) if s.idle()))
                 }

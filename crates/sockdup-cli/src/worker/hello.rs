@@ -13,8 +13,9 @@
 //!   gets `400 Bad Request` and the connection closes; an HTTP version other than 1.x gets
 //!   `505`.
 //! - An idle connection closes after [`IDLE_TIMEOUT`]; when the worker drains (its acceptor
-//!   shuts down) idle connections close at once and the request in progress is answered with
-//!   `Connection: close`.
+//!   shuts down) idle connections close once idle for the event loop's tick (a connection
+//!   just handed over gets that long to send its request) and the request in progress is
+//!   answered with `Connection: close`.
 //!
 //! Every close after a response is graceful: the write side is shut down first and the
 //! client's remaining bytes are read (for at most [`LINGER`]), so a client that sent more
