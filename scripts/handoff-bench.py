@@ -5,7 +5,7 @@ Usage (from anywhere; Python 3 standard library only):
 
     scripts/handoff-bench.py [--rounds 3] [--duration 5] [--threads 2] [--connections 32]
                              [--bin-dir DIR] [--no-build] [--port-base 18080]
-                             [--only sockdup,raw,reuseport,node]
+                             [--only sockdup,raw,reuseport,node,node-none]
 
     BIN_DIR=/tmp/tgt-load/release scripts/handoff-bench.py --no-build   # prebuilt binaries
 
@@ -16,23 +16,29 @@ What it does:
    taken from --bin-dir, else $BIN_DIR, else $CARGO_TARGET_DIR/release. A failed sockdup-cli
    build only disables server (1).
 2. Installs wrk from the Debian packages if it is missing (apt-get update && apt-get install
-   -y wrk; nodejs likewise if `node` is missing).
+   -y wrk). Without `node`, the two Node servers are skipped (the reason is printed).
 3. Runs INTERLEAVED rounds: every round starts, measures and kills each server in turn (the
    order rotates from round to round), all on 127.0.0.1, each on its own port:
      (1) sockdup   `sockdup serve --listen ADDR --workers 2 -- sockdup worker --app hello`
      (2) raw       `raw-acceptor --listen ADDR --workers 2` (bare SCM_RIGHTS handoff)
      (3) reuseport `reuseport-server --listen ADDR --workers 2` (no handoff: the ceiling)
-     (4) node      `node scripts/node-cluster-hello.js` (cluster, SCHED_RR, 2 workers)
+     (4) node      `node scripts/node-cluster-hello.js` (cluster, SCHED_RR, 2 workers: the
+                   primary accepts and hands each connection to a worker)
+     (5) node-none `node scripts/node-cluster-hello.js --sched none` (cluster, SCHED_NONE:
+                   the workers accept on the shared listener themselves, no handoff)
    For each: one request checks that the server answers sockdup's exact response (a warning
    if not), a 1 s wrk warm-up (discarded), then `wrk --latency -H 'Connection: close'`
    (-t2 -c32 -d5s by default): Requests/sec = connections/s, p50/p99 latency, and the
    server's CPU per connection (utime+stime of every process in the server's session, from
-   /proc, before and after, divided by the requests wrk completed). "other CPU%" is the CPU
+   /proc, before and after, divided by the requests wrk completed), and of that the
+   acceptor's own ("acc us/conn": the session leader alone, all its threads: `sockdup serve`,
+   the raw twin's acceptor, the Node primary; for (3) and (5) an idle supervisor). "other CPU%" is the CPU
    the machine spent on neither the server nor wrk during that run (other tenants: noise).
    For (1) and (3) also a keep-alive run (no Connection: close): requests/s.
 4. Prints a table of medians over the rounds, and the ratios of (1) to the others, with the
-   goals: (1) >= 0.9x raw twin, (1) >= 2.5x node cluster; the ratio to the SO_REUSEPORT
-   ceiling is reported.
+   goals of issue 12: conn/s >= 0.9x the raw twin, >= 0.75x SO_REUSEPORT, >= 3x node cluster
+   SCHED_RR; keep-alive req/s >= 0.9x SO_REUSEPORT; p99 <= 1.5x the raw twin's; the
+   acceptor's own CPU per connection <= 1.2x the raw twin acceptor's (side by side).
 
 Every server runs in a session of its own; after its run the leader gets SIGTERM, and 3 s
 later whatever is left in the session gets SIGKILL; the same happens on exit (normal, error,
@@ -111,6 +117,16 @@ def session_cpu_ticks(sid):
             continue
         total += int(rest[11]) + int(rest[12])  # fields 14 (utime) and 15 (stime)
     return total
+
+
+def process_cpu_ticks(pid):
+    """utime+stime (clock ticks) of process `pid`, all its threads; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(rest[11]) + int(rest[12])
 
 
 def kill_session(sid, name):
@@ -279,17 +295,20 @@ def measure(name, argv, port, args, keepalive, logdir):
             log(f"warning: {name} answers {got!r}, not the reference response")
         run_wrk(args, port, 1, True)  # warm-up, discarded
         sid = proc.pid
-        before = session_cpu_ticks(sid)
+        before, leader_before = session_cpu_ticks(sid), process_cpu_ticks(sid)
         close = run_wrk(args, port, args.duration, True)
-        after = session_cpu_ticks(sid)
+        after, leader_after = session_cpu_ticks(sid), process_cpu_ticks(sid)
         if close["requests"] == 0:
             raise ServerFailed(f"wrk completed no request:\n{close['raw']}")
         cpu_s = (after - before) / CLK_TCK
+        acceptor_s = (leader_after - leader_before) / CLK_TCK
         result = {
             "cps": close["rps"],
             "p50": close["p50"],
             "p99": close["p99"],
             "cpu_us": cpu_s / close["requests"] * 1e6,
+            # The session leader's own share: the acceptor (or supervisor).
+            "acc_us": acceptor_s / close["requests"] * 1e6,
             "cpu_pct": cpu_s / args.duration * 100,
             # CPU used by neither the server nor wrk during the run (other tenants), in % of
             # one CPU: the noise.
@@ -372,7 +391,7 @@ def main():
     p.add_argument("--port-base", type=int, default=18080)
     p.add_argument("--bin-dir", default=os.environ.get("BIN_DIR"))
     p.add_argument("--no-build", action="store_true")
-    p.add_argument("--only", default="sockdup,raw,reuseport,node")
+    p.add_argument("--only", default="sockdup,raw,reuseport,node,node-none")
     args = p.parse_args()
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -386,7 +405,8 @@ def main():
     bindir = os.path.abspath(args.bin_dir or os.path.join(target, "release"))
     build_problem = build(args, env)
     ensure_tool("wrk", "wrk")
-    ensure_tool("node", "nodejs")
+    node_problem = None if shutil.which("node") else (
+        "node is not installed (apt-get install nodejs to measure Node cluster)")
     for exe in ("raw-acceptor", "reuseport-server"):
         if not os.access(os.path.join(bindir, exe), os.X_OK):
             die(f"{bindir}/{exe} missing (build sockdup-loadtest)")
@@ -407,10 +427,19 @@ def main():
          args.port_base + 2, True),
         ("node", "(4) node cluster SCHED_RR",
          ["node", os.path.join(ROOT, "scripts", "node-cluster-hello.js"),
-          "--listen", addr(3), "--workers", w], args.port_base + 3, False),
+          "--listen", addr(3), "--workers", w, "--sched", "rr"], args.port_base + 3, False),
+        ("node-none", "(5) node cluster SCHED_NONE",
+         ["node", os.path.join(ROOT, "scripts", "node-cluster-hello.js"),
+          "--listen", addr(4), "--workers", w, "--sched", "none"], args.port_base + 4, False),
     ]
     wanted = set(args.only.split(","))
     servers = [s for s in servers if s[0] in wanted]
+    if node_problem:
+        skipped = [s for s in servers if s[0].startswith("node")]
+        for _name, label, *_ in skipped:
+            log(f"skipped {label}: {node_problem}")
+            print(f"# skipped {label}: {node_problem}")
+        servers = [s for s in servers if s not in skipped]
 
     failures = {}
     if "sockdup" in wanted:
@@ -421,7 +450,8 @@ def main():
 
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
     wrk_version = (wrk_version.strip().splitlines() or ["wrk ?"])[0]
-    node_version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
+    node_version = ("absent" if node_problem else
+                    subprocess.run(["node", "--version"], capture_output=True, text=True).stdout)
     print(f"# handoff-bench  {time.strftime('%Y-%m-%d %H:%M:%S')}  {platform.node()}")
     print(f"# kernel {platform.release()}, {os.cpu_count()} CPUs, loadavg "
           f"{' '.join(open('/proc/loadavg').read().split()[:3])}; {wrk_version}; "
@@ -450,35 +480,38 @@ def main():
             ka = f", keep-alive {r['ka_rps']:.0f} req/s" if "ka_rps" in r else ""
             log(f"round {rnd + 1} {label}: {r['cps']:.0f} conn/s, p50 {r['p50']:.2f} ms, "
                 f"p99 {r['p99']:.2f} ms, {r['cpu_us']:.1f} us CPU/conn "
+                f"(acceptor {r['acc_us']:.1f}) "
                 f"({r['cpu_pct']:.0f}% CPU, others {r['other_pct']:.0f}%){ka}, errors {r['errors']}")
 
     med = {}
     for name, rs in results.items():
         med[name] = {k: median([r.get(k) for r in rs]) for k in
-                     ("cps", "p50", "p99", "cpu_us", "cpu_pct", "other_pct", "ka_rps", "errors")}
+                     ("cps", "p50", "p99", "cpu_us", "acc_us", "cpu_pct", "other_pct", "ka_rps",
+                      "errors")}
         med[name]["n"] = len(rs)
 
     print()
-    print(f"{'server':<28}{'rounds':>7}{'conn/s':>10}{'spread':>8}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'CPU us/conn':>13}{'srv CPU%':>10}{'other CPU%':>12}{'keep-alive req/s':>18}"
+    print(f"{'server':<30}{'rounds':>7}{'conn/s':>10}{'spread':>8}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'CPU us/conn':>13}{'acc us/conn':>13}{'srv CPU%':>10}{'other CPU%':>12}{'keep-alive req/s':>18}"
           f"{'(min-max)':>17}{'errors':>8}")
     for name, label, *_ in servers:
         m = med[name]
         if m["n"] == 0:
-            print(f"{label:<28}{0:>7}   FAILED: {failures.get(name, 'not measured')}")
+            print(f"{label:<30}{0:>7}   FAILED: {failures.get(name, 'not measured')}")
             continue
         cps = [r["cps"] for r in results[name]]
         spread = f"{(max(cps) - min(cps)) / m['cps'] * 100:.0f}%" if m["cps"] else "n/a"
         kas = [r["ka_rps"] for r in results[name] if "ka_rps" in r]
         ka_range = f"({min(kas) / 1e3:.0f}k-{max(kas) / 1e3:.0f}k)" if kas else ""
-        print(f"{label:<28}{m['n']:>7}{fmt(m['cps'], '.0f'):>10}{spread:>8}"
+        print(f"{label:<30}{m['n']:>7}{fmt(m['cps'], '.0f'):>10}{spread:>8}"
               f"{fmt(m['p50'], '.2f'):>9}{fmt(m['p99'], '.2f'):>9}{fmt(m['cpu_us'], '.1f'):>13}"
+              f"{fmt(m['acc_us'], '.1f'):>13}"
               f"{fmt(m['cpu_pct'], '.0f'):>10}{fmt(m['other_pct'], '.0f'):>12}"
               f"{fmt(m['ka_rps'], '.0f'):>18}{ka_range:>17}"
               f"{fmt(m['errors'], '.0f'):>8}")
     print("(medians over rounds; conn/s = wrk Requests/sec with Connection: close, spread ="
           " (max-min)/median over rounds; CPU us/conn = utime+stime of the server's processes /"
-          " requests; srv CPU% and other CPU% (neither server nor wrk: other tenants) in % of one"
+          " requests, acc us/conn = the same for the session leader alone (the acceptor); srv CPU% and other CPU% (neither server nor wrk: other tenants) in % of one"
           " CPU during the Connection: close run; errors = wrk socket errors + non-2xx, summed"
           " over both runs of a round)")
 
@@ -488,21 +521,38 @@ def main():
         print(f"ratios: n/a -- (1) sockdup serve FAILED: "
               f"{failures.get('sockdup', 'not selected')}")
     else:
-        goals = [("raw", "raw twin", 0.9), ("node", "node cluster SCHED_RR", 2.5),
-                 ("reuseport", "SO_REUSEPORT ceiling", None)]
+        goals = [("raw", "raw twin", 0.9), ("reuseport", "SO_REUSEPORT ceiling", 0.75),
+                 ("node", "node cluster SCHED_RR", 3.0), ("node-none", "node cluster SCHED_NONE",
+                                                         None)]
         for other, what, goal in goals:
             o = med.get(other, {})
             if not o.get("n"):
-                print(f"(1) / {what:<22} n/a (not measured)")
+                print(f"(1) / {what:<24} n/a (not measured)")
                 continue
             ratio = one["cps"] / o["cps"] if o["cps"] else float("nan")
             cpu = one["cpu_us"] / o["cpu_us"] if o["cpu_us"] else float("nan")
             verdict = ("" if goal is None else
                        f"  goal >= {goal}x: {'MET' if ratio >= goal else 'NOT MET'}")
-            line = f"(1) / {what:<22} conn/s {ratio:5.2f}x   CPU/conn {cpu:5.2f}x{verdict}"
+            line = f"(1) / {what:<24} conn/s {ratio:5.2f}x   CPU/conn {cpu:5.2f}x{verdict}"
             if other == "reuseport" and one.get("ka_rps") and o.get("ka_rps"):
-                line += f"   keep-alive req/s {one['ka_rps'] / o['ka_rps']:5.2f}x"
+                ka = one["ka_rps"] / o["ka_rps"]
+                line += (f"   keep-alive req/s {ka:5.2f}x  goal >= 0.9x: "
+                         f"{'MET' if ka >= 0.9 else 'NOT MET'}")
+            if other == "raw" and one.get("p99") and o.get("p99"):
+                p99 = one["p99"] / o["p99"]
+                line += (f"   p99 {p99:5.2f}x  goal <= 1.5x: "
+                         f"{'MET' if p99 <= 1.5 else 'NOT MET'}")
             print(line)
+        raw = med.get("raw", {})
+        if raw.get("n") and one.get("acc_us") is not None and raw.get("acc_us"):
+            acc = one["acc_us"] / raw["acc_us"]
+            print(f"acceptor CPU per connection: (1) sockdup serve {one['acc_us']:.1f} us, "
+                  f"(2) raw twin {raw['acc_us']:.1f} us: {acc:5.2f}x  goal <= 1.2x: "
+                  f"{'MET' if acc <= 1.2 else 'NOT MET'}")
+            per_round = "  ".join(
+                f"{a['acc_us']:.1f}/{b['acc_us']:.1f}"
+                for a, b in zip(results.get("sockdup", []), results.get("raw", [])))
+            print(f"  per round (1)/(2) us: {per_round}")
     sys.stdout.flush()
 
     if failures:

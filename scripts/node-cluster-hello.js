@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 // node-cluster-hello.js: the Node.js `cluster` baseline of scripts/handoff-bench.py.
 //
-// Usage: node scripts/node-cluster-hello.js --listen 127.0.0.1:PORT [--workers 2]
+// Usage: node scripts/node-cluster-hello.js --listen 127.0.0.1:PORT [--workers 2] [--sched rr|none]
 //
-// The primary process forks N workers with cluster.schedulingPolicy = SCHED_RR: the primary
-// accepts every connection and hands it round-robin to a worker over the IPC channel (the
-// Node equivalent of an acceptor handing connections to workers). Each worker answers every
+// The primary process forks N workers. With --sched rr (the default, cluster.SCHED_RR) the
+// primary accepts every connection and hands it round-robin to a worker over the IPC channel
+// (the Node equivalent of an acceptor handing connections to workers); with --sched none
+// (cluster.SCHED_NONE) the primary passes the listening socket itself to the workers, which
+// all accept on it and the kernel picks which one wakes (no handoff). Each worker answers every
 // HTTP request 200 with the body "hello from sockdup\n", with the same headers in the same
 // order as `sockdup worker --app hello` and the sockdup-loadtest servers: Date, Server,
 // Content-Type, Content-Length, and "Connection: close" when the request asked for it (the
@@ -17,10 +19,8 @@
 const cluster = require('node:cluster');
 const http = require('node:http');
 
-cluster.schedulingPolicy = cluster.SCHED_RR;
-
 function parseArgs(argv) {
-  const opts = { host: null, port: null, workers: 2 };
+  const opts = { host: null, port: null, workers: 2, sched: 'rr' };
   for (let i = 0; i < argv.length; i++) {
     const eq = argv[i].indexOf('=');
     const name = eq < 0 ? argv[i] : argv[i].slice(0, eq);
@@ -32,12 +32,19 @@ function parseArgs(argv) {
       opts.port = Number(v.slice(at + 1));
     } else if (name === '--workers') {
       opts.workers = Number(next());
+    } else if (name === '--sched') {
+      opts.sched = next();
     } else {
       throw new Error(`unknown argument ${name}`);
     }
   }
-  if (!opts.host || !Number.isInteger(opts.port) || !(opts.workers >= 1)) {
-    throw new Error('usage: node-cluster-hello.js --listen HOST:PORT [--workers N]');
+  if (
+    !opts.host ||
+    !Number.isInteger(opts.port) ||
+    !(opts.workers >= 1) ||
+    !['rr', 'none'].includes(opts.sched)
+  ) {
+    throw new Error('usage: node-cluster-hello.js --listen HOST:PORT [--workers N] [--sched rr|none]');
   }
   return opts;
 }
@@ -66,6 +73,8 @@ if (cluster.isPrimary) {
     console.error(`node-cluster-hello: ${e.message}`);
     process.exit(2);
   }
+  // Decided by the primary, before the first fork: it makes the listening handle.
+  cluster.schedulingPolicy = opts.sched === 'none' ? cluster.SCHED_NONE : cluster.SCHED_RR;
   process.env.HELLO_HOST = opts.host;
   process.env.HELLO_PORT = String(opts.port);
   for (let i = 0; i < opts.workers; i++) cluster.fork();

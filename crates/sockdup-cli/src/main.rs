@@ -164,7 +164,8 @@ enum Command {
     /// A worker for `sockdup serve`: serve the connections an acceptor hands over.
     ///
     /// Announces this process on stdout, then redeems every connection the acceptor sends on
-    /// stdin and serves it on a thread of its own: `echo` sends back every byte until the
+    /// stdin and serves it from one event loop (epoll, a state machine per connection, not
+    /// a thread per connection): `echo` sends back every byte until the
     /// client closes; `hello` is a minimal HTTP/1.1 server answering every request with
     /// "200 OK" and "hello from sockdup" (keep-alive, Connection: close, request bodies
     /// discarded, 400 for a malformed request). Stdout carries only the handoff protocol;

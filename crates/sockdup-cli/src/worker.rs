@@ -2,7 +2,8 @@
 //! [`sockdup::handoff::Worker`].
 //!
 //! The worker announces itself on stdout, then serves every connection the acceptor hands it
-//! on a thread of its own, with the chosen app: `echo` sends back every byte until the client
+//! from one event loop ([`evloop`]: epoll, non-blocking sockets, a state machine per
+//! connection; the handoff protocol is read on a second thread), with the chosen app: `echo` sends back every byte until the client
 //! closes; `hello` ([`hello`]) is a minimal HTTP/1.1 server. Standard output carries only the
 //! handoff protocol; logs go to stderr (`RUST_LOG`, default `warn`).
 //!
@@ -16,13 +17,14 @@
 //! whole process group, and the acceptor, not the terminal, decides when its workers stop.
 
 mod activated;
+mod evloop;
 mod hello;
 
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::AtomicBool;
+use std::thread;
 
 use sockdup::handoff::{Connection, Stream, Worker};
 
@@ -88,6 +90,63 @@ pub(crate) enum App {
     Hello,
 }
 
+impl App {
+    fn protocol(self) -> evloop::Protocol {
+        match self {
+            Self::Echo => evloop::Protocol::Echo,
+            Self::Hello => evloop::Protocol::Hello,
+        }
+    }
+}
+
+/// A connection the worker serves.
+pub(crate) enum Sock {
+    /// Handed over by `sockdup serve`: dropping it tells the acceptor it is done.
+    Handoff(Connection),
+    /// Accepted on a listener of our own (`--listen-fds`).
+    Plain(Stream),
+}
+
+impl evloop::Client for Sock {
+    type Io = Stream;
+    fn io(&mut self) -> &mut Stream {
+        match self {
+            Self::Handoff(c) => c.stream(),
+            Self::Plain(s) => s,
+        }
+    }
+    fn fd(&mut self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self.io() {
+            Stream::Tcp(s) => AsFd::as_fd(&*s),
+            Stream::Unix(s) => AsFd::as_fd(&*s),
+        }
+    }
+    fn make_nonblocking(&mut self) -> io::Result<()> {
+        match self.io() {
+            Stream::Tcp(s) => s.set_nonblocking(true),
+            Stream::Unix(s) => s.set_nonblocking(true),
+        }
+    }
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        match self.io() {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+        }
+    }
+    fn close_all(closed: &mut Vec<Self>) {
+        // One write of `done` lines for every handed-over connection of the turn.
+        let handed: Vec<Connection> = closed
+            .drain(..)
+            .filter_map(|s| match s {
+                Self::Handoff(c) => Some(c),
+                Self::Plain(_) => None,
+            })
+            .collect();
+        Connection::finish_all(handed);
+    }
+}
+
 /// Runs `sockdup worker`.
 pub(crate) fn run(args: &Args) -> Result<(), CliError> {
     crate::init_logging();
@@ -116,39 +175,53 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
         );
         thread::sleep(delay);
     }
-    let app = args.app;
-    let draining = Arc::new(AtomicBool::new(false));
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let (feeder, event_loop) =
+        evloop::channel().map_err(|e| CliError::failed(format!("creating the event loop: {e}")))?;
+    // The handoff protocol is read on a thread of its own (its reads block); the connections
+    // are served on this one, from the event loop.
+    let reader = thread::Builder::new()
+        .name("handoff".into())
+        .spawn(move || feed(&worker, &feeder))
+        .map_err(|e| CliError::failed(format!("starting the handoff reader: {e}")))?;
+    // A failed loop returns at once: the reader may be blocked on the acceptor's next line,
+    // and leaving `run` ends the process, reader and all.
+    event_loop
+        .run(args.app.protocol())
+        .map_err(|e| CliError::failed(format!("the event loop failed: {e}")))?;
+    let broken = reader.join().unwrap_or(None);
+    match broken {
+        Some(e) => Err(CliError::sockdup("reading the acceptor's line", e)),
+        None => Ok(()),
+    }
+}
+
+/// Hands every connection the acceptor gives this worker to the event loop, then the end;
+/// returns the error that broke the acceptor's channel, if one did.
+fn feed(worker: &Worker, feeder: &evloop::Feeder<Sock>) -> Option<sockdup::Error> {
     let mut incoming = worker.incoming();
     while let Some(conn) = incoming.next() {
-        threads.retain(|t| !t.is_finished());
-        let conn = match conn {
-            Ok(conn) => conn,
+        match conn {
+            Ok(conn) => {
+                tracing::debug!(id = conn.id(), "sockdup worker: serving a connection");
+                if !feeder.send(evloop::Feed::Conn(Sock::Handoff(conn))) {
+                    break;
+                }
+            }
             Err(e) if incoming.broken().is_some() => {
                 // The acceptor's line was not the protocol; it was told so (an `error` line)
                 // and replaces this worker: finish what is open, and fail.
-                finish(threads, &draining, "the acceptor's channel broke");
-                return Err(CliError::sockdup("reading the acceptor's line", e));
+                tracing::debug!("sockdup worker: the acceptor's channel broke; finishing");
+                feeder.send(evloop::Feed::End);
+                return Some(e);
             }
             Err(e) => {
                 // The acceptor was told, and gives the connection to another worker.
                 tracing::warn!(error = %e, "sockdup worker: could not redeem a connection");
-                continue;
             }
-        };
-        let id = conn.id();
-        let flag = draining.clone();
-        // Unnamed: a name is one more syscall (prctl) per connection.
-        let spawned = thread::Builder::new().spawn(move || serve_one(app, conn, &flag));
-        match spawned {
-            Ok(t) => threads.push(t),
-            // The closure, and with it the connection, is dropped: the acceptor hears it is
-            // done, and the client sees it closed.
-            Err(e) => tracing::error!(id, error = %e, "sockdup worker: no thread for a connection"),
         }
     }
-    finish(threads, &draining, "the acceptor closed the channel");
-    Ok(())
+    feeder.send(evloop::Feed::End);
+    None
 }
 
 /// `--test-write-garbage`: the first line from the acceptor is answered with garbage; then
@@ -225,46 +298,4 @@ fn hostile(worker: Worker, mode: Hostile) -> Result<(), CliError> {
     let _ = io::copy(&mut stdin, &mut io::sink());
     drop(worker);
     Ok(())
-}
-
-/// Lets the connections still open finish (`draining` tells the apps to close idle ones and
-/// answer with `Connection: close`), and waits for them.
-fn finish(mut threads: Vec<JoinHandle<()>>, draining: &AtomicBool, why: &str) {
-    threads.retain(|t| !t.is_finished());
-    tracing::debug!(open = threads.len(), "sockdup worker: {why}; finishing");
-    draining.store(true, Ordering::SeqCst);
-    for t in threads {
-        let _ = t.join();
-    }
-}
-
-fn serve_one(app: App, mut conn: Connection, draining: &AtomicBool) {
-    let id = conn.id();
-    tracing::debug!(id, ?app, "sockdup worker: serving a connection");
-    if let Err(e) = serve_stream(app, conn.stream(), draining) {
-        tracing::debug!(id, error = %e, "sockdup worker: the connection ended with an error");
-    }
-    conn.finish();
-}
-
-/// Serves one connection with `app` until it ends.
-fn serve_stream(app: App, stream: &mut Stream, draining: &AtomicBool) -> io::Result<()> {
-    match app {
-        App::Echo => echo(stream),
-        App::Hello => hello::serve(stream, draining),
-    }
-}
-
-/// Sends back every byte until the client closes its side.
-fn echo(stream: &mut Stream) -> io::Result<()> {
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let n = match stream.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        stream.write_all(&buf[..n])?;
-    }
 }

@@ -15,7 +15,10 @@
 //! is not theirs are replaced (garbage at once, not after the answer timeout, and the
 //! connections they held go to another worker); a worker answers a malformed or oversized
 //! line from the acceptor at once and exits 1; no descriptor leaked by the acceptor; the `hello` HTTP app
-//! (keep-alive, `Connection: close`, HTTP/1.0, bodies, malformed requests); a Unix listener;
+//! (keep-alive, `Connection: close`, HTTP/1.0, bodies, malformed requests); one worker serving
+//! 300 open keep-alive connections and a client that does not read on its three threads (the
+//! event loop, issue 12); `ok` and `done` once per connection from the event loop, for
+//! connections that end together too; a Unix listener;
 //! usage errors. Under attack and faults (issue 10): a hostile worker (`--test-hostile MODE`)
 //! confirming, failing or finishing connections it does not hold, writing an endless line,
 //! random bytes, or a line that never ends, is replaced (at once, or at its answer timeout) with
@@ -42,6 +45,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_sockdup");
 
 /// The longest any single wait in these tests may take.
 const WAIT: Duration = Duration::from_secs(10);
+
+/// `RUST_LOG` for a serve process whose debug lines say which worker (pid) it handed
+/// connections to ([`Server::warm_up`]).
+const HANDOFF_LOG: &str = "warn,sockdup::handoff::acceptor=debug";
 
 /// The lines a process wrote on stderr so far, as they come.
 #[derive(Default)]
@@ -235,6 +242,38 @@ impl Server {
                 return b;
             }
         }
+    }
+
+    /// Echo rounds (2 clients, 10 connections each) until each of the `n` workers running now
+    /// has been handed a connection; returns how many connections were made. The acceptor
+    /// connects to a worker's inbox at its first handoff and keeps that connection while the
+    /// worker lives, so its descriptor count is only comparable between moments when every
+    /// worker has been handed something: a worker that announced itself after a short burst
+    /// got nothing of it, and its inbox connection comes later. Needs [`HANDOFF_LOG`].
+    #[track_caller]
+    fn warm_up(&self, n: usize, tag: &str) -> u64 {
+        let until = Instant::now() + WAIT;
+        let mut made = 0;
+        for round in 0.. {
+            let failures = echo_load(self.tcp(), 2, 10, &format!("{tag}{round}"));
+            assert!(failures.is_empty(), "{tag}: warming up: {failures:?}");
+            made += 20;
+            let workers = self.wait_workers(n, &BTreeSet::new());
+            let handed = |pid: &u32| {
+                let pid = format!("pid={pid} ");
+                self.stderr.count(&["connections handed to a worker", &pid]) > 0
+            };
+            if workers.iter().all(handed) {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "{tag}: workers {workers:?} not all handed a connection within {WAIT:?}:\n{}",
+                self.stderr.text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        made
     }
 
     /// Descriptors open in the serve process.
@@ -754,11 +793,74 @@ fn a_worker_answers_a_malformed_or_oversized_line_at_once_and_exits_1() {
 }
 
 #[test]
+fn the_event_loop_worker_says_ok_and_done_once_for_each_connection() {
+    // Connections that end together are told done together (the event loop closes what one
+    // turn finished at its end, in one write): each `done` still comes once, after its `ok`.
+    let _guard = sockdup::startup().expect("startup");
+    let (mut child, mut stdin, mut stdout) = piped_worker();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut clients = Vec::new();
+    let mut accepted = Vec::new();
+    for _ in 0..3 {
+        clients.push(connect(addr).expect("connect"));
+        accepted.push(listener.accept().expect("accept").0);
+    }
+    let records = sockdup::duplicate_sockets(&accepted, child.id()).expect("duplicate");
+    drop(accepted);
+    let lines: String = (1..=3)
+        .zip(&records)
+        .map(|(id, record)| format!("conn {id} {record}\n"))
+        .collect();
+    stdin
+        .write_all(lines.as_bytes())
+        .expect("write the conn lines");
+    for id in 1..=3 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read an ok line");
+        assert_eq!(line, format!("ok {id}\n"));
+    }
+    // All three clients finish at once.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("echo {i}").as_bytes()).expect("write");
+        c.shutdown(Shutdown::Write).expect("shutdown");
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut got = String::new();
+        c.read_to_string(&mut got).expect("read the echo");
+        assert_eq!(got, format!("echo {i}"));
+    }
+    let mut done = BTreeSet::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read a done line");
+        let id: u64 = line
+            .strip_prefix("done ")
+            .and_then(|rest| rest.trim_end().parse().ok())
+            .unwrap_or_else(|| panic!("not a done line: {line:?}"));
+        assert!(done.insert(id), "done {id} twice");
+    }
+    assert_eq!(done, BTreeSet::from([1, 2, 3]));
+    // The acceptor's end closes: the worker exits 0, having said nothing more.
+    drop(stdin);
+    let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("read the rest");
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[test]
 fn the_acceptor_leaks_no_descriptor() {
-    let server = Server::start(&["--workers", "2"], &worker("echo"));
+    let server = Server::start_logging(
+        &["127.0.0.1:0"],
+        &["--workers", "2"],
+        &worker("echo"),
+        HANDOFF_LOG,
+    );
     let addr = server.tcp();
     // Warm up: both workers started, and the acceptor's connections to their inboxes made.
-    assert!(echo_load(addr, 2, 10, "w").is_empty());
+    server.warm_up(2, "w");
     // The count once it holds still, or once it is `want`.
     let settled = |want: Option<usize>| {
         let until = Instant::now() + Duration::from_secs(5);
@@ -785,7 +887,8 @@ fn the_acceptor_leaks_no_descriptor() {
     let victim = *workers.iter().next().expect("a worker");
     signal(victim, Signal::KILL);
     server.wait_workers(2, &BTreeSet::from([victim]));
-    assert!(echo_load(addr, 2, 10, "r").is_empty());
+    // Its replacement's inbox connection made too.
+    server.warm_up(2, "r");
     assert_eq!(settled(Some(before)), before, "after a restart");
 }
 
@@ -924,6 +1027,121 @@ fn hello_answers_malformed_requests_with_400_and_closes() {
     assert_eq!(summary.total, 6, "{summary:?}");
 }
 
+/// The threads of process `pid` right now.
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn one_hello_worker_serves_hundreds_of_open_connections_and_a_stalled_reader_on_three_threads() {
+    // An event loop, not a thread per connection: 300 keep-alive connections open at once,
+    // each answered, interleaved, by one worker whose thread count stays at three (the event
+    // loop, the handoff reader, the library's inbox thread); a client that sends thousands of pipelined requests and
+    // does not read holds nobody else up; once the clients close, the worker's descriptors
+    // are back where they were; SIGTERM drains the connections still open.
+    let mut server = Server::start(
+        &["--workers", "1", "--max-outstanding", "400"],
+        &worker("hello"),
+    );
+    let pid = *server
+        .wait_workers(1, &BTreeSet::new())
+        .iter()
+        .next()
+        .expect("a worker");
+    // Its descriptors when it holds no connection (after one served and closed, so that
+    // whatever it opens on its first connection is counted): the fewest seen over a while.
+    let (mut w, mut r) = {
+        let s = connect(server.tcp()).expect("connect");
+        (s.try_clone().expect("clone"), BufReader::new(s))
+    };
+    w.write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    assert_eq!(read_response(&mut r, false).status, 200);
+    assert!(closed(&mut r));
+    drop((w, r));
+    let idle = (0..50)
+        .filter_map(|_| {
+            thread::sleep(Duration::from_millis(2));
+            fd_count(pid)
+        })
+        .min()
+        .expect("the worker's fds");
+    // The stalled reader: ~1.5 MiB of responses, far past what a reader that never reads lets
+    // the socket buffers hold.
+    const PIPELINED: usize = 10_000;
+    let stalled = connect(server.tcp()).expect("connect");
+    let mut stalled_w = stalled.try_clone().expect("clone");
+    let writer = thread::spawn(move || {
+        let one = b"GET /p HTTP/1.1\r\nHost: test\r\n\r\n";
+        let all: Vec<u8> = one
+            .iter()
+            .copied()
+            .cycle()
+            .take(one.len() * PIPELINED)
+            .collect();
+        stalled_w
+            .write_all(&all)
+            .expect("send the pipelined requests");
+    });
+    let mut open = Vec::new();
+    for i in 0..300 {
+        let s = connect(server.tcp()).expect("connect");
+        let mut w = s.try_clone().expect("clone");
+        let mut r = BufReader::new(s);
+        w.write_all(format!("GET /{i} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .expect("send");
+        let resp = read_response(&mut r, false);
+        assert_eq!(
+            (resp.status, resp.body.as_slice()),
+            (200, &b"hello from sockdup\n"[..])
+        );
+        open.push((w, r));
+    }
+    let threads = thread_count(pid);
+    assert!(
+        threads <= 3,
+        "worker {pid} runs {threads} threads for 301 connections"
+    );
+    // Every connection is still open and served, in the reverse order.
+    for (i, (w, r)) in open.iter_mut().enumerate().rev() {
+        // One write: a request cut in pieces waits for delayed ACKs (Nagle) on the client.
+        w.write_all(format!("GET /again/{i} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .expect("send");
+        assert_eq!(read_response(r, false).status, 200);
+    }
+    // The stalled reader now reads everything it asked for.
+    let mut r = BufReader::new(stalled);
+    for _ in 0..PIPELINED {
+        assert_eq!(read_response(&mut r, false).status, 200);
+    }
+    writer.join().expect("the writer");
+    // Closed by the clients, every connection is let go of: the worker's descriptors go back
+    // to where they were.
+    drop(open);
+    drop(r);
+    wait_idle(pid, idle);
+    // A fresh set for the drain below.
+    let mut open = Vec::new();
+    for i in 0..20 {
+        let s = connect(server.tcp()).expect("connect");
+        let mut w = s.try_clone().expect("clone");
+        let mut r = BufReader::new(s);
+        w.write_all(format!("GET /late/{i} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .expect("send");
+        assert_eq!(read_response(&mut r, false).status, 200);
+        open.push((w, r));
+    }
+    // SIGTERM: the acceptor closes the worker's input; the idle connections close, the
+    // worker and the acceptor exit.
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, 322, "{summary:?}");
+    for (_, r) in &mut open {
+        assert!(closed(r), "an idle connection stayed open after the drain");
+    }
+}
+
 #[test]
 fn unix_and_tcp_listeners_side_by_side() {
     let dir = TempDir::new("unix");
@@ -1045,13 +1263,14 @@ fn hostile_once_script(mode: &str) -> String {
 #[track_caller]
 fn attack(mode: &str, complaint: &str, at_once: bool) {
     let script = hostile_once_script(mode);
-    let mut server = Server::start(
+    let mut server = Server::start_logging(
+        &["127.0.0.1:0"],
         &["--workers", "2", "--answer-timeout", "1"],
         &["sh", "-c", &script],
+        HANDOFF_LOG,
     );
     let addr = server.tcp();
-    let warm = echo_load(addr, 2, 10, "warm");
-    assert!(warm.is_empty(), "{mode}: warm-up failed: {warm:?}");
+    let mut served = server.warm_up(2, &format!("{mode}-warm"));
     let fds_before = server.settled_fd_count(None);
     let workers = server.wait_workers(2, &BTreeSet::new());
     let victim = *workers.iter().next().expect("a worker");
@@ -1096,20 +1315,11 @@ fn attack(mode: &str, complaint: &str, at_once: bool) {
         }),
         "{mode}"
     );
-    // Both workers serve again (the acceptor connects to a worker's inbox at its first
-    // connection: a round may find the new worker not yet announced, hence a few rounds);
-    // then the acceptor holds what it held before the attack.
-    let mut served = 40;
-    let mut fds_after = 0;
-    for _ in 0..5 {
-        let again = echo_load(addr, 2, 10, "again");
-        assert!(again.is_empty(), "{mode}: after the attack: {again:?}");
-        served += 20;
-        fds_after = server.settled_fd_count(Some(fds_before));
-        if fds_after == fds_before {
-            break;
-        }
-    }
+    // Both workers serve again, the new one handed connections too (so that the acceptor's
+    // connection to its inbox is made, as the old one's was before); then the acceptor holds
+    // what it held before the attack.
+    served += 20 + server.warm_up(2, &format!("{mode}-again"));
+    let fds_after = server.settled_fd_count(Some(fds_before));
     assert_eq!(fds_after, fds_before, "{mode}: the acceptor's descriptors");
     assert!(
         server.running(),

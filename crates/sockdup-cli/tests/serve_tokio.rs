@@ -47,7 +47,8 @@ impl Server {
             .arg(&port_file)
             .args(["--workers", &workers.to_string(), "--", WORKER])
             .current_dir(dir.path())
-            .env("RUST_LOG", "warn")
+            // The acceptor's debug lines say which worker (pid) it handed connections to.
+            .env("RUST_LOG", "warn,sockdup::handoff::acceptor=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -107,6 +108,33 @@ impl Server {
             let now = self.workers();
             (now.len() == n && now.is_disjoint(not)).then_some(now)
         })
+    }
+
+    /// Echo connections (at least `min`) until each worker in `pids` has been handed one;
+    /// returns how many were made. The acceptor connects to a worker's inbox at its first
+    /// handoff and keeps the connection while the worker lives: its descriptor counts compare
+    /// only when every worker has been handed something.
+    fn warm_up(&self, pids: &BTreeSet<u32>, min: usize, tag: &str) -> usize {
+        let handed = |pid: &u32| {
+            let pid = format!("pid={pid} ");
+            self.stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("connections handed to a worker") && l.contains(&pid))
+        };
+        let until = std::time::Instant::now() + WAIT;
+        let mut made = 0;
+        while made < min || !pids.iter().all(handed) {
+            assert!(
+                std::time::Instant::now() < until,
+                "workers {pids:?} not all handed a connection:\n{}",
+                self.text()
+            );
+            echo_once(self.addr, &format!("{tag}-{made};")).expect("warm-up");
+            made += 1;
+        }
+        made
     }
 
     /// The serve process's descriptor count once it is `want` or holds still (the same over
@@ -213,9 +241,7 @@ fn an_async_worker_serves_a_thousand_connections_each_once_through_a_sigkill() {
     let addr = server.addr;
     let first = server.wait_workers(2, &BTreeSet::new());
     // Warm up: both workers announced, the acceptor's connections to their inboxes made.
-    for i in 0..WARM_UP {
-        echo_once(addr, &format!("warm-{i};")).expect("warm-up");
-    }
+    let mut warm = server.warm_up(&first, WARM_UP, "warm");
     let fds_before = server.settled_fd_count(None);
     // The worker that survives: its descriptors when idle, to compare after the load.
     let survivor = *first.iter().last().expect("a worker");
@@ -265,7 +291,9 @@ fn an_async_worker_serves_a_thousand_connections_each_once_through_a_sigkill() {
         killed_at < THREADS * PER_THREAD,
         "the kill came after the load ({killed_at})"
     );
-    // Back to the descriptors it had with two idle workers.
+    // Back to the descriptors it had with two idle workers (the new one handed a connection,
+    // as the old one had been).
+    warm += server.warm_up(&after, 0, "again");
     let fds_after = server.settled_fd_count(Some(fds_before));
     assert_eq!(fds_after, fds_before, "the acceptor's descriptors");
     // The async worker that served throughout holds nothing more than before the load: every
@@ -278,7 +306,12 @@ fn an_async_worker_serves_a_thousand_connections_each_once_through_a_sigkill() {
         "acceptor fds {fds_before} -> {fds_after}; surviving worker fds {survivor_idle} -> {survivor_after}"
     );
     let (total, per_worker, restarts) = server.stop();
-    assert_eq!(total, 1000, "{}", server.text());
+    assert_eq!(
+        total as usize,
+        THREADS * PER_THREAD + warm,
+        "{}",
+        server.text()
+    );
     assert_eq!(THREADS * PER_THREAD + WARM_UP, 1000);
     assert_eq!(per_worker.iter().sum::<u64>(), total);
     assert!(restarts >= 1, "{}", server.text());

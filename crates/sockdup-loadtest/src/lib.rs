@@ -11,7 +11,12 @@
 //!   `SO_REUSEPORT` and accepts for itself: the kernel spreads connections, nothing is handed
 //!   off.
 //!
-//! Both serve [`serve_http`], a minimal HTTP/1.1 server that answers every request
+//! Both serve connections with [`serve_all`]: the event loop and HTTP state machine of
+//! `sockdup worker --app hello`, the very same source files (included with `#[path]`), so that
+//! the comparison measures how connections reach the workers and nothing else.
+//!
+//! [`serve_http`] (the twins' former, thread-per-connection server, kept for comparison) is a
+//! minimal HTTP/1.1 server that answers every request
 //! `200 OK` with the body [`BODY`], honours keep-alive, and closes after answering a request
 //! that asked for `Connection: close` (or an HTTP/1.0 request without `keep-alive`). It sends
 //! the same bytes as `sockdup worker --app hello` ([`response`]: `Date`, `Server`,
@@ -239,8 +244,45 @@ fn linger<S: HalfClose>(stream: &mut S) {
     }
 }
 
+// The serving loop of `sockdup worker --app hello`, shared word for word: the twins serve
+// connections exactly as the sockdup worker does, so the benchmark compares the handoffs alone.
+// The twins serve hello only: the echo protocol is the sockdup worker's.
+#[allow(dead_code)]
+#[path = "../../sockdup-cli/src/worker/evloop.rs"]
+mod evloop;
+#[path = "../../sockdup-cli/src/worker/hello.rs"]
+mod hello;
+
+/// Serves the HTTP hello protocol on every connection `next` yields, from one event loop on
+/// this thread (the same code as `sockdup worker --app hello`: epoll, non-blocking sockets, a
+/// state machine per connection), while `next` runs on a thread of its own (as the worker's
+/// handoff reader does); returns once `next` has yielded `None` and every connection is done.
+///
+/// # Errors
+/// Creating the event loop or its thread; the epoll set's errors.
+pub fn serve_all<F>(mut next: F) -> io::Result<()>
+where
+    F: FnMut() -> Option<TcpStream> + Send + 'static,
+{
+    let (feeder, event_loop) = evloop::channel()?;
+    let feeding = std::thread::Builder::new()
+        .name("feed".into())
+        .spawn(move || {
+            while let Some(stream) = next() {
+                if !feeder.send(evloop::Feed::Conn(stream)) {
+                    return;
+                }
+            }
+            feeder.send(evloop::Feed::End);
+        })?;
+    // A failed loop returns at once: the feeding thread may be blocked in `next`.
+    event_loop.run(evloop::Protocol::Hello)?;
+    let _ = feeding.join();
+    Ok(())
+}
+
 /// Serves `stream` on a thread of its own (one thread per connection), with the read timeout
-/// [`TICK`].
+/// [`TICK`] (the twins' former way; [`serve_all`] is what they use now).
 pub fn spawn_connection(stream: TcpStream) {
     std::thread::spawn(move || {
         if stream.set_read_timeout(Some(TICK)).is_ok() {

@@ -70,13 +70,14 @@ pub(crate) fn duplicate<S: AsFd>(
 /// [`duplicate`] for sockets whose base catalog entries the caller already knows
 /// (`records[i]` is [`entry_for`] of `sockets[i]`), e.g. connections accepted from one
 /// listener, which share its family, type and protocol: saves three `getsockopt` per socket.
-/// Debug builds check the entries.
+/// Debug builds check the entries. `rt` is the caller's, taken once for many calls (no
+/// `getpid` per call).
 pub(crate) fn duplicate_known(
+    rt: &Runtime,
     sockets: &[BorrowedFd<'_>],
     records: Vec<ProtocolInfo>,
     target_pid: u32,
 ) -> Result<Vec<ProtocolInfo>, Error> {
-    let rt = Runtime::current()?;
     debug_assert_eq!(sockets.len(), records.len());
     debug_assert!(
         sockets
@@ -85,7 +86,7 @@ pub(crate) fn duplicate_known(
             .all(|(s, r)| entry_for(*s).is_ok_and(|e| e == *r)),
         "a known entry does not match its socket"
     );
-    send(&rt, sockets, records, target_pid)
+    send(rt, sockets, records, target_pid)
 }
 
 /// Pushes `sockets` to `target_pid` (this process's own table if it is this process): the

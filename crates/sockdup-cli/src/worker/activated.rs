@@ -10,7 +10,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 use listenfd::ListenFd;
@@ -18,7 +18,9 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::net::{SocketFlags, accept_with};
 use sockdup::handoff::Stream;
 
-use super::{App, finish, serve_stream};
+use super::App;
+use super::Sock;
+use super::evloop::{Feed, Feeder};
 use crate::CliError;
 
 /// How often the accept loop looks at the stop flag.
@@ -76,12 +78,35 @@ pub(super) fn run(app: App) -> Result<(), CliError> {
         signal_hook::flag::register(signal, stop.clone())
             .map_err(|e| CliError::failed(format!("installing a signal handler: {e}")))?;
     }
-    let draining = Arc::new(AtomicBool::new(false));
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let (feeder, event_loop) = super::evloop::channel()
+        .map_err(|e| CliError::failed(format!("creating the event loop: {e}")))?;
+    // Accepting stays on a thread of its own: the listeners are shared with the other version
+    // of the server and stay blocking (see `accept`). The connections are served on this one.
+    let acceptor = thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || accept_loop(listeners, &stop, &feeder))
+        .map_err(|e| CliError::failed(format!("starting the accept loop: {e}")))?;
+    // A failed loop returns at once (leaving `run` ends the process, accept thread and all).
+    event_loop
+        .run(app.protocol())
+        .map_err(|e| CliError::failed(format!("the event loop failed: {e}")))?;
+    acceptor
+        .join()
+        .unwrap_or_else(|_| Err(CliError::failed("the accept loop panicked")))
+}
+
+/// Accepts until `stop`, handing each connection to the event loop; then closes the listeners
+/// and tells the loop the end.
+fn accept_loop(
+    listeners: Vec<Passed>,
+    stop: &AtomicBool,
+    feeder: &Feeder<Sock>,
+) -> Result<(), CliError> {
     let tick = rustix::time::Timespec {
         tv_sec: 0,
         tv_nsec: TICK.as_nanos() as i64,
     };
+    let mut result = Ok(());
     while !stop.load(Ordering::SeqCst) {
         let mut polled: Vec<PollFd<'_>> = listeners
             .iter()
@@ -89,35 +114,32 @@ pub(super) fn run(app: App) -> Result<(), CliError> {
             .collect();
         match poll(&mut polled, Some(&tick)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(CliError::failed(format!("polling the listeners: {e}"))),
+            Err(e) => {
+                result = Err(CliError::failed(format!("polling the listeners: {e}")));
+                break;
+            }
         }
         let ready: Vec<bool> = polled.iter().map(|p| !p.revents().is_empty()).collect();
         drop(polled);
+        // The signal may have woken another thread (the event loop's) rather than this one's
+        // poll: a connection that came after it is not ours to take.
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
         for (l, _) in listeners.iter().zip(ready).filter(|(_, r)| *r) {
-            let conn = match accept(l) {
-                Some(c) => c,
-                None => continue,
-            };
-            threads.retain(|t| !t.is_finished());
-            let mut stream = if l.unix {
+            let Some(conn) = accept(l) else { continue };
+            let stream = if l.unix {
                 Stream::Unix(conn.into())
             } else {
                 Stream::Tcp(conn.into())
             };
-            let flag = draining.clone();
-            match thread::Builder::new().spawn(move || {
-                if let Err(e) = serve_stream(app, &mut stream, &flag) {
-                    tracing::debug!(error = %e, "sockdup worker: the connection ended with an error");
-                }
-            }) {
-                Ok(t) => threads.push(t),
-                Err(e) => tracing::error!(error = %e, "sockdup worker: no thread for a connection"),
-            }
+            feeder.send(Feed::Conn(Sock::Plain(stream)));
         }
     }
     drop(listeners);
-    finish(threads, &draining, "stopping");
-    Ok(())
+    tracing::debug!("sockdup worker: stopping");
+    feeder.send(Feed::End);
+    result
 }
 
 /// Accepts the connection `poll` saw. The listener is shared with the other version of the

@@ -13,19 +13,15 @@
 //!   gets `400 Bad Request` and the connection closes; an HTTP version other than 1.x gets
 //!   `505`.
 //! - An idle connection closes after [`IDLE_TIMEOUT`]; when the worker drains (its acceptor
-//!   shuts down) idle connections close at once and the request in progress is answered with
-//!   `Connection: close`.
+//!   shuts down) idle connections close once idle for the event loop's tick (a connection
+//!   just handed over gets that long to send its request) and the request in progress is
+//!   answered with `Connection: close`.
 //!
 //! Every close after a response is graceful: the write side is shut down first and the
 //! client's remaining bytes are read (for at most [`LINGER`]), so a client that sent more
 //! still gets the response rather than a reset.
 
-use std::io::{self, Read, Write};
-use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use sockdup::handoff::Stream;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What every request gets.
 pub(crate) const BODY: &[u8] = b"hello from sockdup\n";
@@ -42,28 +38,8 @@ const MAX_CHUNK_LINE: usize = 1024;
 /// How long a connection may stay silent (between requests, or within one) before it closes.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How often a waiting read wakes to look at the drain flag and the idle time.
-const TICK: Duration = Duration::from_millis(200);
-
 /// How long a close waits for the client's remaining bytes after the response.
-const LINGER: Duration = Duration::from_secs(1);
-
-/// Why a connection stops.
-#[derive(Debug)]
-enum Stop {
-    /// The client closed, went idle too long, or the worker drains between requests.
-    Quiet,
-    /// The request is malformed: answer this and close.
-    Bad(Status),
-    /// The connection failed.
-    Io(io::Error),
-}
-
-impl From<io::Error> for Stop {
-    fn from(e: io::Error) -> Self {
-        Self::Io(e)
-    }
-}
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
 
 /// An error response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,57 +80,178 @@ pub(crate) struct Request {
     expect_continue: bool,
 }
 
-/// Serves HTTP requests on `stream` until the client closes, a request asks to close, a
-/// request is malformed, the connection idles out, or `draining` is set between requests.
-///
-/// # Errors
-/// The connection's I/O errors.
-pub(crate) fn serve(stream: &mut Stream, draining: &AtomicBool) -> io::Result<()> {
-    set_read_timeout(stream, Some(TICK))?;
-    let mut conn = Conn {
-        stream,
-        buf: Vec::new(),
-        last_data: Instant::now(),
-    };
-    loop {
-        match conn.exchange(draining) {
-            Ok(true) => {}
-            Ok(false) => {
-                conn.linger();
-                return Ok(());
-            }
-            Err(Stop::Quiet) => return Ok(()),
-            Err(Stop::Bad(status)) => {
-                let (code, reason, body) = status.line();
-                conn.respond(code, reason, body, false, Some("close"))?;
-                conn.linger();
-                return Ok(());
-            }
-            Err(Stop::Io(e)) => return Err(e),
-        }
-    }
+/// What the event loop does with a connection after [`Session::advance`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Keep reading (after writing out what was added).
+    More,
+    /// Write out what was added, then close: gracefully (shut down the write side, read the
+    /// client's remaining bytes for at most [`LINGER`]) if `linger`, else at once.
+    Close { linger: bool },
 }
 
-struct Conn<'a> {
-    stream: &'a mut Stream,
+/// Where the parser stands within a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting for a request head.
+    Head,
+    /// This many body bytes still to drop.
+    Body(u64),
+    /// Waiting for a chunk-size line.
+    ChunkLine,
+    /// This many chunk bytes still to drop.
+    ChunkData(u64),
+    /// Waiting for the empty line after a chunk's data.
+    ChunkEnd,
+    /// Waiting for the trailer lines' end; this many read so far.
+    Trailers(usize),
+}
+
+/// One connection's HTTP state, without I/O: bytes go in with [`Session::feed`], responses
+/// come out of [`Session::advance`]. The event loop does the reading and writing.
+#[derive(Debug)]
+pub(crate) struct Session {
     /// Bytes read and not yet used.
     buf: Vec<u8>,
-    last_data: Instant,
+    state: State,
+    /// The request being read (its head is parsed).
+    req: Option<Request>,
 }
 
-impl Conn<'_> {
-    /// One request and its response; whether the connection stays open.
-    fn exchange(&mut self, draining: &AtomicBool) -> Result<bool, Stop> {
-        let head = self.read_head(draining)?;
-        let req = parse_head(&head).map_err(Stop::Bad)?;
-        if req.expect_continue && req.body != Body::Length(0) && self.buf.is_empty() {
-            self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+impl Session {
+    pub(crate) fn new() -> Self {
+        Self {
+            buf: Vec::new(),
+            state: State::Head,
+            req: None,
         }
-        match req.body {
-            Body::Length(n) => self.discard(n)?,
-            Body::Chunked => self.discard_chunked()?,
+    }
+
+    /// Takes bytes read from the client.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Whether the connection is between requests with nothing of the next one read: where
+    /// a drain closes it.
+    pub(crate) fn idle(&self) -> bool {
+        self.state == State::Head && self.buf.iter().all(|&b| b == b'\r' || b == b'\n')
+    }
+
+    /// Uses the bytes fed so far: every request they complete gets its response appended to
+    /// `out` (an `Expect: 100-continue` its `100 Continue`). `draining`: answer with
+    /// `Connection: close`, and close at the next request boundary.
+    pub(crate) fn advance(&mut self, out: &mut Vec<u8>, draining: bool) -> Next {
+        match self.run(out, draining) {
+            Ok(next) => next,
+            Err(status) => {
+                let (code, reason, body) = status.line();
+                respond(out, code, reason, body, false, Some("close"));
+                self.state = State::Head;
+                Next::Close { linger: true }
+            }
         }
-        let close = req.close || draining.load(Ordering::SeqCst);
+    }
+
+    fn run(&mut self, out: &mut Vec<u8>, draining: bool) -> Result<Next, Status> {
+        loop {
+            match self.state {
+                State::Head => {
+                    let blank = self
+                        .buf
+                        .iter()
+                        .position(|&b| b != b'\r' && b != b'\n')
+                        .unwrap_or(self.buf.len());
+                    // Empty lines before a request line are skipped (a lone CR may wait for its LF).
+                    let skip = self.buf[..blank]
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map_or(0, |i| i + 1);
+                    self.buf.drain(..skip);
+                    let Some(end) = head_end(&self.buf) else {
+                        if self.buf.len() > MAX_HEAD {
+                            return Err(Status::BadRequest);
+                        }
+                        if draining && self.idle() {
+                            return Ok(Next::Close { linger: false });
+                        }
+                        return Ok(Next::More);
+                    };
+                    let req = parse_head(&self.buf[..end])?;
+                    self.buf.drain(..end);
+                    if req.expect_continue && req.body != Body::Length(0) && self.buf.is_empty() {
+                        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
+                    self.state = match req.body {
+                        Body::Length(n) => State::Body(n),
+                        Body::Chunked => State::ChunkLine,
+                    };
+                    self.req = Some(req);
+                }
+                State::Body(n) | State::ChunkData(n) => {
+                    let take = usize::try_from(n).unwrap_or(usize::MAX).min(self.buf.len());
+                    self.buf.drain(..take);
+                    let left = n - take as u64;
+                    let chunk = matches!(self.state, State::ChunkData(_));
+                    if left > 0 {
+                        self.state = if chunk {
+                            State::ChunkData(left)
+                        } else {
+                            State::Body(left)
+                        };
+                        return Ok(Next::More);
+                    }
+                    if chunk {
+                        self.state = State::ChunkEnd;
+                    } else if self.respond(out, draining) {
+                        return Ok(Next::Close { linger: true });
+                    }
+                }
+                State::ChunkLine => {
+                    let Some(line) = self.line(MAX_CHUNK_LINE)? else {
+                        return Ok(Next::More);
+                    };
+                    let size = parse_chunk_size(&line).ok_or(Status::BadRequest)?;
+                    self.state = if size == 0 {
+                        State::Trailers(0)
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                State::ChunkEnd => {
+                    let Some(line) = self.line(2)? else {
+                        return Ok(Next::More);
+                    };
+                    if !line.is_empty() {
+                        return Err(Status::BadRequest);
+                    }
+                    self.state = State::ChunkLine;
+                }
+                State::Trailers(k) => {
+                    let Some(line) = self.line(MAX_HEAD)? else {
+                        return Ok(Next::More);
+                    };
+                    if line.is_empty() {
+                        if self.respond(out, draining) {
+                            return Ok(Next::Close { linger: true });
+                        }
+                    } else if k + 1 > MAX_HEADERS {
+                        return Err(Status::BadRequest);
+                    } else {
+                        self.state = State::Trailers(k + 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers the request just read; whether the connection closes after it.
+    fn respond(&mut self, out: &mut Vec<u8>, draining: bool) -> bool {
+        self.state = State::Head;
+        let Some(req) = self.req.take() else {
+            return true;
+        };
+        let close = req.close || draining;
         let connection = if close {
             Some("close")
         } else if req.http10 {
@@ -162,179 +259,55 @@ impl Conn<'_> {
         } else {
             None
         };
-        self.respond(200, "OK", BODY, req.head_only, connection)?;
-        Ok(!close)
+        respond(out, 200, "OK", BODY, req.head_only, connection);
+        close
     }
 
-    /// Reads once more: new bytes go to `buf`. At a request boundary (`buf` empty) a drain
-    /// closes the connection; anywhere, so does [`IDLE_TIMEOUT`] without a byte.
-    fn fill(&mut self, draining: &AtomicBool) -> Result<(), Stop> {
-        let mut chunk = [0u8; 8 * 1024];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => Err(Stop::Quiet),
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                self.last_data = Instant::now();
-                Ok(())
-            }
-            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {
-                if (self.buf.is_empty() && draining.load(Ordering::SeqCst))
-                    || self.last_data.elapsed() > IDLE_TIMEOUT
-                {
-                    Err(Stop::Quiet)
-                } else {
-                    Ok(())
-                }
-            }
-            Err(e) => Err(Stop::Io(e)),
-        }
-    }
-
-    /// The next request head, through its blank line, taken out of `buf`.
-    fn read_head(&mut self, draining: &AtomicBool) -> Result<Vec<u8>, Stop> {
-        loop {
-            let blank = self
-                .buf
-                .iter()
-                .position(|&b| b != b'\r' && b != b'\n')
-                .unwrap_or(self.buf.len());
-            // Empty lines before a request line are skipped (a lone CR may wait for its LF).
-            let skip = self.buf[..blank]
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |i| i + 1);
-            self.buf.drain(..skip);
-            if let Some(end) = head_end(&self.buf) {
-                return Ok(self.buf.drain(..end).collect());
-            }
-            if self.buf.len() > MAX_HEAD {
-                return Err(Stop::Bad(Status::BadRequest));
-            }
-            self.fill(draining)?;
-        }
-    }
-
-    /// Reads and drops `n` body bytes.
-    fn discard(&mut self, mut n: u64) -> Result<(), Stop> {
-        // No drain check inside a request: it is answered.
-        let busy = AtomicBool::new(false);
-        loop {
-            let take = usize::try_from(n).unwrap_or(usize::MAX).min(self.buf.len());
-            self.buf.drain(..take);
-            n -= take as u64;
-            if n == 0 {
-                return Ok(());
-            }
-            self.fill(&busy)?;
-        }
-    }
-
-    /// A line (without its line end) taken out of `buf`; longer than `max` is malformed.
-    fn line(&mut self, max: usize) -> Result<Vec<u8>, Stop> {
-        let busy = AtomicBool::new(false);
-        loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=i).collect();
+    /// A line (without its line end) taken out of `buf`, if it is all there; longer than
+    /// `max` is malformed.
+    fn line(&mut self, max: usize) -> Result<Option<Vec<u8>>, Status> {
+        if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = self.buf.drain(..=i).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
                 line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(line);
             }
-            if self.buf.len() > max {
-                return Err(Stop::Bad(Status::BadRequest));
-            }
-            self.fill(&busy)?;
+            return Ok(Some(line));
         }
-    }
-
-    /// Reads and drops a chunked body with its trailers.
-    fn discard_chunked(&mut self) -> Result<(), Stop> {
-        loop {
-            let line = self.line(MAX_CHUNK_LINE)?;
-            let size = parse_chunk_size(&line).ok_or(Stop::Bad(Status::BadRequest))?;
-            if size == 0 {
-                break;
-            }
-            self.discard(size)?;
-            if !self.line(2)?.is_empty() {
-                return Err(Stop::Bad(Status::BadRequest));
-            }
+        if self.buf.len() > max {
+            return Err(Status::BadRequest);
         }
-        for _ in 0..=MAX_HEADERS {
-            if self.line(MAX_HEAD)?.is_empty() {
-                return Ok(());
-            }
-        }
-        Err(Stop::Bad(Status::BadRequest))
-    }
-
-    fn respond(
-        &mut self,
-        code: u16,
-        reason: &str,
-        body: &[u8],
-        head_only: bool,
-        connection: Option<&str>,
-    ) -> io::Result<()> {
-        let mut out = format!(
-            "HTTP/1.1 {code} {reason}\r\nDate: {}\r\nServer: sockdup\r\n\
-             Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
-            http_date(SystemTime::now()),
-            body.len()
-        );
-        if let Some(c) = connection {
-            out.push_str("Connection: ");
-            out.push_str(c);
-            out.push_str("\r\n");
-        }
-        out.push_str("\r\n");
-        let mut bytes = out.into_bytes();
-        if !head_only {
-            bytes.extend_from_slice(body);
-        }
-        self.stream.write_all(&bytes)?;
-        self.stream.flush()
-    }
-
-    /// Closes gracefully: no more writes, then the client's remaining bytes are read and
-    /// dropped until it closes, for at most [`LINGER`].
-    fn linger(&mut self) {
-        if shutdown_write(self.stream).is_err() {
-            return;
-        }
-        let until = Instant::now() + LINGER;
-        let mut sink = [0u8; 8 * 1024];
-        let mut total = 0usize;
-        while Instant::now() < until && total < 1 << 20 {
-            match self.stream.read(&mut sink) {
-                Ok(0) => return,
-                Ok(n) => total += n,
-                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
-            }
-        }
+        Ok(None)
     }
 }
 
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
-}
-
-fn set_read_timeout(stream: &Stream, t: Option<Duration>) -> io::Result<()> {
-    match stream {
-        Stream::Tcp(s) => s.set_read_timeout(t),
-        Stream::Unix(s) => s.set_read_timeout(t),
+/// Appends a response to `out`.
+fn respond(
+    out: &mut Vec<u8>,
+    code: u16,
+    reason: &str,
+    body: &[u8],
+    head_only: bool,
+    connection: Option<&str>,
+) {
+    use std::fmt::Write as _;
+    let mut head = String::with_capacity(192);
+    let _ = write!(
+        head,
+        "HTTP/1.1 {code} {reason}\r\nDate: {}\r\nServer: sockdup\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+        http_date(SystemTime::now()),
+        body.len()
+    );
+    if let Some(c) = connection {
+        head.push_str("Connection: ");
+        head.push_str(c);
+        head.push_str("\r\n");
     }
-}
-
-fn shutdown_write(stream: &Stream) -> io::Result<()> {
-    match stream {
-        Stream::Tcp(s) => s.shutdown(Shutdown::Write),
-        Stream::Unix(s) => s.shutdown(Shutdown::Write),
+    head.push_str("\r\n");
+    out.extend_from_slice(head.as_bytes());
+    if !head_only {
+        out.extend_from_slice(body);
     }
 }
 
@@ -664,5 +637,102 @@ mod tests {
         for bad in [&b""[..], b"x", b"-1", b"ffffffffffffffffff"] {
             assert_eq!(parse_chunk_size(bad), None);
         }
+    }
+
+    /// Feeds `input` in pieces of `step` bytes; the responses (dates blanked) and the last
+    /// `Next`.
+    fn session(input: &[u8], step: usize, draining: bool) -> (String, Next) {
+        let mut s = Session::new();
+        let mut out = Vec::new();
+        let mut next = Next::More;
+        for piece in input.chunks(step.max(1)) {
+            s.feed(piece);
+            next = s.advance(&mut out, draining);
+            if next != Next::More {
+                break;
+            }
+        }
+        let text = String::from_utf8(out).unwrap();
+        let undated = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("Date: ") {
+                    "Date: X"
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        (undated, next)
+    }
+
+    #[test]
+    fn a_session_answers_pipelined_requests_however_the_bytes_are_cut() {
+        let input = b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n\
+            POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+            POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+            3;x=y\r\nabc\r\n0\r\nTrailer: t\r\n\r\n\
+            HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+        let (whole, next) = session(input, input.len(), false);
+        assert_eq!(next, Next::Close { linger: true });
+        assert_eq!(whole.matches("HTTP/1.1 200 OK").count(), 4, "{whole}");
+        assert_eq!(whole.matches("hello from sockdup").count(), 3, "{whole}");
+        assert!(whole.ends_with("Connection: close\n"), "{whole}");
+        for step in 1..40 {
+            assert_eq!(
+                session(input, step, false),
+                (whole.clone(), next),
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_session_refuses_malformed_requests_and_closes() {
+        let (out, next) = session(b"GET / HTTP/1.1\r\n\r\n", 3, false);
+        assert!(out.starts_with("HTTP/1.1 400 Bad Request"), "{out}");
+        assert_eq!(next, Next::Close { linger: true });
+        let (out, _) = session(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 100, false);
+        assert!(out.starts_with("HTTP/1.1 505"), "{out}");
+        let huge = vec![b'a'; MAX_HEAD + 2];
+        let (out, next) = session(&huge, 1000, false);
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        assert_eq!(next, Next::Close { linger: true });
+        let bad_chunk = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+        let (out, _) = session(bad_chunk, 7, false);
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    }
+
+    #[test]
+    fn a_session_continues_and_drains() {
+        let (out, next) = session(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+            1000,
+            false,
+        );
+        assert_eq!(out, "HTTP/1.1 100 Continue\n");
+        assert_eq!(next, Next::More);
+        // Draining: the request is answered with Connection: close; an idle session closes.
+        let (out, next) = session(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 1000, true);
+        assert!(out.contains("Connection: close"), "{out}");
+        assert_eq!(next, Next::Close { linger: true });
+        let mut s = Session::new();
+        assert!(s.idle());
+        assert_eq!(
+            s.advance(&mut Vec::new(), true),
+            Next::Close { linger: false }
+        );
+        s.feed(b"GE");
+        assert!(!s.idle());
+        assert_eq!(s.advance(&mut Vec::new(), true), Next::More);
+        // HTTP/1.0 keep-alive is said so.
+        let (out, next) = session(
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+            5,
+            false,
+        );
+        assert!(out.contains("Connection: keep-alive"), "{out}");
+        assert_eq!(next, Next::More);
     }
 }

@@ -5,8 +5,8 @@
 //! socketpair as its standard input, then accepts connections and passes each one to the next
 //! worker in turn with a single bare `sendmsg` carrying `SCM_RIGHTS`, and closes its own
 //! descriptor at once: no sockdup, no records, no acknowledgement. A worker `recvmsg`s each
-//! descriptor and serves the HTTP hello protocol on a thread of its own
-//! ([`sockdup_loadtest::serve_http`]).
+//! descriptor and serves the HTTP hello protocol from its event loop
+//! ([`sockdup_loadtest::serve_all`], the serving code of `sockdup worker --app hello`).
 //!
 //! SIGTERM, SIGINT or SIGHUP stops the acceptor: it kills and reaps its workers and exits 0.
 //! Workers also die with the acceptor (`PR_SET_PDEATHSIG`), and exit when their channel
@@ -19,21 +19,23 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::{ExitCode, Stdio};
 
 use sockdup_loadtest::{
-    Options, die_with_parent, fd_channel, listen, recv_fd, send_fd, spawn_connection,
-    spawn_self_worker, stdin_channel, stop_children_on_signal,
+    Options, die_with_parent, fd_channel, listen, recv_fd, send_fd, serve_all, spawn_self_worker,
+    stdin_channel, stop_children_on_signal,
 };
 
 fn worker() -> Result<(), String> {
     die_with_parent().map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
     let channel = stdin_channel().map_err(|e| format!("standard input: {e}"))?;
-    loop {
-        match recv_fd(channel.as_fd()) {
-            Ok(Some(fd)) => spawn_connection(TcpStream::from(fd)),
-            // The acceptor is gone: so are the connections it would send.
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(format!("receiving a connection: {e}")),
+    serve_all(move || match recv_fd(channel.as_fd()) {
+        Ok(Some(fd)) => Some(TcpStream::from(fd)),
+        // The acceptor is gone: so are the connections it would send.
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("raw-acceptor: receiving a connection: {e}");
+            None
         }
-    }
+    })
+    .map_err(|e| format!("serving: {e}"))
 }
 
 fn acceptor(options: &Options) -> Result<(), String> {

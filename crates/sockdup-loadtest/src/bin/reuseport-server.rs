@@ -2,8 +2,8 @@
 //!
 //! N worker processes (this executable again, in the hidden `--worker` mode) each bind `ADDR`
 //! with `SO_REUSEPORT` and accept for themselves: the kernel spreads the connections among
-//! them and nothing is handed off. Each connection is served with the HTTP hello protocol on a
-//! thread of its own ([`sockdup_loadtest::serve_http`]), as in `raw-acceptor`.
+//! them and nothing is handed off. Each connection is served with the HTTP hello protocol from
+//! its event loop ([`sockdup_loadtest::serve_all`]), as in `raw-acceptor`.
 //!
 //! The first process only supervises: when a worker exits, it kills the others and exits with
 //! that worker's status; on SIGTERM, SIGINT or SIGHUP it kills and reaps the workers and exits
@@ -14,7 +14,7 @@ use std::ffi::OsString;
 use std::process::{ExitCode, Stdio};
 
 use sockdup_loadtest::{
-    Options, die_with_parent, listen, spawn_connection, spawn_self_worker, stop_children_on_signal,
+    Options, die_with_parent, listen, serve_all, spawn_self_worker, stop_children_on_signal,
     supervise,
 };
 
@@ -22,12 +22,15 @@ fn worker(options: &Options) -> Result<(), String> {
     die_with_parent().map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
     let addr = options.listen.ok_or("--listen is required")?;
     let listener = listen(addr, true).map_err(|e| format!("listening on {addr}: {e}"))?;
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => spawn_connection(stream),
-            Err(e) => eprintln!("reuseport-server: accept: {e}"),
+    serve_all(move || {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => return Some(stream),
+                Err(e) => eprintln!("reuseport-server: accept: {e}"),
+            }
         }
-    }
+    })
+    .map_err(|e| format!("serving: {e}"))
 }
 
 fn supervisor(options: &Options) -> Result<i32, String> {

@@ -158,7 +158,9 @@ impl Acceptor {
                 "the acceptor has no listening socket",
             ));
         }
-        crate::startup::Runtime::current()?;
+        // Held for the run: the record of every batch needs it, and looking it up (a `getpid`
+        // to rule out a fork) once per batch would be a syscall per handoff.
+        let rt = crate::startup::Runtime::current()?;
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)
             .map_err(|e| Error::from_errno(e, "creating the acceptor's epoll"))?;
         let mut listeners = Vec::new();
@@ -187,6 +189,7 @@ impl Acceptor {
         };
         let mut run = Run {
             cfg: &self,
+            rt,
             ep,
             listeners,
             entries,
@@ -280,6 +283,7 @@ impl Default for Proc {
 /// The driver: epoll, listeners, pipes and child processes around a [`Dispatch`].
 struct Run<'a> {
     cfg: &'a Acceptor,
+    rt: Arc<crate::startup::Runtime>,
     ep: OwnedFd,
     listeners: Vec<OwnedFd>,
     /// Each listener's catalog entry, for the records of its connections.
@@ -560,19 +564,20 @@ impl Run<'_> {
             .collect();
         let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|p| p.fd.as_fd()).collect();
         let stdin = &mut self.procs[slot].stdin;
-        let sent = crate::transfer::duplicate_known(&fds, records, pid).and_then(|records| {
-            let stdin = stdin
-                .as_mut()
-                .ok_or_else(|| Error::new(ErrorKind::PeerClosed, "the worker's input is closed"))?;
-            let mut text = String::with_capacity(records.len() * 880);
-            for (&id, record) in ids.iter().zip(records) {
-                ToWorker::Conn { id, record }.encode_into(&mut text);
-            }
-            // One write for the whole batch: a pipe is unbuffered.
-            stdin
-                .write_all(text.as_bytes())
-                .map_err(|e| Error::from_errno(e, "writing to the worker"))
-        });
+        let sent =
+            crate::transfer::duplicate_known(&self.rt, &fds, records, pid).and_then(|records| {
+                let stdin = stdin.as_mut().ok_or_else(|| {
+                    Error::new(ErrorKind::PeerClosed, "the worker's input is closed")
+                })?;
+                let mut text = String::with_capacity(records.len() * 880);
+                for (&id, record) in ids.iter().zip(records) {
+                    ToWorker::Conn { id, record }.encode_into(&mut text);
+                }
+                // One write for the whole batch: a pipe is unbuffered.
+                stdin
+                    .write_all(text.as_bytes())
+                    .map_err(|e| Error::from_errno(e, "writing to the worker"))
+            });
         drop(fds);
         let count = ids.len();
         match sent {

@@ -1,0 +1,482 @@
+//! The worker's event loop: one thread serves every connection from an epoll set (level
+//! triggered, non-blocking sockets), each connection a state machine: [`hello::Session`] for
+//! the HTTP app, a byte buffer for `echo`.
+//!
+//! Connections come from a feeder thread (the handoff protocol on stdin, or the accept loop of
+//! `--listen-fds`) through a channel; the feeder wakes the loop with an eventfd. When the feeder
+//! says the end ([`Feed::End`]), the loop drains: `hello` connections idle at a request boundary
+//! close once they have been idle for a [`TICK`] (a connection handed over or accepted just
+//! before the end gets that long to send its request, as a worker thread blocked in a read got
+//! until its read timed out), the requests in progress are answered with `Connection: close`,
+//! echo connections run until their client closes; the loop returns when none is left.
+//!
+//! Why epoll through rustix rather than tokio: the apps are tiny state machines already, the
+//! CLI needs no runtime for anything else, and the loop is the same shape as the C epoll twins
+//! the benchmark compares with.
+//!
+//! This file is shared, word for word, with the load-test twins (`sockdup-loadtest` includes it
+//! and [`hello`] with `#[path]`), so that the benchmark compares how connections reach the
+//! workers and not how they are served: it uses only std, rustix, tracing and its sibling
+//! `hello` module, and serves any [`Client`].
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::time::{Duration, Instant};
+
+use super::hello::{self, IDLE_TIMEOUT, LINGER, Next};
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::event::{EventfdFlags, eventfd};
+
+/// How often the loop looks at idle and lingering connections' clocks.
+const TICK: Duration = Duration::from_millis(200);
+
+/// The epoll token of the wake-up eventfd (connections use their slot's index).
+const WAKE: u64 = u64::MAX;
+
+/// The most bytes a lingering close reads from the client before giving up.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// What the loop serves on each connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// Every byte back, until the client closes.
+    Echo,
+    /// HTTP/1.1 hello ([`hello::Session`]).
+    Hello,
+}
+
+/// A connection the loop can serve: a stream socket, and whatever must happen when it closes
+/// (dropped by the loop when it is done).
+pub(crate) trait Client: Send + 'static {
+    /// The stream.
+    type Io: Read + Write;
+    /// The stream, to read and write.
+    fn io(&mut self) -> &mut Self::Io;
+    /// The stream's descriptor, to watch.
+    fn fd(&mut self) -> BorrowedFd<'_>;
+    /// Puts the stream in non-blocking mode.
+    fn make_nonblocking(&mut self) -> io::Result<()>;
+    /// Shuts down the stream's write side.
+    fn shutdown_write(&mut self) -> io::Result<()>;
+    /// Closes the connections the loop finished with during one turn (after one
+    /// `epoll_wait`), emptying `closed`: at once, by default; a handed-over connection tells
+    /// the acceptor it is done, and many of them can say so in one write.
+    fn close_all(closed: &mut Vec<Self>)
+    where
+        Self: Sized,
+    {
+        closed.clear();
+    }
+}
+
+impl Client for std::net::TcpStream {
+    type Io = Self;
+    fn io(&mut self) -> &mut Self {
+        self
+    }
+    fn fd(&mut self) -> BorrowedFd<'_> {
+        AsFd::as_fd(&*self)
+    }
+    fn make_nonblocking(&mut self) -> io::Result<()> {
+        self.set_nonblocking(true)
+    }
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+}
+
+/// What the feeder sends the loop.
+pub(crate) enum Feed<C> {
+    /// A connection.
+    Conn(C),
+    /// No more connections: drain and return.
+    End,
+}
+
+/// The feeder's end: sends connections and wakes the loop.
+pub(crate) struct Feeder<C> {
+    tx: Sender<Feed<C>>,
+    wake: std::sync::Arc<OwnedFd>,
+}
+
+impl<C> Feeder<C> {
+    /// Sends `feed` to the loop; false if the loop is gone.
+    pub(crate) fn send(&self, feed: Feed<C>) -> bool {
+        if self.tx.send(feed).is_err() {
+            return false;
+        }
+        // A full counter (never, in practice) still leaves the eventfd readable.
+        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+        true
+    }
+}
+
+/// The loop's end.
+pub(crate) struct Loop<C> {
+    rx: Receiver<Feed<C>>,
+    wake: std::sync::Arc<OwnedFd>,
+}
+
+/// A feeder and the loop it feeds.
+pub(crate) fn channel<C>() -> io::Result<(Feeder<C>, Loop<C>)> {
+    let wake = std::sync::Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?);
+    let (tx, rx) = mpsc::channel();
+    Ok((
+        Feeder {
+            tx,
+            wake: wake.clone(),
+        },
+        Loop { rx, wake },
+    ))
+}
+
+/// A connection's protocol state.
+enum Proto {
+    Echo,
+    Hello(hello::Session),
+}
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Reading and answering.
+    Open,
+    /// Writing out what is left, then closing (gracefully if `linger`).
+    Closing { linger: bool },
+    /// Write side shut down; reading the client's last bytes until it closes or `until`.
+    Lingering { until: Instant, read: usize },
+}
+
+struct Slot<C> {
+    sock: C,
+    proto: Proto,
+    /// Bytes to send, from `sent` on.
+    out: Vec<u8>,
+    sent: usize,
+    phase: Phase,
+    /// When a byte last came in or went out: [`IDLE_TIMEOUT`] after it, a `hello` connection
+    /// closes.
+    last_data: Instant,
+    /// The events it is registered for.
+    interest: EventFlags,
+}
+
+/// What became of a connection after an event.
+#[derive(PartialEq, Eq)]
+enum Fate {
+    Keep,
+    Close,
+}
+
+struct EventLoop<C> {
+    app: Protocol,
+    epoll: OwnedFd,
+    slots: Vec<Option<Slot<C>>>,
+    free: Vec<usize>,
+    open: usize,
+    draining: bool,
+    buf: Box<[u8]>,
+    /// Connections done with during this turn, closed together at its end.
+    closed: Vec<C>,
+}
+
+impl<C: Client> Loop<C> {
+    /// Serves every connection fed until [`Feed::End`] and until the last one closes.
+    ///
+    /// # Errors
+    /// The epoll set's own errors (a connection's errors close that connection only).
+    pub(crate) fn run(self, app: Protocol) -> io::Result<()> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(
+            &epoll,
+            &*self.wake,
+            EventData::new_u64(WAKE),
+            EventFlags::IN,
+        )?;
+        let mut ev = EventLoop {
+            app,
+            epoll,
+            slots: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            draining: false,
+            buf: vec![0u8; 16 * 1024].into_boxed_slice(),
+            closed: Vec::new(),
+        };
+        let mut events = Vec::with_capacity(256);
+        let tick = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: TICK.as_nanos() as i64,
+        };
+        let mut last_scan = Instant::now();
+        let mut fed_end = false;
+        loop {
+            if fed_end && ev.open == 0 {
+                return Ok(());
+            }
+            events.clear();
+            match epoll::wait(
+                &ev.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                Some(&tick),
+            ) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            for event in &events {
+                let token = event.data.u64();
+                if token == WAKE {
+                    let mut count = [0u8; 8];
+                    let _ = rustix::io::read(&*self.wake, &mut count);
+                    loop {
+                        match self.rx.try_recv() {
+                            Ok(Feed::Conn(sock)) => ev.add(sock),
+                            Ok(Feed::End) | Err(TryRecvError::Disconnected) => {
+                                if !fed_end {
+                                    fed_end = true;
+                                    ev.drain();
+                                }
+                                break;
+                            }
+                            Err(TryRecvError::Empty) => break,
+                        }
+                    }
+                } else {
+                    ev.on_event(token as usize, event.flags);
+                }
+            }
+            if last_scan.elapsed() >= TICK {
+                last_scan = Instant::now();
+                ev.scan();
+            }
+            if !ev.closed.is_empty() {
+                C::close_all(&mut ev.closed);
+            }
+        }
+    }
+}
+
+impl<C: Client> EventLoop<C> {
+    fn add(&mut self, mut sock: C) {
+        if let Err(e) = sock.make_nonblocking() {
+            tracing::debug!(error = %e, "sockdup worker: a connection could not be made non-blocking");
+            return;
+        }
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        if let Err(e) = epoll::add(
+            &self.epoll,
+            sock.fd(),
+            EventData::new_u64(index as u64),
+            EventFlags::IN,
+        ) {
+            tracing::error!(error = %e, "sockdup worker: could not watch a connection");
+            self.free.push(index);
+            return;
+        }
+        let proto = match self.app {
+            Protocol::Echo => Proto::Echo,
+            Protocol::Hello => Proto::Hello(hello::Session::new()),
+        };
+        self.slots[index] = Some(Slot {
+            sock,
+            proto,
+            out: Vec::new(),
+            sent: 0,
+            phase: Phase::Open,
+            last_data: Instant::now(),
+            interest: EventFlags::IN,
+        });
+        self.open += 1;
+        // The request is often there already: no need to wait for epoll to say so.
+        self.on_event(index, EventFlags::IN);
+    }
+
+    fn on_event(&mut self, index: usize, flags: EventFlags) {
+        let draining = self.draining;
+        let Some(Some(slot)) = self.slots.get_mut(index) else {
+            return;
+        };
+        let fate = slot.step(&mut self.buf, flags, draining);
+        self.settle(index, fate);
+    }
+
+    /// Closes the connection, or updates its interest.
+    fn settle(&mut self, index: usize, fate: Fate) {
+        let Some(slot) = self.slots[index].as_mut() else {
+            return;
+        };
+        if fate == Fate::Close {
+            let _ = epoll::delete(&self.epoll, slot.sock.fd());
+            // Closed at the end of this turn, with the others done with in it (a handed-over
+            // connection tells the acceptor it is done as it closes).
+            if let Some(slot) = self.slots[index].take() {
+                self.closed.push(slot.sock);
+            }
+            self.free.push(index);
+            self.open -= 1;
+            return;
+        }
+        let want = if slot.sent < slot.out.len() {
+            EventFlags::OUT
+        } else {
+            EventFlags::IN
+        };
+        if want != slot.interest {
+            slot.interest = want;
+            if epoll::modify(
+                &self.epoll,
+                slot.sock.fd(),
+                EventData::new_u64(index as u64),
+                want,
+            )
+            .is_err()
+            {
+                self.settle(index, Fate::Close);
+            }
+        }
+    }
+
+    /// The end of the feed: `hello` connections idle for a [`TICK`] close now, the other idle
+    /// ones once they have been, the others at their next request boundary.
+    fn drain(&mut self) {
+        tracing::debug!(
+            open = self.open,
+            "sockdup worker: no more connections; finishing"
+        );
+        self.draining = true;
+        self.scan();
+    }
+
+    /// Closes the connections idle too long, lingering too long, or idle for a [`TICK`] while
+    /// draining.
+    fn scan(&mut self) {
+        let now = Instant::now();
+        for index in 0..self.slots.len() {
+            let Some(slot) = self.slots[index].as_ref() else {
+                continue;
+            };
+            let close = match slot.phase {
+                Phase::Lingering { until, .. } => now >= until,
+                Phase::Open => {
+                    let idle_for = now.duration_since(slot.last_data);
+                    idle_for > IDLE_TIMEOUT && self.app == Protocol::Hello
+                        || (self.draining
+                            && idle_for >= TICK
+                            && slot.sent == slot.out.len()
+                            && matches!(&slot.proto, Proto::Hello(s) if s.idle()))
+                }
+                Phase::Closing { .. } => false,
+            };
+            if close {
+                self.settle(index, Fate::Close);
+            }
+        }
+    }
+}
+
+impl<C: Client> Slot<C> {
+    /// Does what the event allows: reads, answers, writes, closes.
+    fn step(&mut self, buf: &mut [u8], flags: EventFlags, draining: bool) -> Fate {
+        if flags.intersects(EventFlags::ERR) && !flags.intersects(EventFlags::IN) {
+            return Fate::Close;
+        }
+        if let Phase::Lingering { until, read } = self.phase {
+            return self.linger(buf, until, read);
+        }
+        if self.phase == Phase::Open && self.sent == self.out.len() {
+            match self.sock.io().read(buf) {
+                Ok(0) => self.phase = Phase::Closing { linger: false },
+                Ok(n) => {
+                    self.last_data = Instant::now();
+                    match &mut self.proto {
+                        Proto::Echo => self.out.extend_from_slice(&buf[..n]),
+                        Proto::Hello(session) => {
+                            session.feed(&buf[..n]);
+                            if let Next::Close { linger } = session.advance(&mut self.out, draining)
+                            {
+                                self.phase = Phase::Closing { linger };
+                            }
+                        }
+                    }
+                }
+                Err(e) if would_wait(&e) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "sockdup worker: the connection ended with an error");
+                    return Fate::Close;
+                }
+            }
+        }
+        if self.flush().is_err() {
+            return Fate::Close;
+        }
+        if self.sent < self.out.len() {
+            return Fate::Keep;
+        }
+        match self.phase {
+            Phase::Closing { linger: false } => Fate::Close,
+            Phase::Closing { linger: true } => {
+                if self.sock.shutdown_write().is_err() {
+                    return Fate::Close;
+                }
+                let until = Instant::now() + LINGER;
+                self.phase = Phase::Lingering { until, read: 0 };
+                self.linger(buf, until, 0)
+            }
+            // Every complete request read so far is answered (advance runs until it needs
+            // more bytes): wait for the next ones.
+            _ => Fate::Keep,
+        }
+    }
+
+    /// Writes what it can of `out`.
+    fn flush(&mut self) -> io::Result<()> {
+        while self.sent < self.out.len() {
+            let (out, sent) = (&self.out, self.sent);
+            match self.sock.io().write(&out[sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.sent += n;
+                    // A client reading a long answer slowly is not idle.
+                    self.last_data = Instant::now();
+                }
+                Err(e) if would_wait(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.sent = 0;
+        Ok(())
+    }
+
+    /// Reads and drops the client's last bytes.
+    fn linger(&mut self, buf: &mut [u8], until: Instant, mut read: usize) -> Fate {
+        loop {
+            match self.sock.io().read(buf) {
+                Ok(0) => return Fate::Close,
+                Ok(n) => {
+                    read += n;
+                    if read >= LINGER_BYTES || Instant::now() >= until {
+                        return Fate::Close;
+                    }
+                }
+                Err(e) if would_wait(&e) => {
+                    self.phase = Phase::Lingering { until, read };
+                    return Fate::Keep;
+                }
+                Err(_) => return Fate::Close,
+            }
+        }
+    }
+}
+
+fn would_wait(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
