@@ -12,6 +12,7 @@ use sockdup_core::flags::XP1_IFS_HANDLES;
 use sockdup_core::wire::ProtocolInfo;
 
 use super::layers::{Layered, check_catalog, keep_provider_fields};
+use super::library::LIBRARY_KIND;
 use super::{BaseProvider, Event, EventSink, Handle, NetworkEvents, Provider, SockOpt, Upcall};
 use crate::catalog_file;
 use crate::startup::Runtime;
@@ -56,9 +57,18 @@ impl Ws2 {
                 format!("catalog entry {id} vanished"),
             )
         })?);
-        let mut next: Arc<dyn Provider> = self.base.clone();
-        let mut next_is_base = true;
-        for layer in layers.iter().rev() {
+        // A provider library loads every provider below it itself (`WSPStartup` of the next,
+        // with the propagation rule): the dispatcher builds the built-in layers above it.
+        super::library::check_chain_for_libraries(id, &layers)?;
+        let (built_in, library) = match layers.iter().position(|l| l.kind == LIBRARY_KIND) {
+            Some(i) => (&layers[..i], Some(layers[i])),
+            None => (&layers[..], None),
+        };
+        let (mut next, mut next_is_base): (Arc<dyn Provider>, bool) = match library {
+            Some(lib) => (super::library::load(lib)?, false),
+            None => (self.base.clone(), true),
+        };
+        for layer in built_in.iter().rev() {
             next = Arc::new(Layered::new(
                 (*layer).clone(),
                 id,
@@ -97,6 +107,37 @@ fn ws2() -> Result<(Arc<Runtime>, Arc<Ws2>), Error> {
     let rt = Runtime::current()?;
     let ws2 = ws2_of(&rt)?;
     Ok((rt, ws2))
+}
+
+/// The base provider of this process's current run (MSAFD's role), for code that hands it to
+/// provider libraries as a `WSPPROC_TABLE` (`sockdup-ffi`'s `WSPStartup`).
+///
+/// # Errors
+/// `WSANOTINITIALISED` without `startup()`; `WSAEINVAL` for an invalid catalog file.
+pub fn base_provider() -> Result<Arc<dyn Provider>, Error> {
+    let (_, ws2) = ws2()?;
+    let base: Arc<dyn Provider> = ws2.base.clone();
+    Ok(base)
+}
+
+/// The upcall table (`WPU*`) of this process's current run: the one every provider of the
+/// process registers its handles with.
+///
+/// # Errors
+/// As [`base_provider`].
+pub fn process_upcall() -> Result<Arc<Upcall>, Error> {
+    let (_, ws2) = ws2()?;
+    Ok(ws2.upcall.clone())
+}
+
+/// The catalog this process's current run loaded (what `WSCEnumProtocols` lists).
+///
+/// # Errors
+/// As [`base_provider`].
+#[doc(alias = "WSCEnumProtocols")]
+pub fn process_catalog() -> Result<Catalog, Error> {
+    let (_, ws2) = ws2()?;
+    Ok(ws2.catalog.clone())
 }
 
 /// A socket created or redeemed through the catalog: every call goes through the provider

@@ -1,0 +1,217 @@
+//! Provider libraries: layers whose provider is a shared library exporting `WSPStartup`, as
+//! Windows LSPs are DLLs.
+//!
+//! The catalog keeps such a layer as kind [`LIBRARY_KIND`] with its path in the setting
+//! [`PATH_KEY`] (and its provider GUID, as every layer). Loading a library (`dlopen`, `dlsym`,
+//! calling C function pointers) is `unsafe`, and this crate has none of it: a program that can
+//! load provider libraries registers a [`LibraryLoader`] ([`register_library_loader`]); the
+//! `sockdup-ffi` crate has one (`sockdup_ffi::register()`), and `libsockdup` and the `sockdup`
+//! command register it. The dispatcher asks the loader for a library's provider when a chain
+//! holding it is first used, and starts it (`WSPStartup`) with the chain's entry; a chain's
+//! providers are kept only once every one has started, so a failure leaves nothing half-loaded
+//! and the next use tries again.
+//!
+//! A library layer loads the providers below it itself, as Windows LSPs do (`WSCEnumProtocols`,
+//! `WSCGetProviderPath`, `dlopen`, `WSPStartup` with the propagation rule), so below a library
+//! layer there may be only other library layers and the base entry: a built-in layer there is
+//! refused ([`check_chain_for_libraries`]).
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use sockdup_core::catalog::{Catalog, Layer};
+use sockdup_core::error::{Error, ErrorKind};
+
+use super::Provider;
+
+/// The layer kind of a provider library in the catalog file.
+pub const LIBRARY_KIND: &str = "library";
+
+/// The setting of a library layer that holds its path (absolute).
+pub const PATH_KEY: &str = "path";
+
+/// What loads provider libraries into this process: implemented by `sockdup-ffi`, which holds
+/// the `unsafe` code (`dlopen`, `dlsym`, calls through C function pointers).
+pub trait LibraryLoader: Send + Sync + fmt::Debug {
+    /// Loads the library of `layer` (at `path`) and returns its provider, not yet started:
+    /// the dispatcher calls [`Provider::startup`] (`WSPStartup`) with the chain's entry.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidProvider`] naming the path for a library that is missing, not a
+    /// shared library, or does not itself define `WSPStartup`.
+    fn load(&self, layer: &Layer, path: &Path) -> Result<Arc<dyn Provider>, Error>;
+}
+
+static LOADER: OnceLock<&'static dyn LibraryLoader> = OnceLock::new();
+
+/// Registers this process's loader of provider libraries. The first registration wins; returns
+/// whether this one did.
+pub fn register_library_loader(loader: &'static dyn LibraryLoader) -> bool {
+    LOADER.set(loader).is_ok()
+}
+
+/// Whether a loader of provider libraries is registered in this process.
+pub fn library_loader_registered() -> bool {
+    LOADER.get().is_some()
+}
+
+/// The path of a library layer; `None` for a built-in layer kind.
+pub fn library_path(layer: &Layer) -> Option<&Path> {
+    (layer.kind == LIBRARY_KIND).then(|| Path::new(layer.config.get(PATH_KEY).map_or("", |p| p)))
+}
+
+/// Checks a library layer's settings: exactly [`PATH_KEY`], an absolute path.
+pub(crate) fn check_settings(layer: &Layer) -> Result<(), Error> {
+    let bad = |why: String| {
+        Err(Error::new(
+            ErrorKind::InvalidLayerSetting,
+            format!(
+                "catalog entry {} (library layer {:?}): {why}; a library layer takes one setting, \
+                 {PATH_KEY} (the absolute path of the shared library): install it with \
+                 `sockdup catalog install-library PATH --over ID`",
+                layer.id, layer.name
+            ),
+        ))
+    };
+    if let Some(key) = layer.config.keys().find(|k| *k != PATH_KEY) {
+        return bad(format!("{key:?} is not a setting of a library layer"));
+    }
+    match layer.config.get(PATH_KEY) {
+        None => bad(format!("the setting {PATH_KEY} is missing")),
+        Some(p) if !Path::new(p).is_absolute() => {
+            bad(format!("the path {p:?} is not absolute"))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Checks that no built-in layer sits below a library layer in chain entry `chain_id` (whose
+/// layers are `layers`, top first): a library loads what is below it itself, and it can load
+/// only other libraries and the base provider.
+///
+/// # Errors
+/// [`ErrorKind::InvalidCatalog`] naming both layers (a change to the catalog that would leave
+/// it is `CatalogChangeRefused`).
+pub fn check_chain_for_libraries(chain_id: u32, layers: &[&Layer]) -> Result<(), Error> {
+    let Some(first) = layers.iter().position(|l| l.kind == LIBRARY_KIND) else {
+        return Ok(());
+    };
+    match layers[first..].iter().find(|l| l.kind != LIBRARY_KIND) {
+        None => Ok(()),
+        Some(builtin) => Err(Error::new(
+            ErrorKind::InvalidCatalog,
+            format!(
+                "catalog entry {chain_id}: the {} layer {} ({:?}) sits below the provider library {} ({:?}); a \
+                 provider library loads the providers below it itself and can load only other provider \
+                 libraries and the base provider: install the library over a base entry or over a chain \
+                 whose layers are all libraries, and built-in layers over the library's chain",
+                builtin.kind, builtin.id, builtin.name, layers[first].id, layers[first].name
+            ),
+        )),
+    }
+}
+
+/// Checks every chain of `catalog` with [`check_chain_for_libraries`].
+///
+/// # Errors
+/// As [`check_chain_for_libraries`].
+pub fn check_catalog_for_libraries(catalog: &Catalog) -> Result<(), Error> {
+    for chain in catalog.chains() {
+        let layers: Vec<&Layer> = chain
+            .entries
+            .iter()
+            .filter_map(|id| catalog.layer(*id))
+            .collect();
+        check_chain_for_libraries(chain.id, &layers)?;
+    }
+    Ok(())
+}
+
+/// The provider of library layer `layer`, loaded by the registered loader (not started).
+///
+/// # Errors
+/// [`ErrorKind::ProviderFailedInit`] if no loader is registered (saying what to do); the
+/// loader's errors.
+pub(crate) fn load(layer: &Layer) -> Result<Arc<dyn Provider>, Error> {
+    let path = library_path(layer).unwrap_or(Path::new(""));
+    let loader = LOADER.get().ok_or_else(|| {
+        Error::new(
+            ErrorKind::ProviderFailedInit,
+            format!(
+                "catalog entry {} is the provider library {}, but this program cannot load provider \
+                 libraries: link the sockdup-ffi crate and call sockdup_ffi::register() before using \
+                 sockets (the sockdup command and libsockdup do), or use a chain without it",
+                layer.id,
+                path.display()
+            ),
+        )
+    })?;
+    loader.load(layer, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn library(path: &str) -> BTreeMap<String, String> {
+        [(PATH_KEY.to_owned(), path.to_owned())].into()
+    }
+
+    #[test]
+    fn settings_and_chains_are_checked() {
+        let mut c = Catalog::builtin();
+        let (lib, chains) = c
+            .install(LIBRARY_KIND, "l", true, library("/x/l.so"), &[1001])
+            .unwrap();
+        let layer = c.layer(lib).unwrap().clone();
+        assert_eq!(library_path(&layer), Some(Path::new("/x/l.so")));
+        check_settings(&layer).unwrap();
+        assert!(check_catalog_for_libraries(&c).is_ok());
+        for (config, needle) in [
+            (library("l.so"), "not absolute"),
+            (BTreeMap::new(), "missing"),
+            (
+                [("x".to_owned(), "1".to_owned())].into(),
+                "\"x\" is not a setting",
+            ),
+        ] {
+            let bad = Layer {
+                config,
+                ..layer.clone()
+            };
+            let e = check_settings(&bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidLayerSetting);
+            assert!(e.message().contains(needle), "{e}");
+        }
+        // A built-in layer over the library's chain is fine; a library over a trace chain not.
+        c.install("trace", "t", true, BTreeMap::new(), &[chains[0]])
+            .unwrap();
+        assert!(check_catalog_for_libraries(&c).is_ok());
+        let (_, over_trace) = c.install("trace", "t2", true, BTreeMap::new(), &[1002]).unwrap();
+        c.install(LIBRARY_KIND, "l2", true, library("/x/l2.so"), &[over_trace[0]])
+            .unwrap();
+        let e = check_catalog_for_libraries(&c).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidCatalog);
+        assert!(e.message().contains("sits below the provider library"), "{e}");
+    }
+
+    #[test]
+    fn without_a_loader_the_error_says_what_to_do() {
+        if library_loader_registered() {
+            return;
+        }
+        let mut c = Catalog::builtin();
+        let (lib, _) = c
+            .install(LIBRARY_KIND, "l", true, library("/x/l.so"), &[1001])
+            .unwrap();
+        let e = load(c.layer(lib).unwrap()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ProviderFailedInit);
+        assert!(
+            e.message().contains("/x/l.so") && e.message().contains("sockdup_ffi::register()"),
+            "{e}"
+        );
+    }
+}
