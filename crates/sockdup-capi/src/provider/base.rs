@@ -183,7 +183,15 @@ pub unsafe extern "C" fn WSPStartup(
         // this very function (sockdup's, exported by the program), so it has this signature.
         let f: super::LPWSPSTARTUP = unsafe { std::mem::transmute(primary) };
         // SAFETY: the arguments are passed on under this function's own contract.
-        return unsafe { f(wVersionRequested, lpWSPData, lpProtocolInfo, UpcallTable, lpProcTable) };
+        return unsafe {
+            f(
+                wVersionRequested,
+                lpWSPData,
+                lpProtocolInfo,
+                UpcallTable,
+                lpProcTable,
+            )
+        };
     }
     let _ = UpcallTable;
     match guard::catch(|| {
@@ -291,7 +299,8 @@ unsafe extern "C" fn duplicate_socket(
     unsafe {
         spi_call(lpErrno, SOCKET_ERROR, || {
             let info = read_record(lpProtocolInfo, "lpProtocolInfo")?;
-            let record = base()?.duplicate_socket(Handle::from_raw(s as u64), dwProcessId, &info)?;
+            let record =
+                base()?.duplicate_socket(Handle::from_raw(s as u64), dwProcessId, &info)?;
             // SAFETY: not NULL (read above) and writable by the SPI contract.
             ptr::write_info(
                 lpProtocolInfo,

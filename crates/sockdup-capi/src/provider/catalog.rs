@@ -205,7 +205,14 @@ pub unsafe extern "C" fn WSCGetProviderPath(
         // this function), with this signature.
         let f: F = unsafe { std::mem::transmute(p) };
         // SAFETY: the arguments are passed on under this function's own contract.
-        return unsafe { f(lpProviderId, lpszProviderDllPath, lpProviderDllPathLen, lpErrno) };
+        return unsafe {
+            f(
+                lpProviderId,
+                lpszProviderDllPath,
+                lpProviderDllPathLen,
+                lpErrno,
+            )
+        };
     }
     // SAFETY: the pointers are the caller's, valid by this function's contract.
     unsafe {
@@ -221,14 +228,22 @@ pub unsafe extern "C" fn WSCGetProviderPath(
             let units: Vec<u16> = text.encode_utf16().chain([0]).collect();
             let have = ptr::read(lpProviderDllPathLen.cast_const(), "lpProviderDllPathLen")?;
             if lpszProviderDllPath.is_null() || usize::try_from(have).unwrap_or(0) < units.len() {
-                ptr::write(lpProviderDllPathLen, units.len() as i32, "lpProviderDllPathLen")?;
+                ptr::write(
+                    lpProviderDllPathLen,
+                    units.len() as i32,
+                    "lpProviderDllPathLen",
+                )?;
                 return Err(fault(&format!(
                     "lpszProviderDllPath (the path needs {} WCHARs with its NUL)",
                     units.len()
                 )));
             }
             std::ptr::copy_nonoverlapping(units.as_ptr(), lpszProviderDllPath, units.len());
-            ptr::write(lpProviderDllPathLen, units.len() as i32, "lpProviderDllPathLen")?;
+            ptr::write(
+                lpProviderDllPathLen,
+                units.len() as i32,
+                "lpProviderDllPathLen",
+            )?;
             Ok(0)
         })
     }

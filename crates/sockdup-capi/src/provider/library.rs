@@ -82,6 +82,13 @@ static LOADER: Loader = Loader;
 /// `sockdup::spi::Socket` alike). Call it once at start; later calls do nothing. Returns
 /// whether a loader is registered (this one or another).
 pub fn register() -> bool {
+    // The exported entry points a provider library calls, referenced so that a Rust program
+    // linking this crate holds them (and exports them, with `EXPORTS`).
+    std::hint::black_box([
+        super::base::WSPStartup as *const (),
+        super::catalog::WSCEnumProtocols as *const (),
+        super::catalog::WSCGetProviderPath as *const (),
+    ]);
     register_library_loader(&LOADER);
     sockdup::spi::library::library_loader_registered()
 }
@@ -153,7 +160,10 @@ impl LibraryProvider {
         self.table.get().ok_or_else(|| {
             Error::new(
                 ErrorKind::NotStarted,
-                format!("the provider library {} was not started", self.path.display()),
+                format!(
+                    "the provider library {} was not started",
+                    self.path.display()
+                ),
             )
         })
     }
@@ -270,7 +280,10 @@ impl Provider for LibraryProvider {
     }
 
     fn cleanup(&self) -> Result<(), Error> {
-        let f = self.table()?.lpWSPCleanup.ok_or_else(|| self.missing("WSPCleanup"))?;
+        let f = self
+            .table()?
+            .lpWSPCleanup
+            .ok_or_else(|| self.missing("WSPCleanup"))?;
         // SAFETY: the library's WSPCleanup with a valid lpErrno.
         self.int_call("WSPCleanup", |e| unsafe { f(e) })
     }
@@ -282,7 +295,10 @@ impl Provider for LibraryProvider {
         protocol: i32,
         info: &ProtocolInfo,
     ) -> Result<Handle, Error> {
-        let f = self.table()?.lpWSPSocket.ok_or_else(|| self.missing("WSPSocket"))?;
+        let f = self
+            .table()?
+            .lpWSPSocket
+            .ok_or_else(|| self.missing("WSPSocket"))?;
         let mut c = WSAPROTOCOL_INFOW::from_info(info);
         // SAFETY: the library's WSPSocket with a valid record and lpErrno.
         self.socket_call("WSPSocket", |e| unsafe {
@@ -291,7 +307,10 @@ impl Provider for LibraryProvider {
     }
 
     fn socket_from_info(&self, info: &ProtocolInfo) -> Result<Handle, Error> {
-        let f = self.table()?.lpWSPSocket.ok_or_else(|| self.missing("WSPSocket"))?;
+        let f = self
+            .table()?
+            .lpWSPSocket
+            .ok_or_else(|| self.missing("WSPSocket"))?;
         let mut c = WSAPROTOCOL_INFOW::from_info(info);
         // SAFETY: the library's WSPSocket with a valid record and lpErrno; FROM_PROTOCOL_INFO
         // in af/type/protocol, as ws2_32 passes a duplicate's record.
@@ -309,7 +328,10 @@ impl Provider for LibraryProvider {
     }
 
     fn connect(&self, s: Handle, addr: &SocketAddr) -> Result<(), Error> {
-        let f = self.table()?.lpWSPConnect.ok_or_else(|| self.missing("WSPConnect"))?;
+        let f = self
+            .table()?
+            .lpWSPConnect
+            .ok_or_else(|| self.missing("WSPConnect"))?;
         let (sa, len) = sockaddr_of(addr);
         let null = std::ptr::null_mut();
         // SAFETY: the library's WSPConnect with a valid address and lpErrno; no QOS, no data.
@@ -328,7 +350,10 @@ impl Provider for LibraryProvider {
     }
 
     fn bind(&self, s: Handle, addr: &SocketAddr) -> Result<(), Error> {
-        let f = self.table()?.lpWSPBind.ok_or_else(|| self.missing("WSPBind"))?;
+        let f = self
+            .table()?
+            .lpWSPBind
+            .ok_or_else(|| self.missing("WSPBind"))?;
         let (sa, len) = sockaddr_of(addr);
         // SAFETY: the library's WSPBind with a valid address and lpErrno.
         self.int_call("WSPBind", |e| unsafe {
@@ -337,13 +362,19 @@ impl Provider for LibraryProvider {
     }
 
     fn listen(&self, s: Handle, backlog: i32) -> Result<(), Error> {
-        let f = self.table()?.lpWSPListen.ok_or_else(|| self.missing("WSPListen"))?;
+        let f = self
+            .table()?
+            .lpWSPListen
+            .ok_or_else(|| self.missing("WSPListen"))?;
         // SAFETY: the library's WSPListen with a valid lpErrno.
         self.int_call("WSPListen", |e| unsafe { f(s.raw() as SOCKET, backlog, e) })
     }
 
     fn accept(&self, s: Handle) -> Result<Handle, Error> {
-        let f = self.table()?.lpWSPAccept.ok_or_else(|| self.missing("WSPAccept"))?;
+        let f = self
+            .table()?
+            .lpWSPAccept
+            .ok_or_else(|| self.missing("WSPAccept"))?;
         // SAFETY: the library's WSPAccept with no address buffer and a valid lpErrno.
         self.socket_call("WSPAccept", |e| unsafe {
             f(
@@ -358,7 +389,10 @@ impl Provider for LibraryProvider {
     }
 
     fn send(&self, s: Handle, data: &[u8]) -> Result<usize, Error> {
-        let f = self.table()?.lpWSPSend.ok_or_else(|| self.missing("WSPSend"))?;
+        let f = self
+            .table()?
+            .lpWSPSend
+            .ok_or_else(|| self.missing("WSPSend"))?;
         let mut buf = WSABUF {
             len: u32::try_from(data.len()).unwrap_or(u32::MAX),
             buf: data.as_ptr().cast_mut().cast(),
@@ -368,13 +402,26 @@ impl Provider for LibraryProvider {
         // SAFETY: the library's WSPSend with one valid buffer (only read by a send) and valid
         // out-pointers; not overlapped.
         self.int_call("WSPSend", |e| unsafe {
-            f(s.raw() as SOCKET, &mut buf, 1, &mut sent, 0, null, None, null, e)
+            f(
+                s.raw() as SOCKET,
+                &mut buf,
+                1,
+                &mut sent,
+                0,
+                null,
+                None,
+                null,
+                e,
+            )
         })?;
         Ok(sent as usize)
     }
 
     fn recv(&self, s: Handle, out: &mut [u8]) -> Result<usize, Error> {
-        let f = self.table()?.lpWSPRecv.ok_or_else(|| self.missing("WSPRecv"))?;
+        let f = self
+            .table()?
+            .lpWSPRecv
+            .ok_or_else(|| self.missing("WSPRecv"))?;
         let mut buf = WSABUF {
             len: u32::try_from(out.len()).unwrap_or(u32::MAX),
             buf: out.as_mut_ptr().cast(),
@@ -384,13 +431,26 @@ impl Provider for LibraryProvider {
         // SAFETY: the library's WSPRecv with one valid writable buffer and valid out-pointers;
         // not overlapped.
         self.int_call("WSPRecv", |e| unsafe {
-            f(s.raw() as SOCKET, &mut buf, 1, &mut got, &mut flags, null, None, null, e)
+            f(
+                s.raw() as SOCKET,
+                &mut buf,
+                1,
+                &mut got,
+                &mut flags,
+                null,
+                None,
+                null,
+                e,
+            )
         })?;
         Ok((got as usize).min(out.len()))
     }
 
     fn close_socket(&self, s: Handle) -> Result<(), Error> {
-        let f = self.table()?.lpWSPCloseSocket.ok_or_else(|| self.missing("WSPCloseSocket"))?;
+        let f = self
+            .table()?
+            .lpWSPCloseSocket
+            .ok_or_else(|| self.missing("WSPCloseSocket"))?;
         // SAFETY: the library's WSPCloseSocket with a valid lpErrno.
         self.int_call("WSPCloseSocket", |e| unsafe { f(s.raw() as SOCKET, e) })
     }
@@ -453,11 +513,17 @@ mod tests {
         let missing = dir.join("missing.so");
         let e = check_library(&missing).unwrap_err();
         assert_eq!((e.kind(), e.code()), (ErrorKind::InvalidProvider, 10105));
-        assert!(e.message().contains("missing.so") && e.message().contains("cannot be read"), "{e}");
+        assert!(
+            e.message().contains("missing.so") && e.message().contains("cannot be read"),
+            "{e}"
+        );
         let text = dir.join("text.so");
         std::fs::write(&text, "not a library").unwrap();
         let e = check_library(&text).unwrap_err();
-        assert!(e.message().contains("text.so") && e.message().contains("not a shared library"), "{e}");
+        assert!(
+            e.message().contains("text.so") && e.message().contains("not a shared library"),
+            "{e}"
+        );
         // The test binary itself: an ELF executable, no WSPStartup of its own.
         let exe = std::env::current_exe().unwrap();
         let e = check_library(&exe).unwrap_err();

@@ -83,9 +83,8 @@ pub struct WSABUF {
 pub type Slot = Option<unsafe extern "C" fn()>;
 
 /// `LPWSPACCEPT`.
-pub type LPWSPACCEPT = Option<
-    unsafe extern "C" fn(SOCKET, *mut libc::sockaddr, LPINT, Slot, usize, LPINT) -> SOCKET,
->;
+pub type LPWSPACCEPT =
+    Option<unsafe extern "C" fn(SOCKET, *mut libc::sockaddr, LPINT, Slot, usize, LPINT) -> SOCKET>;
 /// `LPWSPBIND`.
 pub type LPWSPBIND = Option<unsafe extern "C" fn(SOCKET, *const libc::sockaddr, i32, LPINT) -> i32>;
 /// `LPWSPCLEANUP`.

@@ -79,9 +79,7 @@ pub(crate) fn check_settings(layer: &Layer) -> Result<(), Error> {
     }
     match layer.config.get(PATH_KEY) {
         None => bad(format!("the setting {PATH_KEY} is missing")),
-        Some(p) if !Path::new(p).is_absolute() => {
-            bad(format!("the path {p:?} is not absolute"))
-        }
+        Some(p) if !Path::new(p).is_absolute() => bad(format!("the path {p:?} is not absolute")),
         Some(_) => Ok(()),
     }
 }
@@ -190,12 +188,23 @@ mod tests {
         c.install("trace", "t", true, BTreeMap::new(), &[chains[0]])
             .unwrap();
         assert!(check_catalog_for_libraries(&c).is_ok());
-        let (_, over_trace) = c.install("trace", "t2", true, BTreeMap::new(), &[1002]).unwrap();
-        c.install(LIBRARY_KIND, "l2", true, library("/x/l2.so"), &[over_trace[0]])
+        let (_, over_trace) = c
+            .install("trace", "t2", true, BTreeMap::new(), &[1002])
             .unwrap();
+        c.install(
+            LIBRARY_KIND,
+            "l2",
+            true,
+            library("/x/l2.so"),
+            &[over_trace[0]],
+        )
+        .unwrap();
         let e = check_catalog_for_libraries(&c).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidCatalog);
-        assert!(e.message().contains("sits below the provider library"), "{e}");
+        assert!(
+            e.message().contains("sits below the provider library"),
+            "{e}"
+        );
     }
 
     #[test]
