@@ -61,7 +61,6 @@ pub(crate) unsafe fn write<T: Copy>(p: *mut T, value: T, what: &str) -> Result<(
 ///
 /// # Errors
 /// `WSAEFAULT` for `NULL`.
-#[allow(dead_code)] // used by the calls still to come
 pub(crate) unsafe fn read<T: Copy>(p: *const T, what: &str) -> Result<T, Error> {
     if p.is_null() {
         return Err(fault(what));

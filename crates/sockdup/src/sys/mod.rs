@@ -277,6 +277,18 @@ pub(crate) fn pidfd_open(pid: u32) -> Result<OwnedFd> {
     rustix::process::pidfd_open(pid, PidfdFlags::empty())
 }
 
+/// Whether a process `pid` exists (`kill(pid, 0)`; `EPERM` means it exists under another user).
+pub(crate) fn process_exists(pid: u32) -> Result<bool> {
+    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return Ok(false);
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) | Err(Errno::PERM) => Ok(true),
+        Err(Errno::SRCH) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether the process behind `pidfd` has exited (its pidfd polls readable).
 pub(crate) fn has_exited(pidfd: BorrowedFd<'_>) -> Result<bool> {
     exits_within(pidfd, Duration::ZERO)

@@ -146,18 +146,36 @@ impl Pool {
     /// Opens a connection to `target`'s inbox and checks, with the kernel's word, that `target`
     /// itself listens there (not a squatter on its address, not a process that reused its pid).
     fn connect(&self, target: u32) -> Result<OwnedFd, Error> {
-        let pidfd = sys::pidfd_open(target).map_err(|e| {
-            if e == Errno::SRCH {
-                Error::new(
-                    ErrorKind::NoSuchProcess,
-                    format!(
-                        "no process with pid {target} exists: pass the pid of the running target process (it may have exited)"
-                    ),
-                )
-            } else {
-                Error::from_errno(e, &format!("opening a pidfd for process {target}"))
+        let no_such_process = || {
+            Error::new(
+                ErrorKind::NoSuchProcess,
+                format!(
+                    "no process with pid {target} exists: pass the pid of the running target process (it may have exited)"
+                ),
+            )
+        };
+        // Without pidfds (kernels before 5.3, and valgrind, which does not know the call) the
+        // SO_PEERCRED check below stands alone, after a kill(pid, 0) check that the target exists.
+        let pidfd = match sys::pidfd_open(target) {
+            Ok(fd) => Some(fd),
+            Err(Errno::NOSYS) => match sys::process_exists(target) {
+                Ok(true) => None,
+                Ok(false) => return Err(no_such_process()),
+                Err(e) => {
+                    return Err(Error::from_errno(
+                        e,
+                        &format!("looking for process {target}"),
+                    ));
+                }
+            },
+            Err(Errno::SRCH) => return Err(no_such_process()),
+            Err(e) => {
+                return Err(Error::from_errno(
+                    e,
+                    &format!("opening a pidfd for process {target}"),
+                ));
             }
-        })?;
+        };
         let addr = InboxAddress::for_pid(target, self.runtime_dir());
         let fd = sys::connect_inbox(&addr, self.ack_timeout)
             .map_err(|e| self.connect_error(target, &addr, e))?;
@@ -182,8 +200,9 @@ impl Pool {
                 ),
             ));
         }
-        if sys::has_exited(pidfd.as_fd())
-            .map_err(|e| Error::from_errno(e, "polling the target's pidfd"))?
+        if let Some(pidfd) = &pidfd
+            && sys::has_exited(pidfd.as_fd())
+                .map_err(|e| Error::from_errno(e, "polling the target's pidfd"))?
         {
             return Err(Error::new(
                 ErrorKind::NoSuchProcess,
