@@ -82,6 +82,28 @@ pub fn counting_lsp(dir: &Path) -> PathBuf {
     out
 }
 
+/// `examples/c/counting_lsp.c` linked with `-lsockdup` (this build's, found through an
+/// rpath) into `dir/libcounting_lsp_linked.so`: loaded into a Rust program holding sockdup
+/// itself, it brings a second copy of libsockdup's code into the process, which must not
+/// become a second runtime.
+pub fn counting_lsp_linked(dir: &Path) -> PathBuf {
+    let lib = libsockdup();
+    let libdir = lib.parent().expect("the library's directory");
+    let out = dir.join("libcounting_lsp_linked.so");
+    compile_shared(
+        &workspace().join("examples/c/counting_lsp.c"),
+        &out,
+        &[
+            "-std=c11",
+            "-L",
+            libdir.to_str().expect("UTF-8 path"),
+            "-lsockdup",
+            &format!("-Wl,-rpath,{}", libdir.display()),
+        ],
+    );
+    out
+}
+
 /// The libraries that are no provider, by name: `(file name, C source)`; `not-elf` is a text
 /// file, not compiled.
 pub const BROKEN: &[(&str, &str)] = &[

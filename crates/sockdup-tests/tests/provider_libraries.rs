@@ -56,9 +56,25 @@ fn maps(pid: u32) -> String {
 
 #[test]
 fn the_c_counting_layer_carries_a_tcp_socket_between_rust_processes() {
-    let libsockdup = cprov::libsockdup();
     let dir = TempDir::new("counting");
     let lsp = cprov::counting_lsp(dir.path());
+    counting_between_peers(&dir, &lsp);
+}
+
+/// The same layer linked with `-lsockdup`: loading it into the peer (which holds sockdup
+/// itself) loads a second copy of libsockdup's code; the layer's WSC calls bind to the peer's
+/// exports and the copy's WSPStartup forwards to the peer's, so the duplicate still lands in
+/// the peer's one runtime (its inbox, its ticket table, its catalog).
+#[test]
+fn a_c_layer_linked_with_libsockdup_still_reaches_the_one_runtime_of_a_rust_process() {
+    let dir = TempDir::new("counting-linked");
+    let lsp = cprov::counting_lsp_linked(dir.path());
+    counting_between_peers(&dir, &lsp);
+}
+
+fn counting_between_peers(dir: &TempDir, lsp: &Path) {
+    let libsockdup = cprov::libsockdup();
+    let lsp = lsp.to_path_buf();
     let (catalog, layer, chain) = over_tcp(&lsp);
     let file = CatalogFile::new("counting-cat", &catalog);
     let (source_log, target_log) = (dir.path().join("source.log"), dir.path().join("target.log"));
