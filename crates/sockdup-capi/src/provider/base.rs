@@ -467,3 +467,96 @@ unsafe extern "C" fn recv(
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_addresses_round_trip_through_the_c_form() {
+        for text in ["127.0.0.1:8080", "[::1]:443", "[fe80::1%3]:9"] {
+            let addr: SocketAddr = text.parse().unwrap();
+            let (storage, len) = sockaddr_of(&addr);
+            // SAFETY: `storage` holds `len` initialised bytes of a socket address.
+            let back = unsafe { read_sockaddr(std::ptr::from_ref(&storage).cast(), len) };
+            assert_eq!(back.unwrap(), addr);
+            // SAFETY: as above, with a length one byte short.
+            let short = unsafe { read_sockaddr(std::ptr::from_ref(&storage).cast(), len - 1) };
+            assert_eq!(short.unwrap_err().code(), 10014);
+        }
+        // SAFETY: NULL is refused before anything is read.
+        let e = unsafe { read_sockaddr(std::ptr::null(), 16) }.unwrap_err();
+        assert_eq!(e.code(), 10014);
+    }
+
+    #[test]
+    fn a_record_with_a_ticket_or_target_is_a_duplicate() {
+        let mut info = sockdup::catalog::base_entries().remove(0);
+        assert!(!is_duplicate(&info));
+        info.provider_reserved = 3;
+        assert!(is_duplicate(&info));
+    }
+
+    #[test]
+    fn the_base_wspstartup_refuses_old_versions_null_pointers_and_other_entries() {
+        let mut data = WSPDATA::default();
+        let mut table = WSPPROC_TABLE::default();
+        let mut info = WSAPROTOCOL_INFOW::from_info(&sockdup::catalog::base_entries()[0]);
+        // SAFETY: valid pointers to this test's own values.
+        let r = unsafe {
+            WSPStartup(
+                0x0101,
+                &mut data,
+                &mut info,
+                WSPUPCALLTABLE::default(),
+                &mut table,
+            )
+        };
+        assert_eq!(r, WSAVERNOTSUPPORTED);
+        // SAFETY: NULL pointers are refused before anything is read.
+        let r = unsafe {
+            WSPStartup(
+                0x0202,
+                std::ptr::null_mut(),
+                &mut info,
+                WSPUPCALLTABLE::default(),
+                &mut table,
+            )
+        };
+        assert_eq!(r, 10014);
+        assert!(table.lpWSPSocket.is_none(), "nothing filled on failure");
+        // A chain's entry (a layer that did not substitute the base entry): the propagation
+        // rule, WSAEINVAL.
+        let _run = sockdup::startup().expect("startup");
+        let mut chain = sockdup::catalog::base_entries().remove(0);
+        chain.catalog_entry_id = 1102;
+        chain.provider_id.data1 ^= 1;
+        let mut info = WSAPROTOCOL_INFOW::from_info(&chain);
+        // SAFETY: valid pointers to this test's own values.
+        let r = unsafe {
+            WSPStartup(
+                0x0202,
+                &mut data,
+                &mut info,
+                WSPUPCALLTABLE::default(),
+                &mut table,
+            )
+        };
+        assert_eq!(r, 10022);
+        assert!(crate::guard::last_message().contains("propagation rule"));
+        // Its own entry: the table is filled.
+        let mut info = WSAPROTOCOL_INFOW::from_info(&sockdup::catalog::base_entries()[0]);
+        // SAFETY: valid pointers to this test's own values.
+        let r = unsafe {
+            WSPStartup(
+                0x0202,
+                &mut data,
+                &mut info,
+                WSPUPCALLTABLE::default(),
+                &mut table,
+            )
+        };
+        assert_eq!((r, data.wVersion), (0, 0x0202));
+        assert!(table.lpWSPSocket.is_some() && table.lpWSPDuplicateSocket.is_some());
+    }
+}

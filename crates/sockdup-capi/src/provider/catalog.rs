@@ -248,3 +248,57 @@ pub unsafe extern "C" fn WSCGetProviderPath(
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enum_protocols_says_the_size_for_a_null_or_short_buffer() {
+        let (mut len, mut err) = (0u32, 0i32);
+        // SAFETY: valid pointers to this test's own values; a NULL buffer.
+        let r = unsafe {
+            WSCEnumProtocols(
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut len,
+                &mut err,
+            )
+        };
+        assert_eq!((r, err), (SOCKET_ERROR, 10055));
+        let n = len as usize / std::mem::size_of::<WSAPROTOCOL_INFOW>();
+        assert!(n >= 7 && len as usize % 628 == 0, "{len}");
+        let mut buf = vec![WSAPROTOCOL_INFOW::default(); n];
+        let mut short = len - 1;
+        // SAFETY: the buffer holds `short` < its size bytes.
+        let r = unsafe {
+            WSCEnumProtocols(std::ptr::null_mut(), buf.as_mut_ptr(), &mut short, &mut err)
+        };
+        assert_eq!((r, err, short), (SOCKET_ERROR, 10055, len));
+        // Only TCP (6): the 0-terminated filter.
+        let mut tcp = [6, 0];
+        let mut all = len;
+        // SAFETY: the buffer holds `all` bytes; the filter is 0-terminated.
+        let r = unsafe { WSCEnumProtocols(tcp.as_mut_ptr(), buf.as_mut_ptr(), &mut all, &mut err) };
+        assert!(r >= 2, "{r}");
+        assert!(buf[..r as usize].iter().all(|e| e.iProtocol == 6));
+    }
+
+    #[test]
+    fn get_provider_path_refuses_an_unknown_guid_and_null_pointers() {
+        let mut id = GUID {
+            Data1: 1,
+            ..GUID::default()
+        };
+        let (mut len, mut err) = (260i32, 0i32);
+        let mut path = [0u16; 260];
+        // SAFETY: valid pointers to this test's own values.
+        let r = unsafe { WSCGetProviderPath(&mut id, path.as_mut_ptr(), &mut len, &mut err) };
+        assert_eq!((r, err), (SOCKET_ERROR, 10022));
+        // SAFETY: a NULL GUID is refused before anything is read.
+        let r = unsafe {
+            WSCGetProviderPath(std::ptr::null_mut(), path.as_mut_ptr(), &mut len, &mut err)
+        };
+        assert_eq!((r, err), (SOCKET_ERROR, 10014));
+    }
+}
