@@ -5,8 +5,8 @@
 //! [`PATH_KEY`] (and its provider GUID, as every layer). Loading a library (`dlopen`, `dlsym`,
 //! calling C function pointers) is `unsafe`, and this crate has none of it: a program that can
 //! load provider libraries registers a [`LibraryLoader`] ([`register_library_loader`]); the
-//! `sockdup-ffi` crate has one (`sockdup_ffi::register()`), and `libsockdup` and the `sockdup`
-//! command register it. The dispatcher asks the loader for a library's provider when a chain
+//! `sockdup-capi` crate (the code of libsockdup) has one (`sockdup_capi::provider::register()`),
+//! which libsockdup's `WSAStartup`, the `sockdup` command and the test peer call. The dispatcher asks the loader for a library's provider when a chain
 //! holding it is first used, and starts it (`WSPStartup`) with the chain's entry; a chain's
 //! providers are kept only once every one has started, so a failure leaves nothing half-loaded
 //! and the next use tries again.
@@ -31,7 +31,7 @@ pub const LIBRARY_KIND: &str = "library";
 /// The setting of a library layer that holds its path (absolute).
 pub const PATH_KEY: &str = "path";
 
-/// What loads provider libraries into this process: implemented by `sockdup-ffi`, which holds
+/// What loads provider libraries into this process: implemented by `sockdup-capi`, which holds
 /// the `unsafe` code (`dlopen`, `dlsym`, calls through C function pointers).
 pub trait LibraryLoader: Send + Sync + fmt::Debug {
     /// Loads the library of `layer` (at `path`) and returns its provider, not yet started:
@@ -138,7 +138,7 @@ pub(crate) fn load(layer: &Layer) -> Result<Arc<dyn Provider>, Error> {
             ErrorKind::ProviderFailedInit,
             format!(
                 "catalog entry {} is the provider library {}, but this program cannot load provider \
-                 libraries: link the sockdup-ffi crate and call sockdup_ffi::register() before using \
+                 libraries: link the sockdup-capi crate and call sockdup_capi::provider::register() before using \
                  sockets (the sockdup command and libsockdup do), or use a chain without it",
                 layer.id,
                 path.display()
@@ -219,7 +219,7 @@ mod tests {
         let e = load(c.layer(lib).unwrap()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ProviderFailedInit);
         assert!(
-            e.message().contains("/x/l.so") && e.message().contains("sockdup_ffi::register()"),
+            e.message().contains("/x/l.so") && e.message().contains("sockdup_capi::provider::register()"),
             "{e}"
         );
     }

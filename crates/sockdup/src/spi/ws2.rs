@@ -110,7 +110,7 @@ fn ws2() -> Result<(Arc<Runtime>, Arc<Ws2>), Error> {
 }
 
 /// The base provider of this process's current run (MSAFD's role), for code that hands it to
-/// provider libraries as a `WSPPROC_TABLE` (`sockdup-ffi`'s `WSPStartup`).
+/// provider libraries as a `WSPPROC_TABLE` (`sockdup-capi`'s `WSPStartup`, exported by libsockdup).
 ///
 /// # Errors
 /// `WSANOTINITIALISED` without `startup()`; `WSAEINVAL` for an invalid catalog file.
