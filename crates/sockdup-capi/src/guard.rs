@@ -15,12 +15,13 @@ thread_local! {
 
 /// This thread's last error (`WSAGetLastError`).
 pub fn last_error() -> i32 {
-    LAST_ERROR.with(Cell::get)
+    // `try_with`: a call from a thread-local destructor, after this one's, must not panic.
+    LAST_ERROR.try_with(Cell::get).unwrap_or(0)
 }
 
 /// Sets this thread's last error (`WSASetLastError`).
 pub fn set_last_error(code: i32) {
-    LAST_ERROR.with(|c| c.set(code));
+    let _ = LAST_ERROR.try_with(|c| c.set(code));
 }
 
 /// Runs `body`, turning an error into its Winsock code and a panic into `WSASYSCALLFAILURE`
@@ -75,13 +76,19 @@ thread_local! {
 }
 
 fn set_last_message(message: String) {
-    LAST_MESSAGE.with(|m| *m.borrow_mut() = message);
+    let _ = LAST_MESSAGE.try_with(|m| {
+        if let Ok(mut m) = m.try_borrow_mut() {
+            *m = message;
+        }
+    });
 }
 
 /// The message of this thread's last failed call (what went wrong and what to do), which
 /// `sockdup_last_error_message` gives C callers.
 pub fn last_message() -> String {
-    LAST_MESSAGE.with(|m| m.borrow().clone())
+    LAST_MESSAGE
+        .try_with(|m| m.try_borrow().map(|m| m.clone()).unwrap_or_default())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -29,10 +29,36 @@ struct Slot {
     adopted: Option<Identity>,
 }
 
-static TABLE: Mutex<Option<HashMap<SOCKET, Slot>>> = Mutex::new(None);
+/// The table, and the pid of the process it belongs to.
+static TABLE: Mutex<Option<(u32, HashMap<SOCKET, Slot>)>> = Mutex::new(None);
 
-fn table() -> MutexGuard<'static, Option<HashMap<SOCKET, Slot>>> {
-    TABLE.lock().unwrap_or_else(|p| p.into_inner())
+/// This process's table. One inherited through `fork()` (the parent's run's sockets) is
+/// forgotten, not dropped: its sockets' descriptors are the child's copies to close as it likes,
+/// and closing them through the parent's run would be wrong.
+fn table() -> impl std::ops::DerefMut<Target = HashMap<SOCKET, Slot>> {
+    struct Table(MutexGuard<'static, Option<(u32, HashMap<SOCKET, Slot>)>>);
+    impl std::ops::Deref for Table {
+        type Target = HashMap<SOCKET, Slot>;
+        fn deref(&self) -> &Self::Target {
+            &self.0.as_ref().expect("set by table()").1
+        }
+    }
+    impl std::ops::DerefMut for Table {
+        fn deref_mut(&mut self) -> &mut Self::Target {
+            &mut self.0.as_mut().expect("set by table()").1
+        }
+    }
+    let mut guard = TABLE.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = std::process::id();
+    match guard.take() {
+        Some((owner, map)) if owner == pid => *guard = Some((owner, map)),
+        Some((_, inherited)) => {
+            std::mem::forget(inherited);
+            *guard = Some((pid, HashMap::new()));
+        }
+        None => *guard = Some((pid, HashMap::new())),
+    }
+    Table(guard)
 }
 
 fn not_a_socket(s: SOCKET) -> Error {
@@ -79,7 +105,7 @@ fn identity(s: SOCKET, fd: BorrowedFd<'_>) -> Result<Identity, Error> {
 pub(crate) fn lookup(s: SOCKET) -> Result<Arc<Socket>, Error> {
     let stale = {
         let mut t = table();
-        match t.as_mut().and_then(|m| m.get(&s)) {
+        match t.get(&s) {
             Some(Slot {
                 socket,
                 adopted: None,
@@ -93,7 +119,7 @@ pub(crate) fn lookup(s: SOCKET) -> Result<Arc<Socket>, Error> {
                     return Ok(socket.clone());
                 }
                 // The number was closed (and perhaps reused): this entry's duplicate goes.
-                t.as_mut().and_then(|m| m.remove(&s))
+                t.remove(&s)
             }
             None => None,
         }
@@ -107,7 +133,7 @@ fn adopt(s: SOCKET) -> Result<Arc<Socket>, Error> {
     let dup = dup_of(s)?;
     let id = identity(s, dup.as_fd())?;
     let socket = Arc::new(Socket::from_fd(dup)?);
-    let old = table().get_or_insert_with(HashMap::new).insert(
+    let old = table().insert(
         s,
         Slot {
             socket: socket.clone(),
@@ -122,7 +148,7 @@ fn adopt(s: SOCKET) -> Result<Arc<Socket>, Error> {
 /// Enters a socket this library made; its handle is its `SOCKET`.
 pub(crate) fn insert(socket: Socket) -> SOCKET {
     let s = socket.handle().raw() as SOCKET;
-    let old = table().get_or_insert_with(HashMap::new).insert(
+    let old = table().insert(
         s,
         Slot {
             socket: Arc::new(socket),
@@ -144,7 +170,7 @@ pub(crate) fn insert(socket: Socket) -> SOCKET {
 /// # Errors
 /// `WSAENOTSOCK` for a value that is no socket of this process; the providers' errors.
 pub(crate) fn close(s: SOCKET) -> Result<(), Error> {
-    let slot = table().as_mut().and_then(|m| m.remove(&s));
+    let slot = table().remove(&s);
     match slot {
         Some(Slot {
             socket,
@@ -185,7 +211,7 @@ fn close_callers(s: SOCKET) -> Result<(), Error> {
 /// Closes every socket this library made and forgets the adopted ones (the last
 /// `WSACleanup`, as on Windows).
 pub(crate) fn close_all() {
-    let all = table().take();
+    let all = std::mem::take(&mut *table());
     drop(all);
 }
 

@@ -12,8 +12,22 @@ use crate::guard::{self, api};
 use crate::ptr;
 use crate::types::*;
 
-/// The guards of this library's `WSAStartup` calls (one per call, dropped by `WSACleanup`).
-static STARTUPS: Mutex<Vec<Startup>> = Mutex::new(Vec::new());
+/// The guards of this library's `WSAStartup` calls (one per call, dropped by `WSACleanup`),
+/// with the pid that made them.
+static STARTUPS: Mutex<Vec<(u32, Startup)>> = Mutex::new(Vec::new());
+
+/// This process's `WSAStartup` guards; those inherited through `fork()` are forgotten (the
+/// library forgets the parent's run the same way), so a child's `WSACleanup` count is its own.
+fn startups() -> std::sync::MutexGuard<'static, Vec<(u32, Startup)>> {
+    let mut startups = lock(&STARTUPS);
+    let pid = std::process::id();
+    if startups.iter().any(|(owner, _)| *owner != pid) {
+        for inherited in std::mem::take(&mut *startups) {
+            std::mem::forget(inherited);
+        }
+    }
+    startups
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -69,7 +83,7 @@ pub unsafe extern "C" fn WSAStartup(wVersionRequested: WORD, lpWSAData: *mut WSA
         }
         // SAFETY: `lpWSAData` is NULL or writable (this function's contract).
         unsafe { ptr::write(lpWSAData, data, "lpWSAData") }?;
-        lock(&STARTUPS).push(started);
+        startups().push((std::process::id(), started));
         Ok(())
     }) {
         Ok(()) => 0,
@@ -82,7 +96,7 @@ pub unsafe extern "C" fn WSAStartup(wVersionRequested: WORD, lpWSAData: *mut WSA
 #[unsafe(no_mangle)]
 pub extern "C" fn WSACleanup() -> i32 {
     api(SOCKET_ERROR, || {
-        let mut startups = lock(&STARTUPS);
+        let mut startups = startups();
         let Some(last) = startups.pop() else {
             return Err(Error::new(
                 ErrorKind::NotStarted,
@@ -485,7 +499,9 @@ pub extern "C" fn WSAResetEvent(hEvent: WSAEVENT) -> BOOL {
 
 /// `WSAEventSelect`: records the network events `lNetworkEvents` (`FD_*`; 0 cancels) of `s`
 /// and sets `hEventObject` for each; makes the socket non-blocking; replaces the socket's
-/// earlier registration wherever it was made (see `sockdup::spi`). 0, or `SOCKET_ERROR`:
+/// earlier registration wherever it was made (see `sockdup::spi`). `FD_QOS`, `FD_GROUP_QOS`,
+/// `FD_ROUTING_INTERFACE_CHANGE` and `FD_ADDRESS_LIST_CHANGE` are accepted and never signalled.
+/// 0, or `SOCKET_ERROR`:
 /// `WSANOTINITIALISED`, `WSAENOTSOCK`, `WSA_INVALID_HANDLE`, `WSAEINVAL` (bits that are no
 /// network event).
 #[unsafe(no_mangle)]
@@ -497,14 +513,20 @@ pub extern "C" fn WSAEventSelect(
     api(SOCKET_ERROR, || {
         require_started()?;
         let socket = crate::sockets::lookup(s)?;
-        let bits = u32::try_from(lNetworkEvents).map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "lNetworkEvents {lNetworkEvents:#x} has bits that are no network event (FD_*)"
-                ),
-            )
-        })?;
+        let bits = u32::try_from(lNetworkEvents)
+            .ok()
+            .filter(|b| b & !WINDOWS_FD_ALL_EVENTS == 0)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "lNetworkEvents {lNetworkEvents:#x} has bits that are no network event (FD_*)"
+                    ),
+                )
+            })?
+            // FD_QOS, FD_GROUP_QOS, FD_ROUTING_INTERFACE_CHANGE, FD_ADDRESS_LIST_CHANGE: accepted
+            // (Windows' FD_ALL_EVENTS has them), never signalled.
+            & sockdup::spi::FD_ALL_EVENTS;
         let e = if hEventObject.is_null() && bits == 0 {
             Event::new()?
         } else {
@@ -514,6 +536,9 @@ pub extern "C" fn WSAEventSelect(
         Ok(0)
     })
 }
+
+/// Windows' `FD_ALL_EVENTS`: the six events sockdup signals and four it never does.
+const WINDOWS_FD_ALL_EVENTS: u32 = (1 << sockdup::spi::FD_MAX_EVENTS) - 1;
 
 /// `WSAEnumNetworkEvents`: the network events of `s` recorded since the registration or the
 /// last call, with their errors, into `lpNetworkEvents`, clearing them; resets `hEventObject`

@@ -92,6 +92,45 @@ fn the_header_defines_every_code_and_flag_sockdup_uses() {
 }
 
 #[test]
+fn sockdup_pc_points_at_the_headers_and_the_release_library() {
+    let pc_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(pc_dir.join("sockdup.pc")).expect("sockdup.pc");
+    // pkg-config's own expansion, for the variables the file uses.
+    let mut vars: HashMap<String, String> =
+        HashMap::from([("pcfiledir".to_owned(), pc_dir.display().to_string())]);
+    let expand = |value: &str, vars: &HashMap<String, String>| {
+        let mut out = value.to_owned();
+        for (k, v) in vars {
+            out = out.replace(&format!("${{{k}}}"), v);
+        }
+        out
+    };
+    let mut fields = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((k, v)) = line.split_once('=').filter(|(k, _)| !k.contains(':')) {
+            let v = expand(v.trim(), &vars);
+            vars.insert(k.trim().to_owned(), v);
+        } else if let Some((k, v)) = line.split_once(':') {
+            fields.insert(k.trim().to_owned(), expand(v.trim(), &vars));
+        }
+    }
+    let includedir = std::path::PathBuf::from(&vars["includedir"]);
+    assert!(includedir.join("sockdup/winsock2.h").is_file());
+    assert_eq!(
+        std::fs::canonicalize(&vars["prefix"]).expect("prefix exists"),
+        std::fs::canonicalize(repo()).expect("repo"),
+        "prefix is the repository"
+    );
+    assert_eq!(
+        vars["libdir"],
+        format!("{}/target/release", vars["prefix"]),
+        "libdir is where cargo build --release -p sockdup-ffi puts libsockdup"
+    );
+    assert_eq!(fields["Libs"], format!("-L{} -lsockdup", vars["libdir"]));
+    assert_eq!(fields["Cflags"], format!("-I{}", vars["includedir"]));
+}
+
+#[test]
 fn c_sees_the_windows_layout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let program = compile_text(
@@ -108,6 +147,13 @@ int main(void) {
            offsetof(WSAPROTOCOL_INFOW, dwProviderReserved), offsetof(WSAPROTOCOL_INFOW, szProtocol),
            sizeof(WSADATA), sizeof(WSANETWORKEVENTS), INVALID_SOCKET == (SOCKET)-1,
            FROM_PROTOCOL_INFO);
+    /* The generic names of ported code compile to the W calls. */
+    WSAPROTOCOL_INFO generic;
+    LPWSAPROTOCOL_INFO pointer = &generic;
+    SOCKET (*socket_call)(int, int, int, LPWSAPROTOCOL_INFOW, GROUP, DWORD) = WSASocket;
+    int (*duplicate_call)(SOCKET, DWORD, LPWSAPROTOCOL_INFOW) = WSADuplicateSocket;
+    int (*enum_call)(LPINT, LPWSAPROTOCOL_INFOW, LPDWORD) = WSAEnumProtocols;
+    if (!socket_call || !duplicate_call || !enum_call || pointer != &generic) return 1;
     return sizeof(SOCKET) == sizeof(void *) && sizeof(WCHAR) == 2 ? 0 : 1;
 }
 "#,

@@ -191,6 +191,15 @@ typedef struct WSAData {
 #define FD_CONNECT (1 << FD_CONNECT_BIT)
 #define FD_CLOSE_BIT 5
 #define FD_CLOSE (1 << FD_CLOSE_BIT)
+/* Accepted by WSAEventSelect (they are in FD_ALL_EVENTS), never signalled by sockdup. */
+#define FD_QOS_BIT 6
+#define FD_QOS (1 << FD_QOS_BIT)
+#define FD_GROUP_QOS_BIT 7
+#define FD_GROUP_QOS (1 << FD_GROUP_QOS_BIT)
+#define FD_ROUTING_INTERFACE_CHANGE_BIT 8
+#define FD_ROUTING_INTERFACE_CHANGE (1 << FD_ROUTING_INTERFACE_CHANGE_BIT)
+#define FD_ADDRESS_LIST_CHANGE_BIT 9
+#define FD_ADDRESS_LIST_CHANGE (1 << FD_ADDRESS_LIST_CHANGE_BIT)
 #define FD_MAX_EVENTS 10
 #define FD_ALL_EVENTS ((1 << FD_MAX_EVENTS) - 1)
 
@@ -287,6 +296,14 @@ int WSAAPI WSAEnumNetworkEvents(SOCKET s, WSAEVENT hEventObject,
                                 LPWSANETWORKEVENTS lpNetworkEvents);
 DWORD WSAAPI WSAWaitForMultipleEvents(DWORD cEvents, const WSAEVENT *lphEvents, BOOL fWaitAll,
                                       DWORD dwTimeout, BOOL fAlertable);
+
+/* The generic names, as a UNICODE build of Windows' header maps them (sockdup has only the W
+ * forms: the record's name is UTF-16 on every platform). */
+typedef WSAPROTOCOL_INFOW WSAPROTOCOL_INFO;
+typedef LPWSAPROTOCOL_INFOW LPWSAPROTOCOL_INFO;
+#define WSASocket WSASocketW
+#define WSADuplicateSocket WSADuplicateSocketW
+#define WSAEnumProtocols WSAEnumProtocolsW
 
 /* ---- sockdup's own ---- */
 

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define CHECK(cond)                                                                       \
@@ -109,6 +110,16 @@ static void bad_pointers_and_handles(void) {
         CHECK(WSAGetLastError() == WSAEINVAL);
     }
     FAILS(sockdup_info_from_text("not a record", &info), WSAEINVAL);
+    {
+        /* The message behind it: its full length, cut to fit a short buffer, NUL-terminated. */
+        char small[8];
+        int full = sockdup_last_error_message(NULL, 0);
+        CHECK(full > 20);
+        CHECK(sockdup_last_error_message(small, sizeof small) == full);
+        CHECK(strlen(small) == sizeof small - 1);
+        CHECK(strncmp(small, "\"not a ", 7) == 0);
+        FAILS(sockdup_last_error_message(NULL, 5), WSAEFAULT);
+    }
     WSASetLastError(0);
     CHECK(WSASocketW(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 7, 0) == INVALID_SOCKET);
     CHECK(WSAGetLastError() == WSAEINVAL); /* a group */
@@ -219,6 +230,10 @@ static void events(void) {
     both[0] = other;
     both[1] = ev;
     CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    CHECK(WSAEventSelect((SOCKET)sv[0], ev, FD_ALL_EVENTS) == 0); /* Windows' ten bits */
+    /* FD_WRITE (connected) set it; a new selection clears the record, not the event. */
+    CHECK(WSAWaitForMultipleEvents(1, &ev, FALSE, 10000, FALSE) == WSA_WAIT_EVENT_0);
+    CHECK(WSAResetEvent(ev) == TRUE);
     CHECK(WSAEventSelect((SOCKET)sv[0], ev, FD_READ | FD_CLOSE) == 0);
     CHECK(WSAWaitForMultipleEvents(2, both, FALSE, 0, FALSE) == WSA_WAIT_TIMEOUT);
     CHECK(write(sv[1], "x", 1) == 1);
@@ -266,6 +281,33 @@ static void no_descriptor_left(void) {
     CHECK(WSACleanup() == 0); /* the last: the inbox and the unredeemed duplicates go */
 }
 
+/* A child forked after WSAStartup starts its own run: its WSAStartup/WSACleanup count is its
+ * own, and the parent's sockets are plain descriptors to it. */
+static void forked_child(void) {
+    SOCKET s = WSASocketW(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, 0);
+    pid_t child;
+    int status;
+    CHECK(s != INVALID_SOCKET);
+    child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        WSADATA data;
+        WSAPROTOCOL_INFOW info;
+        WSASetLastError(0);
+        CHECK(WSADuplicateSocketW(s, (DWORD)getpid(), &info) == SOCKET_ERROR);
+        CHECK(WSAGetLastError() == WSANOTINITIALISED); /* the parent's run does not cross fork */
+        CHECK(WSAStartup(MAKEWORD(2, 2), &data) == 0);
+        CHECK(WSADuplicateSocketW(s, (DWORD)getpid(), &info) == 0);
+        CHECK(closesocket(s) == 0);
+        CHECK(WSACleanup() == 0);
+        FAILS(WSACleanup(), WSANOTINITIALISED);
+        _exit(0);
+    }
+    CHECK(waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(closesocket(s) == 0); /* the parent's is still its own */
+}
+
 int main(void) {
     WSADATA data;
     WSAPROTOCOL_INFOW info;
@@ -286,6 +328,7 @@ int main(void) {
     bad_pointers_and_handles();
     enum_protocols();
     events();
+    forked_child();
     CHECK(WSACleanup() == 0);
     no_descriptor_left();
     FAILS(WSACleanup(), WSANOTINITIALISED);

@@ -16,19 +16,53 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The directory holding `libsockdup.so` and `libsockdup.a`: Cargo builds this package's
-/// library (a cdylib and a staticlib) next to its test executables, in `target/<profile>/deps`.
+/// The directory holding `libsockdup.so` and `libsockdup.a`, built now (once per test binary)
+/// with the profile and target directory this test was built with: Cargo does not build a
+/// package's cdylib/staticlib for its integration tests (they cannot link it), so without this
+/// the tests could pick up a stale library.
 pub fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let dir = exe.parent().expect("the test's directory").to_path_buf();
-    for lib in ["libsockdup.so", "libsockdup.a"] {
-        assert!(
-            dir.join(lib).is_file(),
-            "{lib} is not in {} where Cargo puts this package's library for its tests: run the tests with cargo test -p sockdup-ffi",
-            dir.display()
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        // target/<profile>/deps/<this test>
+        let exe = std::env::current_exe().expect("the test's own path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test runs from target/<profile>/deps")
+            .to_path_buf();
+        let target_dir = profile_dir.parent().expect("the target directory");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev".to_owned(),
+            Some(other) => other.to_owned(),
+            None => panic!("no profile directory in {}", exe.display()),
+        };
+        let (status, _, err) = run_command(
+            Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--locked",
+                    "-p",
+                    "sockdup-ffi",
+                    "--profile",
+                    &profile,
+                ])
+                .arg("--target-dir")
+                .arg(target_dir)
+                .current_dir(repo()),
+            Duration::from_secs(900),
         );
-    }
-    dir
+        assert!(status.success(), "building libsockdup failed:\n{err}");
+        for lib in ["libsockdup.so", "libsockdup.a"] {
+            assert!(
+                profile_dir.join(lib).is_file(),
+                "cargo build -p sockdup-ffi made no {lib} in {}",
+                profile_dir.display()
+            );
+        }
+        profile_dir
+    })
+    .clone()
 }
 
 /// `include/` of the C headers.
