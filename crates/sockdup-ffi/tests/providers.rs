@@ -18,12 +18,6 @@ use util::{compile, include_dir, lib_dir, repo};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Cargo does not build this package's cdylib for its integration tests: `cargo build -p
-/// sockdup-ffi`, once per test process, so the programs link this build's library.
-fn fresh_libsockdup() {
-    sockdup_tests::cprov::libsockdup();
-}
-
 /// `examples/c/counting_lsp.c` (or `source` text) as a shared library `dir/NAME.so`, linked
 /// with nothing of sockdup's.
 fn shared(dir: &Path, name: &str, source: &Path) -> PathBuf {
@@ -127,7 +121,6 @@ fn calls(log: &Path, call: &str) -> Vec<BTreeMap<String, String>> {
 
 #[test]
 fn the_c_counting_layer_over_tcp_between_two_c_processes() {
-    fresh_libsockdup();
     let dir = tempfile::tempdir().expect("tempdir");
     let lsp = shared(
         dir.path(),
@@ -250,7 +243,6 @@ fn the_c_counting_layer_over_tcp_between_two_c_processes() {
 
 #[test]
 fn a_failing_wspstartup_is_refused_at_use_in_a_c_program() {
-    fresh_libsockdup();
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("failing.c");
     std::fs::write(

@@ -33,13 +33,26 @@ pub fn libsockdup() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            // Cargo does not build a cdylib-only package for another's tests: build it with
+            // this test's profile and target directory.
             let dir = profile_dir();
+            let profile = match dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") | None => "dev".to_owned(),
+                Some(other) => other.to_owned(),
+            };
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cmd.args(["build", "--quiet", "-p", "sockdup-ffi"])
-                .current_dir(workspace());
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
+            cmd.args([
+                "build",
+                "--quiet",
+                "--locked",
+                "-p",
+                "sockdup-ffi",
+                "--profile",
+            ])
+            .arg(profile)
+            .arg("--target-dir")
+            .arg(dir.parent().expect("the target directory"))
+            .current_dir(workspace());
             let status = cmd.status().expect("run cargo build -p sockdup-ffi");
             assert!(status.success(), "cargo build -p sockdup-ffi failed");
             let lib = dir.join("libsockdup.so");

@@ -219,7 +219,8 @@ mod tests {
         let e = load(c.layer(lib).unwrap()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ProviderFailedInit);
         assert!(
-            e.message().contains("/x/l.so") && e.message().contains("sockdup_capi::provider::register()"),
+            e.message().contains("/x/l.so")
+                && e.message().contains("sockdup_capi::provider::register()"),
             "{e}"
         );
     }
