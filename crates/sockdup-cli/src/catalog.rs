@@ -61,8 +61,8 @@ enum Action {
     /// defines WSPStartup (one that only imports it, e.g. from libsockdup, is refused). The
     /// catalog keeps its absolute path and a provider GUID; a process loads it (dlopen) and
     /// starts it (WSPStartup with the chain's entry) when it first uses one of its chains.
-    /// Below a provider library there may be only other provider libraries and the base
-    /// entry. Prints the new ids.
+    /// The provider libraries of a chain must be next to each other (built-in layers may be
+    /// above and below them). Prints the new ids.
     #[command(after_long_help = "Example:\n  \
         cc -shared -fPIC -I crates/sockdup-ffi/include examples/c/counting_lsp.c -o libcounting_lsp.so\n  \
         sockdup catalog install-library ./libcounting_lsp.so --over 1001 --name counting")]
@@ -76,8 +76,7 @@ struct InstallLibraryArgs {
     #[arg(value_name = "PATH")]
     path: PathBuf,
 
-    /// The catalog ids of the entries to go over: base entries (1001-1007) or chains whose
-    /// layers are all provider libraries.
+    /// The catalog ids of the entries to go over: base entries (1001-1007) or protocol chains.
     #[arg(long, value_name = "ID", num_args = 1.., value_delimiter = ',', required = true)]
     over: Vec<u32>,
 

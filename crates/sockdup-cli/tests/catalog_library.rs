@@ -1,7 +1,7 @@
 //! Tests of `sockdup catalog install-library`: a C provider library (examples/c/counting_lsp.c)
 //! installed with a chain over TCP/IPv4 and listed, and the files refused at install without
-//! starting them (missing, not ELF, no WSPStartup, one only imported, a built-in layer below
-//! it), each leaving the catalog file as it was. A library whose WSPStartup fails installs:
+//! starting them (missing, not ELF, no WSPStartup, one only imported, a built-in layer between
+//! two libraries), each leaving the catalog file as it was. A library whose WSPStartup fails installs:
 //! install does not start it.
 
 mod util;
@@ -109,16 +109,28 @@ fn files_that_are_no_provider_are_refused_at_install_and_nothing_is_written() {
         assert_fails(&out, 1, &[s(path), why, "invalid-provider", "10105"]);
         assert_eq!(cat.contents(), None, "{path:?}: nothing written");
     }
-    // A built-in layer below a library: the library loads what is below it, and cannot load a
-    // built-in layer.
-    assert_ok(&cat.run(&["catalog", "install", "trace", "--over", "1001"]));
-    let before = cat.contents();
+    // Over a chain of a built-in layer: fine. Over a chain of a built-in layer over another
+    // library: the libraries of a chain must be next to each other.
     let lsp = cprov::counting_lsp(dir);
+    assert_ok(&cat.run(&["catalog", "install", "trace", "--over", "1001"]));
     let out = cat.run(&["catalog", "install-library", s(&lsp), "--over", "1102"]);
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("chain 1104 over 1102: chain 3: [1103, 1101, 1001]"),
+        "{}",
+        stdout(&out)
+    );
+    let out = cat.run(&["catalog", "install", "trace", "--over", "1104"]);
+    assert_ok(&out);
+    let before = cat.contents();
+    let out = cat.run(&["catalog", "install-library", s(&lsp), "--over", "1106"]);
     assert_fails(
         &out,
         1,
-        &["sits below the provider library", "catalog-change-refused"],
+        &[
+            "sits between the provider libraries",
+            "catalog-change-refused",
+        ],
     );
     assert_eq!(cat.contents(), before);
 }

@@ -278,3 +278,108 @@ fn broken_libraries_are_refused_at_use_naming_the_path_and_nothing_stays_loaded(
         );
     }
 }
+
+/// `trace` reports of a peer: `layer=… chain=… seen=… calls=… …` per instance.
+fn traces(p: &mut Peer) -> Vec<BTreeMap<String, String>> {
+    p.ok("trace")
+        .split(" | ")
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            r.split(' ')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The C layer over a chain of the built-in `trace` layer over TCP/IPv4: the layer starts its
+/// next provider (a built-in layer) through libsockdup's `WSPStartup` with the chain's record
+/// unchanged, and the trace layer below it sees every call with the chain's entry.
+#[test]
+fn a_c_layer_over_a_built_in_layer_passes_the_chain_record_down_unchanged() {
+    let dir = TempDir::new("counting-over-trace");
+    let lsp = cprov::counting_lsp(dir.path());
+    let mut c = Catalog::builtin();
+    let (trace, trace_chains) = c
+        .install("trace", "trace", true, BTreeMap::new(), &[1001])
+        .unwrap();
+    let config = BTreeMap::from([(PATH_KEY.to_owned(), lsp.to_str().unwrap().to_owned())]);
+    let (layer, chains) = c
+        .install(LIBRARY_KIND, "counting", true, config, &[trace_chains[0]])
+        .unwrap();
+    let chain = chains[0];
+    let file = CatalogFile::new("counting-over-trace-cat", &c);
+    let (source_log, target_log) = (dir.path().join("source.log"), dir.path().join("target.log"));
+    let mut source = peer(&file, &source_log);
+    let mut target = peer(&file, &target_log);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let out = source.ok(&format!("spi-tcp-connect {addr}"));
+    let (s, rest) = out.split_once(' ').unwrap();
+    assert!(rest.starts_with(&format!("{chain} ")), "{out}");
+    let (mut remote, _) = l.accept().unwrap();
+    remote
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let record = source.ok(&format!("spi-dup {s} {}", target.pid));
+    let info: sockdup::ProtocolInfo = record.parse().unwrap();
+    assert_eq!(info.protocol_chain.used(), [layer, trace, 1001]);
+    let out = target.ok(&format!("spi-redeem {record}"));
+    let (t, _) = out.split_once(' ').unwrap();
+    source.ok(&format!("spi-close {s}"));
+    target.ok(&format!("spi-send {t} over trace"));
+    let mut buf = [0u8; 16];
+    let n = remote.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"over trace");
+    target.ok(&format!("spi-close {t}"));
+
+    let st = &calls(&source_log, "WSPStartup")[0];
+    assert_eq!(
+        (st["own"].as_str(), st["next"].as_str()),
+        (&*layer.to_string(), &*trace.to_string())
+    );
+    assert_eq!(st["next_base"], "0");
+    assert_eq!(
+        (st["down"].as_str(), st["down_chain"].as_str()),
+        (&*chain.to_string(), "3")
+    );
+    let d = &calls(&source_log, "WSPDuplicateSocket")[0];
+    assert_eq!(
+        (d["down"].as_str(), d["down_chain"].as_str()),
+        (&*chain.to_string(), "3")
+    );
+    assert_eq!(
+        (d["up"].as_str(), d["up_chain"].as_str()),
+        (&*chain.to_string(), "3")
+    );
+    let r = &calls(&target_log, "WSPSocket")[0];
+    assert_eq!(r["af"], "-1");
+    assert_eq!(
+        (r["down"].as_str(), r["down_chain"].as_str()),
+        (&*chain.to_string(), "3")
+    );
+
+    // The trace layer below it was handed the chain's record, unmodified, each time.
+    let source_traces = traces(&mut source);
+    assert_eq!(source_traces.len(), 1, "{source_traces:?}");
+    assert_eq!(
+        source_traces[0]["seen"],
+        format!("{chain},{chain},{chain}"),
+        "startup, socket, duplicate"
+    );
+    let target_traces = traces(&mut target);
+    assert_eq!(
+        target_traces[0]["seen"],
+        format!("{chain},{chain}"),
+        "startup, socket_from_info"
+    );
+    assert!(
+        target_traces[0]["calls"].contains("socket_from_info:1"),
+        "{target_traces:?}"
+    );
+    assert!(
+        target_traces[0]["calls"].contains("send:1"),
+        "{target_traces:?}"
+    );
+}

@@ -2,14 +2,18 @@
 //! base provider (`sockdup::spi::base_provider`), for provider libraries layered over it.
 //!
 //! The propagation rule holds here as in Rust: the table's `WSPSocket`, `WSPDuplicateSocket`
-//! and `WSPStartup` take only the base provider's own entries (1001-1007), with the provider
-//! fields of a duplicate; a chain's entry is `WSAEINVAL` (`propagation-rule`). `WSPSocket` with
-//! `FROM_PROTOCOL_INFO` in af, type or protocol, or with a record carrying a ticket, redeems
-//! it; otherwise it makes a new socket of the entry.
+//! and `WSPStartup` take the base provider's own entries (1001-1007), with the provider fields
+//! of a duplicate; another base-like entry is `WSAEINVAL` (`propagation-rule`). A chain's entry
+//! (`ChainLen` > 1) is what the lowest provider library of a chain passes when its next entry
+//! is a built-in layer: the table then serves the chain's built-in layers below its libraries
+//! (`sockdup::spi::below_libraries`), remembering which chain each handle it gives out is of.
+//! `WSPSocket` with `FROM_PROTOCOL_INFO` in af, type or protocol, or with a record carrying a
+//! ticket, redeems it; otherwise it makes a new socket of the entry.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sockdup::spi::{Handle, Provider};
 use sockdup::{Error, ErrorKind, ProtocolInfo};
@@ -58,9 +62,52 @@ pub(crate) fn take_last_error(code: i32) -> Option<Error> {
         .filter(|e| e.code() == code)
 }
 
-/// The base provider and its handle `s`.
+/// The base provider.
 fn base() -> Result<Arc<dyn Provider>, Error> {
     sockdup::spi::base_provider()
+}
+
+/// The handles the table gave out for chains' built-in layers below their provider libraries,
+/// and the chain of each (the others are the base provider's).
+static BELOW: Mutex<Option<HashMap<u64, u32>>> = Mutex::new(None);
+
+fn below() -> std::sync::MutexGuard<'static, Option<HashMap<u64, u32>>> {
+    BELOW.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether a record is a chain's entry (the table serves the chain's built-in layers below
+/// its provider libraries then), not a base entry.
+fn is_chain(info: &ProtocolInfo) -> bool {
+    info.protocol_chain.len > 1
+}
+
+/// The provider for a record: the base provider, or for a chain's entry its built-in layers
+/// below its provider libraries.
+fn provider_for(info: &ProtocolInfo) -> Result<Arc<dyn Provider>, Error> {
+    if is_chain(info) {
+        sockdup::spi::below_libraries(info.catalog_entry_id)
+    } else {
+        base()
+    }
+}
+
+/// The provider serving handle `s`, and the handle.
+fn provider_of(s: SOCKET) -> Result<(Arc<dyn Provider>, Handle), Error> {
+    let h = Handle::from_raw(s as u64);
+    let chain = below().as_ref().and_then(|m| m.get(&h.raw()).copied());
+    match chain {
+        Some(id) => Ok((sockdup::spi::below_libraries(id)?, h)),
+        None => Ok((base()?, h)),
+    }
+}
+
+/// Remembers that handle `h` was made for chain `info` (when it is a chain's entry).
+fn remember(h: Handle, info: &ProtocolInfo) {
+    if is_chain(info) {
+        below()
+            .get_or_insert_with(HashMap::new)
+            .insert(h.raw(), info.catalog_entry_id);
+    }
 }
 
 /// The socket address at `name` (`namelen` bytes).
@@ -207,7 +254,13 @@ pub unsafe extern "C" fn WSPStartup(
             return Err(fault("lpWSPData or lpProcTable"));
         }
         let info = read_record(lpProtocolInfo, "lpProtocolInfo")?;
-        base()?.startup(&sockdup::spi::process_upcall()?, &info)?;
+        if is_chain(&info) {
+            // A provider library whose next entry is a built-in layer: the chain's built-in
+            // layers below its libraries, started with the chain's entry.
+            sockdup::spi::below_libraries(info.catalog_entry_id)?;
+        } else {
+            base()?.startup(&sockdup::spi::process_upcall()?, &info)?;
+        }
         let mut data = WSPDATA {
             wVersion: 0x0202,
             wHighVersion: 0x0202,
@@ -267,13 +320,14 @@ unsafe extern "C" fn socket(
     unsafe {
         spi_call(lpErrno, INVALID_SOCKET, || {
             let info = read_record(lpProtocolInfo, "lpProtocolInfo")?;
-            let p = base()?;
+            let p = provider_for(&info)?;
             let from_info = [af, kind, protocol].contains(&FROM_PROTOCOL_INFO);
             let h = if from_info || is_duplicate(&info) {
                 p.socket_from_info(&info)?
             } else {
                 p.socket(af, kind, protocol, &info)?
             };
+            remember(h, &info);
             Ok(socket_of(h))
         })
     }
@@ -283,7 +337,12 @@ unsafe extern "C" fn close_socket(s: SOCKET, lpErrno: LPINT) -> i32 {
     // SAFETY: lpErrno is the caller's, NULL or writable (the SPI contract).
     unsafe {
         spi_call(lpErrno, SOCKET_ERROR, || {
-            base()?.close_socket(Handle::from_raw(s as u64))?;
+            let (p, h) = provider_of(s)?;
+            let closed = p.close_socket(h);
+            if let Some(m) = below().as_mut() {
+                m.remove(&h.raw());
+            }
+            closed?;
             Ok(0)
         })
     }
@@ -299,8 +358,8 @@ unsafe extern "C" fn duplicate_socket(
     unsafe {
         spi_call(lpErrno, SOCKET_ERROR, || {
             let info = read_record(lpProtocolInfo, "lpProtocolInfo")?;
-            let record =
-                base()?.duplicate_socket(Handle::from_raw(s as u64), dwProcessId, &info)?;
+            let (p, h) = provider_of(s)?;
+            let record = p.duplicate_socket(h, dwProcessId, &info)?;
             // SAFETY: not NULL (read above) and writable by the SPI contract.
             ptr::write_info(
                 lpProtocolInfo,
@@ -331,7 +390,8 @@ unsafe extern "C" fn connect(
     unsafe {
         spi_call(lpErrno, SOCKET_ERROR, || {
             let addr = read_sockaddr(name, namelen)?;
-            base()?.connect(Handle::from_raw(s as u64), &addr)?;
+            let (p, h) = provider_of(s)?;
+            p.connect(h, &addr)?;
             Ok(0)
         })
     }
@@ -347,7 +407,8 @@ unsafe extern "C" fn bind(
     unsafe {
         spi_call(lpErrno, SOCKET_ERROR, || {
             let addr = read_sockaddr(name, namelen)?;
-            base()?.bind(Handle::from_raw(s as u64), &addr)?;
+            let (p, h) = provider_of(s)?;
+            p.bind(h, &addr)?;
             Ok(0)
         })
     }
@@ -357,7 +418,8 @@ unsafe extern "C" fn listen(s: SOCKET, backlog: i32, lpErrno: LPINT) -> i32 {
     // SAFETY: lpErrno is the caller's, NULL or writable (the SPI contract).
     unsafe {
         spi_call(lpErrno, SOCKET_ERROR, || {
-            base()?.listen(Handle::from_raw(s as u64), backlog)?;
+            let (p, h) = provider_of(s)?;
+            p.listen(h, backlog)?;
             Ok(0)
         })
     }
@@ -374,7 +436,14 @@ unsafe extern "C" fn accept(
     // SAFETY: lpErrno is the caller's, NULL or writable (the SPI contract).
     unsafe {
         spi_call(lpErrno, INVALID_SOCKET, || {
-            let h = base()?.accept(Handle::from_raw(s as u64))?;
+            let (p, listener) = provider_of(s)?;
+            let h = p.accept(listener)?;
+            let chain = below()
+                .as_ref()
+                .and_then(|m| m.get(&listener.raw()).copied());
+            if let Some(id) = chain {
+                below().get_or_insert_with(HashMap::new).insert(h.raw(), id);
+            }
             if !addr.is_null() && !addrlen.is_null() {
                 // SAFETY: the caller's buffer of *addrlen bytes (SPI contract); getpeername
                 // writes at most that many and updates the length.
@@ -425,10 +494,10 @@ unsafe extern "C" fn send(
     // SAFETY: the pointers are the caller's, valid by the SPI contract.
     unsafe {
         spi_call(lpErrno, SOCKET_ERROR, || {
-            let p = base()?;
+            let (p, h) = provider_of(s)?;
             let mut sent = 0usize;
             for b in buffers(lpBuffers, dwBufferCount)? {
-                let n = p.send(Handle::from_raw(s as u64), b)?;
+                let n = p.send(h, b)?;
                 sent += n;
                 if n < b.len() {
                     break;
@@ -456,7 +525,10 @@ unsafe extern "C" fn recv(
         spi_call(lpErrno, SOCKET_ERROR, || {
             let mut bufs = buffers(lpBuffers, dwBufferCount)?;
             let n = match bufs.first_mut() {
-                Some(b) => base()?.recv(Handle::from_raw(s as u64), b)?,
+                Some(b) => {
+                    let (p, h) = provider_of(s)?;
+                    p.recv(h, b)?
+                }
                 None => 0,
             };
             ptr::write(lpNumberOfBytesRecvd, n as DWORD, "lpNumberOfBytesRecvd")?;

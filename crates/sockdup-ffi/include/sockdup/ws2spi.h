@@ -271,9 +271,11 @@ typedef int(WSPAPI *LPWSPSTARTUP)(WORD wVersionRequested, LPWSPDATA lpWSPData,
 
 /* ---- libsockdup's exports ---- */
 
-/* The base provider: lpProtocolInfo must be one of its own entries (1001-1007; anything else
- * is WSAEINVAL: the propagation rule). Fills lpWSPData (2.2) and lpProcTable; 0, or the error
- * code itself (WSAVERNOTSUPPORTED below 2.0, WSAEFAULT for NULL pointers). Its WSPSocket with a
+/* The base provider: lpProtocolInfo is one of its own entries (1001-1007; another base entry
+ * is WSAEINVAL: the propagation rule), or a chain's entry when the caller is the lowest
+ * provider library of a chain whose next entry is a built-in layer (the table then serves the
+ * chain's built-in layers below the libraries). Fills lpWSPData (2.2) and lpProcTable; 0, or
+ * the error code itself (WSAVERNOTSUPPORTED below 2.0, WSAEFAULT for NULL pointers). Its WSPSocket with a
  * duplicate's record (FROM_PROTOCOL_INFO in af/type/protocol, or a record carrying a ticket)
  * redeems it; with a catalog entry it makes a new socket. */
 int WSPAPI WSPStartup(WORD wVersionRequested, LPWSPDATA lpWSPData,

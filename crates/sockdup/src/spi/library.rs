@@ -12,9 +12,10 @@
 //! and the next use tries again.
 //!
 //! A library layer loads the providers below it itself, as Windows LSPs do (`WSCEnumProtocols`,
-//! `WSCGetProviderPath`, `dlopen`, `WSPStartup` with the propagation rule), so below a library
-//! layer there may be only other library layers and the base entry: a built-in layer there is
-//! refused ([`check_chain_for_libraries`]).
+//! `WSCGetProviderPath`, `dlopen`, `WSPStartup` with the propagation rule): for the base entry
+//! and for built-in layers that is libsockdup, whose `WSPStartup` serves the built-in layers
+//! below the libraries ([`below_libraries`](super::below_libraries)). The libraries of a chain
+//! must be next to each other ([`check_chain_for_libraries`]).
 
 use std::fmt;
 use std::path::Path;
@@ -84,27 +85,39 @@ pub(crate) fn check_settings(layer: &Layer) -> Result<(), Error> {
     }
 }
 
-/// Checks that no built-in layer sits below a library layer in chain entry `chain_id` (whose
-/// layers are `layers`, top first): a library loads what is below it itself, and it can load
-/// only other libraries and the base provider.
+/// Checks that the provider libraries of chain entry `chain_id` (whose layers are `layers`,
+/// top first) are next to each other: each library loads the provider below it itself, and
+/// the lowest one, when that is a built-in layer, gets the built-in layers below it from
+/// libsockdup's `WSPStartup` (`sockdup::spi::below_libraries`); a built-in layer between two
+/// libraries would be started twice.
 ///
 /// # Errors
-/// [`ErrorKind::InvalidCatalog`] naming both layers (a change to the catalog that would leave
+/// [`ErrorKind::InvalidCatalog`] naming the layers (a change to the catalog that would leave
 /// it is `CatalogChangeRefused`).
 pub fn check_chain_for_libraries(chain_id: u32, layers: &[&Layer]) -> Result<(), Error> {
-    let Some(first) = layers.iter().position(|l| l.kind == LIBRARY_KIND) else {
+    let is_lib = |l: &&Layer| l.kind == LIBRARY_KIND;
+    let (Some(first), Some(last)) = (
+        layers.iter().position(is_lib),
+        layers.iter().rposition(is_lib),
+    ) else {
         return Ok(());
     };
-    match layers[first..].iter().find(|l| l.kind != LIBRARY_KIND) {
+    match layers[first..last].iter().find(|l| !is_lib(l)) {
         None => Ok(()),
         Some(builtin) => Err(Error::new(
             ErrorKind::InvalidCatalog,
             format!(
-                "catalog entry {chain_id}: the {} layer {} ({:?}) sits below the provider library {} ({:?}); a \
-                 provider library loads the providers below it itself and can load only other provider \
-                 libraries and the base provider: install the library over a base entry or over a chain \
-                 whose layers are all libraries, and built-in layers over the library's chain",
-                builtin.kind, builtin.id, builtin.name, layers[first].id, layers[first].name
+                "catalog entry {chain_id}: the {} layer {} ({:?}) sits between the provider libraries {} \
+                 ({:?}) and {} ({:?}); the provider libraries of a chain must be next to each other \
+                 (built-in layers above them, below them, or both): install the library over a chain \
+                 without one, or built-in layers over the library's chain",
+                builtin.kind,
+                builtin.id,
+                builtin.name,
+                layers[first].id,
+                layers[first].name,
+                layers[last].id,
+                layers[last].name
             ),
         )),
     }
@@ -184,8 +197,10 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidLayerSetting);
             assert!(e.message().contains(needle), "{e}");
         }
-        // A built-in layer over the library's chain is fine; a library over a trace chain not.
-        c.install("trace", "t", true, BTreeMap::new(), &[chains[0]])
+        // A built-in layer over the library's chain is fine, and a library over a trace chain;
+        // a library over a chain of a built-in layer over a library is not.
+        let (_, over_lib) = c
+            .install("trace", "t", true, BTreeMap::new(), &[chains[0]])
             .unwrap();
         assert!(check_catalog_for_libraries(&c).is_ok());
         let (_, over_trace) = c
@@ -199,10 +214,19 @@ mod tests {
             &[over_trace[0]],
         )
         .unwrap();
+        assert!(check_catalog_for_libraries(&c).is_ok());
+        c.install(
+            LIBRARY_KIND,
+            "l3",
+            true,
+            library("/x/l3.so"),
+            &[over_lib[0]],
+        )
+        .unwrap();
         let e = check_catalog_for_libraries(&c).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidCatalog);
         assert!(
-            e.message().contains("sits below the provider library"),
+            e.message().contains("sits between the provider libraries"),
             "{e}"
         );
     }

@@ -79,7 +79,7 @@ pub use events::{
 };
 pub(crate) use ws2::redeem_fds;
 pub use ws2::{Socket, address_to_string, string_to_address};
-pub use ws2::{base_provider, process_catalog, process_upcall};
+pub use ws2::{base_provider, below_libraries, process_catalog, process_upcall};
 
 use crate::sync::lock;
 
