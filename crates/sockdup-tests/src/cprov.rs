@@ -137,6 +137,18 @@ pub const BROKEN: &[(&str, &str)] = &[
              return 10050;\n\
          }\n",
     ),
+    (
+        // A provider whose WSPStartup succeeds but fills no slot of its table.
+        "empty-table",
+        "#include <sockdup/ws2spi.h>\n\
+         #include <string.h>\n\
+         int WSPAPI WSPStartup(WORD v, LPWSPDATA d, LPWSAPROTOCOL_INFOW i, WSPUPCALLTABLE u,\n\
+                               LPWSPPROC_TABLE t) {\n\
+             (void)v; (void)d; (void)i; (void)u;\n\
+             memset(t, 0, sizeof *t);\n\
+             return 0;\n\
+         }\n",
+    ),
 ];
 
 /// The broken library `name` of [`BROKEN`] (or `not-elf`, a text file) made in `dir`.

@@ -242,6 +242,12 @@ fn broken_libraries_are_refused_at_use_naming_the_path_and_nothing_stays_loaded(
             "provider-failed-init",
             "failed with 10050",
         ),
+        (
+            cprov::broken(dir.path(), "empty-table"),
+            10106,
+            "provider-failed-init",
+            "left lpWSPSocket or lpWSPCloseSocket NULL",
+        ),
     ];
     for (path, code, kind, why) in cases {
         let (catalog, _, chain) = over_tcp(&path);

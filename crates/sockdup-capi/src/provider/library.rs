@@ -266,6 +266,12 @@ impl Provider for LibraryProvider {
             ));
         }
         if table.lpWSPSocket.is_none() || table.lpWSPCloseSocket.is_none() {
+            // Started, but unusable: cleaned up before it is unloaded.
+            if let Some(cleanup) = table.lpWSPCleanup {
+                let mut err = 0;
+                // SAFETY: the library's WSPCleanup, right after its WSPStartup succeeded.
+                unsafe { cleanup(&mut err) };
+            }
             return Err(Error::new(
                 ErrorKind::ProviderFailedInit,
                 format!(
