@@ -132,7 +132,8 @@ fn install_help() -> String {
          sockdup catalog install trace --over 1001 1003\n  \
          sockdup catalog install fault --over 1102 --name flaky --set fail.connect=10061 --set delay.send=50\n  \
          sockdup catalog install policy --over 1001 --set connect=10.0.0.0/8,127.0.0.1:8080\n\n\
-         Layer kinds: {kinds}.\n\n\
+         Layer kinds: {kinds}. Provider libraries (layers in C, ws2spi.h) are installed with \
+         `sockdup catalog install-library`.\n\n\
          Settings (--set KEY=VALUE), checked at install and whenever the catalog is read:\n{}",
         layers::settings_help().trim_end()
     )
