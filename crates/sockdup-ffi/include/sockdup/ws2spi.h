@@ -176,8 +176,11 @@ typedef INT(WSPAPI *LPWSPSTRINGTOADDRESS)(LPWSTR AddressString, INT AddressFamil
                                           LPINT lpErrno);
 
 /* All 30 slots, in Windows' order (240 bytes on 64-bit). sockdup's base provider fills
- * Accept, Bind, Cleanup, CloseSocket, Connect, DuplicateSocket, GetSockOpt, Listen, Recv,
- * Send, SetSockOpt, Shutdown and Socket; the others are NULL. */
+ * Accept, Bind, Cleanup, CloseSocket, Connect, DuplicateSocket, Listen, Recv, Send and Socket;
+ * the others are NULL (a SOCKET of the base provider is a descriptor: use getsockopt(2),
+ * setsockopt(2), shutdown(2) on it). A provider library's table must fill at least Socket and
+ * CloseSocket; sockdup calls Accept, Bind, Cleanup, CloseSocket, Connect, DuplicateSocket,
+ * Listen, Recv, Send and Socket of it. */
 typedef struct _WSPPROC_TABLE {
     LPWSPACCEPT lpWSPAccept;
     LPWSPADDRESSTOSTRING lpWSPAddressToString;
