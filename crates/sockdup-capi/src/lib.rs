@@ -17,6 +17,7 @@
 #![allow(unsafe_code)]
 
 pub mod guard;
+pub mod provider;
 pub mod ptr;
 mod sockets;
 pub mod types;

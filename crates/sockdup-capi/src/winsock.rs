@@ -60,6 +60,8 @@ pub unsafe extern "C" fn WSAStartup(wVersionRequested: WORD, lpWSAData: *mut WSA
             wVersionRequested
         };
         let started = sockdup::startup()?;
+        // Chains holding provider libraries (layers in C) load in this process.
+        crate::provider::register();
         let mut data = WSADATA {
             wVersion: version,
             wHighVersion: 0x0202,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use sockdup::ProtocolInfo;
 use sockdup::catalog::{Catalog, Layer};
 use sockdup::flags::{PFL_HIDDEN, provider_flag_names, service_flag_names};
-use sockdup::spi::layers;
+use sockdup::spi::{layers, library};
 use sockdup::wire::{BASE_PROTOCOL, LAYERED_PROTOCOL, MAX_PROTOCOL_CHAIN};
 
 use crate::CliError;
@@ -53,6 +53,41 @@ enum Action {
 
     /// Delete the catalog file: only the built-in base entries remain.
     Reset,
+
+    /// Install a provider library (a shared library exporting WSPStartup, e.g. a layered
+    /// provider written in C against sockdup/ws2spi.h) as a layer with a chain over each ID.
+    ///
+    /// The file is checked without starting it: it must be a shared library that itself
+    /// defines WSPStartup (one that only imports it, e.g. from libsockdup, is refused). The
+    /// catalog keeps its absolute path and a provider GUID; a process loads it (dlopen) and
+    /// starts it (WSPStartup with the chain's entry) when it first uses one of its chains.
+    /// The provider libraries of a chain must be next to each other (built-in layers may be
+    /// above and below them). Prints the new ids.
+    #[command(after_long_help = "Example:\n  \
+        cc -shared -fPIC -I crates/sockdup-ffi/include examples/c/counting_lsp.c -o libcounting_lsp.so\n  \
+        sockdup catalog install-library ./libcounting_lsp.so --over 1001 --name counting")]
+    InstallLibrary(InstallLibraryArgs),
+}
+
+/// The arguments of `sockdup catalog install-library`.
+#[derive(Debug, clap::Args)]
+struct InstallLibraryArgs {
+    /// The shared library (made absolute in the catalog).
+    #[arg(value_name = "PATH")]
+    path: PathBuf,
+
+    /// The catalog ids of the entries to go over: base entries (1001-1007) or protocol chains.
+    #[arg(long, value_name = "ID", num_args = 1.., value_delimiter = ',', required = true)]
+    over: Vec<u32>,
+
+    /// A name for people [default: the file's name].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+
+    /// The library hands out handles of its own (WPUCreateSocketHandle) instead of the
+    /// descriptors below it (its chains lose XP1_IFS_HANDLES).
+    #[arg(long)]
+    non_ifs: bool,
 }
 
 /// The arguments of `sockdup catalog install`.
@@ -97,7 +132,8 @@ fn install_help() -> String {
          sockdup catalog install trace --over 1001 1003\n  \
          sockdup catalog install fault --over 1102 --name flaky --set fail.connect=10061 --set delay.send=50\n  \
          sockdup catalog install policy --over 1001 --set connect=10.0.0.0/8,127.0.0.1:8080\n\n\
-         Layer kinds: {kinds}.\n\n\
+         Layer kinds: {kinds}. Provider libraries (layers in C, ws2spi.h) are installed with \
+         `sockdup catalog install-library`.\n\n\
          Settings (--set KEY=VALUE), checked at install and whenever the catalog is read:\n{}",
         layers::settings_help().trim_end()
     )
@@ -121,6 +157,7 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
         Some(Action::Install(install_args)) => install(install_args),
         Some(Action::Remove { id }) => remove(*id),
         Some(Action::Reset) => reset(),
+        Some(Action::InstallLibrary(library_args)) => install_library(library_args),
     }
 }
 
@@ -364,6 +401,13 @@ fn check_name(name: &str) -> Result<(), CliError> {
 
 /// `sockdup catalog install`.
 fn install(args: &InstallArgs) -> Result<(), CliError> {
+    if args.kind == library::LIBRARY_KIND {
+        return Err(CliError::Usage(
+            "a provider library is installed with `sockdup catalog install-library PATH --over ID`, \
+             which checks the file"
+                .to_owned(),
+        ));
+    }
     let name = args.name.as_deref().unwrap_or(&args.kind);
     check_name(name)?;
     let mut config = BTreeMap::new();
@@ -398,6 +442,53 @@ fn install(args: &InstallArgs) -> Result<(), CliError> {
     let mut s = format!(
         "Installed layer {layer_id} ({} {name:?}, {}) in {}\n",
         args.kind,
+        if args.non_ifs { "non-IFS" } else { "IFS" },
+        path.display()
+    );
+    for (chain_id, over_id) in chain_ids.iter().zip(&args.over) {
+        let summary = catalog
+            .entry(*chain_id)
+            .map(|info| format!("{}  {:?}", chain_summary(&info), info.protocol_name))
+            .unwrap_or_default();
+        let _ = writeln!(s, "  chain {chain_id} over {over_id}: {summary}");
+    }
+    print(&s)
+}
+
+/// `sockdup catalog install-library`.
+fn install_library(args: &InstallLibraryArgs) -> Result<(), CliError> {
+    let context = format!("installing the provider library {}", args.path.display());
+    sockdup_capi::provider::check_library(&args.path)
+        .map_err(|e| CliError::sockdup(&context, e))?;
+    let file = std::fs::canonicalize(&args.path).map_err(|e| {
+        CliError::failed(format!("{context}: its absolute path cannot be found: {e}"))
+    })?;
+    let text = file.to_str().ok_or_else(|| {
+        CliError::failed(format!("{context}: the path is not UTF-8: rename the file"))
+    })?;
+    let default_name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("library")
+        .to_owned();
+    let name = args.name.clone().unwrap_or(default_name);
+    check_name(&name)?;
+    let config = BTreeMap::from([(library::PATH_KEY.to_owned(), text.to_owned())]);
+    let path = path_to_change()?;
+    let (catalog, (layer_id, chain_ids)) = sockdup::update_catalog_at(&path, |c| {
+        let ids = c.install(
+            library::LIBRARY_KIND,
+            &name,
+            !args.non_ifs,
+            config,
+            &args.over,
+        )?;
+        Ok((c.clone(), ids))
+    })
+    .map_err(|e| CliError::sockdup(&context, e))?;
+    let mut s = format!(
+        "Installed layer {layer_id} (provider library {name:?}, {}, {}) in {}\n",
+        file.display(),
         if args.non_ifs { "non-IFS" } else { "IFS" },
         path.display()
     );

@@ -294,6 +294,8 @@ pub(crate) fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    // Chains holding provider libraries (layers in C) work in every subcommand.
+    sockdup_capi::provider::register();
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,

@@ -35,6 +35,12 @@ pub const WSAENOBUFS: i32 = 10055;
 /// `WSA_INVALID_PARAMETER`: a parameter of an event call is invalid (more than
 /// `WSA_MAXIMUM_WAIT_EVENTS` events, or none, given to `WSAWaitForMultipleEvents`).
 pub const WSA_INVALID_PARAMETER: i32 = 87;
+/// `WSAEINVALIDPROVIDER`: a service provider library is not valid (missing, not a shared library,
+/// no `WSPStartup` of its own).
+pub const WSAEINVALIDPROVIDER: i32 = 10105;
+/// `WSAEPROVIDERFAILEDINIT`: a service provider could not be loaded or started (its
+/// `WSPStartup` failed, or this program cannot load provider libraries).
+pub const WSAEPROVIDERFAILEDINIT: i32 = 10106;
 /// `WSANOTINITIALISED`: no successful `WSAStartup` (here: `sockdup::startup()`) in this process.
 pub const WSANOTINITIALISED: i32 = 10093;
 
@@ -53,6 +59,8 @@ pub fn code_name(code: i32) -> Option<&'static str> {
         WSAENETDOWN => "WSAENETDOWN",
         WSAENOBUFS => "WSAENOBUFS",
         WSANOTINITIALISED => "WSANOTINITIALISED",
+        WSAEINVALIDPROVIDER => "WSAEINVALIDPROVIDER",
+        WSAEPROVIDERFAILEDINIT => "WSAEPROVIDERFAILEDINIT",
         WSA_INVALID_PARAMETER => "WSA_INVALID_PARAMETER",
         _ => return None,
     })
@@ -137,6 +145,12 @@ pub enum ErrorKind {
     CatalogChangeRefused,
     /// A `policy` layer refused the call (the message names the rule) (`WSAEACCES`).
     RefusedByLayer,
+    /// A provider library is missing, is not a shared library, or does not itself define
+    /// `WSPStartup` (the message names the path) (`WSAEINVALIDPROVIDER`).
+    InvalidProvider,
+    /// A provider library's `WSPStartup` failed, or this program cannot load provider libraries
+    /// (the message names the path and what to do) (`WSAEPROVIDERFAILEDINIT`).
+    ProviderFailedInit,
     /// A `fault` layer injected this error; its code is the one configured (the code given).
     Injected,
     /// A takeover found no pid file: nothing publishes there (`WSAEINVAL`).
@@ -212,6 +226,8 @@ impl ErrorKind {
         Self::InvalidLayerSetting,
         Self::CatalogChangeRefused,
         Self::RefusedByLayer,
+        Self::InvalidProvider,
+        Self::ProviderFailedInit,
         Self::Injected,
         Self::NoPidFile,
         Self::StalePidFile,
@@ -270,6 +286,8 @@ impl ErrorKind {
             Self::InvalidLayerSetting => WSAEINVAL,
             Self::CatalogChangeRefused => WSAEINVAL,
             Self::RefusedByLayer => WSAEACCES,
+            Self::InvalidProvider => WSAEINVALIDPROVIDER,
+            Self::ProviderFailedInit => WSAEPROVIDERFAILEDINIT,
             Self::NoPidFile => WSAEINVAL,
             Self::StalePidFile => WSAEINVAL,
             Self::NotAServer => WSAEINVAL,
@@ -328,6 +346,8 @@ impl ErrorKind {
             Self::InvalidLayerSetting => "invalid-layer-setting",
             Self::CatalogChangeRefused => "catalog-change-refused",
             Self::RefusedByLayer => "refused-by-layer",
+            Self::InvalidProvider => "invalid-provider",
+            Self::ProviderFailedInit => "provider-failed-init",
             Self::Injected => "injected",
             Self::NoPidFile => "no-pid-file",
             Self::StalePidFile => "stale-pid-file",
@@ -444,6 +464,12 @@ impl ErrorKind {
             }
             Self::RefusedByLayer => {
                 "a `policy` layer refused the call (the message names the rule)"
+            }
+            Self::InvalidProvider => {
+                "a provider library is missing, is not a shared library, or does not itself define `WSPStartup` (the message names the path)"
+            }
+            Self::ProviderFailedInit => {
+                "a provider library's `WSPStartup` failed, or this program cannot load provider libraries (the message says what to do)"
             }
             Self::Injected => "a `fault` layer injected this error; its code is the one configured",
             Self::NoPidFile => "a takeover found no pid file: nothing publishes there",

@@ -16,6 +16,8 @@
 #![forbid(unsafe_code)]
 
 pub mod util;
+// Provider libraries in C (issue 14): libsockdup.so, the counting layer, broken libraries.
+pub mod cprov;
 
 /// The bound of a peer protocol line: 4 MiB, above the longest legitimate one (an answer to
 /// `dup-many` of a few thousand records, ~850 bytes of text each), far above

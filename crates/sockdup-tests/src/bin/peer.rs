@@ -891,6 +891,8 @@ fn answer(out: &mut impl Write, answer: &Answer) -> bool {
 }
 
 fn main() -> std::process::ExitCode {
+    // Chains holding provider libraries (C layers) work here as in the sockdup command.
+    sockdup_capi::provider::register();
     let mut peer = Peer::default();
     let mut input = LineReader::new(std::io::stdin().lock(), MAX_LINE);
     let mut out = std::io::stdout();

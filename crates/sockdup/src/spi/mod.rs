@@ -61,6 +61,7 @@
 mod base;
 mod events;
 pub mod layers;
+pub mod library;
 mod watch;
 mod ws2;
 
@@ -78,6 +79,7 @@ pub use events::{
 };
 pub(crate) use ws2::redeem_fds;
 pub use ws2::{Socket, address_to_string, string_to_address};
+pub use ws2::{base_provider, below_libraries, process_catalog, process_upcall};
 
 use crate::sync::lock;
 
@@ -93,6 +95,11 @@ impl Handle {
     /// The handle's number (a file descriptor for IFS handles).
     pub fn raw(self) -> u64 {
         self.0
+    }
+
+    /// The handle with number `raw`, as a provider library hands it out (a `SOCKET`).
+    pub fn from_raw(raw: u64) -> Self {
+        Self(raw)
     }
 
     /// Whether this handle is a real file descriptor.
@@ -255,6 +262,22 @@ impl Upcall {
         match lock(&self.table).entries.get(&h.0) {
             Some(Entry::NonIfs { context, .. }) => Ok(*context),
             _ => Err(not_a_handle(h)),
+        }
+    }
+
+    /// `WPUModifyIFSHandle` for a handle the table holds already (a layer passing the
+    /// descriptor of the provider below through): registers it to catalog entry `catalog_id`.
+    ///
+    /// # Errors
+    /// `WSAENOTSOCK` for a handle the table does not hold.
+    #[doc(alias = "WPUModifyIFSHandle")]
+    pub fn set_owner(&self, h: Handle, catalog_id: u32) -> Result<(), Error> {
+        match lock(&self.table).entries.get_mut(&h.0) {
+            Some(Entry::Ifs { catalog_id: c, .. } | Entry::NonIfs { catalog_id: c, .. }) => {
+                *c = catalog_id;
+                Ok(())
+            }
+            None => Err(not_a_handle(h)),
         }
     }
 

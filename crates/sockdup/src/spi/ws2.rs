@@ -12,6 +12,7 @@ use sockdup_core::flags::XP1_IFS_HANDLES;
 use sockdup_core::wire::ProtocolInfo;
 
 use super::layers::{Layered, check_catalog, keep_provider_fields};
+use super::library::LIBRARY_KIND;
 use super::{BaseProvider, Event, EventSink, Handle, NetworkEvents, Provider, SockOpt, Upcall};
 use crate::catalog_file;
 use crate::startup::Runtime;
@@ -26,6 +27,9 @@ pub(crate) struct Ws2 {
     base: Arc<BaseProvider>,
     /// Each entry's top provider and the entry itself, built on first use.
     stacks: Mutex<HashMap<u32, Stack>>,
+    /// For chains with provider libraries over built-in layers: the providers below the
+    /// libraries, built when the lowest library starts its next provider.
+    below: Mutex<HashMap<u32, Arc<dyn Provider>>>,
 }
 
 type Stack = (Arc<dyn Provider>, Arc<ProtocolInfo>);
@@ -41,23 +45,21 @@ impl Ws2 {
             upcall,
             base,
             stacks: Mutex::new(HashMap::new()),
+            below: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The provider that serves catalog entry `id` (the top of its chain), and the entry.
-    fn provider(&self, id: u32) -> Result<Stack, Error> {
-        if let Some(stack) = lock(&self.stacks).get(&id) {
-            return Ok(stack.clone());
-        }
-        let (layers, base_info) = self.catalog.resolve(id)?;
-        let entry = Arc::new(self.catalog.entry(id).ok_or_else(|| {
-            Error::new(
-                ErrorKind::UnknownCatalogEntry,
-                format!("catalog entry {id} vanished"),
-            )
-        })?);
-        let mut next: Arc<dyn Provider> = self.base.clone();
-        let mut next_is_base = true;
+    /// Built-in `layers` (top first) of chain `id` over `bottom` (the base provider when
+    /// `bottom_is_base`), the top one returned.
+    fn build(
+        &self,
+        id: u32,
+        layers: &[&sockdup_core::catalog::Layer],
+        base_info: &ProtocolInfo,
+        bottom: Arc<dyn Provider>,
+        bottom_is_base: bool,
+    ) -> Result<Arc<dyn Provider>, Error> {
+        let (mut next, mut next_is_base) = (bottom, bottom_is_base);
         for layer in layers.iter().rev() {
             next = Arc::new(Layered::new(
                 (*layer).clone(),
@@ -68,6 +70,69 @@ impl Ws2 {
             )?);
             next_is_base = false;
         }
+        Ok(next)
+    }
+
+    /// The entry `id` of the catalog.
+    fn entry(&self, id: u32) -> Result<Arc<ProtocolInfo>, Error> {
+        Ok(Arc::new(self.catalog.entry(id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnknownCatalogEntry,
+                format!("catalog entry {id} vanished"),
+            )
+        })?))
+    }
+
+    /// The providers of chain `id` below its provider libraries (its built-in layers under the
+    /// lowest library, over the base provider), started with the chain's entry: what the
+    /// lowest library gets when it starts its next provider, a built-in layer.
+    fn below_libraries(&self, id: u32) -> Result<Arc<dyn Provider>, Error> {
+        if let Some(p) = lock(&self.below).get(&id) {
+            return Ok(p.clone());
+        }
+        let (layers, base_info) = self.catalog.resolve(id)?;
+        let last = layers
+            .iter()
+            .rposition(|l| l.kind == LIBRARY_KIND)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::PropagationRule,
+                    format!(
+                        "catalog entry {id} has no provider library: only a provider library starts \
+                         the providers below it with the chain's entry"
+                    ),
+                )
+            })?;
+        let rest = &layers[last + 1..];
+        let top = self.build(id, rest, &base_info, self.base.clone(), true)?;
+        if !rest.is_empty() {
+            top.startup(&self.upcall, &*self.entry(id)?)?;
+        }
+        lock(&self.below).insert(id, top.clone());
+        Ok(top)
+    }
+
+    /// The provider that serves catalog entry `id` (the top of its chain), and the entry.
+    fn provider(&self, id: u32) -> Result<Stack, Error> {
+        if let Some(stack) = lock(&self.stacks).get(&id) {
+            return Ok(stack.clone());
+        }
+        let (layers, base_info) = self.catalog.resolve(id)?;
+        let entry = self.entry(id)?;
+        // A provider library loads every provider below it itself (`WSPStartup` of the next,
+        // with the propagation rule; built-in layers below the libraries through
+        // libsockdup's `WSPStartup`, [`below_libraries`]): the dispatcher builds the built-in
+        // layers above it.
+        super::library::check_chain_for_libraries(id, &layers)?;
+        let (built_in, library) = match layers.iter().position(|l| l.kind == LIBRARY_KIND) {
+            Some(i) => (&layers[..i], Some(layers[i])),
+            None => (&layers[..], None),
+        };
+        let (bottom, bottom_is_base): (Arc<dyn Provider>, bool) = match library {
+            Some(lib) => (super::library::load(lib)?, false),
+            None => (self.base.clone(), true),
+        };
+        let next = self.build(id, built_in, &base_info, bottom, bottom_is_base)?;
         if !layers.is_empty() {
             next.startup(&self.upcall, &entry)?;
         }
@@ -97,6 +162,49 @@ fn ws2() -> Result<(Arc<Runtime>, Arc<Ws2>), Error> {
     let rt = Runtime::current()?;
     let ws2 = ws2_of(&rt)?;
     Ok((rt, ws2))
+}
+
+/// The base provider of this process's current run (MSAFD's role), for code that hands it to
+/// provider libraries as a `WSPPROC_TABLE` (`sockdup-capi`'s `WSPStartup`, exported by libsockdup).
+///
+/// # Errors
+/// `WSANOTINITIALISED` without `startup()`; `WSAEINVAL` for an invalid catalog file.
+pub fn base_provider() -> Result<Arc<dyn Provider>, Error> {
+    let (_, ws2) = ws2()?;
+    let base: Arc<dyn Provider> = ws2.base.clone();
+    Ok(base)
+}
+
+/// The providers of chain `chain_id` below its provider libraries (its built-in layers under
+/// the lowest library, over the base provider), started with the chain's entry: what
+/// libsockdup's `WSPStartup` serves a provider library whose next entry is a built-in layer.
+/// Calls on them take the chain's entry, as between layers (the propagation rule).
+///
+/// # Errors
+/// As [`base_provider`]; `WSAEINVAL` for an entry that is no chain with a provider library.
+pub fn below_libraries(chain_id: u32) -> Result<Arc<dyn Provider>, Error> {
+    let (_, ws2) = ws2()?;
+    ws2.below_libraries(chain_id)
+}
+
+/// The upcall table (`WPU*`) of this process's current run: the one every provider of the
+/// process registers its handles with.
+///
+/// # Errors
+/// As [`base_provider`].
+pub fn process_upcall() -> Result<Arc<Upcall>, Error> {
+    let (_, ws2) = ws2()?;
+    Ok(ws2.upcall.clone())
+}
+
+/// The catalog this process's current run loaded (what `WSCEnumProtocols` lists).
+///
+/// # Errors
+/// As [`base_provider`].
+#[doc(alias = "WSCEnumProtocols")]
+pub fn process_catalog() -> Result<Catalog, Error> {
+    let (_, ws2) = ws2()?;
+    Ok(ws2.catalog.clone())
 }
 
 /// A socket created or redeemed through the catalog: every call goes through the provider

@@ -290,9 +290,16 @@ pub(crate) fn kind_of(spec: &Layer) -> Result<&'static Registered, Error> {
 /// [`ErrorKind::InvalidCatalog`] (`WSAEINVAL`) for a kind no module implements, listing those
 /// that are; [`ErrorKind::InvalidLayerSetting`] (`WSAEINVAL`) for a setting the kind does not
 /// take or a bad value, naming the entry and the key and listing the valid keys.
+///
+/// Provider libraries (kind `library`, see [`super::library`]) are checked for their one setting
+/// (an absolute path) and for their place in chains; the file itself is checked at install
+/// and loaded at first use.
 pub fn check_catalog(catalog: &Catalog) -> Result<(), Error> {
-    catalog
-        .layers()
-        .iter()
-        .try_for_each(|spec| (kind_of(spec)?.check)(&spec.config).map_err(|e| in_layer(spec, e)))
+    catalog.layers().iter().try_for_each(|spec| {
+        if spec.kind == super::library::LIBRARY_KIND {
+            return super::library::check_settings(spec);
+        }
+        (kind_of(spec)?.check)(&spec.config).map_err(|e| in_layer(spec, e))
+    })?;
+    super::library::check_catalog_for_libraries(catalog)
 }
