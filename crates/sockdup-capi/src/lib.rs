@@ -12,7 +12,11 @@
 //! type and protocol. A value that is no socket is `WSAENOTSOCK`; a `NULL` or short buffer is
 //! `WSAEFAULT`; a panic becomes `WSASYSCALLFAILURE` and never unwinds into C.
 //!
-//! This is the only crate of the workspace with `unsafe` code: the raw pointers of the C calls.
+//! All of the C interface's `unsafe` code is here (the raw pointers of the C calls, `dlopen`,
+//! calls through C function tables), each block with its `// SAFETY:` note. Elsewhere the
+//! workspace has three system calls that neither rustix nor nix wraps safely, in the `sockdup`
+//! crate's `sys` floor (`F_GETOWN`, `F_SETOWN`, tokio's `AsyncFd` registration), and the
+//! Python binding's borrow of a `fileno()`.
 
 #![allow(unsafe_code)]
 
