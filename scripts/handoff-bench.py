@@ -5,7 +5,7 @@ Usage (from anywhere; Python 3 standard library only):
 
     scripts/handoff-bench.py [--rounds 3] [--duration 5] [--threads 2] [--connections 32]
                              [--bin-dir DIR] [--no-build] [--port-base 18080]
-                             [--only sockdup,raw,reuseport,node,node-none]
+                             [--only sockdup,floor,raw,reuseport,node,node-none]
 
     BIN_DIR=/tmp/tgt-load/release scripts/handoff-bench.py --no-build   # prebuilt binaries
 
@@ -21,6 +21,12 @@ What it does:
    order rotates from round to round), all on 127.0.0.1, each on its own port:
      (1) sockdup   `sockdup serve --listen ADDR --workers 2 -- sockdup worker --app hello`
      (2) raw       `raw-acceptor --listen ADDR --workers 2` (bare SCM_RIGHTS handoff)
+     (2f) floor    `floor-acceptor --listen ADDR --workers 2`: the bare kernel calls sockdup
+                   serve's guarantee needs (same epoll accept loop and batches of <= 64, per
+                   batch one sendmsg SCM_RIGHTS plus a blocking wait for the worker's
+                   acknowledgement that it holds them), no records, no inbox table, the same
+                   event-loop worker: (1)/(2f) is what sockdup's own code costs, (2f)/(2) what
+                   the guarantee costs
      (3) reuseport `reuseport-server --listen ADDR --workers 2` (no handoff: the ceiling)
      (4) node      `node scripts/node-cluster-hello.js` (cluster, SCHED_RR, 2 workers: the
                    primary accepts and hands each connection to a worker)
@@ -391,7 +397,7 @@ def main():
     p.add_argument("--port-base", type=int, default=18080)
     p.add_argument("--bin-dir", default=os.environ.get("BIN_DIR"))
     p.add_argument("--no-build", action="store_true")
-    p.add_argument("--only", default="sockdup,raw,reuseport,node,node-none")
+    p.add_argument("--only", default="sockdup,floor,raw,reuseport,node,node-none")
     args = p.parse_args()
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -407,7 +413,7 @@ def main():
     ensure_tool("wrk", "wrk")
     node_problem = None if shutil.which("node") else (
         "node is not installed (apt-get install nodejs to measure Node cluster)")
-    for exe in ("raw-acceptor", "reuseport-server"):
+    for exe in ("raw-acceptor", "floor-acceptor", "reuseport-server"):
         if not os.access(os.path.join(bindir, exe), os.X_OK):
             die(f"{bindir}/{exe} missing (build sockdup-loadtest)")
 
@@ -422,6 +428,9 @@ def main():
         ("raw", "(2) raw SCM_RIGHTS twin",
          [os.path.join(bindir, "raw-acceptor"), "--listen", addr(1), "--workers", w],
          args.port_base + 1, False),
+        ("floor", "(2f) floor twin (bare ack)",
+         [os.path.join(bindir, "floor-acceptor"), "--listen", addr(5), "--workers", w],
+         args.port_base + 5, False),
         ("reuseport", "(3) SO_REUSEPORT ceiling",
          [os.path.join(bindir, "reuseport-server"), "--listen", addr(2), "--workers", w],
          args.port_base + 2, True),
@@ -553,6 +562,20 @@ def main():
                 f"{a['acc_us']:.1f}/{b['acc_us']:.1f}"
                 for a, b in zip(results.get("sockdup", []), results.get("raw", [])))
             print(f"  per round (1)/(2) us: {per_round}")
+        floor = med.get("floor", {})
+        if floor.get("n") and floor.get("acc_us"):
+            line = (f"acceptor CPU per connection: (2f) floor twin {floor['acc_us']:.1f} us; "
+                    f"(1)/(2f) {one['acc_us'] / floor['acc_us']:5.2f}x (sockdup's own code)")
+            if raw.get("n") and raw.get("acc_us"):
+                line += (f", (2f)/(2) {floor['acc_us'] / raw['acc_us']:5.2f}x"
+                         " (the guarantee)")
+            print(line)
+            print(f"(1) / floor twin                 conn/s {one['cps'] / floor['cps']:5.2f}x"
+                  f"   p99 {one['p99'] / floor['p99']:5.2f}x")
+            per_round = "  ".join(
+                f"{a['acc_us']:.1f}/{b['acc_us']:.1f}"
+                for a, b in zip(results.get("sockdup", []), results.get("floor", [])))
+            print(f"  per round (1)/(2f) us: {per_round}")
     sys.stdout.flush()
 
     if failures:
