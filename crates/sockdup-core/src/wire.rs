@@ -462,13 +462,23 @@ impl fmt::Display for ProtocolInfo {
 /// This is the cost per connection of the handoff's `conn` lines, not a different format.
 #[derive(Clone, Debug, Default)]
 pub struct TextEncoder {
-    /// The last record's bytes (empty before the first).
+    /// The last record written (`None` before the first).
+    last: Option<ProtocolInfo>,
+    /// Its bytes.
     bytes: Vec<u8>,
     /// How many of them the text covers (trailing zeros are left out).
     end: usize,
     /// The URL-safe base64 of `bytes[..end]`, without padding.
-    text: Vec<u8>,
+    text: String,
 }
+
+/// The fields that differ between the records of one batch: the target's pid and run, and
+/// the ticket.
+const RUN_FIELDS: [usize; 3] = [
+    field::SERVICE_FLAGS3,
+    field::SERVICE_FLAGS4,
+    field::PROVIDER_RESERVED,
+];
 
 impl TextEncoder {
     /// An encoder that has written nothing yet.
@@ -478,41 +488,57 @@ impl TextEncoder {
 
     /// Appends `info`'s text form (what `info.to_string()` gives) to `out`.
     pub fn encode_into(&mut self, info: &ProtocolInfo, out: &mut String) {
-        let bytes = info.to_bytes();
-        let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-        if self.bytes.len() != ProtocolInfo::LEN || end != self.end {
-            self.text.resize(end.div_ceil(3) * 4, 0);
-            let n = URL_SAFE_NO_PAD
-                .encode_slice(&bytes[..end], &mut self.text)
-                .unwrap_or(0);
-            self.text.truncate(n);
-        } else {
-            // Same length: re-encode the 3-byte groups that changed, in place (a group is
-            // 4 characters; the last one may be shorter, and is encoded to what is left).
-            for (g, (new, old)) in bytes[..end]
-                .chunks(3)
-                .zip(self.bytes[..end].chunks(3))
-                .enumerate()
-            {
-                if new != old {
-                    let _ = URL_SAFE_NO_PAD.encode_slice(new, &mut self.text[4 * g..]);
-                }
+        if !self.patch(info) {
+            let bytes = info.to_bytes();
+            let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            self.text.clear();
+            URL_SAFE_NO_PAD.encode_string(&bytes[..end], &mut self.text);
+            self.bytes.clear();
+            self.bytes.extend_from_slice(&bytes);
+            self.end = end;
+            self.last = Some(info.clone());
+        }
+        out.push_str(TEXT_PREFIX);
+        out.push_str(&self.text);
+    }
+
+    /// If `info` is the last record but for its run fields, and those lie before the last
+    /// non-zero byte (so the text's length stays): re-encodes only the base64 groups (3 bytes,
+    /// 4 characters; the last one may be shorter) that cover them, and says so.
+    fn patch(&mut self, info: &ProtocolInfo) -> bool {
+        let Some(last) = self.last.as_mut() else {
+            return false;
+        };
+        last.service_flags3 = info.service_flags3;
+        last.service_flags4 = info.service_flags4;
+        last.provider_reserved = info.provider_reserved;
+        if *last != *info || RUN_FIELDS.iter().any(|&at| at + 4 >= self.end) {
+            return false;
+        }
+        let values = [
+            info.service_flags3,
+            info.service_flags4,
+            info.provider_reserved,
+        ];
+        for (&at, value) in RUN_FIELDS.iter().zip(values) {
+            let new = value.to_le_bytes();
+            if self.bytes[at..at + 4] == new {
+                continue;
+            }
+            self.bytes[at..at + 4].copy_from_slice(&new);
+            for g in at / 3..=(at + 3) / 3 {
+                let group = &self.bytes[3 * g..(3 * g + 3).min(self.end)];
+                let mut chars = [0u8; 4];
+                let Ok(n) = URL_SAFE_NO_PAD.encode_slice(group, &mut chars) else {
+                    return false;
+                };
+                let Ok(chars) = std::str::from_utf8(&chars[..n]) else {
+                    return false;
+                };
+                self.text.replace_range(4 * g..4 * g + n, chars);
             }
         }
-        self.bytes.clear();
-        self.bytes.extend_from_slice(&bytes);
-        self.end = end;
-        match std::str::from_utf8(&self.text) {
-            Ok(text) => {
-                out.push_str(TEXT_PREFIX);
-                out.push_str(text);
-            }
-            // Base64 is ASCII: not reached; the slow way stays correct regardless.
-            Err(_) => {
-                self.bytes.clear();
-                let _ = fmt::Write::write_fmt(out, format_args!("{info}"));
-            }
-        }
+        true
     }
 }
 

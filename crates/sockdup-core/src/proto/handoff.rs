@@ -66,7 +66,12 @@ impl ToWorker {
     /// Appends the line of `ToWorker::Conn { id, record }` (newline included) to `out`, the
     /// record's text written by `text`: the same bytes as [`LineMessage::encode_into`],
     /// without building the message, and cheaper for the records of one batch.
-    pub fn encode_conn_into(id: u64, record: &ProtocolInfo, text: &mut TextEncoder, out: &mut String) {
+    pub fn encode_conn_into(
+        id: u64,
+        record: &ProtocolInfo,
+        text: &mut TextEncoder,
+        out: &mut String,
+    ) {
         let _ = write!(out, "conn {id} ");
         text.encode_into(record, out);
         out.push('\n');

@@ -587,9 +587,9 @@ impl Run<'_> {
         // filled in place, written as text by an encoder that re-encodes only what changed
         // from the record before (the tickets), not built and formatted one by one.
         let sent = crate::transfer::push(&self.rt, &fds, pid).and_then(|(pid, nonce, tickets)| {
-            let stdin = stdin.as_mut().ok_or_else(|| {
-                Error::new(ErrorKind::PeerClosed, "the worker's input is closed")
-            })?;
+            let stdin = stdin
+                .as_mut()
+                .ok_or_else(|| Error::new(ErrorKind::PeerClosed, "the worker's input is closed"))?;
             text.clear();
             for ((&id, &listener), ticket) in ids.iter().zip(&listeners).zip(tickets) {
                 let record = &mut records[listener];
