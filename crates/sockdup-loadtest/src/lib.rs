@@ -7,6 +7,11 @@
 //!   and passes it, round-robin, with one bare `sendmsg` carrying `SCM_RIGHTS` over a
 //!   pre-made `AF_UNIX` socketpair to one of its worker processes (no sockdup, no
 //!   acknowledgement); the worker `recvmsg`s the descriptor and serves it.
+//! - `floor-acceptor`: the floor of `sockdup serve`'s guarantee. The same epoll accept loop
+//!   and batches (at most 64 per worker per turn) as `sockdup serve`'s acceptor; per batch one
+//!   `sendmsg` with `SCM_RIGHTS` ([`send_fds`]) and a blocking wait for the worker's
+//!   acknowledgement that it holds them ([`send_ack`], [`wait_ack`]), as sockdup's inbox
+//!   acknowledges a push; no records, no inbox table, no `conn`/`ok`/`done` lines.
 //! - `reuseport-server`: the ceiling. Every worker process binds the same address with
 //!   `SO_REUSEPORT` and accepts for itself: the kernel spreads connections, nothing is handed
 //!   off.

@@ -193,7 +193,7 @@ impl Acceptor {
             ep,
             listeners,
             records: entries,
-            encoder: TextEncoder::new(),
+            encoders: (0..self.workers).map(|_| TextEncoder::new()).collect(),
             text: String::with_capacity(MAX_BATCH_TEXT),
             procs: (0..self.workers).map(|_| Proc::default()).collect(),
             d: Dispatch::new(cfg, Instant::now()),
@@ -294,8 +294,9 @@ struct Run<'a> {
     /// Each listener's catalog entry, the record of its connections but for the target's pid
     /// and run and the ticket (filled in per connection).
     records: Vec<ProtocolInfo>,
-    /// Writes the records' text, re-encoding only what changed from the last one.
-    encoder: TextEncoder,
+    /// Writes the records' text of each worker slot, re-encoding only what changed from the
+    /// slot's last record (the ticket, as long as the worker is the same process).
+    encoders: Vec<TextEncoder>,
     /// The `conn` lines of a batch (reused).
     text: String,
     procs: Vec<Proc>,
@@ -582,7 +583,8 @@ impl Run<'_> {
             "a listener's entry does not match a connection it accepted"
         );
         let stdin = &mut self.procs[slot].stdin;
-        let (records, encoder, text) = (&mut self.records, &mut self.encoder, &mut self.text);
+        let (records, encoder, text) =
+            (&mut self.records, &mut self.encoders[slot], &mut self.text);
         // The records are each listener's entry with the target's pid and run and a ticket:
         // filled in place, written as text by an encoder that re-encodes only what changed
         // from the record before (the tickets), not built and formatted one by one.
