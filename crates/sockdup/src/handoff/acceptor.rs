@@ -195,6 +195,7 @@ impl Acceptor {
             records: entries,
             encoders: (0..self.workers).map(|_| TextEncoder::new()).collect(),
             text: String::with_capacity(MAX_BATCH_TEXT),
+            listener_of: Vec::with_capacity(64),
             procs: (0..self.workers).map(|_| Proc::default()).collect(),
             d: Dispatch::new(cfg, Instant::now()),
         };
@@ -299,6 +300,8 @@ struct Run<'a> {
     encoders: Vec<TextEncoder>,
     /// The `conn` lines of a batch (reused).
     text: String,
+    /// The listener of each connection of a batch (reused).
+    listener_of: Vec<usize>,
     procs: Vec<Proc>,
     d: Dispatch<Pending>,
 }
@@ -569,8 +572,13 @@ impl Run<'_> {
         let Some(batch) = self.d.batch(slot, ids) else {
             return;
         };
-        let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|p| p.fd.as_fd()).collect();
-        let listeners: Vec<usize> = batch.iter().map(|p| p.listener).collect();
+        let mut listeners = std::mem::take(&mut self.listener_of);
+        listeners.clear();
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(ids.len());
+        for p in batch {
+            fds.push(p.fd.as_fd());
+            listeners.push(p.listener);
+        }
         debug_assert!(
             fds.iter().zip(&listeners).all(|(fd, &l)| {
                 crate::transfer::entry_for(*fd).is_ok_and(|e| {
@@ -606,6 +614,7 @@ impl Run<'_> {
                 .map_err(|e| Error::from_errno(e, "writing to the worker"))
         });
         drop(fds);
+        self.listener_of = listeners;
         let count = ids.len();
         match sent {
             Ok(()) => tracing::debug!(
