@@ -5,9 +5,18 @@ Usage (from anywhere; Python 3 standard library only):
 
     scripts/handoff-bench.py [--rounds 3] [--duration 5] [--threads 2] [--connections 32]
                              [--bin-dir DIR] [--no-build] [--port-base 18080]
-                             [--only sockdup,raw,reuseport,node,node-none]
+                             [--only sockdup,floor,raw,reuseport,node,node-none]
 
     BIN_DIR=/tmp/tgt-load/release scripts/handoff-bench.py --no-build   # prebuilt binaries
+    scripts/handoff-bench.py --workers 4 --connections 256     # the scale tables
+    scripts/handoff-bench.py --idle 10000 --rounds 1           # memory per idle connection
+
+--idle N replaces the wrk runs: each server in turn (interleaved rounds) gets N keep-alive
+connections from an asyncio client (200 opening at a time), each sends one request, reads
+its response and stays open; the VmRSS of the acceptor (the session leader) and of the
+workers is read before and after, and reported per held connection, with each worker's
+descriptor count (the spread). RLIMIT_NOFILE is raised to N + 1024 (the servers inherit it);
+`sockdup serve` gets --max-outstanding N + 256, since an idle connection is not yet done.
 
 What it does:
 
@@ -21,6 +30,12 @@ What it does:
    order rotates from round to round), all on 127.0.0.1, each on its own port:
      (1) sockdup   `sockdup serve --listen ADDR --workers 2 -- sockdup worker --app hello`
      (2) raw       `raw-acceptor --listen ADDR --workers 2` (bare SCM_RIGHTS handoff)
+     (2f) floor    `floor-acceptor --listen ADDR --workers 2`: the bare kernel calls sockdup
+                   serve's guarantee needs (same epoll accept loop and batches of <= 64, per
+                   batch one sendmsg SCM_RIGHTS plus a blocking wait for the worker's
+                   acknowledgement that it holds them), no records, no inbox table, the same
+                   event-loop worker: (1)/(2f) is what sockdup's own code costs, (2f)/(2) what
+                   the guarantee costs
      (3) reuseport `reuseport-server --listen ADDR --workers 2` (no handoff: the ceiling)
      (4) node      `node scripts/node-cluster-hello.js` (cluster, SCHED_RR, 2 workers: the
                    primary accepts and hands each connection to a worker)
@@ -326,6 +341,134 @@ def measure(name, argv, port, args, keepalive, logdir):
         kill_session(proc.pid, name)
 
 
+def rss_kib(pid):
+    """VmRSS of process `pid` in KiB; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def open_fds(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def session_memory(sid):
+    """(acceptor RSS KiB, workers' RSS KiB, [descriptors per worker]) of session `sid`: the
+    leader is the acceptor (or supervisor), every other process a worker."""
+    workers = [p for p in session_pids(sid) if p != sid]
+    return rss_kib(sid), sum(rss_kib(p) for p in workers), sorted(open_fds(p) for p in workers)
+
+
+async def hold_idle(port, count, parallel=200):
+    """Opens `count` keep-alive connections to `port`, each sends one request and reads its
+    response; returns the open (reader, writer) pairs and the number that failed."""
+    import asyncio
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    gate = asyncio.Semaphore(parallel)
+    held, failed = [], 0
+
+    async def one():
+        nonlocal failed
+        async with gate:
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+                w.write(request)
+                await asyncio.wait_for(r.readuntil(b"hello from sockdup\n"), 10)
+                held.append((r, w))
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError):
+                failed += 1
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return held, failed
+
+
+def measure_idle(name, argv, port, args, logdir):
+    """Server `name` holding args.idle idle keep-alive connections: RSS of the acceptor and
+    the workers before and after, per connection."""
+    import asyncio
+    proc = start_server(name, argv, port, logdir)
+    try:
+        check_response(port)
+        time.sleep(0.3)
+        acc0, wrk0, _ = session_memory(proc.pid)
+        loop = asyncio.new_event_loop()
+        try:
+            t0 = time.monotonic()
+            held, failed = loop.run_until_complete(hold_idle(port, args.idle))
+            took = time.monotonic() - t0
+            time.sleep(0.5)  # let the handoff's last answers land
+            acc1, wrk1, fds = session_memory(proc.pid)
+            for _r, w in held:
+                w.transport.abort()
+        finally:
+            loop.close()
+        if proc.poll() is not None:
+            raise ServerFailed(f"died during the run (status {proc.returncode})")
+        n = max(1, len(held))
+        return {"held": len(held), "failed": failed, "took": took, "acc0": acc0, "acc1": acc1,
+                "wrk0": wrk0, "wrk1": wrk1, "fds": fds,
+                "acc_per": (acc1 - acc0) * 1024 / n, "wrk_per": (wrk1 - wrk0) * 1024 / n,
+                "tot_per": (acc1 + wrk1 - acc0 - wrk0) * 1024 / n}
+    finally:
+        kill_session(proc.pid, name)
+
+
+def idle_mode(args, servers, failures, logdir):
+    """--idle N: each server in turn holds N idle keep-alive connections (one request each);
+    prints RSS before/after and per connection."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = args.idle + 1024  # per process: the client holds one end of each, a worker its share
+    if soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            die(f"--idle {args.idle} needs {want} descriptors, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    results = {s[0]: [] for s in servers}
+    for rnd in range(args.rounds):
+        order = servers[rnd % len(servers):] + servers[: rnd % len(servers)]
+        for name, label, argv, port, _ka in order:
+            if name in failures:
+                continue
+            try:
+                r = measure_idle(name, argv, port, args, logdir)
+            except (ServerFailed, OSError) as e:
+                failures[name] = str(e)
+                log(f"FAILED {label}: {e}")
+                continue
+            results[name].append(r)
+            log(f"round {rnd + 1} {label}: {r['held']} held ({r['failed']} failed) in "
+                f"{r['took']:.1f} s; RSS acceptor {r['acc0']}->{r['acc1']} KiB, workers "
+                f"{r['wrk0']}->{r['wrk1']} KiB; per connection {r['tot_per']:.0f} B; "
+                f"descriptors per worker {r['fds']}")
+    print()
+    print(f"idle keep-alive connections: {args.idle} per server, {args.workers} workers, "
+          f"{args.rounds} round(s) (medians); RSS = VmRSS, per connection = (after - before) / held")
+    print(f"{'server':<30}{'held':>7}{'failed':>7}{'acc KiB':>16}{'workers KiB':>18}"
+          f"{'acc B/conn':>12}{'wrk B/conn':>12}{'total B/conn':>14}  fds per worker")
+    for name, label, *_ in servers:
+        rs = results[name]
+        if not rs:
+            print(f"{label:<30}  FAILED: {failures.get(name, 'not measured')}")
+            continue
+        m = {k: median([r[k] for r in rs]) for k in
+             ("held", "failed", "acc0", "acc1", "wrk0", "wrk1", "acc_per", "wrk_per", "tot_per")}
+        acc = f"{m['acc0']:.0f}->{m['acc1']:.0f}"
+        wrk = f"{m['wrk0']:.0f}->{m['wrk1']:.0f}"
+        print(f"{label:<30}{m['held']:>7.0f}{m['failed']:>7.0f}{acc:>16}{wrk:>18}"
+              f"{m['acc_per']:>12.0f}{m['wrk_per']:>12.0f}{m['tot_per']:>14.0f}  {rs[-1]['fds']}")
+    sys.stdout.flush()
+    return results
+
+
 def build(args, env):
     if args.no_build:
         return None
@@ -391,7 +534,10 @@ def main():
     p.add_argument("--port-base", type=int, default=18080)
     p.add_argument("--bin-dir", default=os.environ.get("BIN_DIR"))
     p.add_argument("--no-build", action="store_true")
-    p.add_argument("--only", default="sockdup,raw,reuseport,node,node-none")
+    p.add_argument("--only", default="sockdup,floor,raw,reuseport,node,node-none")
+    p.add_argument("--idle", type=int, default=0, metavar="N",
+                   help="instead of wrk: hold N idle keep-alive connections per server and "
+                        "report the RSS of acceptor and workers before/after, per connection")
     args = p.parse_args()
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -407,21 +553,26 @@ def main():
     ensure_tool("wrk", "wrk")
     node_problem = None if shutil.which("node") else (
         "node is not installed (apt-get install nodejs to measure Node cluster)")
-    for exe in ("raw-acceptor", "reuseport-server"):
+    for exe in ("raw-acceptor", "floor-acceptor", "reuseport-server"):
         if not os.access(os.path.join(bindir, exe), os.X_OK):
             die(f"{bindir}/{exe} missing (build sockdup-loadtest)")
 
     sockdup = os.path.join(bindir, "sockdup")
     addr = lambda i: f"127.0.0.1:{args.port_base + i}"  # noqa: E731
     w = str(args.workers)
+    # Idle connections stay "not yet done": let every worker hold its share (and more).
+    max_out = ["--max-outstanding", str(args.idle + 256)] if args.idle else []
     servers = [
         # name, label, argv, port, keep-alive run
         ("sockdup", "(1) sockdup serve",
-         [sockdup, "serve", "--listen", addr(0), "--workers", w, "--",
+         [sockdup, "serve", "--listen", addr(0), "--workers", w] + max_out + ["--",
           sockdup, "worker", "--app", "hello"], args.port_base + 0, True),
         ("raw", "(2) raw SCM_RIGHTS twin",
          [os.path.join(bindir, "raw-acceptor"), "--listen", addr(1), "--workers", w],
          args.port_base + 1, False),
+        ("floor", "(2f) floor twin (bare ack)",
+         [os.path.join(bindir, "floor-acceptor"), "--listen", addr(5), "--workers", w],
+         args.port_base + 5, False),
         ("reuseport", "(3) SO_REUSEPORT ceiling",
          [os.path.join(bindir, "reuseport-server"), "--listen", addr(2), "--workers", w],
          args.port_base + 2, True),
@@ -460,8 +611,13 @@ def main():
           f"{args.rounds} interleaved rounds, {args.workers} workers per server, bins {bindir}")
     sys.stdout.flush()
 
-    results = {s[0]: [] for s in servers}
     logdir = tempfile.mkdtemp(prefix="handoff-bench-")
+    if args.idle:
+        idle_mode(args, servers, failures, logdir)
+        for name, why in failures.items():
+            log(f"FAILED {name}: {why}")
+        return 1 if failures else 0
+    results = {s[0]: [] for s in servers}
     for rnd in range(args.rounds):
         order = servers[rnd % len(servers):] + servers[: rnd % len(servers)]
         for name, label, argv, port, keepalive in order:
@@ -553,6 +709,20 @@ def main():
                 f"{a['acc_us']:.1f}/{b['acc_us']:.1f}"
                 for a, b in zip(results.get("sockdup", []), results.get("raw", [])))
             print(f"  per round (1)/(2) us: {per_round}")
+        floor = med.get("floor", {})
+        if floor.get("n") and floor.get("acc_us"):
+            line = (f"acceptor CPU per connection: (2f) floor twin {floor['acc_us']:.1f} us; "
+                    f"(1)/(2f) {one['acc_us'] / floor['acc_us']:5.2f}x (sockdup's own code)")
+            if raw.get("n") and raw.get("acc_us"):
+                line += (f", (2f)/(2) {floor['acc_us'] / raw['acc_us']:5.2f}x"
+                         " (the guarantee)")
+            print(line)
+            print(f"(1) / floor twin                 conn/s {one['cps'] / floor['cps']:5.2f}x"
+                  f"   p99 {one['p99'] / floor['p99']:5.2f}x")
+            per_round = "  ".join(
+                f"{a['acc_us']:.1f}/{b['acc_us']:.1f}"
+                for a, b in zip(results.get("sockdup", []), results.get("floor", [])))
+            print(f"  per round (1)/(2f) us: {per_round}")
     sys.stdout.flush()
 
     if failures:

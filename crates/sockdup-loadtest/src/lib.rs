@@ -7,6 +7,11 @@
 //!   and passes it, round-robin, with one bare `sendmsg` carrying `SCM_RIGHTS` over a
 //!   pre-made `AF_UNIX` socketpair to one of its worker processes (no sockdup, no
 //!   acknowledgement); the worker `recvmsg`s the descriptor and serves it.
+//! - `floor-acceptor`: the floor of `sockdup serve`'s guarantee. The same epoll accept loop
+//!   and batches (at most 64 per worker per turn) as `sockdup serve`'s acceptor; per batch one
+//!   `sendmsg` with `SCM_RIGHTS` ([`send_fds`]) and a blocking wait for the worker's
+//!   acknowledgement that it holds them ([`send_ack`], [`wait_ack`]), as sockdup's inbox
+//!   acknowledges a push; no records, no inbox table, no `conn`/`ok`/`done` lines.
 //! - `reuseport-server`: the ceiling. Every worker process binds the same address with
 //!   `SO_REUSEPORT` and accepts for itself: the kernel spreads connections, nothing is handed
 //!   off.
@@ -383,6 +388,110 @@ pub fn recv_fd(channel: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
     }
 }
 
+/// The most descriptors one [`send_fds`] message carries: `sockdup serve`'s batch limit (one
+/// wake-up's connections for one worker, at most 64).
+pub const MAX_BATCH: usize = 64;
+
+/// Sends `fds` (at most [`MAX_BATCH`]) over `channel` in one `sendmsg` with `SCM_RIGHTS`; the
+/// one-byte payload is the count. Never raises `SIGPIPE`.
+///
+/// # Errors
+/// As `sendmsg` (`EPIPE` once the receiver is gone); `EINVAL` for more than [`MAX_BATCH`].
+pub fn send_fds(channel: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if fds.is_empty() || fds.len() > MAX_BATCH {
+        return Err(io::Error::from_raw_os_error(
+            rustix::io::Errno::INVAL.raw_os_error(),
+        ));
+    }
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_BATCH))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::from_raw_os_error(
+            rustix::io::Errno::NOBUFS.raw_os_error(),
+        ));
+    }
+    let count = [fds.len() as u8];
+    loop {
+        match net::sendmsg(
+            channel,
+            &[IoSlice::new(&count)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map(drop).map_err(Into::into),
+        }
+    }
+}
+
+/// Receives one [`send_fds`] message into `into` (close-on-exec descriptors, appended);
+/// `Ok(false)` when the sender closed the channel.
+///
+/// # Errors
+/// As `recvmsg`; `EBADMSG` for a message without descriptors.
+pub fn recv_fds(channel: BorrowedFd<'_>, into: &mut Vec<OwnedFd>) -> io::Result<bool> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_BATCH))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut count = [0u8; 1];
+    let msg = loop {
+        match net::recvmsg(
+            channel,
+            &mut [IoSliceMut::new(&mut count)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
+    let before = into.len();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            into.extend(rights);
+        }
+    }
+    match (msg.bytes, into.len() > before) {
+        (_, true) => Ok(true),
+        (0, false) => Ok(false),
+        (_, false) => Err(io::Error::from_raw_os_error(
+            rustix::io::Errno::BADMSG.raw_os_error(),
+        )),
+    }
+}
+
+/// Sends the one-byte acknowledgement that a [`recv_fds`] message arrived (the receiver holds
+/// its descriptors).
+///
+/// # Errors
+/// As `send`.
+pub fn send_ack(channel: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        match net::send(channel, b"k", SendFlags::NOSIGNAL) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map(drop).map_err(Into::into),
+        }
+    }
+}
+
+/// Waits (blocking) for the acknowledgement [`send_ack`] sends.
+///
+/// # Errors
+/// As `recv`; `EPIPE` if the receiver closed the channel instead.
+pub fn wait_ack(channel: BorrowedFd<'_>) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    loop {
+        match net::recv(channel, &mut byte, RecvFlags::empty()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Ok((0, _)) => {
+                return Err(io::Error::from_raw_os_error(
+                    rustix::io::Errno::PIPE.raw_os_error(),
+                ));
+            }
+            other => return other.map(drop).map_err(Into::into),
+        }
+    }
+}
+
 /// Command-line options shared by the servers: `--listen ADDR --workers N`, and the hidden
 /// `--worker` a server passes to the processes it spawns from its own executable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -648,6 +757,34 @@ mod tests {
         assert!(parse(&["--listen", "nope"]).is_err());
         assert!(parse(&["--listen", "127.0.0.1:1", "--workers", "0"]).is_err());
         assert!(parse(&["--worker"]).unwrap().worker);
+    }
+
+    #[test]
+    fn a_batch_crosses_the_channel_and_is_acknowledged() {
+        let (a, b) = fd_channel().unwrap();
+        let pairs: Vec<_> = (0..MAX_BATCH)
+            .map(|_| std::os::unix::net::UnixStream::pair().unwrap())
+            .collect();
+        let fds: Vec<BorrowedFd<'_>> = pairs.iter().map(|(x, _)| x.as_fd()).collect();
+        send_fds(a.as_fd(), &fds).unwrap();
+        let mut got = Vec::new();
+        assert!(recv_fds(b.as_fd(), &mut got).unwrap());
+        assert_eq!(got.len(), MAX_BATCH);
+        send_ack(b.as_fd()).unwrap();
+        wait_ack(a.as_fd()).unwrap();
+        // In order: the last one received is the last one's twin.
+        let mut last = std::os::unix::net::UnixStream::from(got.pop().unwrap());
+        last.write_all(b"z").unwrap();
+        let mut buf = [0u8; 1];
+        (&pairs[MAX_BATCH - 1].1).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"z");
+        let too_many: Vec<BorrowedFd<'_>> = (0..=MAX_BATCH).map(|_| a.as_fd()).collect();
+        assert!(send_fds(a.as_fd(), &too_many).is_err());
+        drop(b);
+        assert!(wait_ack(a.as_fd()).is_err());
+        let (c, d) = fd_channel().unwrap();
+        drop(c);
+        assert!(!recv_fds(d.as_fd(), &mut got).unwrap());
     }
 
     #[test]

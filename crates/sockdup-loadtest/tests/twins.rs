@@ -1,4 +1,5 @@
-//! The load-test twins as real processes: `raw-acceptor` and `reuseport-server`, two workers
+//! The load-test twins as real processes: `raw-acceptor`, `floor-acceptor` and
+//! `reuseport-server`, two workers
 //! each, on a loopback port. Each answers `Connection: close` requests, keep-alive and
 //! pipelined requests, and a malformed request with `400` (the HTTP state machine of
 //! `sockdup worker --app hello`, shared with it); each worker holds 40 open connections on two
@@ -168,4 +169,9 @@ fn the_raw_twin_serves_like_the_sockdup_worker() {
 #[test]
 fn the_reuseport_twin_serves_like_the_sockdup_worker() {
     serves_like_the_sockdup_worker(env!("CARGO_BIN_EXE_reuseport-server"));
+}
+
+#[test]
+fn the_floor_twin_serves_like_the_sockdup_worker() {
+    serves_like_the_sockdup_worker(env!("CARGO_BIN_EXE_floor-acceptor"));
 }

@@ -67,28 +67,6 @@ pub(crate) fn duplicate<S: AsFd>(
     send(rt, sockets, records, target_pid)
 }
 
-/// [`duplicate`] for sockets whose base catalog entries the caller already knows
-/// (`records[i]` is [`entry_for`] of `sockets[i]`), e.g. connections accepted from one
-/// listener, which share its family, type and protocol: saves three `getsockopt` per socket.
-/// Debug builds check the entries. `rt` is the caller's, taken once for many calls (no
-/// `getpid` per call).
-pub(crate) fn duplicate_known(
-    rt: &Runtime,
-    sockets: &[BorrowedFd<'_>],
-    records: Vec<ProtocolInfo>,
-    target_pid: u32,
-) -> Result<Vec<ProtocolInfo>, Error> {
-    debug_assert_eq!(sockets.len(), records.len());
-    debug_assert!(
-        sockets
-            .iter()
-            .zip(&records)
-            .all(|(s, r)| entry_for(*s).is_ok_and(|e| e == *r)),
-        "a known entry does not match its socket"
-    );
-    send(rt, sockets, records, target_pid)
-}
-
 /// Pushes `sockets` to `target_pid` (this process's own table if it is this process): the
 /// target's pid and run nonce, and a ticket per socket, in order; all or nothing. What a record
 /// needs besides the socket's catalog entry, for callers that make records themselves (a

@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 
 use crate::error::{Error, ErrorKind};
 use crate::line::{LineMessage, number};
-use crate::wire::ProtocolInfo;
+use crate::wire::{ProtocolInfo, TextEncoder};
 
 /// The error of a `fail` or `error` line: the one [`ErrorReport`] of every line protocol
 /// (`CODE KIND [MESSAGE]`).
@@ -60,6 +60,22 @@ pub enum FromWorker {
     /// `error CODE KIND [MESSAGE]`: the acceptor's line was not the protocol; the worker takes
     /// no more connections and exits.
     Error(ErrorReport),
+}
+
+impl ToWorker {
+    /// Appends the line of `ToWorker::Conn { id, record }` (newline included) to `out`, the
+    /// record's text written by `text`: the same bytes as [`LineMessage::encode_into`],
+    /// without building the message, and cheaper for the records of one batch.
+    pub fn encode_conn_into(
+        id: u64,
+        record: &ProtocolInfo,
+        text: &mut TextEncoder,
+        out: &mut String,
+    ) {
+        let _ = write!(out, "conn {id} ");
+        text.encode_into(record, out);
+        out.push('\n');
+    }
 }
 
 impl LineMessage for ToWorker {
@@ -178,6 +194,19 @@ mod tests {
             ErrorKind::AlreadyRedeemed,
             "this record was already redeemed",
         ))
+    }
+
+    #[test]
+    fn a_batch_of_conn_lines_is_what_encode_into_writes() {
+        let mut text = TextEncoder::new();
+        let (mut fast, mut slow) = (String::new(), String::new());
+        for (id, ticket) in [(0u64, 1u32), (7, 2), (u64::MAX, 0xffff_ffff), (8, 0)] {
+            let mut r = record();
+            r.provider_reserved = ticket;
+            ToWorker::encode_conn_into(id, &r, &mut text, &mut fast);
+            ToWorker::Conn { id, record: r }.encode_into(&mut slow);
+        }
+        assert_eq!(fast, slow);
     }
 
     #[test]

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use rustix::buffer::spare_capacity;
 use rustix::event::epoll;
 use sockdup_core::error::{Error, ErrorKind};
-use sockdup_core::line::{LineBuffer, LineMessage, READ_CHUNK};
+use sockdup_core::line::{LineBuffer, READ_CHUNK};
 use sockdup_core::proto::handoff::{FromWorker, ToWorker};
-use sockdup_core::wire::ProtocolInfo;
+use sockdup_core::wire::{ProtocolInfo, TextEncoder};
 
 use super::dispatch::{Action, Config, Dispatch, Policy, Summary};
 
@@ -192,7 +192,10 @@ impl Acceptor {
             rt,
             ep,
             listeners,
-            entries,
+            records: entries,
+            encoders: (0..self.workers).map(|_| TextEncoder::new()).collect(),
+            text: String::with_capacity(MAX_BATCH_TEXT),
+            listener_of: Vec::with_capacity(64),
             procs: (0..self.workers).map(|_| Proc::default()).collect(),
             d: Dispatch::new(cfg, Instant::now()),
         };
@@ -247,6 +250,9 @@ const EXIT_READ_BUDGET: usize = 1024 * 1024;
 /// are read between batches.
 const ACCEPT_BATCH: usize = 256;
 
+/// Room for the `conn` lines of a full batch (64 lines of about 880 bytes).
+const MAX_BATCH_TEXT: usize = 64 * 900;
+
 /// How often the workers' exits are checked (and the longest wait in epoll).
 const TICK: Duration = Duration::from_millis(50);
 
@@ -286,8 +292,16 @@ struct Run<'a> {
     rt: Arc<crate::startup::Runtime>,
     ep: OwnedFd,
     listeners: Vec<OwnedFd>,
-    /// Each listener's catalog entry, for the records of its connections.
-    entries: Vec<ProtocolInfo>,
+    /// Each listener's catalog entry, the record of its connections but for the target's pid
+    /// and run and the ticket (filled in per connection).
+    records: Vec<ProtocolInfo>,
+    /// Writes the records' text of each worker slot, re-encoding only what changed from the
+    /// slot's last record (the ticket, as long as the worker is the same process).
+    encoders: Vec<TextEncoder>,
+    /// The `conn` lines of a batch (reused).
+    text: String,
+    /// The listener of each connection of a batch (reused).
+    listener_of: Vec<usize>,
     procs: Vec<Proc>,
     d: Dispatch<Pending>,
 }
@@ -558,27 +572,49 @@ impl Run<'_> {
         let Some(batch) = self.d.batch(slot, ids) else {
             return;
         };
-        let records: Vec<ProtocolInfo> = batch
-            .iter()
-            .map(|p| self.entries[p.listener].clone())
-            .collect();
-        let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|p| p.fd.as_fd()).collect();
+        let mut listeners = std::mem::take(&mut self.listener_of);
+        listeners.clear();
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(ids.len());
+        for p in batch {
+            fds.push(p.fd.as_fd());
+            listeners.push(p.listener);
+        }
+        debug_assert!(
+            fds.iter().zip(&listeners).all(|(fd, &l)| {
+                crate::transfer::entry_for(*fd).is_ok_and(|e| {
+                    let mut known = self.records[l].clone();
+                    (known.service_flags3, known.service_flags4) = (0, 0);
+                    known.provider_reserved = 0;
+                    e == known
+                })
+            }),
+            "a listener's entry does not match a connection it accepted"
+        );
         let stdin = &mut self.procs[slot].stdin;
-        let sent =
-            crate::transfer::duplicate_known(&self.rt, &fds, records, pid).and_then(|records| {
-                let stdin = stdin.as_mut().ok_or_else(|| {
-                    Error::new(ErrorKind::PeerClosed, "the worker's input is closed")
-                })?;
-                let mut text = String::with_capacity(records.len() * 880);
-                for (&id, record) in ids.iter().zip(records) {
-                    ToWorker::Conn { id, record }.encode_into(&mut text);
-                }
-                // One write for the whole batch: a pipe is unbuffered.
-                stdin
-                    .write_all(text.as_bytes())
-                    .map_err(|e| Error::from_errno(e, "writing to the worker"))
-            });
+        let (records, encoder, text) =
+            (&mut self.records, &mut self.encoders[slot], &mut self.text);
+        // The records are each listener's entry with the target's pid and run and a ticket:
+        // filled in place, written as text by an encoder that re-encodes only what changed
+        // from the record before (the tickets), not built and formatted one by one.
+        let sent = crate::transfer::push(&self.rt, &fds, pid).and_then(|(pid, nonce, tickets)| {
+            let stdin = stdin
+                .as_mut()
+                .ok_or_else(|| Error::new(ErrorKind::PeerClosed, "the worker's input is closed"))?;
+            text.clear();
+            for ((&id, &listener), ticket) in ids.iter().zip(&listeners).zip(tickets) {
+                let record = &mut records[listener];
+                record.service_flags3 = pid;
+                record.service_flags4 = nonce;
+                record.provider_reserved = ticket;
+                ToWorker::encode_conn_into(id, record, encoder, text);
+            }
+            // One write for the whole batch: a pipe is unbuffered.
+            stdin
+                .write_all(text.as_bytes())
+                .map_err(|e| Error::from_errno(e, "writing to the worker"))
+        });
         drop(fds);
+        self.listener_of = listeners;
         let count = ids.len();
         match sent {
             Ok(()) => tracing::debug!(

@@ -120,6 +120,33 @@ enum State {
     Down { restart_at: Option<Instant> },
 }
 
+/// The hasher of the connection-id maps: ids are this acceptor's own sequence numbers, not
+/// input an attacker picks, so SipHash's flood resistance buys nothing and costs a few dozen
+/// nanoseconds per insert, lookup and removal (three each per connection). A multiply by an
+/// odd constant (Fibonacci hashing) spreads consecutive ids over the table's buckets and its
+/// control bytes (the high bits).
+#[derive(Clone, Copy, Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used for u64 keys; correct for anything else.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Ids = std::hash::BuildHasherDefault<IdHasher>;
+
 struct Slot<C> {
     state: State,
     generation: u64,
@@ -131,12 +158,12 @@ struct Slot<C> {
     /// Its process runs (not reported exited).
     running: bool,
     /// Sent to it, not yet confirmed: the connection and when it was sent.
-    unconfirmed: HashMap<u64, (C, Instant)>,
+    unconfirmed: HashMap<u64, (C, Instant), Ids>,
     /// `(sent, id)` of the unconfirmed, oldest first (entries of confirmed ones are dropped
     /// from the front as they come up), for the answer timeout.
     sent: VecDeque<(Instant, u64)>,
     /// Confirmed, not yet done.
-    active: HashSet<u64>,
+    active: HashSet<u64, Ids>,
     /// The largest batch it gets now: [`MAX_BATCH`], halved each time a batch could not be
     /// delivered for lack of room, and grown by one for each confirmation.
     batch_limit: usize,
@@ -172,6 +199,8 @@ pub(crate) struct Dispatch<C> {
     queue: VecDeque<(u64, C)>,
     next_id: u64,
     rr: usize,
+    /// Scratch of [`dispatch`](Self::dispatch): the ids planned for each slot.
+    planned: Vec<Vec<u64>>,
     summary: Summary,
     actions: VecDeque<Action>,
     /// What the driver was last told about the listeners.
@@ -212,9 +241,9 @@ impl<C> Dispatch<C> {
                     started: false,
                     ran: false,
                     running: false,
-                    unconfirmed: HashMap::new(),
+                    unconfirmed: HashMap::default(),
                     sent: VecDeque::new(),
-                    active: HashSet::new(),
+                    active: HashSet::default(),
                     batch_limit: MAX_BATCH,
                     retry_at: None,
                 })
@@ -222,6 +251,7 @@ impl<C> Dispatch<C> {
             queue: VecDeque::new(),
             next_id: 0,
             rr: 0,
+            planned: Vec::new(),
             summary: Summary {
                 per_worker: vec![0; workers],
                 ..Summary::default()
@@ -551,39 +581,52 @@ impl<C> Dispatch<C> {
     }
 
     fn dispatch_batches(&mut self, now: Instant) {
-        let mut planned = vec![0usize; self.slots.len()];
-        let mut batches: Vec<Vec<(u64, C)>> = self.slots.iter().map(|_| Vec::new()).collect();
-        while let Some(item) = self.queue.pop_front() {
+        // Per slot, the ids planned for it; kept between calls (no allocation per batch but
+        // the ids the action carries away).
+        let mut planned = std::mem::take(&mut self.planned);
+        planned.resize_with(self.slots.len(), Vec::new);
+        while let Some((id, conn)) = self.queue.pop_front() {
             let Some(slot) = self.pick(&planned) else {
-                self.queue.push_front(item);
+                self.queue.push_front((id, conn));
                 break;
             };
-            planned[slot] += 1;
-            batches[slot].push(item);
-        }
-        for (slot, batch) in batches.into_iter().enumerate() {
             let s = &mut self.slots[slot];
-            let State::Ready { pid } = s.state else {
+            s.unconfirmed.insert(id, (conn, now));
+            s.sent.push_back((now, id));
+            planned[slot].push(id);
+        }
+        for (slot, ids) in planned.iter_mut().enumerate() {
+            if ids.is_empty() {
+                continue;
+            }
+            // `pick` chose only ready slots (were one not, its connections would time out
+            // unconfirmed and go to another worker).
+            let State::Ready { pid } = self.slots[slot].state else {
                 continue;
             };
-            if batch.is_empty() {
-                continue;
-            }
-            let mut ids = Vec::with_capacity(batch.len());
-            for (id, conn) in batch {
-                ids.push(id);
-                s.unconfirmed.insert(id, (conn, now));
-                s.sent.push_back((now, id));
-            }
-            self.actions.push_back(Action::Send { slot, pid, ids });
+            self.actions.push_back(Action::Send {
+                slot,
+                pid,
+                ids: std::mem::take(ids),
+            });
         }
+        self.planned = planned;
     }
 
     /// A ready worker for one more connection, counting the `planned` ones it is about to
     /// get: one below `max_outstanding` and below a full batch.
-    fn pick(&mut self, planned: &[usize]) -> Option<usize> {
+    ///
+    /// The planned connections are in the slots' `unconfirmed` already (they count in
+    /// `outstanding`); `planned` counts them toward the batch limit.
+    fn pick(&mut self, planned: &[Vec<u64>]) -> Option<usize> {
         let n = self.slots.len();
-        let ready = |i: usize| self.takes(i, planned[i]);
+        let ready = |i: usize| {
+            let s = &self.slots[i];
+            matches!(s.state, State::Ready { .. })
+                && s.retry_at.is_none()
+                && s.outstanding() < self.cfg.max_outstanding
+                && planned[i].len() < s.batch_limit
+        };
         match self.cfg.policy {
             Policy::RoundRobin => {
                 let found = (0..n).map(|k| (self.rr + k) % n).find(|&i| ready(i))?;
@@ -592,7 +635,7 @@ impl<C> Dispatch<C> {
             }
             Policy::LeastOutstanding => (0..n)
                 .filter(|&i| ready(i))
-                .min_by_key(|&i| self.slots[i].outstanding() + planned[i]),
+                .min_by_key(|&i| self.slots[i].outstanding()),
         }
     }
 
@@ -614,11 +657,19 @@ impl<C> Dispatch<C> {
 
     /// The connections of an [`Action::Send`], in its order; `None` if they are no longer
     /// waiting for that worker's answer.
-    pub(crate) fn batch(&self, slot: usize, ids: &[u64]) -> Option<Vec<&C>> {
+    pub(crate) fn batch<'a>(
+        &'a self,
+        slot: usize,
+        ids: &'a [u64],
+    ) -> Option<impl Iterator<Item = &'a C> + 'a> {
         let s = self.slots.get(slot)?;
-        ids.iter()
-            .map(|id| s.unconfirmed.get(id).map(|(c, _)| c))
-            .collect()
+        if !ids.iter().all(|id| s.unconfirmed.contains_key(id)) {
+            return None;
+        }
+        Some(
+            ids.iter()
+                .filter_map(|id| s.unconfirmed.get(id).map(|(c, _)| c)),
+        )
     }
 
     /// A shutdown begins: nothing more is accepted (the listeners close), what is queued is
@@ -790,8 +841,8 @@ mod tests {
         accept(&mut d, 1);
         d.dispatch(t0);
         assert_eq!(sends(&actions(&mut d)), vec![(1, vec![7])]);
-        assert_eq!(d.batch(1, &[1, 4, 7]).map(|b| b.len()), Some(3));
-        assert_eq!(d.batch(0, &[1]), None);
+        assert_eq!(d.batch(1, &[1, 4, 7]).map(Iterator::count), Some(3));
+        assert!(d.batch(0, &[1]).is_none());
     }
 
     #[test]
@@ -977,7 +1028,7 @@ mod tests {
             matches!(&got[..], [Action::Kill { slot: 1, report: Some(w) }] if w.contains("could not take a connection: the worker's inbox is gone")),
             "{got:?}"
         );
-        assert_eq!(d.batch(1, &[1, 3]), None);
+        assert!(d.batch(1, &[1, 3]).is_none());
         d.dispatch(t0);
         assert_eq!(sends(&actions(&mut d)), vec![(0, vec![1, 3])]);
         assert_eq!((d.summary().redispatched, d.summary().replaced), (2, 1));
@@ -1154,7 +1205,7 @@ mod tests {
             assert!(actions(&mut d).is_empty(), "{kind:?}");
             assert_eq!(d.summary().replaced, 0);
             assert_eq!(d.summary().redispatched, 0);
-            assert_eq!(d.batch(0, &[1]), None);
+            assert!(d.batch(0, &[1]).is_none());
             // Nothing goes to it before the retry, and the driver need not hurry.
             d.dispatch(t0);
             assert!(sends(&actions(&mut d)).is_empty());
@@ -1277,7 +1328,7 @@ mod tests {
             assert!(why.contains(want), "{want}: {why}");
             assert!(why.contains("which it does not hold"), "{why}");
             // The other worker's connections are untouched; connection 2 goes to it.
-            assert_eq!(d.batch(1, &[3]).map(|b| b.len()), Some(1), "{want}");
+            assert_eq!(d.batch(1, &[3]).map(Iterator::count), Some(1), "{want}");
             d.dispatch(t0);
             assert_eq!(sends(&actions(&mut d)), vec![(1, vec![2])], "{want}");
             ok(&mut d, 1, &[2, 3], t0);
