@@ -14,6 +14,12 @@ interleaved round by round:
   knows them beforehand, the cheapest raw receiver), and a one-byte acknowledgement
   the source waits for: the same guarantee as ``share`` (the source knows the target holds it).
 - ``send_fds one-way`` (for information): the same without the acknowledgement.
+- ``floor`` (for information): the shape of sockdup's contract with the standard library's
+  calls and nothing else: ``send_fds`` over a second socketpair standing for the target's
+  inbox, the target's acknowledgement once it holds the descriptor, then a 628-byte message over
+  the first socketpair standing for the record; the target takes the descriptor it already holds
+  (``socket.socket(family, type, proto, fd)``). Three wake-ups per hand-off, as sockdup has
+  (push, acknowledgement, record), against the twin's two: what the contract itself costs.
 
 ``--pin same`` (default) runs both processes on one CPU, as the Rust benchmarks do; ``split`` one
 CPU each; ``none`` lets the scheduler decide. Not a test: it asserts nothing about speed.
@@ -35,7 +41,7 @@ import sockdup
 FAMILY, TYPE, PROTO = socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
 
 
-def target(chan: socket.socket) -> None:
+def target(chan: socket.socket, inbox: socket.socket) -> None:
     """The target process: serves rounds (``MODE COUNT``) until the channel closes."""
     while True:
         head = chan.recv(64)
@@ -52,6 +58,12 @@ def target(chan: socket.socket) -> None:
                 _, fds, _, _ = socket.recv_fds(chan, 16, 1)
                 socket.socket(FAMILY, TYPE, PROTO, fds[0]).close()
                 chan.send(b"k")
+        elif mode == "floor":
+            for _ in range(count):
+                _, fds, _, _ = socket.recv_fds(inbox, 16, 1)
+                inbox.send(b"k")
+                assert len(chan.recv(700)) == 628
+                socket.socket(FAMILY, TYPE, PROTO, fds[0]).close()
         else:
             for _ in range(count):
                 _, fds, _, _ = socket.recv_fds(chan, 16, 1)
@@ -59,7 +71,7 @@ def target(chan: socket.socket) -> None:
         chan.send(b"done %.9f" % (time.process_time() - cpu))
 
 
-def one_round(mode: str, chan: socket.socket, sock: socket.socket, pid: int, count: int) -> "tuple[float, float, float]":
+def one_round(mode: str, chan: socket.socket, inbox: socket.socket, sock: socket.socket, pid: int, count: int) -> "tuple[float, float, float]":
     """Seconds per hand-off for one round: wall time, the source's and the target's CPU time
     (every thread of each process: the target's includes its inbox thread)."""
     chan.send(f"{mode} {count}".encode())
@@ -73,6 +85,12 @@ def one_round(mode: str, chan: socket.socket, sock: socket.socket, pid: int, cou
         for _ in range(count):
             socket.send_fds(chan, [b"x"], fd)
             chan.recv(1)
+    elif mode == "floor":
+        record = bytes(628)
+        for _ in range(count):
+            socket.send_fds(inbox, [b"x"], fd)
+            inbox.recv(1)
+            chan.send(record)
     else:
         for _ in range(count):
             socket.send_fds(chan, [b"x"], fd)
@@ -86,27 +104,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=2000, help="hand-offs per round (default 2000)")
     parser.add_argument("--rounds", type=int, default=7, help="rounds per twin (default 7)")
-    parser.add_argument("--modes", default="sockdup,raw,oneway", help="which twins (default: all three)")
+    parser.add_argument("--modes", default="sockdup,raw,floor,oneway", help="which twins (default: all four)")
     parser.add_argument("--pin", choices=["same", "split", "none"], default="same")
     args = parser.parse_args()
 
     cpus = sorted(os.sched_getaffinity(0))
     src, dst = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    isrc, idst = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sockdup.startup()
     pid = os.fork()
     if pid == 0:
         src.close()
+        isrc.close()
         if args.pin != "none":
             os.sched_setaffinity(0, {cpus[-1] if args.pin == "split" else cpus[0]})
         sockdup.startup()
         dst.send(b"ready")
         code = 1
         try:
-            target(dst)
+            target(dst, idst)
             code = 0
         finally:
             os._exit(code)
     dst.close()
+    idst.close()
     if args.pin != "none":
         os.sched_setaffinity(0, {cpus[0]})
     assert src.recv(16) == b"ready"
@@ -116,12 +137,12 @@ def main() -> None:
 
     modes = args.modes.split(",")
     for mode in modes:  # warm-up: connections, caches, the inbox's table
-        one_round(mode, src, sock, pid, min(args.count, 500))
+        one_round(mode, src, isrc, sock, pid, min(args.count, 500))
     times: dict[str, list[float]] = {m: [] for m in modes}
     cpus: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     for _ in range(args.rounds):
         for mode in modes:
-            wall, source_cpu, target_cpu = one_round(mode, src, sock, pid, args.count)
+            wall, source_cpu, target_cpu = one_round(mode, src, isrc, sock, pid, args.count)
             times[mode].append(wall)
             cpus[mode].append((source_cpu, target_cpu))
     src.close()
@@ -130,13 +151,22 @@ def main() -> None:
     med = {m: statistics.median(t) * 1e6 for m, t in times.items()}
     spread = {m: (max(t) - min(t)) / statistics.median(t) * 100 for m, t in times.items()}
     print(f"pin={args.pin} count={args.count} rounds={args.rounds} (median us per hand-off, spread; CPU us of source + target)")
-    names = {"sockdup": "sockdup share+fromshare  ", "raw": "send_fds/recv_fds + ack  ", "oneway": "send_fds/recv_fds one-way"}
+    names = {
+        "sockdup": "sockdup share+fromshare  ",
+        "raw": "send_fds/recv_fds + ack  ",
+        "oneway": "send_fds/recv_fds one-way",
+        "floor": "floor: push, ack, record ",
+    }
     for m in modes:
         source_cpu = statistics.median(c[0] for c in cpus[m]) * 1e6
         target_cpu = statistics.median(c[1] for c in cpus[m]) * 1e6
         print(f"  {names[m]} {med[m]:7.2f} us  ({spread[m]:3.0f}%)   CPU {source_cpu:6.2f} + {target_cpu:6.2f} us")
     if "sockdup" in med and "raw" in med:
         print(f"  ratio sockdup / (send_fds + ack): {med['sockdup'] / med['raw']:.2f}x   (goal: at most 1.5x)")
+    if "floor" in med and "raw" in med:
+        print(f"  ratio floor / (send_fds + ack):   {med['floor'] / med['raw']:.2f}x   (the contract's own cost)")
+    if "sockdup" in med and "floor" in med:
+        print(f"  ratio sockdup / floor:            {med['sockdup'] / med['floor']:.2f}x   (sockdup's code)")
     if "sockdup" in med and "oneway" in med:
         print(f"  ratio sockdup / one-way:          {med['sockdup'] / med['oneway']:.2f}x")
     peer.close()
