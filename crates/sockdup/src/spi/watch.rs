@@ -18,7 +18,7 @@
 //! is recorded or signalled for the cancelled registration.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
@@ -583,16 +583,24 @@ impl Shared {
                 tracing::error!(error = %e, "sockdup events: epoll_wait failed; the thread stops");
                 return;
             }
-            self.record(&ready, &mut fired, true);
+            self.record(&ready, &mut fired, true, None);
         }
     }
 
     /// Records and signals what the registrations' sockets hold ready now: the watcher
     /// thread's work, done by whichever thread finds `sockets` readable first (the one-shot
     /// registrations hand each readiness to one of them).
-    fn record_ready(&self, ready: &mut Vec<(u64, u32)>, fired: &mut Vec<(u32, i32)>) {
+    /// Whether it set the event whose descriptor is `mine`.
+    fn record_ready(
+        &self,
+        ready: &mut Vec<(u64, u32)>,
+        fired: &mut Vec<(u32, i32)>,
+        mine: Option<BorrowedFd<'_>>,
+    ) -> bool {
         if sys::events::epoll_ready(self.sockets.as_fd(), ready).is_ok() {
-            self.record(ready, fired, false);
+            self.record(ready, fired, false, mine)
+        } else {
+            false
         }
     }
 
@@ -613,8 +621,16 @@ impl Shared {
         }
     }
 
-    /// Applies the rules to `ready` (from `sockets`) and signals what they record.
-    fn record(&self, ready: &[(u64, u32)], fired: &mut Vec<(u32, i32)>, thread: bool) {
+    /// Applies the rules to `ready` (from `sockets`) and signals what they record; whether it
+    /// set the event whose descriptor is `mine`.
+    fn record(
+        &self,
+        ready: &[(u64, u32)],
+        fired: &mut Vec<(u32, i32)>,
+        thread: bool,
+        mine: Option<BorrowedFd<'_>>,
+    ) -> bool {
+        let mut set_mine = false;
         for &(token, flags) in ready {
             if token == TOKEN_CONTROL {
                 self.control(thread);
@@ -644,7 +660,11 @@ impl Shared {
                 sink.signal(bit, error);
             }
             drop(signalling);
+            if let (Some(mine), EventSink::Event(e)) = (mine, &sink) {
+                set_mine |= e.as_fd().as_raw_fd() == mine.as_raw_fd();
+            }
         }
+        set_mine
     }
 
     /// Accepts cancellation connections from processes of this user (or root).
@@ -733,6 +753,13 @@ pub(crate) fn wait_readable(
     let mut all = fds.to_vec();
     all.push(shared.sockets.as_fd());
     let (mut ready, mut fired) = (Vec::new(), Vec::new());
+    // Waiting on one event: look at the sockets first, so that readiness already there (the
+    // common case of a thread that sent a request and now waits for the answer's event) is
+    // recorded without a `poll` that would only report it.
+    let mine = (fds.len() == 1).then(|| fds[0]);
+    if mine.is_some() && shared.record_ready(&mut ready, &mut fired, mine) {
+        return Ok(vec![true]);
+    }
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
         let mut got = sys::events::wait_readable(&all, left)?;
@@ -741,7 +768,10 @@ pub(crate) fn wait_readable(
             return Ok(got);
         }
         if sockets {
-            shared.record_ready(&mut ready, &mut fired);
+            // Waiting on one event that this thread has just set itself: no need to ask.
+            if shared.record_ready(&mut ready, &mut fired, mine) {
+                return Ok(vec![true]);
+            }
         } else if left.is_some_and(|l| l.is_zero()) {
             return Ok(got);
         }
