@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use sockdup::catalog::Catalog;
 use sockdup::spi::library::{LIBRARY_KIND, PATH_KEY};
+use sockdup_tests::cprov::calls;
 use util::{compile, include_dir, lib_dir, repo};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -102,21 +103,6 @@ impl Proc {
         let _ = self.child.kill();
         panic!("the C program did not exit within 10 s");
     }
-}
-
-/// The lines of a counting layer's log that start with `call`, as key=value maps.
-fn calls(log: &Path, call: &str) -> Vec<BTreeMap<String, String>> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.split(' ').next() == Some(call))
-        .map(|l| {
-            l.split(' ')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect()
-        })
-        .collect()
 }
 
 #[test]
@@ -225,19 +211,7 @@ fn the_c_counting_layer_over_tcp_between_two_c_processes() {
     // the ticket passed down; no duplicate.
     assert!(calls(&target_log, "WSPDuplicateSocket").is_empty());
     let r = &calls(&target_log, "WSPSocket")[0];
-    assert_eq!(
-        (r["af"].as_str(), r["type"].as_str(), r["protocol"].as_str()),
-        ("-1", "-1", "-1")
-    );
-    assert_eq!(
-        (r["in"].as_str(), r["in_chain"].as_str()),
-        (&*chain.to_string(), "2")
-    );
-    assert_eq!(
-        (r["down"].as_str(), r["down_chain"].as_str()),
-        ("1001", "1")
-    );
-    assert_eq!(r["reserved"], info.provider_reserved.to_string());
+    sockdup_tests::cprov::assert_redeemed_by_the_rule(r, chain, info.provider_reserved);
     assert_eq!(calls(&target_log, "WSPCloseSocket").len(), 1);
 }
 

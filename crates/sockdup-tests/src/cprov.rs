@@ -167,3 +167,45 @@ pub fn broken(dir: &Path, name: &str) -> PathBuf {
     compile_shared(&source, &out, &[]);
     out
 }
+
+/// One line of a counting layer's log (`examples/c/counting_lsp.c`): the call's name first,
+/// then `key=value` pairs.
+pub type Call = std::collections::BTreeMap<String, String>;
+
+/// The lines of the counting layer's log at `log` that start with `call`.
+pub fn calls(log: &Path, call: &str) -> Vec<Call> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split(' ').next() == Some(call))
+        .map(|l| {
+            l.split(' ')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Asserts that the counting layer, one layer over TCP/IPv4's base entry 1001, saw a redemption
+/// `r` (its `WSPSocket` line) as the propagation rule says: `FROM_PROTOCOL_INFO` in
+/// af/type/protocol and chain `chain`'s record (chain length 2) coming in, the base entry
+/// (length 1) with the record's ticket `reserved` passed down.
+pub fn assert_redeemed_by_the_rule(r: &Call, chain: u32, reserved: u32) {
+    assert_eq!(
+        (r["af"].as_str(), r["type"].as_str(), r["protocol"].as_str()),
+        ("-1", "-1", "-1"),
+        "{r:?}"
+    );
+    assert_eq!(
+        (r["in"].as_str(), r["in_chain"].as_str()),
+        (&*chain.to_string(), "2"),
+        "{r:?}"
+    );
+    assert_eq!(
+        (r["down"].as_str(), r["down_chain"].as_str()),
+        ("1001", "1"),
+        "{r:?}"
+    );
+    assert_eq!(r["reserved"], reserved.to_string(), "{r:?}");
+}

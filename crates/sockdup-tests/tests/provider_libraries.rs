@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sockdup::catalog::Catalog;
 use sockdup::spi::library::{LIBRARY_KIND, PATH_KEY};
-use sockdup_tests::cprov;
+use sockdup_tests::cprov::{self, calls};
 use util::{CatalogFile, Peer, TempDir};
 
 /// A catalog with the provider library at `path` installed over TCP/IPv4: (catalog, layer id,
@@ -25,20 +25,6 @@ fn over_tcp(path: &Path) -> (Catalog, u32, u32) {
         .install(LIBRARY_KIND, "counting", true, config, &[1001])
         .unwrap();
     (c, layer, chains[0])
-}
-
-/// The lines of a counting layer's log that start with `call`, as key=value maps.
-fn calls(log: &Path, call: &str) -> Vec<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter(|l| l.split(' ').next() == Some(call))
-        .map(|l| {
-            l.split(' ')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect()
-        })
-        .collect()
 }
 
 fn peer(file: &CatalogFile, log: &Path) -> Peer {
@@ -186,19 +172,7 @@ fn counting_between_peers(dir: &TempDir, lsp: &Path) {
     let redeemed = calls(&target_log, "WSPSocket");
     assert_eq!(redeemed.len(), 1, "{redeemed:?}");
     let r = &redeemed[0];
-    assert_eq!(
-        (r["af"].as_str(), r["type"].as_str(), r["protocol"].as_str()),
-        ("-1", "-1", "-1")
-    );
-    assert_eq!(
-        (r["in"].as_str(), r["in_chain"].as_str()),
-        (&*chain.to_string(), "2")
-    );
-    assert_eq!(
-        (r["down"].as_str(), r["down_chain"].as_str()),
-        ("1001", "1")
-    );
-    assert_eq!(r["reserved"], info.provider_reserved.to_string());
+    cprov::assert_redeemed_by_the_rule(r, chain, info.provider_reserved);
     assert_eq!(r["error"], "0");
     assert_eq!(calls(&target_log, "WSPSend").len(), 1);
     assert_eq!(calls(&target_log, "WSPRecv").len(), 1);
