@@ -10,7 +10,7 @@ use sockdup::spi::library::library_path;
 use sockdup::{Error, ErrorKind};
 
 use super::LPINT;
-use super::base::spi_call;
+use super::last::spi_call;
 use crate::ptr;
 use crate::types::*;
 

@@ -13,7 +13,8 @@ use sockdup::spi::library::{LibraryLoader, register_library_loader};
 use sockdup::spi::{Event, EventSink, Handle, NetworkEvents, Provider, SockOpt, Upcall};
 use sockdup::{Error, ErrorKind, ProtocolInfo};
 
-use super::base::{clear_last_error, sockaddr_of, take_last_error};
+use super::base::sockaddr_of;
+use super::last::{clear_last_error, take_last_error};
 use super::{LPWSPSTARTUP, WSABUF, WSPDATA, WSPPROC_TABLE};
 use crate::types::*;
 

@@ -27,6 +27,7 @@
 
 pub mod base;
 pub mod catalog;
+mod last;
 pub mod library;
 pub mod upcall;
 

@@ -7,7 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use sockdup::spi::Handle;
 use sockdup::{Error, ErrorKind};
 
-use super::base::spi_call;
+use super::last::spi_call;
 use super::{LPINT, WSPUPCALLTABLE};
 use crate::ptr;
 use crate::types::*;

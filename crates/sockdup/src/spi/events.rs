@@ -3,15 +3,14 @@
 //! and the message `WSAAsyncSelect` posts ([`Notification`]).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sockdup_core::error::{Error, ErrorKind};
 use sockdup_core::sockopt::FD_MAX_EVENTS;
 
 use super::Handle;
-use super::watch::{self, Assist};
 use crate::sys;
 
 /// `WSA_MAXIMUM_WAIT_EVENTS`: the most events [`wait_for_events`] takes.
@@ -26,7 +25,7 @@ pub const WSA_MAXIMUM_WAIT_EVENTS: usize = 64;
 pub struct Event {
     fd: Arc<OwnedFd>,
     /// The watcher this event was last registered with (shared by the clones).
-    assist: Arc<Assist>,
+    assist: Arc<Mutex<Option<Weak<dyn Assist>>>>,
 }
 
 impl Event {
@@ -66,13 +65,18 @@ impl Event {
     /// # Errors
     /// The OS's, from `poll`.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, Error> {
-        let ready = watch::wait_readable(&[self.fd.as_fd()], &[&self.assist], timeout)
+        let ready = wait_readable(&[self.fd.as_fd()], &[self], timeout)
             .map_err(|e| Error::from_errno(e, "waiting for an event"))?;
         Ok(ready[0])
     }
 
-    pub(crate) fn assist(&self) -> &Assist {
-        &self.assist
+    /// Records that this event is registered with `watcher` (a waiting thread helps it).
+    pub(crate) fn assisted_by(&self, watcher: &Arc<dyn Assist>) {
+        *crate::sync::lock(&self.assist) = Some(Arc::downgrade(watcher));
+    }
+
+    fn helper(&self) -> Option<Arc<dyn Assist>> {
+        crate::sync::lock(&self.assist).as_ref()?.upgrade()
     }
 }
 
@@ -105,7 +109,6 @@ pub fn wait_for_events(
         ));
     }
     let deadline = timeout.map(|t| Instant::now() + t);
-    let assists: Vec<&Assist> = events.iter().map(|e| e.assist()).collect();
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if wait_all {
@@ -117,11 +120,11 @@ pub fn wait_for_events(
             if unset.is_empty() {
                 return Ok(Some(0));
             }
-            watch::wait_readable(&unset, &assists, left)
+            wait_readable(&unset, events, left)
                 .map_err(|e| Error::from_errno(e, "waiting for events"))?;
         } else {
             let fds: Vec<BorrowedFd<'_>> = events.iter().map(|e| e.as_fd()).collect();
-            let ready = watch::wait_readable(&fds, &assists, left)
+            let ready = wait_readable(&fds, events, left)
                 .map_err(|e| Error::from_errno(e, "waiting for events"))?;
             if let Some(i) = ready.iter().position(|r| *r) {
                 return Ok(Some(i));
@@ -212,5 +215,59 @@ pub(crate) fn wsa_code(errno: i32) -> i32 {
         Errno::NOBUFS | Errno::NOMEM => 10055,
         Errno::ACCESS | Errno::PERM => 10013,
         _ => 10050,
+    }
+}
+
+/// The watcher of the registrations an event was last registered with, as a thread waiting on
+/// the event sees it (spi/watch.rs implements it): a set of descriptors to wait on besides the
+/// events, and the watcher thread's work to do when it is ready.
+pub(crate) trait Assist: Send + Sync + std::fmt::Debug {
+    /// What to wait on besides the events: readable when a registered socket is ready.
+    fn ready_fd(&self) -> BorrowedFd<'_>;
+    /// Records and signals what the registered sockets hold ready now, as the watcher thread
+    /// would; whether it set the event whose descriptor is `mine`.
+    fn record_ready(&self, mine: Option<BorrowedFd<'_>>) -> bool;
+}
+
+/// Waits until one of `fds` (the descriptors of `events`, or some of them) is readable, for
+/// `timeout` at most, as [`sys::events::wait_readable`]. If one of `events` is registered with a
+/// live watcher, it waits on that watcher's sockets as well, and when they hold something ready
+/// it records and signals it itself, as the watcher thread would: the kernel wakes the waiting
+/// thread directly, instead of waking the watcher thread, which then wakes it. Whichever thread
+/// finds a readiness first takes it (the registrations are one-shot): the rules are applied
+/// once, under the same locks.
+fn wait_readable<E: std::borrow::Borrow<Event>>(
+    fds: &[BorrowedFd<'_>],
+    events: &[E],
+    timeout: Option<Duration>,
+) -> Result<Vec<bool>, rustix::io::Errno> {
+    let Some(helper) = events.iter().find_map(|e| e.borrow().helper()) else {
+        return sys::events::wait_readable(fds, timeout);
+    };
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut all = fds.to_vec();
+    all.push(helper.ready_fd());
+    // Waiting on one event: look at the sockets first, so that readiness already there (the
+    // common case of a thread that sent a request and now waits for the answer's event) is
+    // recorded without a `poll` that would only report it; and once this thread has set that
+    // event itself, there is nothing to ask.
+    let mine = (fds.len() == 1).then(|| fds[0]);
+    if mine.is_some() && helper.record_ready(mine) {
+        return Ok(vec![true]);
+    }
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let mut got = sys::events::wait_readable(&all, left)?;
+        let sockets = got.pop().unwrap_or(false);
+        if got.iter().any(|r| *r) {
+            return Ok(got);
+        }
+        if sockets {
+            if helper.record_ready(mine) {
+                return Ok(vec![true]);
+            }
+        } else if left.is_some_and(|l| l.is_zero()) {
+            return Ok(got);
+        }
     }
 }

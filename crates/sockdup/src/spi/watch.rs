@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use sockdup_core::sockopt::{
 };
 
 use super::Handle;
-use super::events::{Event, EventSink, NetworkEvents, wsa_code};
+use super::events::{Assist, Event, EventSink, NetworkEvents, wsa_code};
 use crate::sync::lock;
 use crate::sys;
 use crate::sys::events::{ERR, HUP, IN, ONESHOT, OUT, PRI, RDHUP, Shape};
@@ -66,7 +66,7 @@ struct Shared {
     epoll: OwnedFd,
     /// The set the watcher thread waits on: the registrations' sockets (one-shot) and the
     /// control set. A thread waiting on an event waits on it too and records what it finds
-    /// itself ([`wait_readable`]) instead of waiting for the watcher thread to wake it.
+    /// itself ([`Assist`]) instead of waiting for the watcher thread to wake it.
     sockets: OwnedFd,
     waker: OwnedFd,
     listener: OwnedFd,
@@ -418,7 +418,8 @@ impl Watcher {
             self.shared.count.store(st.regs.len(), Ordering::Release);
         }
         if let EventSink::Event(e) = sink {
-            e.assist().set(&self.shared);
+            let helper: Arc<dyn Assist> = self.shared.clone();
+            e.assisted_by(&helper);
         }
         drop(_locked);
         drop(old);
@@ -716,65 +717,15 @@ impl Shared {
     }
 }
 
-/// The watcher an event object was last registered with: a thread waiting on the event
-/// watches that watcher's sockets too ([`wait_readable`]).
-#[derive(Debug, Default)]
-pub(crate) struct Assist(Mutex<Weak<Shared>>);
-
-impl Assist {
-    fn set(&self, shared: &Arc<Shared>) {
-        let mut slot = lock(&self.0);
-        if !std::ptr::eq(slot.as_ptr(), Arc::as_ptr(shared)) {
-            *slot = Arc::downgrade(shared);
-        }
+/// A thread waiting on an event registered here helps this watcher ([`Assist`]).
+impl Assist for Shared {
+    fn ready_fd(&self) -> BorrowedFd<'_> {
+        self.sockets.as_fd()
     }
 
-    fn get(&self) -> Option<Arc<Shared>> {
-        lock(&self.0).upgrade()
-    }
-}
-
-/// Waits until one of `fds` is readable, for `timeout` at most, as
-/// [`sys::events::wait_readable`]. If one of `assists` names a live watcher, it waits on that
-/// watcher's sockets as well, and when they hold something ready it records and signals it
-/// itself, as the watcher thread would: the kernel wakes the waiting thread directly, instead
-/// of waking the watcher thread, which then wakes it (one thread switch instead of two between
-/// data arriving and `Event::wait` returning). Whichever thread finds a readiness first takes
-/// it (the registrations are one-shot): the rules are applied once, under the same locks.
-pub(crate) fn wait_readable(
-    fds: &[BorrowedFd<'_>],
-    assists: &[&Assist],
-    timeout: Option<Duration>,
-) -> Result<Vec<bool>, Errno> {
-    let Some(shared) = assists.iter().find_map(|a| a.get()) else {
-        return sys::events::wait_readable(fds, timeout);
-    };
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
-    let mut all = fds.to_vec();
-    all.push(shared.sockets.as_fd());
-    let (mut ready, mut fired) = (Vec::new(), Vec::new());
-    // Waiting on one event: look at the sockets first, so that readiness already there (the
-    // common case of a thread that sent a request and now waits for the answer's event) is
-    // recorded without a `poll` that would only report it.
-    let mine = (fds.len() == 1).then(|| fds[0]);
-    if mine.is_some() && shared.record_ready(&mut ready, &mut fired, mine) {
-        return Ok(vec![true]);
-    }
-    loop {
-        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-        let mut got = sys::events::wait_readable(&all, left)?;
-        let sockets = got.pop().unwrap_or(false);
-        if got.iter().any(|r| *r) {
-            return Ok(got);
-        }
-        if sockets {
-            // Waiting on one event that this thread has just set itself: no need to ask.
-            if shared.record_ready(&mut ready, &mut fired, mine) {
-                return Ok(vec![true]);
-            }
-        } else if left.is_some_and(|l| l.is_zero()) {
-            return Ok(got);
-        }
+    fn record_ready(&self, mine: Option<BorrowedFd<'_>>) -> bool {
+        let (mut ready, mut fired) = (Vec::new(), Vec::new());
+        Shared::record_ready(self, &mut ready, &mut fired, mine)
     }
 }
 
