@@ -16,238 +16,31 @@
 //!   `SO_REUSEPORT` and accepts for itself: the kernel spreads connections, nothing is handed
 //!   off.
 //!
-//! Both serve connections with [`serve_all`]: the event loop and HTTP state machine of
+//! All of them serve connections with [`serve_all`]: the event loop and HTTP state machine of
 //! `sockdup worker --app hello`, the very same source files (included with `#[path]`), so that
 //! the comparison measures how connections reach the workers and nothing else.
-//!
-//! [`serve_http`] (the twins' former, thread-per-connection server, kept for comparison) is a
-//! minimal HTTP/1.1 server that answers every request
-//! `200 OK` with the body [`BODY`], honours keep-alive, and closes after answering a request
-//! that asked for `Connection: close` (or an HTTP/1.0 request without `keep-alive`). It sends
-//! the same bytes as `sockdup worker --app hello` ([`response`]: `Date`, `Server`,
-//! `Content-Type`, `Content-Length`, `Connection` when closing), closes the same way (shut
-//! down the write side, read until the client closes: [`LINGER`]), and runs one thread per
-//! connection with the same read timeout ([`TICK`]), so that the comparison measures how
-//! connections reach the workers, not the HTTP code. (It parses less: no chunked bodies, no
-//! `Expect`, no `400`s; none of that is on the benchmark's path.)
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
 
 use rustix::net::{
     self, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType, sockopt,
 };
 
-/// The body of every response.
-pub const BODY: &[u8] = b"hello from sockdup\n";
-
-/// How long a connection closing after its response waits for the client's remaining bytes
-/// (as `sockdup worker --app hello` does).
-pub const LINGER: Duration = Duration::from_secs(1);
-
-/// The read timeout of every connection: how often a waiting read wakes (as `sockdup worker
-/// --app hello` sets it).
-pub const TICK: Duration = Duration::from_millis(200);
-
-/// The whole `200 OK` response at time `now`, byte for byte what `sockdup worker --app hello`
-/// sends: `Date`, `Server`, `Content-Type`, `Content-Length` and, if given, `Connection`.
-pub fn response(now: SystemTime, connection: Option<&str>) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 200 OK\r\nDate: {}\r\nServer: sockdup\r\n\
-         Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
-        http_date(now),
-        BODY.len()
-    );
-    if let Some(c) = connection {
-        out.push_str("Connection: ");
-        out.push_str(c);
-        out.push_str("\r\n");
-    }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(BODY);
-    bytes
-}
-
-/// The IMF-fixdate of `t` (RFC 9110 5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
-pub fn http_date(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = secs / 86_400;
-    let (hh, mm, ss) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    // The civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let (era, doe) = (z / 146_097, z % 146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{}, {day:02} {} {year} {hh:02}:{mm:02}:{ss:02} GMT",
-        WEEKDAYS[(days % 7) as usize],
-        MONTHS[(month - 1) as usize]
-    )
-}
-
-/// A connection [`serve_http`] can serve: a byte stream whose write side can be shut down.
-pub trait HalfClose: Read + Write {
-    /// Shuts down the write side (sends FIN).
-    ///
-    /// # Errors
-    /// As `shutdown(SHUT_WR)`.
-    fn shutdown_write(&mut self) -> io::Result<()>;
-}
-
-impl<T: HalfClose + ?Sized> HalfClose for &mut T {
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        (**self).shutdown_write()
-    }
-}
-
-impl HalfClose for TcpStream {
-    fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(Shutdown::Write)
-    }
-}
-
 /// The environment variable through which a server tells the worker processes it spawns its
 /// pid, so that they can notice they were orphaned.
 pub const PARENT_ENV: &str = "SOCKDUP_LOADTEST_PARENT";
 
-/// The largest request head accepted; a longer one closes the connection.
-const MAX_HEAD: usize = 16 * 1024;
-
 /// The listen backlog of every listening socket here: 128, as std's `TcpListener::bind`,
 /// which `sockdup serve` uses (far above the benchmark's 32 concurrent connections).
 pub const BACKLOG: i32 = 128;
-
-/// What a request asks of the connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Head {
-    /// Bytes of the head, including the blank line.
-    len: usize,
-    /// Bytes of body that follow (`Content-Length`).
-    body: usize,
-    /// The connection closes after the response.
-    close: bool,
-    /// HTTP/1.0 (answered with `Connection: keep-alive` when it stays open).
-    http10: bool,
-}
-
-/// Parses the request head at the start of `buf`: `Ok(None)` if it is not complete yet.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, ()> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() > MAX_HEAD {
-            Err(())
-        } else {
-            Ok(None)
-        };
-    };
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| ())?;
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().ok_or(())?;
-    let http10 = request_line.ends_with("HTTP/1.0");
-    let (mut close, mut keep_alive, mut body) = (false, false, 0);
-    for line in lines {
-        let (name, value) = line.split_once(':').ok_or(())?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("connection") {
-            for token in value.split(',').map(str::trim) {
-                close |= token.eq_ignore_ascii_case("close");
-                keep_alive |= token.eq_ignore_ascii_case("keep-alive");
-            }
-        } else if name.eq_ignore_ascii_case("content-length") {
-            body = value.parse().map_err(|_| ())?;
-        }
-    }
-    Ok(Some(Head {
-        len: end + 4,
-        body,
-        close: close || (http10 && !keep_alive),
-        http10,
-    }))
-}
-
-/// Serves the HTTP hello protocol on `stream` until the client closes it or asks to. A close
-/// after a response is graceful, as in `sockdup worker --app hello`: the write side is shut
-/// down, then the client's remaining bytes are read until it closes (at most [`LINGER`]).
-///
-/// # Errors
-/// A failed read or write, or a request that is not HTTP.
-pub fn serve_http<S: HalfClose>(mut stream: S) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 8 * 1024];
-    loop {
-        // Answer every complete request already read (pipelining).
-        let mut at = 0;
-        while let Some(head) = parse_head(&buf[at..])
-            .map_err(|()| io::Error::new(io::ErrorKind::InvalidData, "not an HTTP request"))?
-        {
-            if buf.len() - at < head.len + head.body {
-                break;
-            }
-            at += head.len + head.body;
-            let connection = match (head.close, head.http10) {
-                (true, _) => Some("close"),
-                (false, true) => Some("keep-alive"),
-                (false, false) => None,
-            };
-            stream.write_all(&response(SystemTime::now(), connection))?;
-            if head.close {
-                linger(&mut stream);
-                return Ok(());
-            }
-        }
-        buf.drain(..at);
-        let n = match stream.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) if is_timeout(&e) => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-    )
-}
-
-/// No more writes, then the client's remaining bytes are read and dropped until it closes,
-/// for at most [`LINGER`].
-fn linger<S: HalfClose>(stream: &mut S) {
-    if stream.shutdown_write().is_err() {
-        return;
-    }
-    let until = Instant::now() + LINGER;
-    let mut sink = [0u8; 8 * 1024];
-    let mut total = 0usize;
-    while Instant::now() < until && total < 1 << 20 {
-        match stream.read(&mut sink) {
-            Ok(0) => return,
-            Ok(n) => total += n,
-            Err(e) if is_timeout(&e) => {}
-            Err(_) => return,
-        }
-    }
-}
 
 // The serving loop of `sockdup worker --app hello`, shared word for word: the twins serve
 // connections exactly as the sockdup worker does, so the benchmark compares the handoffs alone.
@@ -284,16 +77,6 @@ where
     event_loop.run(evloop::Protocol::Hello)?;
     let _ = feeding.join();
     Ok(())
-}
-
-/// Serves `stream` on a thread of its own (one thread per connection), with the read timeout
-/// [`TICK`] (the twins' former way; [`serve_all`] is what they use now).
-pub fn spawn_connection(stream: TcpStream) {
-    std::thread::spawn(move || {
-        if stream.set_read_timeout(Some(TICK)).is_ok() {
-            let _ = serve_http(stream);
-        }
-    });
 }
 
 /// A listening TCP socket on `addr` (close-on-exec, `SO_REUSEADDR`, backlog [`BACKLOG`]),
@@ -570,6 +353,78 @@ pub fn spawn_self_worker(stdin: Stdio, extra: &[OsString]) -> io::Result<Child> 
         .spawn()
 }
 
+/// The worker processes of an acceptor twin (`raw-acceptor`, `floor-acceptor`): this
+/// executable again in `--worker` mode, each with its end of an [`fd_channel`] as standard
+/// input, killed and reaped (after the channels close) when this drops or the acceptor gets
+/// SIGTERM, SIGINT or SIGHUP ([`stop_children_on_signal`]).
+#[derive(Debug)]
+pub struct Workers {
+    channels: Vec<OwnedFd>,
+    children: Vec<Child>,
+}
+
+impl Workers {
+    /// Starts `n` workers.
+    ///
+    /// # Errors
+    /// Making a channel, starting a worker or installing the signal handlers.
+    pub fn start(n: usize) -> Result<Self, String> {
+        let mut workers = Self {
+            channels: Vec::with_capacity(n),
+            children: Vec::with_capacity(n),
+        };
+        for _ in 0..n {
+            let (ours, theirs) = fd_channel().map_err(|e| format!("socketpair: {e}"))?;
+            let child = spawn_self_worker(Stdio::from(theirs), &[])
+                .map_err(|e| format!("starting a worker: {e}"))?;
+            workers.channels.push(ours);
+            workers.children.push(child);
+        }
+        stop_children_on_signal(workers.children.iter().map(Child::id).collect())
+            .map_err(|e| format!("installing the signal handlers: {e}"))?;
+        Ok(workers)
+    }
+
+    /// The acceptor's end of each worker's channel, in worker order.
+    pub fn channels(&self) -> &[OwnedFd] {
+        &self.channels
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.channels.clear();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `main` of an acceptor twin called `name`: parses the [`Options`], runs `worker` in
+/// `--worker` mode and `acceptor` otherwise, and prints a failure as `name: error`.
+pub fn acceptor_main(
+    name: &str,
+    worker: impl FnOnce() -> Result<(), String>,
+    acceptor: impl FnOnce(&Options) -> Result<(), String>,
+) -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let result = Options::parse(name, args).and_then(|options| {
+        if options.worker {
+            worker()
+        } else {
+            acceptor(&options)
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// In a worker: asks the kernel to kill this process when its parent exits
 /// (`PR_SET_PDEATHSIG`), and exits at once if the parent named in [`PARENT_ENV`] is already
 /// gone, so that a killed server leaves no workers behind.
@@ -647,105 +502,7 @@ pub fn stdin_channel() -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Cursor;
-
-    /// A fake connection: reads from `input`, collects what is written.
-    struct Fake {
-        input: Cursor<Vec<u8>>,
-        output: Vec<u8>,
-    }
-
-    impl Read for Fake {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            // One byte at a time, to exercise split requests.
-            let n = buf.len().min(1);
-            self.input.read(&mut buf[..n])
-        }
-    }
-
-    impl Write for Fake {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.output.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl HalfClose for Fake {
-        fn shutdown_write(&mut self) -> io::Result<()> {
-            self.output.extend_from_slice(b"<FIN>");
-            Ok(())
-        }
-    }
-
-    /// What the server wrote, with the dates replaced by `DATE`.
-    fn run(input: &str) -> String {
-        let mut fake = Fake {
-            input: Cursor::new(input.as_bytes().to_vec()),
-            output: Vec::new(),
-        };
-        serve_http(&mut fake).unwrap();
-        undate(&fake.output)
-    }
-
-    fn undate(bytes: &[u8]) -> String {
-        let text = String::from_utf8(bytes.to_vec()).unwrap();
-        text.split("\r\n")
-            .map(|l| {
-                if l.starts_with("Date: ") {
-                    "Date: DATE"
-                } else {
-                    l
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\r\n")
-    }
-
-    fn resp(connection: Option<&str>) -> String {
-        undate(&response(SystemTime::now(), connection))
-    }
-
-    #[test]
-    fn the_response_is_sockdup_worker_s() {
-        let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
-        assert_eq!(
-            response(t, Some("close")),
-            b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nServer: sockdup\r\n\
-              Content-Type: text/plain; charset=utf-8\r\nContent-Length: 19\r\n\
-              Connection: close\r\n\r\nhello from sockdup\n"
-        );
-        assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(http_date(leap), "Tue, 29 Feb 2000 00:00:00 GMT");
-    }
-
-    #[test]
-    fn keep_alive_pipelined_then_close() {
-        let req = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        let close = "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Close\r\n\r\n";
-        let after = "GET /never HTTP/1.1\r\n\r\n";
-        let out = run(&format!("{req}{req}{close}{after}"));
-        let want = format!("{}{}{}<FIN>", resp(None), resp(None), resp(Some("close")));
-        assert_eq!(out, want);
-    }
-
-    #[test]
-    fn bodies_are_skipped_and_http10_closes() {
-        let post = "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
-        let old = "GET / HTTP/1.0\r\n\r\n";
-        let want = format!("{}{}<FIN>", resp(None), resp(Some("close")));
-        assert_eq!(run(&format!("{post}{old}")), want);
-        let old_ka = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
-        assert_eq!(run(old_ka), resp(Some("keep-alive")));
-    }
-
-    #[test]
-    fn eof_mid_request_answers_nothing() {
-        assert!(run("GET / HTTP/1.1\r\nHost").is_empty());
-    }
+    use std::io::{Read, Write};
 
     #[test]
     fn options() {

@@ -19,16 +19,15 @@
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 
 use rustix::event::epoll;
 use rustix::net::SocketFlags;
 use sockdup_loadtest::{
-    MAX_BATCH, Options, die_with_parent, fd_channel, listen, recv_fds, send_ack, send_fds,
-    serve_all, spawn_self_worker, stdin_channel, stop_children_on_signal, wait_ack,
+    MAX_BATCH, Options, Workers, acceptor_main, die_with_parent, listen, recv_fds, send_ack,
+    send_fds, serve_all, stdin_channel, wait_ack,
 };
 
 /// The most connections accepted per wake-up (as `sockdup serve`).
@@ -76,24 +75,8 @@ fn acceptor(options: &Options) -> Result<(), String> {
         epoll::EventFlags::IN,
     )
     .map_err(|e| format!("epoll_ctl: {e}"))?;
-    let mut channels: Vec<OwnedFd> = Vec::new();
-    let mut children = Vec::new();
-    for _ in 0..options.workers {
-        let (ours, theirs) = fd_channel().map_err(|e| format!("socketpair: {e}"))?;
-        let child = spawn_self_worker(Stdio::from(theirs), &[])
-            .map_err(|e| format!("starting a worker: {e}"))?;
-        channels.push(ours);
-        children.push(child);
-    }
-    stop_children_on_signal(children.iter().map(std::process::Child::id).collect())
-        .map_err(|e| format!("installing the signal handlers: {e}"))?;
-    let result = serve(&ep, listener.as_fd(), &channels);
-    drop(channels);
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    result
+    let workers = Workers::start(options.workers)?;
+    serve(&ep, listener.as_fd(), workers.channels())
 }
 
 fn serve(ep: &OwnedFd, listener: BorrowedFd<'_>, channels: &[OwnedFd]) -> Result<(), String> {
@@ -162,19 +145,5 @@ fn serve(ep: &OwnedFd, listener: BorrowedFd<'_>, channels: &[OwnedFd]) -> Result
 }
 
 fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let result = Options::parse("floor-acceptor", args).and_then(|options| {
-        if options.worker {
-            worker()
-        } else {
-            acceptor(&options)
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("floor-acceptor: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    acceptor_main("floor-acceptor", worker, acceptor)
 }

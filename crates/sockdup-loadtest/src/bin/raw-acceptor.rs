@@ -13,14 +13,12 @@
 //! closes; the acceptor exits when a worker is gone.
 #![forbid(unsafe_code)]
 
-use std::ffi::OsString;
 use std::net::TcpStream;
-use std::os::fd::{AsFd, OwnedFd};
-use std::process::{ExitCode, Stdio};
+use std::os::fd::AsFd;
+use std::process::ExitCode;
 
 use sockdup_loadtest::{
-    Options, die_with_parent, fd_channel, listen, recv_fd, send_fd, serve_all, spawn_self_worker,
-    stdin_channel, stop_children_on_signal,
+    Workers, acceptor_main, die_with_parent, listen, recv_fd, send_fd, serve_all, stdin_channel,
 };
 
 fn worker() -> Result<(), String> {
@@ -38,22 +36,13 @@ fn worker() -> Result<(), String> {
     .map_err(|e| format!("serving: {e}"))
 }
 
-fn acceptor(options: &Options) -> Result<(), String> {
+fn acceptor(options: &sockdup_loadtest::Options) -> Result<(), String> {
     let addr = options.listen.ok_or("--listen is required")?;
     let listener = listen(addr, false).map_err(|e| format!("listening on {addr}: {e}"))?;
-    let mut channels: Vec<OwnedFd> = Vec::new();
-    let mut children = Vec::new();
-    for _ in 0..options.workers {
-        let (ours, theirs) = fd_channel().map_err(|e| format!("socketpair: {e}"))?;
-        let child = spawn_self_worker(Stdio::from(theirs), &[])
-            .map_err(|e| format!("starting a worker: {e}"))?;
-        channels.push(ours);
-        children.push(child);
-    }
-    stop_children_on_signal(children.iter().map(std::process::Child::id).collect())
-        .map_err(|e| format!("installing the signal handlers: {e}"))?;
+    let workers = Workers::start(options.workers)?;
+    let channels = workers.channels();
     let mut next = 0;
-    let result = loop {
+    loop {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
             // Out of descriptors or the like: the connection is lost, the server goes on.
@@ -63,33 +52,13 @@ fn acceptor(options: &Options) -> Result<(), String> {
             }
         };
         if let Err(e) = send_fd(channels[next].as_fd(), stream.as_fd()) {
-            break Err(format!("handing a connection to worker {next}: {e}"));
+            return Err(format!("handing a connection to worker {next}: {e}"));
         }
         drop(stream);
         next = (next + 1) % channels.len();
-    };
-    drop(channels);
-    for mut child in children {
-        let _ = child.kill();
-        let _ = child.wait();
     }
-    result
 }
 
 fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let result = Options::parse("raw-acceptor", args).and_then(|options| {
-        if options.worker {
-            worker()
-        } else {
-            acceptor(&options)
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raw-acceptor: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    acceptor_main("raw-acceptor", worker, acceptor)
 }
