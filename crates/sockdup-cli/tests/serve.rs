@@ -24,7 +24,13 @@
 //! random bytes, or a line that never ends, is replaced (at once, or at its answer timeout) with
 //! no client lost or served twice and the acceptor's descriptors back where they were; the
 //! workers of a SIGKILLed acceptor serve what they were handed and exit by themselves; an
-//! acceptor or a worker out of descriptors (prlimit(1)) neither spins nor loses anything.
+//! acceptor or a worker out of descriptors (prlimit(1)) neither spins nor loses anything. An
+//! async worker (`tokio-serve-worker`, the example `tokio_serve_worker`): 1 000 echo
+//! connections each served once with a worker SIGKILLed midway (descriptors of the acceptor and
+//! of the surviving worker back where they were); its protocol spoken to a piped worker (`ok`
+//! and `fail` for one batch in one write, `done` when a connection ends, exit 0 when the input
+//! closes; a malformed line answered at once with `error`, exit 1); the test's binary is the
+//! example.
 
 mod util;
 
@@ -42,6 +48,8 @@ use rustix::process::{Pid, Signal, kill_process};
 use util::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sockdup");
+/// The async worker: the example `tokio_serve_worker`.
+const TOKIO_WORKER: &str = env!("CARGO_BIN_EXE_tokio-serve-worker");
 
 /// The longest any single wait in these tests may take.
 const WAIT: Duration = Duration::from_secs(10);
@@ -731,20 +739,25 @@ fn a_worker_writing_garbage_is_replaced_at_once_and_no_connection_is_lost() {
     assert!(summary.restarts >= 1, "{summary:?}");
 }
 
-/// Starts `sockdup worker --app echo` with piped standard input and output, as an acceptor
-/// would, and reads its `pid` line.
-fn piped_worker() -> (
+/// The echo worker's command, for [`piped_worker`].
+const ECHO_WORKER: [&str; 4] = [BIN, "worker", "--app", "echo"];
+
+/// Starts the worker `command` with piped standard input and output, as an acceptor would, and
+/// reads its `pid` line.
+fn piped_worker(
+    command: &[&str],
+) -> (
     Child,
     std::process::ChildStdin,
     BufReader<std::process::ChildStdout>,
 ) {
-    let mut child = Command::new(BIN)
-        .args(["worker", "--app", "echo"])
+    let mut child = Command::new(command[0])
+        .args(&command[1..])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn sockdup worker");
+        .expect("spawn the worker");
     let stdin = child.stdin.take().expect("stdin");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut pid = String::new();
@@ -761,7 +774,7 @@ fn a_worker_answers_a_malformed_or_oversized_line_at_once_and_exits_1() {
         (b"conn 1 not-a-record\n", "the record is not valid"),
         (&oversized[..], "longer than"),
     ] {
-        let (mut child, mut stdin, mut stdout) = piped_worker();
+        let (mut child, mut stdin, mut stdout) = piped_worker(&ECHO_WORKER);
         let t0 = Instant::now();
         // The input stays open: the worker must not wait for its end.
         stdin.write_all(bad).expect("write the bad line");
@@ -797,7 +810,7 @@ fn the_event_loop_worker_says_ok_and_done_once_for_each_connection() {
     // Connections that end together are told done together (the event loop closes what one
     // turn finished at its end, in one write): each `done` still comes once, after its `ok`.
     let _guard = sockdup::startup().expect("startup");
-    let (mut child, mut stdin, mut stdout) = piped_worker();
+    let (mut child, mut stdin, mut stdout) = piped_worker(&ECHO_WORKER);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mut clients = Vec::new();
@@ -1687,4 +1700,184 @@ fn a_worker_out_of_descriptors_is_not_replaced_and_serves_when_they_free_up() {
     let summary = server.stop(WAIT);
     assert_eq!(summary.total, 17, "{summary:?}");
     assert_eq!((summary.replaced, summary.restarts), (0, 0), "{summary:?}");
+}
+
+// ---- an async (tokio) worker: `tokio-serve-worker`, built from the example
+// `tokio_serve_worker` (`sockdup::handoff::Worker::incoming_async`) ----
+
+#[test]
+fn an_async_worker_serves_a_thousand_connections_each_once_through_a_sigkill() {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 248;
+    let mut server = Server::start_logging(
+        &["127.0.0.1:0"],
+        &["--workers", "2"],
+        &[TOKIO_WORKER],
+        HANDOFF_LOG,
+    );
+    let addr = server.tcp();
+    let first = server.wait_workers(2, &BTreeSet::new());
+    // Warm up: both workers announced, the acceptor's connections to their inboxes made.
+    let mut warm = server.warm_up(2, "warm") as usize;
+    let fds_before = server.settled_fd_count(None);
+    // The worker that survives: its descriptors when idle, to compare after the load.
+    let survivor = *first.iter().last().expect("a worker");
+    let survivor_idle = fd_count(survivor).expect("the worker's fds");
+    let done = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let done = done.clone();
+            thread::spawn(move || {
+                let mut failures = Vec::new();
+                for i in 0..PER_THREAD {
+                    if let Err(e) = echo_once(addr, &format!("tokio-{t}-{i};")) {
+                        failures.push(e);
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                    thread::sleep(Duration::from_millis(2));
+                }
+                failures
+            })
+        })
+        .collect();
+    util::wait_until(WAIT, || (done.load(Ordering::SeqCst) >= 300).then_some(()));
+    // Midway: kill a worker when it holds no connection. A connection a worker has redeemed
+    // is its own (nobody else holds the socket), so a kill while it serves one loses that
+    // client whatever the acceptor does; what the acceptor guarantees is that nothing it
+    // still holds (queued, or sent and not confirmed) is lost or served twice. Its idle
+    // descriptor count: the fewest seen over a while.
+    let victim = *first.iter().next().expect("a worker");
+    let idle = (0..50)
+        .filter_map(|_| {
+            thread::sleep(Duration::from_millis(2));
+            fd_count(victim)
+        })
+        .min()
+        .expect("the worker's fds");
+    wait_idle(victim, idle);
+    let killed_at = done.load(Ordering::SeqCst);
+    signal(victim, Signal::KILL);
+    let after = server.wait_workers(2, &BTreeSet::from([victim]));
+    assert!(!after.contains(&victim));
+    let failures: Vec<String> = clients
+        .into_iter()
+        .flat_map(|h| h.join().expect("client thread"))
+        .collect();
+    assert!(failures.is_empty(), "failed: {failures:?}");
+    assert!(
+        killed_at < THREADS * PER_THREAD,
+        "the kill came after the load ({killed_at})"
+    );
+    // Back to the descriptors it had with two idle workers (the new one handed a connection,
+    // as the old one had been).
+    warm += server.warm_up(2, "again") as usize;
+    let fds_after = server.settled_fd_count(Some(fds_before));
+    assert_eq!(fds_after, fds_before, "the acceptor's descriptors");
+    // The async worker that served throughout holds nothing more than before the load: every
+    // connection's descriptor closed with its task.
+    let survivor_after = util::wait_until(WAIT, || {
+        let n = fd_count(survivor)?;
+        (n == survivor_idle).then_some(n)
+    });
+    eprintln!(
+        "acceptor fds {fds_before} -> {fds_after}; surviving worker fds {survivor_idle} -> {survivor_after}"
+    );
+    let summary = server.stop(WAIT);
+    assert_eq!(
+        summary.total as usize,
+        THREADS * PER_THREAD + warm,
+        "{}",
+        server.stderr.text()
+    );
+    assert!(summary.total >= 1000, "{}", summary.total);
+    assert_eq!(summary.per_worker.iter().sum::<u64>(), summary.total);
+    assert!(summary.restarts >= 1, "{}", server.stderr.text());
+}
+
+#[test]
+fn the_test_worker_is_the_documented_example() {
+    // The binary the tests run is built from the example's own file.
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .expect("the manifest");
+    let bin = manifest
+        .split("[[bin]]")
+        .find(|b| b.contains("name = \"tokio-serve-worker\""))
+        .expect("the test binary's [[bin]] section");
+    assert!(
+        bin.contains("path = \"../sockdup/examples/tokio_serve_worker.rs\""),
+        "the test binary is not the documented example: {bin}"
+    );
+}
+
+/// Reads one line of the worker's output (bounded by the worker's own progress: every test
+/// here expects the line to come).
+fn read_line(stdout: &mut BufReader<std::process::ChildStdout>) -> String {
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read a line");
+    line
+}
+
+#[test]
+fn the_async_worker_speaks_the_protocol_ok_fail_done_and_ends_with_its_input() {
+    let _guard = sockdup::startup().expect("startup");
+    let (mut child, mut stdin, mut stdout) = piped_worker(&[TOKIO_WORKER]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    client.set_read_timeout(Some(WAIT)).expect("timeout");
+    let (accepted, _) = listener.accept().expect("accept");
+    let record = sockdup::duplicate_socket(&accepted, child.id()).expect("duplicate");
+    drop(accepted);
+    // The same record twice in one write: the first is redeemed, the second's ticket is spent.
+    // Both answers come in one write, in order; the stream goes on after the failure.
+    let mut lines = String::new();
+    for id in [1, 2] {
+        lines.push_str(&format!("conn {id} {record}\n"));
+    }
+    stdin.write_all(lines.as_bytes()).expect("write conn lines");
+    assert_eq!(read_line(&mut stdout), "ok 1\n");
+    let fail = read_line(&mut stdout);
+    assert!(fail.starts_with("fail 2 "), "{fail:?}");
+    // The connection is served by the tokio task: echo, then `done` once it ends.
+    client.write_all(b"async hello").expect("write");
+    client.shutdown(Shutdown::Write).expect("shutdown");
+    let mut got = String::new();
+    client.read_to_string(&mut got).expect("read the echo");
+    assert_eq!(got, "async hello");
+    assert_eq!(read_line(&mut stdout), "done 1\n");
+    // The acceptor's end closes: the worker finishes and exits 0.
+    drop(stdin);
+    let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("read the rest");
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[test]
+fn the_async_worker_answers_a_malformed_line_at_once_and_exits_1() {
+    for (bad, what) in [
+        ("hello worker\n", "hello worker"),
+        ("conn 1 not-a-record\n", "the record is not valid"),
+    ] {
+        let (mut child, mut stdin, mut stdout) = piped_worker(&[TOKIO_WORKER]);
+        // The input stays open: the worker must not wait for its end.
+        stdin.write_all(bad.as_bytes()).expect("write the bad line");
+        let line = read_line(&mut stdout);
+        assert!(
+            line.starts_with("error 10050 protocol-violation "),
+            "{what}: {line:?}"
+        );
+        assert!(line.contains(what), "{line:?}");
+        let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
+        assert_eq!(status.code(), Some(1), "{what}");
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut err)
+            .expect("read stderr");
+        assert!(!err.contains("panicked"), "{err}");
+        drop(stdin);
+    }
 }
