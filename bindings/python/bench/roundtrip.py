@@ -1,6 +1,6 @@
 """share + fromshare in Python beside the standard library's send_fds/recv_fds, same run.
 
-    python3 bindings/python/bench/roundtrip.py [--count 2000] [--rounds 7] [--pin same|split|none]
+    python3 bindings/python/bench/roundtrip.py [--count 10000] [--rounds 7] [--pin all|none|split|same]
 
 A source process hands one connected socket to a target process ``--count`` times; the target
 turns each into a ``socket.socket`` and closes it. Timed from the first hand-off until the target
@@ -20,17 +20,28 @@ interleaved round by round:
   the first socketpair standing for the record; the target takes the descriptor it already holds
   (``socket.socket(family, type, proto, fd)``). Three wake-ups per hand-off, as sockdup has
   (push, acknowledgement, record), against the twin's two: what the contract itself costs.
+- ``floor, inbox thread`` (for information): the floor with sockdup's structure: the push is
+  received and acknowledged by a second thread of the target (standing for the inbox thread,
+  which must answer while the program's own thread does anything else), which leaves the
+  descriptor in a queue; the program's thread takes it when the record arrives. Three threads
+  take turns per hand-off where the floor has two: what that structure costs when both processes
+  share one CPU (``--pin same``).
 
-``--pin same`` (default) runs both processes on one CPU, as the Rust benchmarks do; ``split`` one
-CPU each; ``none`` lets the scheduler decide. Not a test: it asserts nothing about speed.
+Placements, each a run of its own with a fresh target process (``--pin all``, the default, runs
+the three in turn): ``none`` lets the scheduler place both processes, as a Python program runs;
+``split`` pins them to one CPU each; ``same`` pins both to one CPU, as the Rust benchmarks do, where
+every hand-off is a sequence of context switches and the threads taking turns show most. Not a
+test: it asserts nothing about speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import socket
 import statistics
+import threading
 import time
 
 import sockdup
@@ -41,8 +52,21 @@ import sockdup
 FAMILY, TYPE, PROTO = socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
 
 
-def target(chan: socket.socket, inbox: socket.socket) -> None:
+def inbox_thread(inbox: socket.socket, held: "collections.deque[int]") -> None:
+    """The ``thread`` twin's stand-in for sockdup's inbox thread: takes each pushed
+    descriptor, queues it for the program's thread, acknowledges."""
+    while True:
+        _, fds, _, _ = socket.recv_fds(inbox, 16, 1)
+        if not fds:
+            return
+        held.append(fds[0])
+        inbox.send(b"k")
+
+
+def target(chan: socket.socket, inbox: socket.socket, threaded: socket.socket) -> None:
     """The target process: serves rounds (``MODE COUNT``) until the channel closes."""
+    held: "collections.deque[int]" = collections.deque()
+    threading.Thread(target=inbox_thread, args=(threaded, held), daemon=True).start()
     while True:
         head = chan.recv(64)
         if not head:
@@ -64,6 +88,10 @@ def target(chan: socket.socket, inbox: socket.socket) -> None:
                 inbox.send(b"k")
                 assert len(chan.recv(700)) == 628
                 socket.socket(FAMILY, TYPE, PROTO, fds[0]).close()
+        elif mode == "thread":
+            for _ in range(count):
+                assert len(chan.recv(700)) == 628
+                socket.socket(FAMILY, TYPE, PROTO, held.popleft()).close()
         else:
             for _ in range(count):
                 _, fds, _, _ = socket.recv_fds(chan, 16, 1)
@@ -71,7 +99,7 @@ def target(chan: socket.socket, inbox: socket.socket) -> None:
         chan.send(b"done %.9f" % (time.process_time() - cpu))
 
 
-def one_round(mode: str, chan: socket.socket, inbox: socket.socket, sock: socket.socket, pid: int, count: int) -> "tuple[float, float, float]":
+def one_round(mode: str, chan: socket.socket, inbox: socket.socket, threaded: socket.socket, sock: socket.socket, pid: int, count: int) -> "tuple[float, float, float]":
     """Seconds per hand-off for one round: wall time, the source's and the target's CPU time
     (every thread of each process: the target's includes its inbox thread)."""
     chan.send(f"{mode} {count}".encode())
@@ -91,6 +119,12 @@ def one_round(mode: str, chan: socket.socket, inbox: socket.socket, sock: socket
             socket.send_fds(inbox, [b"x"], fd)
             inbox.recv(1)
             chan.send(record)
+    elif mode == "thread":
+        record = bytes(628)
+        for _ in range(count):
+            socket.send_fds(threaded, [b"x"], fd)
+            threaded.recv(1)
+            chan.send(record)
     else:
         for _ in range(count):
             socket.send_fds(chan, [b"x"], fd)
@@ -102,33 +136,42 @@ def one_round(mode: str, chan: socket.socket, inbox: socket.socket, sock: socket
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=2000, help="hand-offs per round (default 2000)")
+    parser.add_argument("--count", type=int, default=10000, help="hand-offs per round (default 10000)")
     parser.add_argument("--rounds", type=int, default=7, help="rounds per twin (default 7)")
-    parser.add_argument("--modes", default="sockdup,raw,floor,oneway", help="which twins (default: all four)")
-    parser.add_argument("--pin", choices=["same", "split", "none"], default="same")
+    parser.add_argument("--modes", default="sockdup,raw,floor,thread,oneway", help="which twins (default: all five)")
+    parser.add_argument("--pin", choices=["all", "same", "split", "none"], default="all", help="placement (default: each of the three in turn)")
     args = parser.parse_args()
-
     cpus = sorted(os.sched_getaffinity(0))
+    sockdup.startup()
+    for pin in ["none", "split", "same"] if args.pin == "all" else [args.pin]:
+        os.sched_setaffinity(0, set(cpus))
+        run(args, pin, cpus)
+
+
+def run(args: argparse.Namespace, pin: str, cpus: "list[int]") -> None:
+    """One placement: a target process, every twin interleaved round by round, the table."""
     src, dst = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     isrc, idst = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    sockdup.startup()
+    tsrc, tdst = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
         src.close()
         isrc.close()
-        if args.pin != "none":
-            os.sched_setaffinity(0, {cpus[-1] if args.pin == "split" else cpus[0]})
+        tsrc.close()
+        if pin != "none":
+            os.sched_setaffinity(0, {cpus[-1] if pin == "split" else cpus[0]})
         sockdup.startup()
         dst.send(b"ready")
         code = 1
         try:
-            target(dst, idst)
+            target(dst, idst, tdst)
             code = 0
         finally:
             os._exit(code)
     dst.close()
     idst.close()
-    if args.pin != "none":
+    tdst.close()
+    if pin != "none":
         os.sched_setaffinity(0, {cpus[0]})
     assert src.recv(16) == b"ready"
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -137,29 +180,32 @@ def main() -> None:
 
     modes = args.modes.split(",")
     for mode in modes:  # warm-up: connections, caches, the inbox's table
-        one_round(mode, src, isrc, sock, pid, min(args.count, 500))
+        one_round(mode, src, isrc, tsrc, sock, pid, min(args.count, 500))
     times: dict[str, list[float]] = {m: [] for m in modes}
-    cpus: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    used: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     for _ in range(args.rounds):
         for mode in modes:
-            wall, source_cpu, target_cpu = one_round(mode, src, isrc, sock, pid, args.count)
+            wall, source_cpu, target_cpu = one_round(mode, src, isrc, tsrc, sock, pid, args.count)
             times[mode].append(wall)
-            cpus[mode].append((source_cpu, target_cpu))
+            used[mode].append((source_cpu, target_cpu))
     src.close()
+    isrc.close()
+    tsrc.close()
     os.waitpid(pid, 0)
 
     med = {m: statistics.median(t) * 1e6 for m, t in times.items()}
     spread = {m: (max(t) - min(t)) / statistics.median(t) * 100 for m, t in times.items()}
-    print(f"pin={args.pin} count={args.count} rounds={args.rounds} (median us per hand-off, spread; CPU us of source + target)")
+    print(f"pin={pin} count={args.count} rounds={args.rounds} (median us per hand-off, spread; CPU us of source + target)")
     names = {
         "sockdup": "sockdup share+fromshare  ",
         "raw": "send_fds/recv_fds + ack  ",
         "oneway": "send_fds/recv_fds one-way",
         "floor": "floor: push, ack, record ",
+        "thread": "floor, inbox thread      ",
     }
     for m in modes:
-        source_cpu = statistics.median(c[0] for c in cpus[m]) * 1e6
-        target_cpu = statistics.median(c[1] for c in cpus[m]) * 1e6
+        source_cpu = statistics.median(c[0] for c in used[m]) * 1e6
+        target_cpu = statistics.median(c[1] for c in used[m]) * 1e6
         print(f"  {names[m]} {med[m]:7.2f} us  ({spread[m]:3.0f}%)   CPU {source_cpu:6.2f} + {target_cpu:6.2f} us")
     if "sockdup" in med and "raw" in med:
         print(f"  ratio sockdup / (send_fds + ack): {med['sockdup'] / med['raw']:.2f}x   (goal: at most 1.5x)")
@@ -167,6 +213,10 @@ def main() -> None:
         print(f"  ratio floor / (send_fds + ack):   {med['floor'] / med['raw']:.2f}x   (the contract's own cost)")
     if "sockdup" in med and "floor" in med:
         print(f"  ratio sockdup / floor:            {med['sockdup'] / med['floor']:.2f}x   (sockdup's code)")
+    if "thread" in med and "raw" in med:
+        print(f"  ratio floor, inbox thread / (send_fds + ack): {med['thread'] / med['raw']:.2f}x   (the contract with an inbox thread)")
+    if "sockdup" in med and "thread" in med:
+        print(f"  ratio sockdup / floor, inbox thread: {med['sockdup'] / med['thread']:.2f}x   (sockdup's code, same structure)")
     if "sockdup" in med and "oneway" in med:
         print(f"  ratio sockdup / one-way:          {med['sockdup'] / med['oneway']:.2f}x")
     peer.close()
