@@ -104,6 +104,38 @@ fn pending_events_are_recorded_before_event_select_returns() {
     );
 }
 
+/// The watcher thread is `SCHED_BATCH` (its wake-ups never preempt the thread running on its
+/// CPU, which is often the one about to record the same readiness itself), and it still signals
+/// an event nobody waits on through `wait` (here: only `is_set` is polled).
+#[test]
+fn the_watcher_thread_defers_its_wake_ups_and_still_signals() {
+    let _g = sockdup::startup().unwrap();
+    let (s, mut remote) = connected();
+    let e = Event::new().unwrap();
+    s.event_select(&e, FD_READ).unwrap();
+    remote.write_all(b"x").unwrap();
+    wait_for(LONG, || e.is_set().then_some(()));
+    assert_eq!(take(&s, &e), FD_READ);
+    // The thread has run (it signalled), so it has named itself and set its policy.
+    let policies: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // "TID (COMM) STATE ...": field 41 is the policy; COMM may hold spaces.
+            let policy = stat.rsplit_once(')')?.1.split_whitespace().nth(38)?;
+            (name.trim() == "sockdup-events").then(|| policy.to_string())
+        })
+        .collect();
+    // SCHED_BATCH is 3.
+    assert_eq!(
+        policies,
+        ["3"],
+        "the sockdup-events thread's scheduling policy"
+    );
+}
+
 #[test]
 fn fd_read_is_recorded_once_and_re_enabled_by_a_receive() {
     let _g = sockdup::startup().unwrap();

@@ -577,6 +577,9 @@ impl Shared {
     }
 
     fn run(&self) {
+        if let Err(e) = sys::events::defer_wakeups() {
+            tracing::debug!(error = %e, "sockdup events: the watcher thread stays SCHED_NORMAL");
+        }
         let mut ready = Vec::new();
         let mut fired = Vec::new();
         while !self.stop.load(Ordering::Acquire) {

@@ -27,6 +27,22 @@ pub(crate) const HUP: u32 = 0x010;
 /// `EPOLLRDHUP` (= `POLLRDHUP`).
 pub(crate) const RDHUP: u32 = 0x2000;
 
+/// Makes the calling thread `SCHED_BATCH`: same share of the CPU as any thread, but waking up
+/// does not preempt the thread running on its CPU (the kernel skips wakeup preemption for
+/// non-`SCHED_NORMAL` tasks); it runs on an idle CPU at once, or when that thread blocks or its
+/// slice ends.
+pub(crate) fn defer_wakeups() -> Result<()> {
+    let param = nix::libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the `sched_param` passed by reference, which lives for
+    // the call; pid 0 is the calling thread. Neither rustix nor nix wraps it.
+    #[allow(unsafe_code)]
+    let r = unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_BATCH, &param) };
+    if r != 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+    }
+    Ok(())
+}
+
 /// The pid in the socket's owner slot (`F_GETOWN`), shared by every descriptor of the socket
 /// in every process (it belongs to the open file description); 0 if none.
 pub(crate) fn owner(fd: BorrowedFd<'_>) -> Result<u32> {
