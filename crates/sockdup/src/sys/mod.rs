@@ -1,6 +1,7 @@
 //! The Linux layer: every system call sockdup makes, through rustix (and nix for `SO_PEERCRED`
 //! and `F_SETOWN`). The library's only `unsafe` lives on this floor (the owner slot's `fcntl`s
-//! in [`events`], tokio's `AsyncFd` registration), each block with its `SAFETY` note.
+//! and the watcher thread's `sched_setscheduler` in [`events`], tokio's `AsyncFd`
+//! registration), each block with its `SAFETY` note.
 //!
 //! What the rest of the crate needs from the OS, and nothing more: the inbox's `AF_UNIX`
 //! `SOCK_SEQPACKET` socket and its address, `SCM_RIGHTS` send and receive (always with
