@@ -106,6 +106,16 @@ impl Stream {
     }
 }
 
+impl AsFd for Stream {
+    /// The connection's descriptor (to watch it in an event loop).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Self::Tcp(s) => s.as_fd(),
+            Self::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
