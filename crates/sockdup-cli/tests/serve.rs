@@ -34,7 +34,8 @@
 //! (`poll-serve-worker`, the example `poll_serve_worker`): 400 echo connections each served
 //! once by workers running two threads, descriptors of the acceptor and of the workers back
 //! where they were; piped, `ok`/`fail` for one batch, `done`, a connection served on after the
-//! end of the input and exit 0; a malformed line answered at once, exit 1.
+//! end of the input and exit 0; a malformed line answered at once, exit 1. A `sockdup worker`
+//! whose input is /dev/null or a file (which epoll cannot watch) still ends with it, exit 0.
 
 mod util;
 
@@ -2000,4 +2001,39 @@ fn the_poll_loop_worker_serves_on_after_the_end_of_its_input_and_then_exits_0() 
 #[test]
 fn the_poll_loop_worker_answers_a_malformed_line_at_once_and_exits_1() {
     answers_a_malformed_line_at_once_and_exits_1(&[POLL_WORKER]);
+}
+
+#[test]
+fn a_worker_whose_input_is_not_a_pipe_reads_it_to_its_end_and_exits_0() {
+    // A worker's input redirected by hand from /dev/null or a file cannot be watched by
+    // epoll (EPERM); it is read anyway: its end ends the worker, as a pipe's does.
+    let dir = TempDir::new("input");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").expect("write the file");
+    for input in [std::path::Path::new("/dev/null"), empty.as_path()] {
+        let mut child = Command::new(BIN)
+            .args(["worker", "--app", "echo"])
+            .stdin(std::fs::File::open(input).expect("open the input"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the worker");
+        let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
+        let mut out = String::new();
+        let mut err = String::new();
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("stdout");
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut err)
+            .expect("stderr");
+        assert!(status.success(), "{input:?}: {status:?}: {err}");
+        assert_eq!(out, format!("pid {}\n", child.id()), "{input:?}");
+    }
 }

@@ -230,12 +230,18 @@ impl<C: Client> Loop<C> {
 /// The epoll set's own errors (a connection's errors close that connection only).
 pub(crate) fn serve<C: Client>(source: &mut impl Source<C>, app: Protocol) -> io::Result<()> {
     let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-    epoll::add(
+    // A regular file or /dev/null (a worker's input redirected by hand) cannot be watched
+    // (EPERM): reading it never blocks, so it is read at every turn instead.
+    let unwatched = match epoll::add(
         &epoll,
         source.fd(),
         EventData::new_u64(SOURCE),
         EventFlags::IN,
-    )?;
+    ) {
+        Ok(()) => false,
+        Err(rustix::io::Errno::PERM) => true,
+        Err(e) => return Err(e.into()),
+    };
     let mut ev = EventLoop {
         app,
         epoll,
@@ -251,6 +257,10 @@ pub(crate) fn serve<C: Client>(source: &mut impl Source<C>, app: Protocol) -> io
         tv_sec: 0,
         tv_nsec: TICK.as_nanos() as i64,
     };
+    let at_once = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     let mut last_scan = Instant::now();
     let mut fed_end = false;
     loop {
@@ -258,25 +268,23 @@ pub(crate) fn serve<C: Client>(source: &mut impl Source<C>, app: Protocol) -> io
             return Ok(());
         }
         events.clear();
+        let read_anyway = unwatched && !fed_end;
         match epoll::wait(
             &ev.epoll,
             rustix::buffer::spare_capacity(&mut events),
-            Some(&tick),
+            Some(if read_anyway { &at_once } else { &tick }),
         ) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
+        if read_anyway {
+            fed_end = ev.take_from(source);
+        }
         for event in &events {
             let token = event.data.u64();
             if token == SOURCE {
-                if fed_end {
-                    continue;
-                }
-                if source.take(&mut |sock| ev.add(sock)) {
-                    fed_end = true;
-                    // At its end a pipe stays readable: watching it would spin.
-                    let _ = epoll::delete(&ev.epoll, source.fd());
-                    ev.drain();
+                if !fed_end {
+                    fed_end = ev.take_from(source);
                 }
             } else {
                 ev.on_event(token as usize, event.flags);
@@ -293,6 +301,17 @@ pub(crate) fn serve<C: Client>(source: &mut impl Source<C>, app: Protocol) -> io
 }
 
 impl<C: Client> EventLoop<C> {
+    /// Adds what `source` has; at its end, stops watching it and drains. True at the end.
+    fn take_from(&mut self, source: &mut impl Source<C>) -> bool {
+        if !source.take(&mut |sock| self.add(sock)) {
+            return false;
+        }
+        // At its end a pipe stays readable: watching it would spin.
+        let _ = epoll::delete(&self.epoll, source.fd());
+        self.drain();
+        true
+    }
+
     fn add(&mut self, mut sock: C) {
         if let Err(e) = sock.make_nonblocking() {
             tracing::debug!(error = %e, "sockdup worker: a connection could not be made non-blocking");
