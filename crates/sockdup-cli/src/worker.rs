@@ -3,7 +3,9 @@
 //!
 //! The worker announces itself on stdout, then serves every connection the acceptor hands it
 //! from one event loop ([`evloop`]: epoll, non-blocking sockets, a state machine per
-//! connection; the handoff protocol is read on a second thread), with the chosen app: `echo` sends back every byte until the client
+//! connection; the acceptor's channel is one more descriptor in its epoll set, its `conn`
+//! lines read and redeemed on the same thread: besides the library's inbox thread, the worker
+//! runs no other), with the chosen app: `echo` sends back every byte until the client
 //! closes; `hello` ([`hello`]) is a minimal HTTP/1.1 server. Standard output carries only the
 //! handoff protocol; logs go to stderr (`RUST_LOG`, default `warn`).
 //!
@@ -22,11 +24,12 @@ mod hello;
 
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread;
 
-use sockdup::handoff::{Connection, Stream, Worker};
+use sockdup::handoff::{Connection, NonblockingIncoming, Stream, Worker};
 
 use crate::CliError;
 
@@ -175,53 +178,61 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
         );
         thread::sleep(delay);
     }
-    let (feeder, event_loop) =
-        evloop::channel().map_err(|e| CliError::failed(format!("creating the event loop: {e}")))?;
-    // The handoff protocol is read on a thread of its own (its reads block); the connections
-    // are served on this one, from the event loop.
-    let reader = thread::Builder::new()
-        .name("handoff".into())
-        .spawn(move || feed(&worker, &feeder))
-        .map_err(|e| CliError::failed(format!("starting the handoff reader: {e}")))?;
-    // A failed loop returns at once: the reader may be blocked on the acceptor's next line,
-    // and leaving `run` ends the process, reader and all.
-    event_loop
-        .run(args.app.protocol())
+    let incoming = worker
+        .incoming_nonblocking()
+        .map_err(|e| CliError::sockdup("watching the acceptor's channel", e))?;
+    // The handoff channel is one more descriptor in the event loop's epoll set: its `conn`
+    // lines are read, redeemed and confirmed on this thread, between two turns of serving.
+    let mut handoff = Handoff {
+        incoming,
+        broken: None,
+    };
+    evloop::serve(&mut handoff, args.app.protocol())
         .map_err(|e| CliError::failed(format!("the event loop failed: {e}")))?;
-    let broken = reader.join().unwrap_or(None);
-    match broken {
+    match handoff.broken {
         Some(e) => Err(CliError::sockdup("reading the acceptor's line", e)),
         None => Ok(()),
     }
 }
 
-/// Hands every connection the acceptor gives this worker to the event loop, then the end;
-/// returns the error that broke the acceptor's channel, if one did.
-fn feed(worker: &Worker, feeder: &evloop::Feeder<Sock>) -> Option<sockdup::Error> {
-    let mut incoming = worker.incoming();
-    while let Some(conn) = incoming.next() {
-        match conn {
-            Ok(conn) => {
-                tracing::debug!(id = conn.id(), "sockdup worker: serving a connection");
-                if !feeder.send(evloop::Feed::Conn(Sock::Handoff(conn))) {
-                    break;
+/// The acceptor's channel as the event loop's source of connections.
+struct Handoff<'a> {
+    incoming: NonblockingIncoming<'a>,
+    /// The error that broke the acceptor's channel, if one did.
+    broken: Option<sockdup::Error>,
+}
+
+impl evloop::Source<Sock> for Handoff<'_> {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.incoming.as_fd()
+    }
+
+    fn take(&mut self, add: &mut dyn FnMut(Sock)) -> bool {
+        let batch = self.incoming.try_next_batch();
+        let ended = batch.ended();
+        for conn in batch {
+            match conn {
+                Ok(conn) => {
+                    tracing::debug!(id = conn.id(), "sockdup worker: serving a connection");
+                    add(Sock::Handoff(conn));
+                }
+                Err(e)
+                    if e.kind() == sockdup::ErrorKind::ProtocolViolation
+                        && self.incoming.broken().is_some() =>
+                {
+                    // The acceptor's line was not the protocol; it was told so (an `error`
+                    // line) and replaces this worker: finish what is open, and fail.
+                    tracing::debug!("sockdup worker: the acceptor's channel broke; finishing");
+                    self.broken = Some(e);
+                }
+                Err(e) => {
+                    // The acceptor was told, and gives the connection to another worker.
+                    tracing::warn!(error = %e, "sockdup worker: could not redeem a connection");
                 }
             }
-            Err(e) if incoming.broken().is_some() => {
-                // The acceptor's line was not the protocol; it was told so (an `error` line)
-                // and replaces this worker: finish what is open, and fail.
-                tracing::debug!("sockdup worker: the acceptor's channel broke; finishing");
-                feeder.send(evloop::Feed::End);
-                return Some(e);
-            }
-            Err(e) => {
-                // The acceptor was told, and gives the connection to another worker.
-                tracing::warn!(error = %e, "sockdup worker: could not redeem a connection");
-            }
         }
+        ended
     }
-    feeder.send(evloop::Feed::End);
-    None
 }
 
 /// `--test-write-garbage`: the first line from the acceptor is answered with garbage; then

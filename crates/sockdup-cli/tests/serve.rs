@@ -30,7 +30,12 @@
 //! of the surviving worker back where they were); its protocol spoken to a piped worker (`ok`
 //! and `fail` for one batch in one write, `done` when a connection ends, exit 0 when the input
 //! closes; a malformed line answered at once with `error`, exit 1); the test's binary is the
-//! example.
+//! example. A worker driving `Worker::incoming_nonblocking` from a hand-written poll loop
+//! (`poll-serve-worker`, the example `poll_serve_worker`): 400 echo connections each served
+//! once by workers running two threads, descriptors of the acceptor and of the workers back
+//! where they were; piped, `ok`/`fail` for one batch, `done`, a connection served on after the
+//! end of the input and exit 0; a malformed line answered at once, exit 1. A `sockdup worker`
+//! whose input is /dev/null or a file (which epoll cannot watch) still ends with it, exit 0.
 
 mod util;
 
@@ -566,6 +571,17 @@ fn fd_count(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
+/// Worker `pid`'s descriptors when it holds no connection: the fewest seen over a while.
+fn idle_fd_count(pid: u32) -> usize {
+    (0..50)
+        .filter_map(|_| {
+            thread::sleep(Duration::from_millis(2));
+            fd_count(pid)
+        })
+        .min()
+        .expect("the worker's fds")
+}
+
 #[test]
 fn a_worker_killed_mid_run_loses_no_connection() {
     let mut server = Server::start(&["--workers", "2"], &worker("echo"));
@@ -575,13 +591,7 @@ fn a_worker_killed_mid_run_loses_no_connection() {
     assert_eq!(before.len(), 2, "workers: {before:?}");
     let victim = *before.iter().next().expect("a worker");
     // Its descriptors when it holds no connection: the fewest seen over a while.
-    let idle = (0..50)
-        .filter_map(|_| {
-            thread::sleep(Duration::from_millis(2));
-            fd_count(victim)
-        })
-        .min()
-        .expect("the worker's fds");
+    let idle = idle_fd_count(victim);
     wait_idle(victim, idle);
     signal(victim, Signal::KILL);
     let after = server.wait_workers(2, &BTreeSet::from([victim]));
@@ -1074,13 +1084,7 @@ fn one_hello_worker_serves_hundreds_of_open_connections_and_a_stalled_reader_on_
     assert_eq!(read_response(&mut r, false).status, 200);
     assert!(closed(&mut r));
     drop((w, r));
-    let idle = (0..50)
-        .filter_map(|_| {
-            thread::sleep(Duration::from_millis(2));
-            fd_count(pid)
-        })
-        .min()
-        .expect("the worker's fds");
+    let idle = idle_fd_count(pid);
     // The stalled reader: ~1.5 MiB of responses, far past what a reader that never reads lets
     // the socket buffers hold.
     const PIPELINED: usize = 10_000;
@@ -1747,13 +1751,7 @@ fn an_async_worker_serves_a_thousand_connections_each_once_through_a_sigkill() {
     // still holds (queued, or sent and not confirmed) is lost or served twice. Its idle
     // descriptor count: the fewest seen over a while.
     let victim = *first.iter().next().expect("a worker");
-    let idle = (0..50)
-        .filter_map(|_| {
-            thread::sleep(Duration::from_millis(2));
-            fd_count(victim)
-        })
-        .min()
-        .expect("the worker's fds");
+    let idle = idle_fd_count(victim);
     wait_idle(victim, idle);
     let killed_at = done.load(Ordering::SeqCst);
     signal(victim, Signal::KILL);
@@ -1855,11 +1853,17 @@ fn the_async_worker_speaks_the_protocol_ok_fail_done_and_ends_with_its_input() {
 
 #[test]
 fn the_async_worker_answers_a_malformed_line_at_once_and_exits_1() {
+    answers_a_malformed_line_at_once_and_exits_1(&[TOKIO_WORKER]);
+}
+
+/// The worker `command` (its input left open) answers a malformed line at once with an
+/// `error` line and exits 1, without a panic.
+fn answers_a_malformed_line_at_once_and_exits_1(command: &[&str]) {
     for (bad, what) in [
         ("hello worker\n", "hello worker"),
         ("conn 1 not-a-record\n", "the record is not valid"),
     ] {
-        let (mut child, mut stdin, mut stdout) = piped_worker(&[TOKIO_WORKER]);
+        let (mut child, mut stdin, mut stdout) = piped_worker(command);
         // The input stays open: the worker must not wait for its end.
         stdin.write_all(bad.as_bytes()).expect("write the bad line");
         let line = read_line(&mut stdout);
@@ -1879,5 +1883,157 @@ fn the_async_worker_answers_a_malformed_line_at_once_and_exits_1() {
             .expect("read stderr");
         assert!(!err.contains("panicked"), "{err}");
         drop(stdin);
+    }
+}
+
+// ---- a worker driving `sockdup::handoff::Worker::incoming_nonblocking` from its own poll
+// loop: `poll-serve-worker`, built from the example `poll_serve_worker` ----
+
+/// The poll-loop worker: the example `poll_serve_worker`.
+const POLL_WORKER: &str = env!("CARGO_BIN_EXE_poll-serve-worker");
+
+#[test]
+fn a_poll_loop_worker_serves_each_connection_once_on_two_threads() {
+    // Under the acceptor, two workers whose only threads are their poll loop (which reads
+    // the channel too) and the library's inbox; every client gets its own bytes back exactly
+    // once, and the acceptor's and the workers' descriptors end where they began.
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 100;
+    let mut server = Server::start_logging(
+        &["127.0.0.1:0"],
+        &["--workers", "2"],
+        &[POLL_WORKER],
+        HANDOFF_LOG,
+    );
+    let workers = server.wait_workers(2, &BTreeSet::new());
+    let mut made = server.warm_up(2, "warm") as usize;
+    let acceptor_fds = server.settled_fd_count(None);
+    // Each worker's descriptors when it holds no connection: the fewest seen over a while.
+    let idle: Vec<(u32, usize)> = workers.iter().map(|&p| (p, idle_fd_count(p))).collect();
+    let failures = echo_load(server.tcp(), THREADS, PER_THREAD, "poll");
+    assert!(failures.is_empty(), "failed: {failures:?}");
+    made += THREADS * PER_THREAD;
+    for &pid in &workers {
+        let threads = thread_count(pid);
+        assert_eq!(threads, 2, "worker {pid} runs {threads} threads");
+    }
+    for &(pid, n) in &idle {
+        wait_idle(pid, n);
+    }
+    assert_eq!(
+        server.settled_fd_count(Some(acceptor_fds)),
+        acceptor_fds,
+        "the acceptor's descriptors"
+    );
+    assert_eq!(server.workers(), workers, "a worker was replaced");
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total as usize, made, "{}", server.stderr.text());
+    assert_eq!(summary.per_worker.iter().sum::<u64>(), summary.total);
+    assert_eq!(
+        (summary.redispatched, summary.restarts, summary.replaced),
+        (0, 0, 0),
+        "{summary:?}"
+    );
+}
+
+#[test]
+fn the_poll_loop_worker_serves_on_after_the_end_of_its_input_and_then_exits_0() {
+    // The non-blocking protocol end to end, piped: one batch answered `ok` and `fail` in one
+    // write, `done` when the connection ends and its descriptor closed; then the end of the
+    // input while a connection is open: that connection is still served, `done` comes when it
+    // ends, and the worker exits 0, having said nothing more.
+    let _guard = sockdup::startup().expect("startup");
+    let (mut child, mut stdin, mut stdout) = piped_worker(&[POLL_WORKER]);
+    let pid = child.id();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hand_over = |stdin: &mut std::process::ChildStdin, ids: &[u64]| {
+        let client = connect(addr).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        let record = sockdup::duplicate_socket(&accepted, pid).expect("duplicate");
+        drop(accepted);
+        let lines: String = ids
+            .iter()
+            .map(|id| format!("conn {id} {record}\n"))
+            .collect();
+        stdin.write_all(lines.as_bytes()).expect("write conn lines");
+        client
+    };
+    // The same record twice in one write: the first is redeemed, the second's ticket is spent.
+    let mut first = hand_over(&mut stdin, &[1, 2]);
+    assert_eq!(read_line(&mut stdout), "ok 1\n");
+    let fail = read_line(&mut stdout);
+    assert!(fail.starts_with("fail 2 "), "{fail:?}");
+    first.write_all(b"first").expect("write");
+    first.shutdown(Shutdown::Write).expect("shutdown");
+    let mut got = String::new();
+    first.read_to_string(&mut got).expect("read the echo");
+    assert_eq!(got, "first");
+    assert_eq!(read_line(&mut stdout), "done 1\n");
+    // Its descriptors with no connection: the same twice in a row.
+    let idle = util::wait_until(WAIT, || {
+        let a = fd_count(pid)?;
+        thread::sleep(Duration::from_millis(20));
+        (fd_count(pid)? == a).then_some(a)
+    });
+    let mut last = hand_over(&mut stdin, &[3]);
+    assert_eq!(read_line(&mut stdout), "ok 3\n");
+    last.write_all(b"before the end;").expect("write");
+    let mut got = [0u8; 15];
+    last.read_exact(&mut got).expect("read the echo");
+    assert_eq!(&got, b"before the end;");
+    assert_eq!(fd_count(pid), Some(idle + 1), "serving one connection");
+    // The acceptor's end closes while the connection is open: it is served to its end.
+    drop(stdin);
+    last.write_all(b"after the end").expect("write");
+    last.shutdown(Shutdown::Write).expect("shutdown");
+    let mut rest = String::new();
+    last.read_to_string(&mut rest).expect("read the echo");
+    assert_eq!(rest, "after the end");
+    assert_eq!(read_line(&mut stdout), "done 3\n");
+    let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
+    assert!(status.success(), "{status:?}");
+    let mut more = String::new();
+    stdout.read_to_string(&mut more).expect("read the rest");
+    assert!(more.is_empty(), "{more:?}");
+}
+
+#[test]
+fn the_poll_loop_worker_answers_a_malformed_line_at_once_and_exits_1() {
+    answers_a_malformed_line_at_once_and_exits_1(&[POLL_WORKER]);
+}
+
+#[test]
+fn a_worker_whose_input_is_not_a_pipe_reads_it_to_its_end_and_exits_0() {
+    // A worker's input redirected by hand from /dev/null or a file cannot be watched by
+    // epoll (EPERM); it is read anyway: its end ends the worker, as a pipe's does.
+    let dir = TempDir::new("input");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").expect("write the file");
+    for input in [std::path::Path::new("/dev/null"), empty.as_path()] {
+        let mut child = Command::new(BIN)
+            .args(["worker", "--app", "echo"])
+            .stdin(std::fs::File::open(input).expect("open the input"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the worker");
+        let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
+        let mut out = String::new();
+        let mut err = String::new();
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("stdout");
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut err)
+            .expect("stderr");
+        assert!(status.success(), "{input:?}: {status:?}: {err}");
+        assert_eq!(out, format!("pid {}\n", child.id()), "{input:?}");
     }
 }

@@ -2,9 +2,13 @@
 //! triggered, non-blocking sockets), each connection a state machine: [`hello::Session`] for
 //! the HTTP app, a byte buffer for `echo`.
 //!
-//! Connections come from a feeder thread (the handoff protocol on stdin, or the accept loop of
-//! `--listen-fds`) through a channel; the feeder wakes the loop with an eventfd. When the feeder
-//! says the end ([`Feed::End`]), the loop drains: `hello` connections idle at a request boundary
+//! Connections come from a [`Source`] whose descriptor the loop watches in its epoll set with a
+//! token of its own: the handoff channel itself (`sockdup worker` in handoff mode reads and
+//! redeems the acceptor's `conn` lines on this thread, with
+//! `sockdup::handoff::NonblockingIncoming`), or a feeder thread (the accept loop of
+//! `--listen-fds`, the load-test twins' descriptor receivers) through a channel ([`channel`]),
+//! the feeder waking the loop with an eventfd. When the source says the end ([`Feed::End`], or
+//! the handoff channel's end), the loop stops watching it and drains: `hello` connections idle at a request boundary
 //! close once they have been idle for a [`TICK`] (a connection handed over or accepted just
 //! before the end gets that long to send its request, as a worker thread blocked in a read got
 //! until its read timed out), the requests in progress are answered with `Connection: close`,
@@ -32,8 +36,8 @@ use rustix::event::{EventfdFlags, eventfd};
 /// How often the loop looks at idle and lingering connections' clocks.
 const TICK: Duration = Duration::from_millis(200);
 
-/// The epoll token of the wake-up eventfd (connections use their slot's index).
-const WAKE: u64 = u64::MAX;
+/// The epoll token of the source's descriptor (connections use their slot's index).
+const SOURCE: u64 = u64::MAX;
 
 /// The most bytes a lingering close reads from the client before giving up.
 const LINGER_BYTES: usize = 1 << 20;
@@ -113,10 +117,37 @@ impl<C> Feeder<C> {
     }
 }
 
-/// The loop's end.
+/// The loop's end of a [`channel`]: a [`Source`] (the eventfd, and the connections sent).
 pub(crate) struct Loop<C> {
     rx: Receiver<Feed<C>>,
     wake: std::sync::Arc<OwnedFd>,
+}
+
+/// Where the loop's connections come from.
+pub(crate) trait Source<C> {
+    /// The descriptor the loop watches (level triggered): readable when connections wait.
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// Takes the connections that wait, without blocking, handing each to `add`; true once
+    /// no more will come (the loop then stops watching [`fd`](Self::fd) and drains).
+    fn take(&mut self, add: &mut dyn FnMut(C)) -> bool;
+}
+
+impl<C> Source<C> for Loop<C> {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    fn take(&mut self, add: &mut dyn FnMut(C)) -> bool {
+        let mut count = [0u8; 8];
+        let _ = rustix::io::read(&*self.wake, &mut count);
+        loop {
+            match self.rx.try_recv() {
+                Ok(Feed::Conn(sock)) => add(sock),
+                Ok(Feed::End) | Err(TryRecvError::Disconnected) => return true,
+                Err(TryRecvError::Empty) => return false,
+            }
+        }
+    }
 }
 
 /// A feeder and the loop it feeds.
@@ -187,78 +218,100 @@ impl<C: Client> Loop<C> {
     ///
     /// # Errors
     /// The epoll set's own errors (a connection's errors close that connection only).
-    pub(crate) fn run(self, app: Protocol) -> io::Result<()> {
-        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        epoll::add(
-            &epoll,
-            &*self.wake,
-            EventData::new_u64(WAKE),
-            EventFlags::IN,
-        )?;
-        let mut ev = EventLoop {
-            app,
-            epoll,
-            slots: Vec::new(),
-            free: Vec::new(),
-            open: 0,
-            draining: false,
-            buf: vec![0u8; 16 * 1024].into_boxed_slice(),
-            closed: Vec::new(),
-        };
-        let mut events = Vec::with_capacity(256);
-        let tick = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: TICK.as_nanos() as i64,
-        };
-        let mut last_scan = Instant::now();
-        let mut fed_end = false;
-        loop {
-            if fed_end && ev.open == 0 {
-                return Ok(());
-            }
-            events.clear();
-            match epoll::wait(
-                &ev.epoll,
-                rustix::buffer::spare_capacity(&mut events),
-                Some(&tick),
-            ) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-            for event in &events {
-                let token = event.data.u64();
-                if token == WAKE {
-                    let mut count = [0u8; 8];
-                    let _ = rustix::io::read(&*self.wake, &mut count);
-                    loop {
-                        match self.rx.try_recv() {
-                            Ok(Feed::Conn(sock)) => ev.add(sock),
-                            Ok(Feed::End) | Err(TryRecvError::Disconnected) => {
-                                if !fed_end {
-                                    fed_end = true;
-                                    ev.drain();
-                                }
-                                break;
-                            }
-                            Err(TryRecvError::Empty) => break,
-                        }
-                    }
-                } else {
-                    ev.on_event(token as usize, event.flags);
+    pub(crate) fn run(mut self, app: Protocol) -> io::Result<()> {
+        serve(&mut self, app)
+    }
+}
+
+/// Serves every connection `source` gives until it says the end and until the last one
+/// closes.
+///
+/// # Errors
+/// The epoll set's own errors (a connection's errors close that connection only).
+pub(crate) fn serve<C: Client>(source: &mut impl Source<C>, app: Protocol) -> io::Result<()> {
+    let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    // A regular file or /dev/null (a worker's input redirected by hand) cannot be watched
+    // (EPERM): reading it never blocks, so it is read at every turn instead.
+    let unwatched = match epoll::add(
+        &epoll,
+        source.fd(),
+        EventData::new_u64(SOURCE),
+        EventFlags::IN,
+    ) {
+        Ok(()) => false,
+        Err(rustix::io::Errno::PERM) => true,
+        Err(e) => return Err(e.into()),
+    };
+    let mut ev = EventLoop {
+        app,
+        epoll,
+        slots: Vec::new(),
+        free: Vec::new(),
+        open: 0,
+        draining: false,
+        buf: vec![0u8; 16 * 1024].into_boxed_slice(),
+        closed: Vec::new(),
+    };
+    let mut events = Vec::with_capacity(256);
+    let tick = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: TICK.as_nanos() as i64,
+    };
+    let at_once = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut last_scan = Instant::now();
+    let mut fed_end = false;
+    loop {
+        if fed_end && ev.open == 0 {
+            return Ok(());
+        }
+        events.clear();
+        let read_anyway = unwatched && !fed_end;
+        match epoll::wait(
+            &ev.epoll,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(if read_anyway { &at_once } else { &tick }),
+        ) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if read_anyway {
+            fed_end = ev.take_from(source);
+        }
+        for event in &events {
+            let token = event.data.u64();
+            if token == SOURCE {
+                if !fed_end {
+                    fed_end = ev.take_from(source);
                 }
+            } else {
+                ev.on_event(token as usize, event.flags);
             }
-            if last_scan.elapsed() >= TICK {
-                last_scan = Instant::now();
-                ev.scan();
-            }
-            if !ev.closed.is_empty() {
-                C::close_all(&mut ev.closed);
-            }
+        }
+        if last_scan.elapsed() >= TICK {
+            last_scan = Instant::now();
+            ev.scan();
+        }
+        if !ev.closed.is_empty() {
+            C::close_all(&mut ev.closed);
         }
     }
 }
 
 impl<C: Client> EventLoop<C> {
+    /// Adds what `source` has; at its end, stops watching it and drains. True at the end.
+    fn take_from(&mut self, source: &mut impl Source<C>) -> bool {
+        if !source.take(&mut |sock| self.add(sock)) {
+            return false;
+        }
+        // At its end a pipe stays readable: watching it would spin.
+        let _ = epoll::delete(&self.epoll, source.fd());
+        self.drain();
+        true
+    }
+
     fn add(&mut self, mut sock: C) {
         if let Err(e) = sock.make_nonblocking() {
             tracing::debug!(error = %e, "sockdup worker: a connection could not be made non-blocking");

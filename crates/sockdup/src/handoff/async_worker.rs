@@ -1,8 +1,7 @@
 //! The worker side in a tokio runtime (the `tokio` feature): [`Worker::incoming_async`].
 
-use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -10,9 +9,8 @@ use ::tokio::io::unix::AsyncFd;
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use ::tokio::net::{TcpStream, UnixStream};
 use sockdup_core::error::{Error, ErrorKind};
-use sockdup_core::line::{LineBuffer, MAX_LINE};
 
-use super::worker::{Done, Worker, parse_lines};
+use super::worker::{Done, Intake, Worker, nonblocking_stdin};
 
 /// A connection an async worker received ([`Worker::incoming_async`]): a tokio stream, and the
 /// acceptor's id for it. Dropping it (or [`finish`](Self::finish)) tells the acceptor the
@@ -139,21 +137,13 @@ impl Worker {
                 "Worker::incoming_async must be called within a tokio runtime",
             ));
         }
-        let input = rustix::io::fcntl_dupfd_cloexec(io::stdin().as_fd(), 3)
-            .map_err(|e| Error::from_errno(e, "copying standard input"))?;
-        rustix::fs::fcntl_getfl(&input)
-            .and_then(|fl| rustix::fs::fcntl_setfl(&input, fl | rustix::fs::OFlags::NONBLOCK))
-            .map_err(|e| Error::from_errno(e, "making standard input non-blocking"))?;
+        let input = nonblocking_stdin()?;
         let input = crate::sys::async_readable(input)
             .map_err(|e| Error::from_errno(e, "registering standard input with the runtime"))?;
         Ok(AsyncIncoming {
             worker: self,
             input,
-            lines: LineBuffer::new(MAX_LINE),
-            chunk: vec![0u8; 64 * 1024],
-            ready: VecDeque::new(),
-            ended: false,
-            broken: None,
+            intake: Intake::new(),
         })
     }
 }
@@ -163,15 +153,7 @@ impl Worker {
 pub struct AsyncIncoming<'a> {
     worker: &'a Worker,
     input: AsyncFd<OwnedFd>,
-    /// Bytes read from standard input, not yet a whole line.
-    lines: LineBuffer,
-    /// Room for one read.
-    chunk: Vec<u8>,
-    /// Redeemed and answered, not yet yielded.
-    ready: VecDeque<Result<AsyncConnection, Error>>,
-    ended: bool,
-    /// The acceptor's line that was not the protocol: why the channel broke.
-    broken: Option<Error>,
+    intake: Intake<AsyncConnection>,
 }
 
 impl AsyncIncoming<'_> {
@@ -184,29 +166,30 @@ impl AsyncIncoming<'_> {
     /// brought is redeemed and queued before the future can be dropped again).
     pub async fn next(&mut self) -> Option<Result<AsyncConnection, Error>> {
         loop {
-            if let Some(item) = self.ready.pop_front() {
+            if let Some(item) = self.intake.pop() {
                 return Some(item);
             }
-            if self.ended {
+            if self.intake.ended() {
                 return None;
             }
             // Like the blocking worker: a channel that cannot be read has ended.
             let n: usize = self.read().await.unwrap_or(0);
-            self.take(n);
+            self.intake
+                .take(self.worker, n, tokio_stream, AsyncConnection::new);
         }
     }
 
     /// Why the channel from the acceptor broke, if it did: a line that was not the protocol
     /// (already answered with an `error` line). `None` after a clean end.
     pub fn broken(&self) -> Option<&Error> {
-        self.broken.as_ref()
+        self.intake.broken()
     }
 
     /// One read of standard input, once it is readable.
     async fn read(&mut self) -> io::Result<usize> {
         loop {
             let mut ready = self.input.readable().await?;
-            let chunk = &mut self.chunk;
+            let chunk = self.intake.chunk();
             match ready.try_io(|fd| {
                 rustix::io::read(fd.get_ref(), &mut chunk[..]).map_err(io::Error::from)
             }) {
@@ -217,36 +200,13 @@ impl AsyncIncoming<'_> {
             }
         }
     }
-
-    /// Takes `n` bytes read (0: the end) and redeems every whole `conn` line they completed.
-    fn take(&mut self, n: usize) {
-        if n == 0 {
-            self.ended = true;
-            if !self.lines.partial().is_empty() {
-                tracing::debug!("sockdup worker: the acceptor's last line was cut short");
-            }
-            return;
-        }
-        self.lines.extend(&self.chunk[..n]);
-        let (conns, broken) = parse_lines(&mut self.lines);
-        let redeemed = self.worker.redeem_all(conns, broken.as_ref(), tokio_stream);
-        for (id, r) in redeemed {
-            self.ready.push_back(r.map(|stream| AsyncConnection {
-                done: Done::new(id, self.worker.out.clone()),
-                stream,
-            }));
-        }
-        if let Some(e) = broken {
-            tracing::error!(error = %e, "sockdup worker: the acceptor's line is not the protocol");
-            self.ready
-                .push_back(Err(Error::new(e.kind(), e.message().to_owned())));
-            self.broken = Some(e);
-            self.ended = true;
-        }
-    }
 }
 
 impl AsyncConnection {
+    fn new(done: Done, stream: AsyncStream) -> Self {
+        Self { done, stream }
+    }
+
     /// The acceptor's id for this connection.
     pub fn id(&self) -> u64 {
         self.done.id()

@@ -22,4 +22,4 @@ pub use acceptor::{Acceptor, Listener, ShutdownHandle};
 #[cfg(feature = "tokio")]
 pub use async_worker::{AsyncConnection, AsyncIncoming, AsyncStream};
 pub use dispatch::{Policy, Summary};
-pub use worker::{Connection, Incoming, Stream, Worker};
+pub use worker::{Batch, Connection, Incoming, NonblockingIncoming, Stream, Worker};

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
@@ -106,6 +106,16 @@ impl Stream {
     }
 }
 
+impl AsFd for Stream {
+    /// The connection's descriptor (to watch it in an event loop).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Self::Tcp(s) => s.as_fd(),
+            Self::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
@@ -184,12 +194,70 @@ impl Worker {
         Incoming {
             worker: self,
             input: io::stdin(),
-            lines: LineBuffer::new(MAX_LINE),
-            chunk: vec![0u8; 64 * 1024],
-            ready: VecDeque::new(),
-            ended: false,
-            broken: None,
+            intake: Intake::new(),
         }
+    }
+
+    /// [`incoming`](Self::incoming) for a caller's own event loop (epoll, poll, mio...): a
+    /// [`NonblockingIncoming`] whose descriptor ([`AsFd`]) is readable when `conn` lines wait,
+    /// and whose [`try_next_batch`](NonblockingIncoming::try_next_batch) takes what is there
+    /// without blocking. No thread of its own: the loop that serves the connections receives
+    /// them too. The protocol is the same: every `conn` line one read brings is redeemed and
+    /// confirmed (`ok`, or `fail`) in one write before the batch is handed out, and `done` is
+    /// written when a [`Connection`] is dropped or finished
+    /// ([`Connection::finish_all`] for many at once).
+    ///
+    /// ```no_run
+    /// use rustix::event::{PollFd, PollFlags, poll};
+    ///
+    /// let worker = sockdup::handoff::Worker::announce()?;
+    /// let mut incoming = worker.incoming_nonblocking()?;
+    /// let mut open = Vec::new();
+    /// loop {
+    ///     // A real loop watches its connections in the same call.
+    ///     poll(&mut [PollFd::new(&incoming, PollFlags::IN)], None)?;
+    ///     let batch = incoming.try_next_batch();
+    ///     let ended = batch.ended();
+    ///     for conn in batch {
+    ///         match conn {
+    ///             Ok(conn) => open.push(conn), // serve it from the loop
+    ///             // Reported to the acceptor already: it gives the connection to another worker.
+    ///             Err(e) => eprintln!("{e}"),
+    ///         }
+    ///     }
+    ///     if ended {
+    ///         // Shutdown (or the acceptor died, or broke the protocol: `incoming.broken()`):
+    ///         // stop watching, finish `open`, exit.
+    ///         break;
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// The descriptor is a close-on-exec copy of standard input, and **standard input is made
+    /// non-blocking** (`O_NONBLOCK` belongs to the pipe's open file): the process must not read
+    /// standard input by any other means (the caller must not read the descriptor either; only
+    /// watch it), and a second `NonblockingIncoming` would take lines from the first. The `ok`
+    /// and `done` lines are written to standard output (blocking) with one `write(2)` per batch
+    /// or per [`finish_all`](Connection::finish_all): the acceptor reads them as they come, so
+    /// such a write waits only if it stopped reading, a few lines' worth at most.
+    ///
+    /// The end is as for [`incoming`](Self::incoming): once the acceptor closed the channel
+    /// (its shutdown, or its death), a batch says [`ended`](Batch::ended) (after the
+    /// connections that came before the end, which are still yours to serve); the descriptor
+    /// then stays readable (end of file), so stop watching it. A line that is not the protocol
+    /// is answered with an `error` line and ends the channel the same way; the batch's last
+    /// item is that error, of kind [`ProtocolViolation`](crate::ErrorKind::ProtocolViolation),
+    /// and [`NonblockingIncoming::broken`] keeps it.
+    ///
+    /// # Errors
+    /// An OS error if standard input cannot be copied or made non-blocking.
+    pub fn incoming_nonblocking(&self) -> Result<NonblockingIncoming<'_>, Error> {
+        Ok(NonblockingIncoming {
+            worker: self,
+            input: nonblocking_stdin()?,
+            intake: Intake::new(),
+        })
     }
 
     /// Redeems one record into `T` with `make`; the answer for the acceptor is added to
@@ -255,7 +323,7 @@ impl Worker {
 
 /// The `conn` lines `lines` holds whole, and the error of the first line that is not the
 /// protocol, if any (the lines after it are left unread).
-pub(super) fn parse_lines(lines: &mut LineBuffer) -> (Vec<(u64, ProtocolInfo)>, Option<Error>) {
+fn parse_lines(lines: &mut LineBuffer) -> (Vec<(u64, ProtocolInfo)>, Option<Error>) {
     let mut conns = Vec::new();
     loop {
         match lines.next_message::<ToWorker>() {
@@ -271,15 +339,7 @@ pub(super) fn parse_lines(lines: &mut LineBuffer) -> (Vec<(u64, ProtocolInfo)>, 
 pub struct Incoming<'a> {
     worker: &'a Worker,
     input: io::Stdin,
-    /// Bytes read from standard input, not yet a whole line.
-    lines: LineBuffer,
-    /// Room for one read.
-    chunk: Vec<u8>,
-    /// Redeemed and answered, not yet yielded.
-    ready: VecDeque<Result<Connection, Error>>,
-    ended: bool,
-    /// The acceptor's line that was not the protocol: why the channel broke.
-    broken: Option<Error>,
+    intake: Intake<Connection>,
 }
 
 impl Incoming<'_> {
@@ -287,17 +347,213 @@ impl Incoming<'_> {
     /// (already answered with an `error` line). `None` after a clean end (the acceptor closed
     /// the channel).
     pub fn broken(&self) -> Option<&Error> {
-        self.broken.as_ref()
+        self.intake.broken()
     }
 
     /// Reads once from standard input and redeems every whole `conn` line it completed.
     fn fill(&mut self) {
         // A read as large as stdin's own buffer bypasses it: one read(2).
-        let n = match self.input.lock().read(&mut self.chunk) {
+        let n = match self.input.lock().read(self.intake.chunk()) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
             Err(_) => 0,
         };
+        self.intake
+            .take(self.worker, n, std_stream, Connection::new);
+    }
+}
+
+impl Iterator for Incoming<'_> {
+    type Item = Result<Connection, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.intake.pop() {
+                return Some(item);
+            }
+            if self.intake.ended() {
+                return None;
+            }
+            self.fill();
+        }
+    }
+}
+
+/// The connections a [`Worker`] receives in a caller's event loop:
+/// [`Worker::incoming_nonblocking`]. Its descriptor ([`AsFd`]) is the acceptor's channel: watch
+/// it for readability, never read it.
+#[derive(Debug)]
+pub struct NonblockingIncoming<'a> {
+    worker: &'a Worker,
+    /// A non-blocking copy of standard input.
+    input: OwnedFd,
+    intake: Intake<Connection>,
+}
+
+impl AsFd for NonblockingIncoming<'_> {
+    /// The channel's read side: readable when `conn` lines wait (or at its end). Watch it;
+    /// reading it would take lines from [`try_next_batch`](NonblockingIncoming::try_next_batch).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.input.as_fd()
+    }
+}
+
+impl NonblockingIncoming<'_> {
+    /// What the channel holds now, without blocking: one read (what does not fit stays, and
+    /// the descriptor stays readable), every whole `conn` line it completed redeemed and
+    /// confirmed in one write. An empty batch if nothing waited. Once the channel ended, every
+    /// call returns an empty batch that says so.
+    pub fn try_next_batch(&mut self) -> Batch {
+        while !self.intake.ended() {
+            match rustix::io::read(&self.input, self.intake.chunk()) {
+                Ok(n) => {
+                    self.intake
+                        .take(self.worker, n, std_stream, Connection::new);
+                    break;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                // Like the blocking worker: a channel that cannot be read has ended.
+                Err(e) => {
+                    tracing::debug!(error = %e, "sockdup worker: reading the acceptor's channel");
+                    self.intake
+                        .take(self.worker, 0, std_stream, Connection::new);
+                }
+            }
+        }
+        Batch {
+            conns: self.intake.pop_all(),
+            ended: self.intake.ended(),
+        }
+    }
+
+    /// Why the channel from the acceptor broke, if it did: a line that was not the protocol
+    /// (already answered with an `error` line). `None` while it is open and after a clean end.
+    pub fn broken(&self) -> Option<&Error> {
+        self.intake.broken()
+    }
+
+    /// Whether the channel ended (closed by the acceptor, or broken): no connection will come.
+    pub fn ended(&self) -> bool {
+        self.intake.ended()
+    }
+}
+
+/// What one [`NonblockingIncoming::try_next_batch`] took: the connections, in the acceptor's
+/// order (iterate it), and whether the channel ended with them.
+///
+/// Each item is a redeemed [`Connection`], or the error of a record that could not be
+/// redeemed (the acceptor was told and gives that connection to another worker: log it and go
+/// on); after a line that was not the protocol, the last item is that error and the batch has
+/// [`ended`](Self::ended).
+#[derive(Debug)]
+#[must_use = "the connections are yours to serve; dropping one tells the acceptor it is done"]
+pub struct Batch {
+    conns: Vec<Result<Connection, Error>>,
+    ended: bool,
+}
+
+impl Batch {
+    /// Whether the acceptor's channel ended with this batch (or before it): no connection
+    /// will come; serve the ones you hold and exit (with a failure status if
+    /// [`NonblockingIncoming::broken`]).
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// How many items (connections and errors) it holds.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether it holds no item.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+}
+
+impl IntoIterator for Batch {
+    type Item = Result<Connection, Error>;
+    type IntoIter = std::vec::IntoIter<Result<Connection, Error>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.conns.into_iter()
+    }
+}
+
+/// A redeemed stream socket as the std type its family calls for.
+fn std_stream(fd: OwnedFd, unix: bool) -> Result<Stream, Error> {
+    Ok(if unix {
+        Stream::Unix(UnixStream::from(fd))
+    } else {
+        Stream::Tcp(TcpStream::from(fd))
+    })
+}
+
+/// What every way of reading the acceptor's channel shares (the blocking [`Incoming`], the
+/// [`NonblockingIncoming`] of a caller's event loop, and the tokio one): the bytes read and not
+/// yet a whole line, the connections redeemed and not yet handed out (`C`: a connection type
+/// built from its [`Done`] and its stream), and how the channel ended. The callers only read.
+#[derive(Debug)]
+pub(super) struct Intake<C> {
+    /// Bytes read from the channel, not yet a whole line.
+    lines: LineBuffer,
+    /// Room for one read.
+    chunk: Vec<u8>,
+    /// Redeemed and answered, not yet handed out.
+    ready: VecDeque<Result<C, Error>>,
+    ended: bool,
+    /// The acceptor's line that was not the protocol: why the channel broke.
+    broken: Option<Error>,
+}
+
+impl<C> Intake<C> {
+    pub(super) fn new() -> Self {
+        Self {
+            lines: LineBuffer::new(MAX_LINE),
+            chunk: vec![0u8; 64 * 1024],
+            ready: VecDeque::new(),
+            ended: false,
+            broken: None,
+        }
+    }
+
+    /// Where the next read goes; then [`take`](Self::take) what it read.
+    pub(super) fn chunk(&mut self) -> &mut [u8] {
+        &mut self.chunk
+    }
+
+    /// The next connection (or redemption error) to hand out.
+    pub(super) fn pop(&mut self) -> Option<Result<C, Error>> {
+        self.ready.pop_front()
+    }
+
+    /// Every connection (and redemption error) not yet handed out, in order.
+    pub(super) fn pop_all(&mut self) -> Vec<Result<C, Error>> {
+        self.ready.drain(..).collect()
+    }
+
+    /// Whether the channel ended (closed, or broken): nothing more will be read.
+    pub(super) fn ended(&self) -> bool {
+        self.ended
+    }
+
+    pub(super) fn broken(&self) -> Option<&Error> {
+        self.broken.as_ref()
+    }
+
+    /// Takes the `n` bytes just read into [`chunk`](Self::chunk) (0: the channel closed) and
+    /// redeems every whole `conn` line they completed, each stream made by `make` and each
+    /// connection by `wrap`; the answers go to the acceptor in one write. A line that is not
+    /// the protocol is answered with an `error` line, queued as an error after the connections
+    /// before it, and ends the channel.
+    pub(super) fn take<S>(
+        &mut self,
+        worker: &Worker,
+        n: usize,
+        make: impl FnMut(OwnedFd, bool) -> Result<S, Error>,
+        wrap: impl Fn(Done, S) -> C,
+    ) {
         if n == 0 {
             // The channel closed; a last line without its line end was cut short.
             self.ended = true;
@@ -308,18 +564,10 @@ impl Incoming<'_> {
         }
         self.lines.extend(&self.chunk[..n]);
         let (conns, broken) = parse_lines(&mut self.lines);
-        let redeemed = self.worker.redeem_all(conns, broken.as_ref(), |fd, unix| {
-            Ok(if unix {
-                Stream::Unix(UnixStream::from(fd))
-            } else {
-                Stream::Tcp(TcpStream::from(fd))
-            })
-        });
+        let redeemed = worker.redeem_all(conns, broken.as_ref(), make);
         for (id, r) in redeemed {
-            self.ready.push_back(r.map(|stream| Connection {
-                done: Done::new(id, self.worker.out.clone()),
-                stream,
-            }));
+            self.ready
+                .push_back(r.map(|stream| wrap(Done::new(id, worker.out.clone()), stream)));
         }
         if let Some(e) = broken {
             tracing::error!(error = %e, "sockdup worker: the acceptor's line is not the protocol");
@@ -331,23 +579,23 @@ impl Incoming<'_> {
     }
 }
 
-impl Iterator for Incoming<'_> {
-    type Item = Result<Connection, Error>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(item) = self.ready.pop_front() {
-                return Some(item);
-            }
-            if self.ended {
-                return None;
-            }
-            self.fill();
-        }
-    }
+/// A close-on-exec copy of standard input (the acceptor's channel) in non-blocking mode, for
+/// the worker that reads it from an event loop. `O_NONBLOCK` belongs to the pipe's open file,
+/// so standard input itself is non-blocking from then on.
+pub(super) fn nonblocking_stdin() -> Result<OwnedFd, Error> {
+    let input = rustix::io::fcntl_dupfd_cloexec(io::stdin().as_fd(), 3)
+        .map_err(|e| Error::from_errno(e, "copying standard input"))?;
+    rustix::fs::fcntl_getfl(&input)
+        .and_then(|fl| rustix::fs::fcntl_setfl(&input, fl | rustix::fs::OFlags::NONBLOCK))
+        .map_err(|e| Error::from_errno(e, "making standard input non-blocking"))?;
+    Ok(input)
 }
 
 impl Connection {
+    fn new(done: Done, stream: Stream) -> Self {
+        Self { done, stream }
+    }
+
     /// The acceptor's id for this connection.
     pub fn id(&self) -> u64 {
         self.done.id()
