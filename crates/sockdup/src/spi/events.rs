@@ -3,6 +3,7 @@
 //! and the message `WSAAsyncSelect` posts ([`Notification`]).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -20,10 +21,20 @@ pub const WSA_MAXIMUM_WAIT_EVENTS: usize = 64;
 /// while set, so `epoll`, `poll` and async runtimes can wait on it ([`AsFd`]). Clones share the
 /// one object (like `DuplicateHandle`); dropping the last one is `WSACloseEvent`. A
 /// registration keeps its event alive until it is cancelled.
+///
+/// The descriptor is for waiting on: set and reset the event through [`set`](Self::set) and
+/// [`reset`](Self::reset) (or `WSASetEvent`/`WSAResetEvent` from C), not by writing or reading
+/// it, since the event also keeps its state in memory, where [`wait`](Self::wait) looks first.
+/// For the same reason an event belongs to one process: a child made by `fork()` must not use
+/// the parent's.
 #[derive(Clone, Debug)]
 #[doc(alias = "WSAEVENT", alias = "WSACreateEvent", alias = "WSACloseEvent")]
 pub struct Event {
     fd: Arc<OwnedFd>,
+    /// Whether the event is set, as [`set`](Self::set) and [`reset`](Self::reset) left it:
+    /// what a waiter reads first, without a system call (the common case of a thread that
+    /// waits for an event the watcher thread has set already).
+    state: Arc<State>,
     /// The watcher this event was last registered with (shared by the clones).
     assist: Arc<Mutex<Option<Weak<dyn Assist>>>>,
 }
@@ -37,6 +48,7 @@ impl Event {
         let fd = sys::waker().map_err(|e| Error::from_errno(e, "creating an event (eventfd)"))?;
         Ok(Self {
             fd: Arc::new(fd),
+            state: Arc::default(),
             assist: Arc::default(),
         })
     }
@@ -44,6 +56,8 @@ impl Event {
     /// `WSASetEvent`: sets the event; it stays set until [`reset`](Self::reset).
     #[doc(alias = "WSASetEvent")]
     pub fn set(&self) {
+        let _changing = crate::sync::lock(&self.state.changing);
+        self.state.set.store(true, Ordering::Release);
         // EAGAIN only when the counter is near 2^64: it is set anyway.
         let _ = sys::wake(self.fd.as_fd());
     }
@@ -51,7 +65,15 @@ impl Event {
     /// `WSAResetEvent`: clears the event.
     #[doc(alias = "WSAResetEvent")]
     pub fn reset(&self) {
+        let _changing = crate::sync::lock(&self.state.changing);
+        self.state.set.store(false, Ordering::Release);
         sys::unwake(self.fd.as_fd());
+    }
+
+    /// Whether the event was set when last changed; `true` is certain (it was set at this
+    /// moment), `false` is only a hint (look at the descriptor).
+    fn known_set(&self) -> bool {
+        self.state.set.load(Ordering::Acquire)
     }
 
     /// Whether the event is set now.
@@ -65,6 +87,9 @@ impl Event {
     /// # Errors
     /// The OS's, from `poll`.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool, Error> {
+        if self.known_set() {
+            return Ok(true);
+        }
         let ready = wait_readable(&[self.fd.as_fd()], &[self], timeout)
             .map_err(|e| Error::from_errno(e, "waiting for an event"))?;
         Ok(ready[0])
@@ -78,6 +103,14 @@ impl Event {
     fn helper(&self) -> Option<Arc<dyn Assist>> {
         crate::sync::lock(&self.assist).as_ref()?.upgrade()
     }
+}
+
+/// An event's state in memory, kept with its eventfd under `changing`, so that the two agree
+/// whenever nobody is changing them.
+#[derive(Debug, Default)]
+struct State {
+    set: AtomicBool,
+    changing: Mutex<()>,
 }
 
 impl AsFd for Event {
@@ -123,6 +156,9 @@ pub fn wait_for_events(
             wait_readable(&unset, events, left)
                 .map_err(|e| Error::from_errno(e, "waiting for events"))?;
         } else {
+            if let Some(i) = events.iter().position(|e| e.known_set()) {
+                return Ok(Some(i));
+            }
             let fds: Vec<BorrowedFd<'_>> = events.iter().map(|e| e.as_fd()).collect();
             let ready = wait_readable(&fds, events, left)
                 .map_err(|e| Error::from_errno(e, "waiting for events"))?;
@@ -269,5 +305,42 @@ fn wait_readable<E: std::borrow::Borrow<Event>>(
         } else if left.is_some_and(|l| l.is_zero()) {
             return Ok(got);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The state in memory and the eventfd agree after every change, also when threads set
+    /// and reset one event at once: `wait` trusts the first.
+    #[test]
+    fn the_state_in_memory_and_the_descriptor_agree() {
+        let e = Event::new().unwrap();
+        assert!(!e.known_set() && !e.is_set());
+        assert!(!e.wait(Some(Duration::ZERO)).unwrap());
+        e.set();
+        assert!(e.known_set() && e.is_set());
+        assert!(e.wait(Some(Duration::ZERO)).unwrap());
+        e.reset();
+        assert!(!e.known_set() && !e.is_set());
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let e = e.clone();
+                s.spawn(move || {
+                    for i in 0..2_000 {
+                        if (i + t) % 2 == 0 { e.set() } else { e.reset() }
+                    }
+                });
+            }
+        });
+        assert_eq!(e.known_set(), e.is_set());
+        assert_eq!(e.wait(Some(Duration::ZERO)).unwrap(), e.is_set());
+        assert_eq!(
+            wait_for_events(&[&e], false, Some(Duration::ZERO))
+                .unwrap()
+                .is_some(),
+            e.is_set()
+        );
     }
 }
