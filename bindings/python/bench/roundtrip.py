@@ -113,17 +113,13 @@ def one_round(mode: str, chan: socket.socket, inbox: socket.socket, threaded: so
         for _ in range(count):
             socket.send_fds(chan, [b"x"], fd)
             chan.recv(1)
-    elif mode == "floor":
+    elif mode in ("floor", "thread"):
+        # The push goes to the target's program thread (floor) or to its second thread.
+        pushed = inbox if mode == "floor" else threaded
         record = bytes(628)
         for _ in range(count):
-            socket.send_fds(inbox, [b"x"], fd)
-            inbox.recv(1)
-            chan.send(record)
-    elif mode == "thread":
-        record = bytes(628)
-        for _ in range(count):
-            socket.send_fds(threaded, [b"x"], fd)
-            threaded.recv(1)
+            socket.send_fds(pushed, [b"x"], fd)
+            pushed.recv(1)
             chan.send(record)
     else:
         for _ in range(count):

@@ -52,180 +52,64 @@ fn pair() -> (OwnedFd, TcpStream) {
     (OwnedFd::from(c), s)
 }
 
-fn latency(c: &mut Criterion) {
-    let (fd, mut remote) = pair();
-    let bare = rustix::io::fcntl_dupfd_cloexec(&fd, 0).expect("dup");
-    let s = Socket::from_fd(fd).expect("from_fd");
-    let e = Event::new().expect("event");
-    let mut g = c.benchmark_group("latency");
-    s.event_select(&e, FD_READ).expect("event_select");
-    let mut buf = [0u8; 16];
-    g.bench_function("sockdup", |b| {
-        b.iter(|| {
-            remote.write_all(b"x").expect("write");
-            assert!(e.wait(Some(Duration::from_secs(10))).expect("wait"));
-            let n = s.enum_network_events(Some(&e)).expect("enum");
-            assert_eq!(n.events, FD_READ);
-            assert_eq!(s.recv(&mut buf).expect("recv"), 1);
-        });
-    });
-    s.event_select(&e, 0).expect("cancel");
-    let ep = epoll::create(epoll::CreateFlags::CLOEXEC).expect("epoll");
-    epoll::add(
-        &ep,
-        &bare,
-        epoll::EventData::new_u64(1),
-        epoll::EventFlags::IN,
-    )
-    .expect("epoll add");
-    let mut events = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 4];
-    g.bench_function("epoll", |b| {
-        b.iter(|| {
-            remote.write_all(b"x").expect("write");
-            let (got, _) = epoll::wait(&ep, &mut events, None).expect("epoll_wait");
-            assert_eq!(got.len(), 1);
-            assert_eq!(rustix::io::read(&bare, &mut buf).expect("read"), 1);
-        });
-    });
-    relay(&mut g, &bare, &mut remote);
-    uring(&mut g, &bare, &mut remote);
-    g.finish();
+type Group<'a> = criterion::BenchmarkGroup<'a, criterion::measurement::WallTime>;
+
+/// One way to learn that the socket received a byte: wait for it, then take it (and re-arm).
+trait Twin {
+    /// Returns once the byte is known to have arrived.
+    fn wait(&mut self);
+    /// Takes the byte (and whatever resets and re-arms the notification).
+    fn consume(&mut self, buf: &mut [u8]);
 }
 
-/// `waiting/*` (see the module's docs).
-fn waiting(c: &mut Criterion) {
-    use std::os::unix::net::UnixStream;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::Instant;
-    let (fd, mut remote) = pair();
-    let bare = rustix::io::fcntl_dupfd_cloexec(&fd, 0).expect("dup");
-    let s = Socket::from_fd(fd).expect("from_fd");
-    let e = Event::new().expect("event");
-    let (mut trigger, mut pulled) = UnixStream::pair().expect("socketpair");
-    let base = Instant::now();
-    let sent_at = AtomicU64::new(0);
-    let since = |at: &AtomicU64| {
-        base.elapsed()
-            .saturating_sub(Duration::from_nanos(at.load(Ordering::SeqCst)))
-    };
-    let mut g = c.benchmark_group("waiting");
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            let mut go = [0u8; 1];
-            while pulled.read_exact(&mut go).is_ok() {
-                sent_at.store(base.elapsed().as_nanos() as u64, Ordering::SeqCst);
-                remote.write_all(b"x").expect("write");
-            }
-        });
-        let mut buf = [0u8; 16];
-        s.event_select(&e, FD_READ).expect("event_select");
-        g.bench_function("sockdup", |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    trigger.write_all(b"g").expect("trigger");
-                    assert!(e.wait(Some(Duration::from_secs(10))).expect("wait"));
-                    total += since(&sent_at);
-                    let n = s.enum_network_events(Some(&e)).expect("enum");
-                    assert_eq!(n.events, FD_READ);
-                    assert_eq!(s.recv(&mut buf).expect("recv"), 1);
-                }
-                total
-            });
-        });
-        s.event_select(&e, 0).expect("cancel");
-        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).expect("epoll");
-        epoll::add(
-            &ep,
-            &bare,
-            epoll::EventData::new_u64(1),
-            epoll::EventFlags::IN,
-        )
-        .expect("epoll add");
-        let mut events = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 4];
-        g.bench_function("epoll", |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    trigger.write_all(b"g").expect("trigger");
-                    let (got, _) = epoll::wait(&ep, &mut events, None).expect("epoll_wait");
-                    total += since(&sent_at);
-                    assert_eq!(got.len(), 1);
-                    assert_eq!(rustix::io::read(&bare, &mut buf).expect("read"), 1);
-                }
-                total
-            });
-        });
-        let relay = Relay::new(&bare);
-        std::thread::scope(|inner| {
-            inner.spawn(|| relay.run());
-            g.bench_function("relay", |b| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        trigger.write_all(b"g").expect("trigger");
-                        relay.wait();
-                        total += since(&sent_at);
-                        relay.consume(&mut buf);
-                    }
-                    total
-                });
-            });
-            relay.stop();
-        });
-        g.finish();
-        drop(trigger);
-    });
+/// `*/sockdup`: `event_select(FD_READ)` on the socket; `Event::wait`, then
+/// `enum_network_events` (resets the event) and `recv` (re-enables `FD_READ`).
+struct Sockdup<'a> {
+    s: &'a Socket,
+    e: Event,
 }
 
-/// `latency/uring` (see the module's docs) on `fd`, whose peer is `remote`.
-fn uring(
-    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    fd: &OwnedFd,
-    remote: &mut TcpStream,
-) {
-    use io_uring::{IoUring, opcode, types};
-    use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd, poll};
-    use std::os::fd::AsRawFd;
-    let Ok(mut ring) = IoUring::new(8) else {
-        eprintln!("latency/uring skipped: io_uring is not available here");
-        return;
-    };
-    let signal = eventfd(0, EventfdFlags::CLOEXEC).expect("eventfd");
-    if let Err(e) = ring.submitter().register_eventfd(signal.as_raw_fd()) {
-        eprintln!("latency/uring skipped: io_uring cannot signal an eventfd here ({e})");
-        return;
+impl Twin for Sockdup<'_> {
+    fn wait(&mut self) {
+        assert!(self.e.wait(Some(Duration::from_secs(10))).expect("wait"));
     }
-    let poll_in = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), PollFlags::IN.bits().into())
-        .build()
-        .user_data(1);
-    let arm = |ring: &mut IoUring| {
-        // SAFETY: a POLL_ADD entry refers to no memory of this process, only to `fd`, which
-        // outlives the ring (the ring drops at the end of this function).
-        #[allow(unsafe_code)]
-        unsafe {
-            ring.submission().push(&poll_in).expect("room in the queue");
-        }
-        ring.submit().expect("submit");
-    };
-    arm(&mut ring);
-    let mut buf = [0u8; 16];
-    let mut count = [0u8; 8];
-    g.bench_function("uring", |b| {
-        b.iter(|| {
-            remote.write_all(b"x").expect("write");
-            let mut fds = [PollFd::new(&signal, PollFlags::IN)];
-            while poll(&mut fds, None).expect("poll") == 0 {}
-            assert_eq!(rustix::io::read(&signal, &mut count).expect("reset"), 8);
-            assert_eq!(ring.completion().count(), 1);
-            assert_eq!(rustix::io::read(fd, &mut buf).expect("read"), 1);
-            arm(&mut ring);
-        });
-    });
+
+    fn consume(&mut self, buf: &mut [u8]) {
+        let n = self.s.enum_network_events(Some(&self.e)).expect("enum");
+        assert_eq!(n.events, FD_READ);
+        assert_eq!(self.s.recv(buf).expect("recv"), 1);
+    }
 }
 
-/// The relay twins' structure: a thread blocked in `epoll_wait` on a socket (one-shot) writes
-/// an eventfd; the waiting thread `poll`s the eventfd, then resets it and re-arms the socket.
+/// `*/epoll`: a bare `epoll_wait` on the socket in this thread, and the `read`.
+struct Epoll<'a> {
+    fd: &'a OwnedFd,
+    ep: OwnedFd,
+}
+
+impl<'a> Epoll<'a> {
+    fn new(fd: &'a OwnedFd) -> Self {
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).expect("epoll");
+        epoll::add(&ep, fd, epoll::EventData::new_u64(1), epoll::EventFlags::IN)
+            .expect("epoll add");
+        Self { fd, ep }
+    }
+}
+
+impl Twin for Epoll<'_> {
+    fn wait(&mut self) {
+        let mut events = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 4];
+        let (got, _) = epoll::wait(&self.ep, &mut events, None).expect("epoll_wait");
+        assert_eq!(got.len(), 1);
+    }
+
+    fn consume(&mut self, buf: &mut [u8]) {
+        assert_eq!(rustix::io::read(self.fd, buf).expect("read"), 1);
+    }
+}
+
+/// `*/relay`: a thread blocked in `epoll_wait` on the socket (one-shot) writes an eventfd; the
+/// waiting thread `poll`s the eventfd, then resets it, reads, and re-arms the socket.
 struct Relay<'a> {
     fd: &'a OwnedFd,
     ep: OwnedFd,
@@ -271,55 +155,224 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Waits until the relay signals.
-    fn wait(&self) {
-        use rustix::event::{PollFd, PollFlags, poll};
-        let mut fds = [PollFd::new(&self.signal, PollFlags::IN)];
-        while poll(&mut fds, None).expect("poll") == 0 {}
-    }
-
-    /// Resets the eventfd, receives the byte, re-arms the socket (what `enum_network_events`
-    /// and `recv` do).
-    fn consume(&self, buf: &mut [u8]) {
-        let mut count = [0u8; 8];
-        assert_eq!(
-            rustix::io::read(&self.signal, &mut count).expect("reset"),
-            8
-        );
-        assert_eq!(rustix::io::read(self.fd, buf).expect("read"), 1);
-        epoll::modify(
-            &self.ep,
-            self.fd,
-            epoll::EventData::new_u64(1),
-            Self::ONESHOT,
-        )
-        .expect("re-arm");
-    }
-
     fn stop(&self) {
         rustix::io::write(&self.stop, &1u64.to_ne_bytes()).expect("stop");
     }
 }
 
-/// `latency/relay` (see the module's docs) on `fd`, whose peer is `remote`.
-fn relay(
-    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    fd: &OwnedFd,
-    remote: &mut TcpStream,
-) {
-    let relay = Relay::new(fd);
+impl Twin for &Relay<'_> {
+    fn wait(&mut self) {
+        poll_readable(&self.signal);
+    }
+
+    fn consume(&mut self, buf: &mut [u8]) {
+        reset(&self.signal);
+        assert_eq!(rustix::io::read(self.fd, buf).expect("read"), 1);
+        epoll::modify(
+            &self.ep,
+            self.fd,
+            epoll::EventData::new_u64(1),
+            Relay::ONESHOT,
+        )
+        .expect("re-arm");
+    }
+}
+
+/// `latency/uring`: no watching thread: the kernel signals the eventfd itself (`io_uring` with
+/// the eventfd registered, a one-shot `POLL_ADD` on the socket); this thread `poll`s the
+/// eventfd, reads it, reaps the completion, reads, and submits the poll again.
+struct Uring<'a> {
+    fd: &'a OwnedFd,
+    ring: io_uring::IoUring,
+    signal: OwnedFd,
+}
+
+impl<'a> Uring<'a> {
+    /// `None` (with the reason printed) where io_uring is not available.
+    fn new(fd: &'a OwnedFd) -> Option<Self> {
+        use rustix::event::{EventfdFlags, eventfd};
+        use std::os::fd::AsRawFd;
+        let ring = match io_uring::IoUring::new(8) {
+            Ok(ring) => ring,
+            Err(e) => {
+                eprintln!("latency/uring skipped: io_uring is not available here ({e})");
+                return None;
+            }
+        };
+        let signal = eventfd(0, EventfdFlags::CLOEXEC).expect("eventfd");
+        if let Err(e) = ring.submitter().register_eventfd(signal.as_raw_fd()) {
+            eprintln!("latency/uring skipped: io_uring cannot signal an eventfd here ({e})");
+            return None;
+        }
+        let mut uring = Self { fd, ring, signal };
+        uring.arm();
+        Some(uring)
+    }
+
+    fn arm(&mut self) {
+        use io_uring::{opcode, types};
+        use rustix::event::PollFlags;
+        use std::os::fd::AsRawFd;
+        let poll_in =
+            opcode::PollAdd::new(types::Fd(self.fd.as_raw_fd()), PollFlags::IN.bits().into())
+                .build()
+                .user_data(1);
+        // SAFETY: a POLL_ADD entry refers to no memory of this process, only to `fd`, which
+        // outlives the ring (both are borrowed by this twin, the ring owned by it).
+        #[allow(unsafe_code)]
+        unsafe {
+            self.ring
+                .submission()
+                .push(&poll_in)
+                .expect("room in the queue");
+        }
+        self.ring.submit().expect("submit");
+    }
+}
+
+impl Twin for Uring<'_> {
+    fn wait(&mut self) {
+        poll_readable(&self.signal);
+    }
+
+    fn consume(&mut self, buf: &mut [u8]) {
+        reset(&self.signal);
+        assert_eq!(self.ring.completion().count(), 1);
+        assert_eq!(rustix::io::read(self.fd, buf).expect("read"), 1);
+        self.arm();
+    }
+}
+
+/// Reads an eventfd's count (resets it).
+fn reset(signal: &OwnedFd) {
+    let mut count = [0u8; 8];
+    assert_eq!(rustix::io::read(signal, &mut count).expect("reset"), 8);
+}
+
+fn poll_readable(fd: &OwnedFd) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    while poll(&mut fds, None).expect("poll") == 0 {}
+}
+
+/// `latency/NAME`: one byte written to the socket's peer, then `twin` waits and takes it.
+fn latency_of(g: &mut Group<'_>, name: &str, remote: &mut TcpStream, mut twin: impl Twin) {
+    let mut buf = [0u8; 16];
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            remote.write_all(b"x").expect("write");
+            twin.wait();
+            twin.consume(&mut buf);
+        });
+    });
+}
+
+fn latency(c: &mut Criterion) {
+    let (fd, mut remote) = pair();
+    let bare = rustix::io::fcntl_dupfd_cloexec(&fd, 0).expect("dup");
+    let s = Socket::from_fd(fd).expect("from_fd");
+    let e = Event::new().expect("event");
+    let mut g = c.benchmark_group("latency");
+    s.event_select(&e, FD_READ).expect("event_select");
+    latency_of(
+        &mut g,
+        "sockdup",
+        &mut remote,
+        Sockdup {
+            s: &s,
+            e: e.clone(),
+        },
+    );
+    s.event_select(&e, 0).expect("cancel");
+    latency_of(&mut g, "epoll", &mut remote, Epoll::new(&bare));
+    let relay = Relay::new(&bare);
     std::thread::scope(|scope| {
         scope.spawn(|| relay.run());
-        let mut buf = [0u8; 16];
-        g.bench_function("relay", |b| {
-            b.iter(|| {
-                remote.write_all(b"x").expect("write");
-                relay.wait();
-                relay.consume(&mut buf);
-            });
-        });
+        latency_of(&mut g, "relay", &mut remote, &relay);
         relay.stop();
     });
+    if let Some(uring) = Uring::new(&bare) {
+        latency_of(&mut g, "uring", &mut remote, uring);
+    }
+    g.finish();
+}
+
+/// What the `waiting/*` twins share: the trigger of the peer thread that writes the byte, and
+/// when it wrote it (nanoseconds since `base`).
+struct Waiting {
+    trigger: std::os::unix::net::UnixStream,
+    base: std::time::Instant,
+    sent_at: std::sync::atomic::AtomicU64,
+}
+
+impl Waiting {
+    /// `waiting/NAME`: the time from the peer's `write` to `twin` knowing, summed over the
+    /// iterations (the trigger and the `consume` are outside it).
+    fn of(&self, g: &mut Group<'_>, name: &str, mut twin: impl Twin) {
+        use std::sync::atomic::Ordering;
+        let mut buf = [0u8; 16];
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    (&self.trigger).write_all(b"g").expect("trigger");
+                    twin.wait();
+                    let sent = Duration::from_nanos(self.sent_at.load(Ordering::SeqCst));
+                    total += self.base.elapsed().saturating_sub(sent);
+                    twin.consume(&mut buf);
+                }
+                total
+            });
+        });
+    }
+}
+
+/// `waiting/*` (see the module's docs).
+fn waiting(c: &mut Criterion) {
+    use std::sync::atomic::Ordering;
+    let (fd, mut remote) = pair();
+    let bare = rustix::io::fcntl_dupfd_cloexec(&fd, 0).expect("dup");
+    let s = Socket::from_fd(fd).expect("from_fd");
+    let e = Event::new().expect("event");
+    let (trigger, mut pulled) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    let w = Waiting {
+        trigger,
+        base: std::time::Instant::now(),
+        sent_at: Default::default(),
+    };
+    let mut g = c.benchmark_group("waiting");
+    std::thread::scope(|scope| {
+        let (base, sent_at) = (w.base, &w.sent_at);
+        scope.spawn(move || {
+            let mut go = [0u8; 1];
+            while pulled.read_exact(&mut go).is_ok() {
+                sent_at.store(base.elapsed().as_nanos() as u64, Ordering::SeqCst);
+                remote.write_all(b"x").expect("write");
+            }
+        });
+        s.event_select(&e, FD_READ).expect("event_select");
+        w.of(
+            &mut g,
+            "sockdup",
+            Sockdup {
+                s: &s,
+                e: e.clone(),
+            },
+        );
+        s.event_select(&e, 0).expect("cancel");
+        w.of(&mut g, "epoll", Epoll::new(&bare));
+        let relay = Relay::new(&bare);
+        std::thread::scope(|inner| {
+            inner.spawn(|| relay.run());
+            w.of(&mut g, "relay", &relay);
+            relay.stop();
+        });
+        // The peer thread ends with its trigger.
+        w.trigger
+            .shutdown(std::net::Shutdown::Both)
+            .expect("shutdown");
+    });
+    g.finish();
 }
 
 /// The child: holds the record's socket and a socket of its own; on `s` registers on the
