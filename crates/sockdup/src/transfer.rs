@@ -12,7 +12,7 @@ use std::time::Instant;
 use rustix::io::Errno;
 use sockdup_core::catalog;
 use sockdup_core::error::{Error, ErrorKind};
-use sockdup_core::message::{MAX_FDS_PER_MESSAGE, Reply, Request};
+use sockdup_core::message::{MAX_FDS_PER_MESSAGE, Request};
 use sockdup_core::wire::ProtocolInfo;
 
 use crate::startup::Runtime;
@@ -81,123 +81,6 @@ pub(crate) fn push<S: AsFd>(
         push_local(rt, sockets)
     } else {
         push_remote(rt, sockets, target_pid)
-    }
-}
-
-/// A connection of the caller's own to `target_pid`'s inbox (checked as the pool's are: the
-/// target itself listens there), for [`push_send`] and [`push_answer`]: a push split in two,
-/// for a caller that waits for the inbox's answer in its own epoll set instead of blocked in
-/// `recvmsg` (the handoff acceptor). The inbox answers the requests of one connection in
-/// their order.
-pub(crate) fn connect_inbox(rt: &Runtime, target_pid: u32) -> Result<OwnedFd, Error> {
-    check_pid(target_pid)?;
-    rt.pool.connect(target_pid)
-}
-
-/// Sends `sockets` (at most [`MAX_FDS_PER_MESSAGE`]) to the inbox of `target_pid` on `conn`
-/// ([`connect_inbox`]) without waiting, for its answer ([`push_answer`]) or for room: a
-/// connection's queue holds a few requests (`net.unix.max_dgram_qlen`), and a send that would
-/// wait for the inbox to read them fails with [`ErrorKind::InboxFull`]. An inbox that closed
-/// the connection may have said why first (a refusal at its door): that answer is the error.
-pub(crate) fn push_send(
-    conn: BorrowedFd<'_>,
-    sockets: &[BorrowedFd<'_>],
-    buf: &mut [u8],
-    target_pid: u32,
-) -> Result<(), Error> {
-    debug_assert!(sockets.len() <= MAX_FDS_PER_MESSAGE);
-    let request = Request::Push {
-        count: sockets.len() as u32,
-    };
-    match sys::try_send_with_fds(conn, &request.encode(), sockets) {
-        Ok(()) => Ok(()),
-        // Its queue is full of requests it has not read yet: the caller must not wait.
-        Err(Errno::AGAIN) => Err(Error::new(
-            ErrorKind::InboxFull,
-            format!(
-                "process {target_pid}'s inbox has not yet read the requests sent before (its queue is full): \
-                 try again once it answered them"
-            ),
-        )),
-        Err(e @ (Errno::PIPE | Errno::CONNRESET)) => match push_answer(conn, buf, target_pid) {
-            Some(Err(failed)) => Err(failed.error),
-            _ => Err(inbox_failed(e, target_pid)),
-        },
-        Err(e) => Err(inbox_failed(e, target_pid)),
-    }
-}
-
-/// Why [`push_answer`] failed: the error the push is reported with, and whether the
-/// connection is finished (closed by the inbox, out of step): the pushes still waiting for
-/// an answer on it will get none.
-#[derive(Debug)]
-pub(crate) struct PushFailed {
-    pub(crate) error: Error,
-    pub(crate) closed: bool,
-}
-
-/// Reads, without blocking, the inbox's answer to the oldest [`push_send`] on `conn`: `None`
-/// if it has not come; else the target's pid and run nonce and a ticket per socket, in
-/// order (the caller checks their number), or why the push failed (the inbox's own refusal,
-/// e.g. [`ErrorKind::InboxFull`], leaves the connection open but for a refusal at its door).
-pub(crate) fn push_answer(
-    conn: BorrowedFd<'_>,
-    buf: &mut [u8],
-    target_pid: u32,
-) -> Option<Result<(u32, u32, Vec<u32>), PushFailed>> {
-    let closed = |error| PushFailed {
-        error,
-        closed: true,
-    };
-    let mut reset = false;
-    let received = loop {
-        match sys::try_recv_with_fds(conn, buf) {
-            Ok(Some(r)) => break r,
-            Ok(None) => return None,
-            Err(Errno::INTR) => {}
-            // A reset (the inbox closed with a request unread) is reported before what the
-            // inbox sent before closing: one more read gets its answer, if it gave one.
-            Err(Errno::CONNRESET) if !reset => reset = true,
-            Err(e) => return Some(Err(closed(inbox_failed(e, target_pid)))),
-        }
-    };
-    if received.len == 0 {
-        return Some(Err(closed(inbox_failed(Errno::CONNRESET, target_pid))));
-    }
-    // An inbox never sends descriptors; any that came close as `received` drops.
-    let reply = match Reply::decode(&buf[..received.len]) {
-        Ok(reply) => reply,
-        Err(e) => return Some(Err(closed(e))),
-    };
-    Some(match reply.into_result() {
-        Ok(reply) => Ok((reply.pid, reply.nonce, reply.tickets)),
-        Err(e) => {
-            let door = crate::transport::refused_at_the_door(e.kind());
-            Err(PushFailed {
-                error: e,
-                closed: door,
-            })
-        }
-    })
-}
-
-/// A failed exchange with `target_pid`'s inbox on a caller's own connection, said as the
-/// pool says it.
-fn inbox_failed(e: Errno, target_pid: u32) -> Error {
-    match e {
-        Errno::PIPE | Errno::CONNRESET => Error::new(
-            ErrorKind::PeerClosed,
-            format!(
-                "process {target_pid}'s inbox closed the connection before answering: the target stopped sockdup or exited"
-            ),
-        ),
-        Errno::AGAIN => Error::new(
-            ErrorKind::PeerTimedOut,
-            format!(
-                "process {target_pid}'s inbox did not take the request in time: the target may be stopped or overloaded"
-            ),
-        ),
-        e => Error::from_errno(e, &format!("talking to process {target_pid}'s inbox")),
     }
 }
 

@@ -169,10 +169,6 @@ struct Slot<C> {
     batch_limit: usize,
     /// A batch could not be delivered for lack of room: it gets nothing before this instant.
     retry_at: Option<Instant>,
-    /// The driver pushed a batch to it and waits for its inbox's answer
-    /// ([`Dispatch::handle_push_sent`]): it gets no other batch until then, so that the
-    /// connections that come meanwhile go to it together in the next one.
-    pushing: bool,
 }
 
 impl<C> Slot<C> {
@@ -250,7 +246,6 @@ impl<C> Dispatch<C> {
                     active: HashSet::default(),
                     batch_limit: MAX_BATCH,
                     retry_at: None,
-                    pushing: false,
                 })
                 .collect(),
             queue: VecDeque::new(),
@@ -500,7 +495,6 @@ impl<C> Dispatch<C> {
         let Some(s) = self.slots.get_mut(slot) else {
             return;
         };
-        s.pushing = false;
         let no_room = matches!(
             error.kind(),
             ErrorKind::InboxFull | ErrorKind::TargetOutOfDescriptors | ErrorKind::OutOfDescriptors
@@ -522,28 +516,6 @@ impl<C> Dispatch<C> {
         back.sort_unstable_by_key(|(id, _)| *id);
         for item in back.into_iter().rev() {
             self.queue.push_front(item);
-        }
-    }
-
-    /// The driver pushed the batch of an [`Action::Send`] to the inbox of the worker of `slot`
-    /// without waiting for the answer: the worker gets no other batch until the driver reports
-    /// [`handle_pushed`](Self::handle_pushed) (or [`handle_send_failed`](Self::handle_send_failed));
-    /// the connections that come meanwhile wait in the queue and go to it together (or to
-    /// another worker). A worker that never answers is replaced at its answer timeout, as for
-    /// the `ok` lines.
-    pub(crate) fn handle_push_sent(&mut self, slot: usize) {
-        if let Some(s) = self.slots.get_mut(slot)
-            && matches!(s.state, State::Ready { .. })
-        {
-            s.pushing = true;
-        }
-    }
-
-    /// The inbox of the worker of `slot` answered the push of [`handle_push_sent`](Self::handle_push_sent)
-    /// (the driver wrote the batch's `conn` lines): it takes batches again.
-    pub(crate) fn handle_pushed(&mut self, slot: usize) {
-        if let Some(s) = self.slots.get_mut(slot) {
-            s.pushing = false;
         }
     }
 
@@ -652,7 +624,6 @@ impl<C> Dispatch<C> {
             let s = &self.slots[i];
             matches!(s.state, State::Ready { .. })
                 && s.retry_at.is_none()
-                && !s.pushing
                 && s.outstanding() < self.cfg.max_outstanding
                 && planned[i].len() < s.batch_limit
         };
@@ -680,7 +651,6 @@ impl<C> Dispatch<C> {
         let s = &self.slots[i];
         matches!(s.state, State::Ready { .. })
             && s.retry_at.is_none()
-            && !s.pushing
             && s.outstanding() + planned < self.cfg.max_outstanding
             && planned < s.batch_limit
     }
@@ -770,7 +740,6 @@ impl<C> Dispatch<C> {
         s.active.clear();
         s.batch_limit = MAX_BATCH;
         s.retry_at = None;
-        s.pushing = false;
         lost.sort_unstable_by_key(|(id, _)| *id);
         self.summary.redispatched += lost.len() as u64;
         for item in lost.into_iter().rev() {
