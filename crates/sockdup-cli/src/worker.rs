@@ -178,12 +178,9 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
         );
         thread::sleep(delay);
     }
-    let mut incoming = worker
+    let incoming = worker
         .incoming_nonblocking()
         .map_err(|e| CliError::sockdup("watching the acceptor's channel", e))?;
-    // The `ok` lines of a turn go out with its `done` lines, in one write at its end
-    // (`end_turn`): one write and one wake-up of the acceptor per turn instead of two.
-    incoming.hold_answers(true);
     // The handoff channel is one more descriptor in the event loop's epoll set: its `conn`
     // lines are read, redeemed and confirmed on this thread, between two turns of serving.
     let mut handoff = Handoff {
@@ -235,10 +232,6 @@ impl evloop::Source<Sock> for Handoff<'_> {
             }
         }
         ended
-    }
-
-    fn end_turn(&mut self) {
-        self.incoming.flush_answers();
     }
 }
 

@@ -19,7 +19,7 @@
 //! 300 open keep-alive connections and a client that does not read on its three threads (the
 //! event loop, issue 12); `ok` and `done` once per connection from the event loop, for
 //! connections that end together too, and `ok` before `done` for one that ends in the turn it
-//! came (the loop writes a turn's `ok` lines with its `done` lines); a Unix listener;
+//! came; a Unix listener;
 //! usage errors. Under attack and faults (issue 10): a hostile worker (`--test-hostile MODE`)
 //! confirming, failing or finishing connections it does not hold, writing an endless line,
 //! random bytes, or a line that never ends, is replaced (at once, or at its answer timeout) with
@@ -876,9 +876,9 @@ fn the_event_loop_worker_says_ok_and_done_once_for_each_connection() {
 
 #[test]
 fn a_connection_done_in_the_turn_it_came_is_confirmed_before_it_is_done() {
-    // The event loop holds a turn's `ok` lines and writes them with the turn's `done` lines
-    // (one write): a connection whose client had already sent everything and closed is
-    // redeemed, served and finished at once, and its `ok` still comes first, once.
+    // A connection whose client had already sent everything and closed is redeemed, served
+    // and finished at once, in the loop turn that received it: its `ok` still comes first,
+    // then its `done`, each once.
     let _guard = sockdup::startup().expect("startup");
     let (mut child, mut stdin, mut stdout) = piped_worker(&ECHO_WORKER);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -130,11 +130,6 @@ pub(crate) trait Source<C> {
     /// Takes the connections that wait, without blocking, handing each to `add`; true once
     /// no more will come (the loop then stops watching [`fd`](Self::fd) and drains).
     fn take(&mut self, add: &mut dyn FnMut(C)) -> bool;
-    /// The end of one turn of the loop (after one `epoll_wait`, once the connections
-    /// finished in it were closed): nothing, by default; the handoff channel writes the
-    /// answers it held in this turn, if the closed connections' `done` lines did not carry
-    /// them.
-    fn end_turn(&mut self) {}
 }
 
 impl<C> Source<C> for Loop<C> {
@@ -302,7 +297,6 @@ pub(crate) fn serve<C: Client>(source: &mut impl Source<C>, app: Protocol) -> io
         if !ev.closed.is_empty() {
             C::close_all(&mut ev.closed);
         }
-        source.end_turn();
     }
 }
 

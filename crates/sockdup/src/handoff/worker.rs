@@ -144,58 +144,15 @@ impl Write for Stream {
 /// The worker's side of the channel to the acceptor: its standard output.
 #[derive(Debug)]
 pub(super) struct Channel {
-    out: Mutex<Out>,
-}
-
-/// Standard output, and the answers held for the next write
-/// ([`NonblockingIncoming::hold_answers`]).
-#[derive(Debug)]
-struct Out {
-    stdout: io::Stdout,
-    held: String,
+    out: Mutex<io::Stdout>,
 }
 
 impl Channel {
-    fn new() -> Self {
-        Self {
-            out: Mutex::new(Out {
-                stdout: io::stdout(),
-                held: String::new(),
-            }),
-        }
-    }
-
-    /// Writes `text` (whole lines) in one write, after the answers held, if any (in the same
-    /// write: what was held goes out first, so an `ok` always precedes its `done`).
+    /// Writes `text` (whole lines) in one write.
     pub(super) fn write(&self, text: &str) -> io::Result<()> {
         let mut out = lock(&self.out);
-        let Out { stdout, held } = &mut *out;
-        let written = if held.is_empty() {
-            stdout.write_all(text.as_bytes())
-        } else {
-            held.push_str(text);
-            let written = stdout.write_all(held.as_bytes());
-            held.clear();
-            written
-        };
-        written.and_then(|()| stdout.flush())
-    }
-
-    /// Holds `text` (whole lines) for the next write.
-    fn hold(&self, text: &str) {
-        lock(&self.out).held.push_str(text);
-    }
-
-    /// Writes what is held, if anything.
-    fn flush_held(&self) -> io::Result<()> {
-        let mut out = lock(&self.out);
-        if out.held.is_empty() {
-            return Ok(());
-        }
-        let Out { stdout, held } = &mut *out;
-        let written = stdout.write_all(held.as_bytes());
-        held.clear();
-        written.and_then(|()| stdout.flush())
+        out.write_all(text.as_bytes())?;
+        out.flush()
     }
 }
 
@@ -206,7 +163,9 @@ impl Worker {
     /// As [`crate::startup`]; an error from [`Error::from_errno`] if standard output is closed.
     pub fn announce() -> Result<Self, Error> {
         let guard = crate::startup()?;
-        let out = Arc::new(Channel::new());
+        let out = Arc::new(Channel {
+            out: Mutex::new(io::stdout()),
+        });
         out.write(&FromWorker::Pid(std::process::id()).encode())
             .map_err(|e| Error::from_errno(e, "announcing this worker on standard output"))?;
         Ok(Self { _guard: guard, out })
@@ -331,14 +290,10 @@ impl Worker {
     /// Redeems the connections of `conns` (each into `T` with `make`) and answers them all in
     /// one write, followed by the `error` line of `broken` (the line after them was not the
     /// protocol), if any. Returns them with their ids, in order.
-    ///
-    /// With `hold` (and no `broken`), the answers are held for the channel's next write
-    /// instead ([`NonblockingIncoming::hold_answers`]).
     pub(super) fn redeem_all<T>(
         &self,
         conns: Vec<(u64, ProtocolInfo)>,
         broken: Option<&Error>,
-        hold: bool,
         mut make: impl FnMut(OwnedFd, bool) -> Result<T, Error>,
     ) -> Vec<(u64, Result<T, Error>)> {
         let mut answers = String::new();
@@ -353,10 +308,6 @@ impl Worker {
             FromWorker::Error(ErrorReport::of(e)).encode_into(&mut answers);
         }
         if answers.is_empty() {
-            return redeemed;
-        }
-        if hold && broken.is_none() {
-            self.out.hold(&answers);
             return redeemed;
         }
         if let Err(e) = self.out.write(&answers) {
@@ -486,32 +437,6 @@ impl NonblockingIncoming<'_> {
     pub fn ended(&self) -> bool {
         self.intake.ended()
     }
-
-    /// Holds the answers (`ok`, `fail`) of each batch instead of writing them at once: they go
-    /// out with the next `done` lines, in the same write and before them
-    /// ([`Connection::finish_all`], or a dropped [`Connection`]), or at
-    /// [`flush_answers`](Self::flush_answers), whichever comes first. For an event loop that
-    /// receives connections and closes others in the same turn: one write per turn instead
-    /// of two, and one wake-up of the acceptor to read them.
-    ///
-    /// The caller must then call [`flush_answers`](Self::flush_answers) at the end of every
-    /// turn of its loop (after closing the connections it finished in that turn): an answer
-    /// held longer leaves the acceptor waiting, and one never written makes it replace this
-    /// worker at its answer timeout. Off by default. The `error` line that answers a line
-    /// that is not the protocol is never held (it goes out with what was held).
-    pub fn hold_answers(&mut self, on: bool) {
-        self.intake.hold = on;
-    }
-
-    /// Writes the answers held by [`hold_answers`](Self::hold_answers), if any, in one write.
-    /// A failed write is logged, as for answers written at once: the acceptor does not hear
-    /// (it is gone, or replacing this worker), and the redeemed connections are this
-    /// process's to serve.
-    pub fn flush_answers(&self) {
-        if let Err(e) = self.worker.out.flush_held() {
-            tracing::warn!(error = %e, "sockdup worker: the acceptor does not hear; serving what was redeemed");
-        }
-    }
 }
 
 /// What one [`NonblockingIncoming::try_next_batch`] took: the connections, in the acceptor's
@@ -580,9 +505,6 @@ pub(super) struct Intake<C> {
     ended: bool,
     /// The acceptor's line that was not the protocol: why the channel broke.
     broken: Option<Error>,
-    /// The answers are held for the channel's next write (or a flush) rather than written at
-    /// once.
-    pub(super) hold: bool,
 }
 
 impl<C> Intake<C> {
@@ -593,7 +515,6 @@ impl<C> Intake<C> {
             ready: VecDeque::new(),
             ended: false,
             broken: None,
-            hold: false,
         }
     }
 
@@ -643,7 +564,7 @@ impl<C> Intake<C> {
         }
         self.lines.extend(&self.chunk[..n]);
         let (conns, broken) = parse_lines(&mut self.lines);
-        let redeemed = worker.redeem_all(conns, broken.as_ref(), self.hold, make);
+        let redeemed = worker.redeem_all(conns, broken.as_ref(), make);
         for (id, r) in redeemed {
             self.ready
                 .push_back(r.map(|stream| wrap(Done::new(id, worker.out.clone()), stream)));
