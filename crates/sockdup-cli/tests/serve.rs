@@ -18,7 +18,8 @@
 //! (keep-alive, `Connection: close`, HTTP/1.0, bodies, malformed requests); one worker serving
 //! 300 open keep-alive connections and a client that does not read on its three threads (the
 //! event loop, issue 12); `ok` and `done` once per connection from the event loop, for
-//! connections that end together too; a Unix listener;
+//! connections that end together too, and `ok` before `done` for one that ends in the turn it
+//! came; a Unix listener;
 //! usage errors. Under attack and faults (issue 10): a hostile worker (`--test-hostile MODE`)
 //! confirming, failing or finishing connections it does not hold, writing an endless line,
 //! random bytes, or a line that never ends, is replaced (at once, or at its answer timeout) with
@@ -865,6 +866,40 @@ fn the_event_loop_worker_says_ok_and_done_once_for_each_connection() {
     }
     assert_eq!(done, BTreeSet::from([1, 2, 3]));
     // The acceptor's end closes: the worker exits 0, having said nothing more.
+    drop(stdin);
+    let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("read the rest");
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[test]
+fn a_connection_done_in_the_turn_it_came_is_confirmed_before_it_is_done() {
+    // A connection whose client had already sent everything and closed is redeemed, served
+    // and finished at once, in the loop turn that received it: its `ok` still comes first,
+    // then its `done`, each once.
+    let _guard = sockdup::startup().expect("startup");
+    let (mut child, mut stdin, mut stdout) = piped_worker(&ECHO_WORKER);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut client = connect(addr).expect("connect");
+    let accepted = listener.accept().expect("accept").0;
+    client.write_all(b"all at once").expect("write");
+    client.shutdown(Shutdown::Write).expect("shutdown");
+    let record = sockdup::duplicate_socket(&accepted, child.id()).expect("duplicate");
+    drop(accepted);
+    stdin
+        .write_all(format!("conn 7 {record}\n").as_bytes())
+        .expect("write the conn line");
+    let mut got = String::new();
+    client.read_to_string(&mut got).expect("read the echo");
+    assert_eq!(got, "all at once");
+    for want in ["ok 7\n", "done 7\n"] {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read an answer");
+        assert_eq!(line, want);
+    }
     drop(stdin);
     let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
     assert!(status.success(), "{status:?}");
