@@ -777,6 +777,21 @@ fn piped_worker(
     (child, stdin, stdout)
 }
 
+/// Closes the worker's input, as the acceptor's end closing: the worker exits 0 within
+/// [`WAIT`], having written nothing more.
+fn ends_quietly(
+    mut child: Child,
+    stdin: std::process::ChildStdin,
+    mut stdout: BufReader<std::process::ChildStdout>,
+) {
+    drop(stdin);
+    let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("read the rest");
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
 #[test]
 fn a_worker_answers_a_malformed_or_oversized_line_at_once_and_exits_1() {
     let oversized = vec![b'x'; 70 * 1024];
@@ -821,7 +836,7 @@ fn the_event_loop_worker_says_ok_and_done_once_for_each_connection() {
     // Connections that end together are told done together (the event loop closes what one
     // turn finished at its end, in one write): each `done` still comes once, after its `ok`.
     let _guard = sockdup::startup().expect("startup");
-    let (mut child, mut stdin, mut stdout) = piped_worker(&ECHO_WORKER);
+    let (child, mut stdin, mut stdout) = piped_worker(&ECHO_WORKER);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mut clients = Vec::new();
@@ -866,12 +881,7 @@ fn the_event_loop_worker_says_ok_and_done_once_for_each_connection() {
     }
     assert_eq!(done, BTreeSet::from([1, 2, 3]));
     // The acceptor's end closes: the worker exits 0, having said nothing more.
-    drop(stdin);
-    let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
-    assert!(status.success(), "{status:?}");
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).expect("read the rest");
-    assert!(rest.is_empty(), "{rest:?}");
+    ends_quietly(child, stdin, stdout);
 }
 
 #[test]
@@ -880,7 +890,7 @@ fn a_connection_done_in_the_turn_it_came_is_confirmed_before_it_is_done() {
     // and finished at once, in the loop turn that received it: its `ok` still comes first,
     // then its `done`, each once.
     let _guard = sockdup::startup().expect("startup");
-    let (mut child, mut stdin, mut stdout) = piped_worker(&ECHO_WORKER);
+    let (child, mut stdin, mut stdout) = piped_worker(&ECHO_WORKER);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mut client = connect(addr).expect("connect");
@@ -900,12 +910,7 @@ fn a_connection_done_in_the_turn_it_came_is_confirmed_before_it_is_done() {
         stdout.read_line(&mut line).expect("read an answer");
         assert_eq!(line, want);
     }
-    drop(stdin);
-    let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
-    assert!(status.success(), "{status:?}");
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).expect("read the rest");
-    assert!(rest.is_empty(), "{rest:?}");
+    ends_quietly(child, stdin, stdout);
 }
 
 #[test]
@@ -1853,7 +1858,7 @@ fn read_line(stdout: &mut BufReader<std::process::ChildStdout>) -> String {
 #[test]
 fn the_async_worker_speaks_the_protocol_ok_fail_done_and_ends_with_its_input() {
     let _guard = sockdup::startup().expect("startup");
-    let (mut child, mut stdin, mut stdout) = piped_worker(&[TOKIO_WORKER]);
+    let (child, mut stdin, mut stdout) = piped_worker(&[TOKIO_WORKER]);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
     client.set_read_timeout(Some(WAIT)).expect("timeout");
@@ -1878,12 +1883,7 @@ fn the_async_worker_speaks_the_protocol_ok_fail_done_and_ends_with_its_input() {
     assert_eq!(got, "async hello");
     assert_eq!(read_line(&mut stdout), "done 1\n");
     // The acceptor's end closes: the worker finishes and exits 0.
-    drop(stdin);
-    let status = util::wait_until(WAIT, || child.try_wait().expect("try_wait"));
-    assert!(status.success(), "{status:?}");
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).expect("read the rest");
-    assert!(rest.is_empty(), "{rest:?}");
+    ends_quietly(child, stdin, stdout);
 }
 
 #[test]
