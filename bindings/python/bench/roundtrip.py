@@ -203,18 +203,18 @@ def run(args: argparse.Namespace, pin: str, cpus: "list[int]") -> None:
         source_cpu = statistics.median(c[0] for c in used[m]) * 1e6
         target_cpu = statistics.median(c[1] for c in used[m]) * 1e6
         print(f"  {names[m]} {med[m]:7.2f} us  ({spread[m]:3.0f}%)   CPU {source_cpu:6.2f} + {target_cpu:6.2f} us")
-    if "sockdup" in med and "raw" in med:
-        print(f"  ratio sockdup / (send_fds + ack): {med['sockdup'] / med['raw']:.2f}x   (goal: at most 1.5x)")
-    if "floor" in med and "raw" in med:
-        print(f"  ratio floor / (send_fds + ack):   {med['floor'] / med['raw']:.2f}x   (the contract's own cost)")
-    if "sockdup" in med and "floor" in med:
-        print(f"  ratio sockdup / floor:            {med['sockdup'] / med['floor']:.2f}x   (sockdup's code)")
-    if "thread" in med and "raw" in med:
-        print(f"  ratio floor, inbox thread / (send_fds + ack): {med['thread'] / med['raw']:.2f}x   (the contract with an inbox thread)")
-    if "sockdup" in med and "thread" in med:
-        print(f"  ratio sockdup / floor, inbox thread: {med['sockdup'] / med['thread']:.2f}x   (sockdup's code, same structure)")
-    if "sockdup" in med and "oneway" in med:
-        print(f"  ratio sockdup / one-way:          {med['sockdup'] / med['oneway']:.2f}x")
+    ratios = [
+        ("sockdup", "raw", "sockdup / (send_fds + ack)", "goal: at most 1.5x"),
+        ("floor", "raw", "floor / (send_fds + ack)", "the contract's own cost"),
+        ("sockdup", "floor", "sockdup / floor", "sockdup's code"),
+        ("thread", "raw", "floor, inbox thread / (send_fds + ack)", "the contract with an inbox thread"),
+        ("sockdup", "thread", "sockdup / floor, inbox thread", "sockdup's code, same structure"),
+        ("sockdup", "oneway", "sockdup / one-way", ""),
+    ]
+    for top, bottom, label, why in ratios:
+        if top in med and bottom in med:
+            note = f"   ({why})" if why else ""
+            print(f"  ratio {label}: {med[top] / med[bottom]:.2f}x{note}")
     peer.close()
     sock.close()
 
