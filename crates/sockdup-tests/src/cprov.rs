@@ -178,12 +178,16 @@ pub fn calls(log: &Path, call: &str) -> Vec<Call> {
         .unwrap_or_default()
         .lines()
         .filter(|l| l.split(' ').next() == Some(call))
-        .map(|l| {
-            l.split(' ')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect()
-        })
+        .map(key_values)
+        .collect()
+}
+
+/// The `key=value` words of `line` (others are skipped), as a map: a line of the counting
+/// layer's log, or one report of the peer's `trace` verb.
+pub fn key_values(line: &str) -> Call {
+    line.split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }
 

@@ -18,20 +18,6 @@ fn config(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `trace` reports of a peer: `layer=… chain=… seen=… calls=… …` per instance.
-fn traces(p: &mut Peer) -> Vec<BTreeMap<String, String>> {
-    let out = p.ok("trace");
-    out.split(" | ")
-        .filter(|r| !r.is_empty())
-        .map(|r| {
-            r.split(' ')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect()
-        })
-        .collect()
-}
-
 /// Asserts a peer's error: its Winsock code and its kind (`ErrorKind::name()`).
 #[track_caller]
 fn assert_error(e: &PeerError, code: i32, kind: &str) {
@@ -99,7 +85,7 @@ fn a_policy_trace_base_chain_carries_the_record_both_ways() {
 
     // The trace layer sits under policy: it must have been handed the chain's own record,
     // unmodified, for socket creation and for the duplicate.
-    let source_traces = traces(&mut source);
+    let source_traces = source.traces();
     assert_eq!(source_traces.len(), 1, "{source_traces:?}");
     assert_eq!(
         source_traces[0]["seen"],
@@ -110,7 +96,7 @@ fn a_policy_trace_base_chain_carries_the_record_both_ways() {
     let out = target.ok(&format!("spi-redeem {record}"));
     let (t, rest) = out.split_once(' ').unwrap();
     assert!(rest.starts_with(&format!("{chain} ")), "{out}");
-    let target_traces = traces(&mut target);
+    let target_traces = target.traces();
     assert_eq!(
         target_traces[0]["seen"],
         format!("{chain},{chain}"),
@@ -125,7 +111,7 @@ fn a_policy_trace_base_chain_carries_the_record_both_ways() {
     assert_eq!(read_some(&mut remote), "through-the-chain");
     remote.write_all(b"back-up-the-chain").unwrap();
     assert_eq!(target.ok(&format!("spi-recv {t}")), "back-up-the-chain");
-    let target_traces = traces(&mut target);
+    let target_traces = target.traces();
     assert_eq!(target_traces[0]["sent"], "17");
     assert_eq!(target_traces[0]["received"], "17");
 }
@@ -154,7 +140,7 @@ fn a_seven_deep_chain_works_end_to_end() {
     let t = t.split(' ').next().unwrap();
     target.ok(&format!("spi-send {t} seven-deep"));
     assert_eq!(read_some(&mut remote), "seven-deep");
-    for report in traces(&mut target) {
+    for report in target.traces() {
         assert!(
             report["seen"].split(',').all(|id| id == top.to_string()),
             "{report:?}"
@@ -357,7 +343,7 @@ fn addresses_convert_through_the_chain() {
     assert_eq!(p.ok("str2addr 10.1.2.3:99"), "10.1.2.3:99");
     let e = p.fails("str2addr nonsense");
     assert_eq!(e.code, 10022);
-    let report = &traces(&mut p)[0];
+    let report = &p.traces()[0];
     assert!(
         report["calls"].contains("address_to_string:1")
             && report["calls"].contains("string_to_address:2"),

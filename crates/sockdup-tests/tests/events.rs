@@ -577,20 +577,6 @@ fn ten_thousand_registrations_alternating_between_two_processes_leak_nothing() {
     assert_eq!(fd_count(), ours);
 }
 
-/// `trace` reports of a peer, as `key=value` maps.
-fn traces(p: &mut Peer) -> Vec<std::collections::BTreeMap<String, String>> {
-    p.ok("trace")
-        .split(" | ")
-        .filter(|r| !r.is_empty())
-        .map(|r| {
-            r.split(' ')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect()
-        })
-        .collect()
-}
-
 #[test]
 fn through_a_non_ifs_chain_each_layer_sees_the_calls_and_the_rule_holds() {
     let mut c = sockdup::catalog::Catalog::builtin();
@@ -613,13 +599,13 @@ fn through_a_non_ifs_chain_each_layer_sees_the_calls_and_the_rule_holds() {
     );
     assert_eq!(a.ok(&format!("ev-wait {ea} 300")), "timeout");
     for p in [&mut a, &mut b] {
-        let t = traces(p);
+        let t = p.traces();
         let report = t
             .iter()
             .find(|r| r["chain"] == chains[0].to_string())
             .unwrap();
         assert!(report["calls"].contains("event_select:1"), "{t:?}");
     }
-    let t = traces(&mut b);
+    let t = b.traces();
     assert!(t[0]["calls"].contains("enum_network_events:1"), "{t:?}");
 }

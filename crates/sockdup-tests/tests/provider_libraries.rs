@@ -259,20 +259,6 @@ fn broken_libraries_are_refused_at_use_naming_the_path_and_nothing_stays_loaded(
     }
 }
 
-/// `trace` reports of a peer: `layer=… chain=… seen=… calls=… …` per instance.
-fn traces(p: &mut Peer) -> Vec<BTreeMap<String, String>> {
-    p.ok("trace")
-        .split(" | ")
-        .filter(|r| !r.is_empty())
-        .map(|r| {
-            r.split(' ')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect()
-        })
-        .collect()
-}
-
 /// The C layer over a chain of the built-in `trace` layer over TCP/IPv4: the layer starts its
 /// next provider (a built-in layer) through libsockdup's `WSPStartup` with the chain's record
 /// unchanged, and the trace layer below it sees every call with the chain's entry.
@@ -341,14 +327,14 @@ fn a_c_layer_over_a_built_in_layer_passes_the_chain_record_down_unchanged() {
     );
 
     // The trace layer below it was handed the chain's record, unmodified, each time.
-    let source_traces = traces(&mut source);
+    let source_traces = source.traces();
     assert_eq!(source_traces.len(), 1, "{source_traces:?}");
     assert_eq!(
         source_traces[0]["seen"],
         format!("{chain},{chain},{chain}"),
         "startup, socket, duplicate"
     );
-    let target_traces = traces(&mut target);
+    let target_traces = target.traces();
     assert_eq!(
         target_traces[0]["seen"],
         format!("{chain},{chain}"),

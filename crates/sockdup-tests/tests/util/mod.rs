@@ -127,6 +127,17 @@ impl Peer {
         }
     }
 
+    /// The peer's `trace` reports (`layer=… chain=… seen=… calls=… …` per layer instance),
+    /// each as a `key=value` map.
+    #[track_caller]
+    pub fn traces(&mut self) -> Vec<sockdup_tests::cprov::Call> {
+        self.ok("trace")
+            .split(" | ")
+            .filter(|r| !r.is_empty())
+            .map(sockdup_tests::cprov::key_values)
+            .collect()
+    }
+
     /// Sends one command that must fail, and returns the failure.
     #[track_caller]
     pub fn fails(&mut self, line: &str) -> PeerError {
