@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use sockdup::catalog::Catalog;
 use sockdup::spi::library::{LIBRARY_KIND, PATH_KEY};
-use sockdup_tests::cprov::calls;
-use util::{compile, include_dir, lib_dir, repo};
+use sockdup_tests::cprov::{self, calls};
+use util::{compile, lib_dir, repo};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -23,21 +23,7 @@ const WAIT: Duration = Duration::from_secs(10);
 /// with nothing of sockdup's.
 fn shared(dir: &Path, name: &str, source: &Path) -> PathBuf {
     let out = dir.join(format!("lib{name}.so"));
-    let result = Command::new("gcc")
-        .args([
-            "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-std=c11", "-I",
-        ])
-        .arg(include_dir())
-        .arg(source)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .expect("running gcc");
-    assert!(
-        result.status.success(),
-        "gcc failed:\n{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    cprov::compile_shared(source, &out, &["-std=c11"]);
     out
 }
 

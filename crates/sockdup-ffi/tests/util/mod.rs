@@ -13,61 +13,27 @@ pub const LINE_WAIT: Duration = Duration::from_secs(20);
 
 /// The repository's root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    sockdup_tests::cprov::workspace()
 }
 
-/// The directory holding `libsockdup.so` and `libsockdup.a`, built now (once per test binary)
-/// with the profile and target directory this test was built with: Cargo does not build a
-/// package's cdylib/staticlib for its integration tests (they cannot link it), so without this
-/// the tests could pick up a stale library.
+/// The directory holding `libsockdup.so` and `libsockdup.a`, built now (once per test binary,
+/// by [`sockdup_tests::cprov::libsockdup`]) with the profile and target directory this test
+/// was built with: Cargo does not build a package's cdylib/staticlib for its integration tests
+/// (they cannot link it), so without this the tests could pick up a stale library.
 pub fn lib_dir() -> PathBuf {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        // target/<profile>/deps/<this test>
-        let exe = std::env::current_exe().expect("the test's own path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test runs from target/<profile>/deps")
-            .to_path_buf();
-        let target_dir = profile_dir.parent().expect("the target directory");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev".to_owned(),
-            Some(other) => other.to_owned(),
-            None => panic!("no profile directory in {}", exe.display()),
-        };
-        let (status, _, err) = run_command(
-            Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "--quiet",
-                    "--locked",
-                    "-p",
-                    "sockdup-ffi",
-                    "--profile",
-                    &profile,
-                ])
-                .arg("--target-dir")
-                .arg(target_dir)
-                .current_dir(repo()),
-            Duration::from_secs(900),
-        );
-        assert!(status.success(), "building libsockdup failed:\n{err}");
-        for lib in ["libsockdup.so", "libsockdup.a"] {
-            assert!(
-                profile_dir.join(lib).is_file(),
-                "cargo build -p sockdup-ffi made no {lib} in {}",
-                profile_dir.display()
-            );
-        }
-        profile_dir
-    })
-    .clone()
+    let so = sockdup_tests::cprov::libsockdup();
+    let dir = so.parent().expect("the profile directory").to_path_buf();
+    assert!(
+        dir.join("libsockdup.a").is_file(),
+        "cargo build -p sockdup-ffi made no libsockdup.a in {}",
+        dir.display()
+    );
+    dir
 }
 
 /// `include/` of the C headers.
 pub fn include_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("include")
+    sockdup_tests::cprov::include_dir()
 }
 
 /// Compiles `sources` with gcc into `out`, against libsockdup.so (found at run time through
