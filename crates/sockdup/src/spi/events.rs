@@ -57,9 +57,12 @@ impl Event {
     #[doc(alias = "WSASetEvent")]
     pub fn set(&self) {
         let _changing = crate::sync::lock(&self.state.changing);
-        self.state.set.store(true, Ordering::Release);
         // EAGAIN only when the counter is near 2^64: it is set anyway.
         let _ = sys::wake(self.fd.as_fd());
+        // After the write: a thread that reads `set` and goes on to reset the event (the
+        // common case: it enumerates at once) then finds the lock free in a moment, instead of
+        // sleeping on it through this thread's system call.
+        self.state.set.store(true, Ordering::Release);
     }
 
     /// `WSAResetEvent`: clears the event.
