@@ -2,7 +2,7 @@
 //! `WSAWaitForMultipleEvents` ([`wait_for_events`]), `WSANETWORKEVENTS` ([`NetworkEvents`]),
 //! and the message `WSAAsyncSelect` posts ([`Notification`]).
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, Weak};
@@ -266,6 +266,31 @@ pub(crate) trait Assist: Send + Sync + std::fmt::Debug {
     /// Records and signals what the registered sockets hold ready now, as the watcher thread
     /// would; whether it set the event whose descriptor is `mine`.
     fn record_ready(&self, mine: Option<BorrowedFd<'_>>) -> bool;
+    /// Whether the watcher thread is recording and signalling what it found ready.
+    fn recording(&self) -> bool;
+}
+
+/// How long a waiting thread that found its readiness taken by the watcher thread, busy
+/// recording it, spins for the watcher to set the event before it sleeps in `poll`.
+const SPIN_FOR_WATCHER: Duration = Duration::from_micros(20);
+
+/// Whether `event` became set while the watcher thread recorded what it took: when the
+/// watcher thread took the readiness this thread looked for (both are woken by the same
+/// arrival, on two CPUs), its signal is a few hundred nanoseconds away, and sleeping in `poll`
+/// to be woken by it costs a wake-up. Spins only while the watcher is at work, and
+/// [`SPIN_FOR_WATCHER`] at most.
+fn set_by_watcher(helper: &dyn Assist, event: Option<&Event>) -> bool {
+    let Some(event) = event else {
+        return false;
+    };
+    let start = Instant::now();
+    while helper.recording() && start.elapsed() < SPIN_FOR_WATCHER {
+        if event.known_set() {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    event.known_set()
 }
 
 /// Waits until one of `fds` (the descriptors of `events`, or some of them) is readable, for
@@ -291,7 +316,13 @@ fn wait_readable<E: std::borrow::Borrow<Event>>(
     // recorded without a `poll` that would only report it; and once this thread has set that
     // event itself, there is nothing to ask.
     let mine = (fds.len() == 1).then(|| fds[0]);
-    if mine.is_some() && helper.record_ready(mine) {
+    let mine_event = mine.and_then(|m| {
+        events
+            .iter()
+            .map(std::borrow::Borrow::borrow)
+            .find(|e: &&Event| e.as_fd().as_raw_fd() == m.as_raw_fd())
+    });
+    if mine.is_some() && (helper.record_ready(mine) || set_by_watcher(&*helper, mine_event)) {
         return Ok(vec![true]);
     }
     loop {
@@ -302,7 +333,7 @@ fn wait_readable<E: std::borrow::Borrow<Event>>(
             return Ok(got);
         }
         if sockets {
-            if helper.record_ready(mine) {
+            if helper.record_ready(mine) || set_by_watcher(&*helper, mine_event) {
                 return Ok(vec![true]);
             }
         } else if left.is_some_and(|l| l.is_zero()) {

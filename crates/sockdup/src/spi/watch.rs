@@ -82,6 +82,10 @@ struct Shared {
     waker: OwnedFd,
     listener: OwnedFd,
     stop: AtomicBool,
+    /// Whether the watcher thread is recording and signalling what it took from `sockets`:
+    /// a thread that finds the readiness it looked for taken waits for it without sleeping
+    /// ([`Assist::recording`]).
+    recording: AtomicBool,
     /// How many registrations exist: the receive path's test for "nothing to do".
     count: AtomicUsize,
     /// Held by the watcher thread while it signals what it recorded, after it let go of
@@ -338,6 +342,7 @@ impl Watcher {
             waker,
             listener,
             stop: AtomicBool::new(false),
+            recording: AtomicBool::new(false),
             count: AtomicUsize::new(0),
             signalling: Mutex::new(()),
             pid,
@@ -598,7 +603,9 @@ impl Shared {
                 tracing::error!(error = %e, "sockdup events: epoll_wait failed; the thread stops");
                 return;
             }
+            self.recording.store(true, Ordering::Release);
             self.record(&ready, &mut fired, true, None);
+            self.recording.store(false, Ordering::Release);
         }
     }
 
@@ -740,6 +747,10 @@ impl Assist for Shared {
     fn record_ready(&self, mine: Option<BorrowedFd<'_>>) -> bool {
         let (mut ready, mut fired) = (Vec::new(), Vec::new());
         Shared::record_ready(self, &mut ready, &mut fired, mine)
+    }
+
+    fn recording(&self) -> bool {
+        self.recording.load(Ordering::Acquire)
     }
 }
 
