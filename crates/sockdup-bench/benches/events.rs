@@ -15,7 +15,13 @@
 //!   `latency/uring`: no watching thread at all: the kernel signals the eventfd itself
 //!   (`io_uring` with the eventfd registered, a one-shot `POLL_ADD` on the socket); this thread
 //!   `poll`s the eventfd, reads it, reaps the completion, `recv`s, and submits the poll again.
-//!   What an event object could cost if the kernel, not a thread, signalled it.
+//!   What an event object could cost if the kernel, not a thread, signalled it, and if the
+//!   thread that waits were the one that registered (the poll's completion runs as work of the
+//!   thread that submitted it).
+//!   `latency/uring-owned`: the same, with the ring owned by another thread (`DEFER_TASKRUN`:
+//!   the socket's wake-up signals the eventfd without waking the owner), which takes the
+//!   completion and submits the poll again when this thread asks after each receive: what an
+//!   event object signalled by the kernel costs when the registration belongs to the process.
 //! - `waiting/sockdup`: the latency from data arriving to the event signalled while a thread
 //!   already waits: this thread tells a peer thread (over a socketpair) to send one byte and
 //!   waits on the event (`Event::wait`); the peer notes the time just before its `write`, this
@@ -243,6 +249,92 @@ impl Twin for Uring<'_> {
     }
 }
 
+/// `latency/uring-owned`: the kernel signals the eventfd as in `latency/uring`, but the ring
+/// belongs to another thread, as a registration belongs to the process and outlives the thread
+/// that waits: a `DEFER_TASKRUN` ring, so that the socket's wake-up signals the eventfd without
+/// waking its owner (the completion waits, queued, until the owner asks for it); after each
+/// receive this thread asks the owner (a channel) to take the completion and submit the poll
+/// again. The least an event object signalled by the kernel costs when the waiting thread is not
+/// the one that registered.
+struct UringOwned<'a> {
+    fd: &'a OwnedFd,
+    signal: &'a OwnedFd,
+    arm: std::sync::mpsc::Sender<bool>,
+}
+
+impl UringOwned<'_> {
+    /// The owner's loop: builds the ring (its single issuer), arms the poll, and re-arms it
+    /// each time it is asked, until told to stop (`false`) or its channel closes.
+    /// `ready` gets whether io_uring with `DEFER_TASKRUN` is available here.
+    fn own(
+        fd: &OwnedFd,
+        signal: &OwnedFd,
+        asks: std::sync::mpsc::Receiver<bool>,
+        ready: std::sync::mpsc::Sender<bool>,
+    ) {
+        use io_uring::{opcode, types};
+        use rustix::event::PollFlags;
+        use std::os::fd::AsRawFd;
+        let ring: std::io::Result<io_uring::IoUring> = io_uring::IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(8);
+        let mut ring = match ring {
+            Ok(ring)
+                if ring
+                    .submitter()
+                    .register_eventfd(signal.as_raw_fd())
+                    .is_ok() =>
+            {
+                ring
+            }
+            Ok(_) | Err(_) => {
+                eprintln!("latency/uring-owned skipped: no io_uring with DEFER_TASKRUN here");
+                let _ = ready.send(false);
+                return;
+            }
+        };
+        let _ = ready.send(true);
+        let poll_in = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), PollFlags::IN.bits().into())
+            .build()
+            .user_data(1);
+        let zero = types::Timespec::new();
+        for ask in std::iter::once(true).chain(asks) {
+            if !ask {
+                return;
+            }
+            // Take the completion (the wake-up queued it; it runs now, in this thread) without
+            // a second signal: the waiter has reset the eventfd and the data is taken.
+            ring.completion().disable_eventfd();
+            let _ = ring
+                .submitter()
+                .submit_with_args(1, &types::SubmitArgs::new().timespec(&zero));
+            ring.completion().for_each(drop);
+            ring.completion().enable_eventfd();
+            // SAFETY: a POLL_ADD entry refers to no memory of this process, only to `fd`,
+            // which outlives the ring (the ring is dropped when this function returns, while
+            // `fd` is borrowed from the caller).
+            #[allow(unsafe_code)]
+            unsafe {
+                ring.submission().push(&poll_in).expect("room in the queue");
+            }
+            ring.submit().expect("submit");
+        }
+    }
+}
+
+impl Twin for &UringOwned<'_> {
+    fn wait(&mut self) {
+        poll_readable(self.signal);
+    }
+
+    fn consume(&mut self, buf: &mut [u8]) {
+        reset(self.signal);
+        assert_eq!(rustix::io::read(self.fd, buf).expect("read"), 1);
+        self.arm.send(true).expect("the ring's owner");
+    }
+}
+
 /// Reads an eventfd's count (resets it).
 fn reset(signal: &OwnedFd) {
     let mut count = [0u8; 8];
@@ -294,6 +386,21 @@ fn latency(c: &mut Criterion) {
     if let Some(uring) = Uring::new(&bare) {
         latency_of(&mut g, "uring", &mut remote, uring);
     }
+    let signal = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).expect("eventfd");
+    let (arm, asks) = std::sync::mpsc::channel();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| UringOwned::own(&bare, &signal, asks, ready_tx));
+        if ready.recv().unwrap_or(false) {
+            let owned = UringOwned {
+                fd: &bare,
+                signal: &signal,
+                arm,
+            };
+            latency_of(&mut g, "uring-owned", &mut remote, &owned);
+            let _ = owned.arm.send(false);
+        }
+    });
     g.finish();
 }
 
