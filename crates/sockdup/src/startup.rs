@@ -155,7 +155,7 @@ impl Options {
     /// [`CallerInbox::timeout`] (when unredeemed duplicates expire). A source's
     /// `duplicate_socket` to this process waits for the answer that `serve_ready` sends: while
     /// the inbox is not served, sources wait, and fail after their ack timeout
-    /// ([`ack_timeout`](Self::ack_timeout), `WSAETIMEDOUT`, kind `ack-timeout`); duplicates
+    /// ([`ack_timeout`](Self::ack_timeout); `WSAENETDOWN`, [`ErrorKind::PeerTimedOut`]); duplicates
     /// nobody redeems are closed only in a `serve_ready` after their time-to-live.
     ///
     /// Like every option, it counts only for the first start of a run: if sockdup is already
