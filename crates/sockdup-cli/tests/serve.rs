@@ -1928,9 +1928,9 @@ fn answers_a_malformed_line_at_once_and_exits_1(command: &[&str]) {
 const POLL_WORKER: &str = env!("CARGO_BIN_EXE_poll-serve-worker");
 
 #[test]
-fn a_poll_loop_worker_serves_each_connection_once_on_two_threads() {
-    // Under the acceptor, two workers whose only threads are their poll loop (which reads
-    // the channel too) and the library's inbox; every client gets its own bytes back exactly
+fn a_poll_loop_worker_serves_each_connection_once_on_one_thread() {
+    // Under the acceptor, two workers whose only thread is their poll loop (which reads the
+    // channel and serves the library's inbox too); every client gets its own bytes back exactly
     // once, and the acceptor's and the workers' descriptors end where they began.
     const THREADS: usize = 4;
     const PER_THREAD: usize = 100;
@@ -1950,7 +1950,7 @@ fn a_poll_loop_worker_serves_each_connection_once_on_two_threads() {
     made += THREADS * PER_THREAD;
     for &pid in &workers {
         let threads = thread_count(pid);
-        assert_eq!(threads, 2, "worker {pid} runs {threads} threads");
+        assert_eq!(threads, 1, "worker {pid} runs {threads} threads");
     }
     for &(pid, n) in &idle {
         wait_idle(pid, n);
