@@ -155,8 +155,11 @@ impl Options {
     /// [`CallerInbox::timeout`] (when unredeemed duplicates expire). A source's
     /// `duplicate_socket` to this process waits for the answer that `serve_ready` sends: while
     /// the inbox is not served, sources wait, and fail after their ack timeout
-    /// ([`ack_timeout`](Self::ack_timeout); `WSAENETDOWN`, [`ErrorKind::PeerTimedOut`]); duplicates
-    /// nobody redeems are closed only in a `serve_ready` after their time-to-live.
+    /// ([`ack_timeout`](Self::ack_timeout); `WSAENETDOWN`, [`ErrorKind::PeerTimedOut`]);
+    /// duplicates nobody redeems are closed only in a `serve_ready` after their time-to-live.
+    /// Nor does the inbox answer while the loop's thread blocks elsewhere, in its own
+    /// `duplicate_socket` too: two such processes duplicating to each other at once wait for
+    /// each other until their ack timeout.
     ///
     /// Like every option, it counts only for the first start of a run: if sockdup is already
     /// started here with its thread, the guard's [`caller_inbox`](Startup::caller_inbox) is
