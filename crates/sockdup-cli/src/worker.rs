@@ -4,8 +4,9 @@
 //! The worker announces itself on stdout, then serves every connection the acceptor hands it
 //! from one event loop ([`evloop`]: epoll, non-blocking sockets, a state machine per
 //! connection; the acceptor's channel is one more descriptor in its epoll set, its `conn`
-//! lines read and redeemed on the same thread: besides the library's inbox thread, the worker
-//! runs no other), with the chosen app: `echo` sends back every byte until the client
+//! lines read and redeemed on the same thread, and so is the library's inbox, started with
+//! `sockdup::Options::inbox_served_by_caller`: the pushes of the acceptor's descriptors are
+//! received and acknowledged there too, so the worker runs one thread), with the chosen app: `echo` sends back every byte until the client
 //! closes; `hello` ([`hello`]) is a minimal HTTP/1.1 server. Standard output carries only the
 //! handoff protocol; logs go to stderr (`RUST_LOG`, default `warn`).
 //!
@@ -164,6 +165,25 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
         )
         .map_err(|e| CliError::failed(format!("installing a signal handler: {e}")))?;
     }
+    // The real worker serves its inbox from its event loop (no inbox thread): started here,
+    // before `announce`, whose start joins this run. The test modes that do not read their
+    // input at once keep the inbox thread, so that the acceptor's pushes are answered
+    // meanwhile (as they are by a worker that is merely slow).
+    let loop_served =
+        !args.test_write_garbage && args.test_hostile.is_none() && args.test_read_delay.is_none();
+    let guard = if loop_served {
+        let options = sockdup::Options::from_env()
+            .map_err(|e| CliError::sockdup("reading sockdup's options", e))?;
+        Some(
+            options
+                .inbox_served_by_caller()
+                .startup()
+                .map_err(|e| CliError::sockdup("starting sockdup", e))?,
+        )
+    } else {
+        None
+    };
+    let inbox = guard.as_ref().and_then(|g| g.caller_inbox().cloned());
     let worker = Worker::announce().map_err(|e| CliError::sockdup("announcing this worker", e))?;
     if args.test_write_garbage {
         return write_garbage(worker);
@@ -185,6 +205,7 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
     // lines are read, redeemed and confirmed on this thread, between two turns of serving.
     let mut handoff = Handoff {
         incoming,
+        inbox,
         broken: None,
     };
     evloop::serve(&mut handoff, args.app.protocol())
@@ -195,9 +216,12 @@ pub(crate) fn run(args: &Args) -> Result<(), CliError> {
     }
 }
 
-/// The acceptor's channel as the event loop's source of connections.
+/// The acceptor's channel as the event loop's source of connections, and this process's inbox
+/// (which receives the acceptor's descriptors) as its side descriptor.
 struct Handoff<'a> {
     incoming: NonblockingIncoming<'a>,
+    /// The inbox, served by the loop (`None`: the library's thread serves it).
+    inbox: Option<sockdup::CallerInbox>,
     /// The error that broke the acceptor's channel, if one did.
     broken: Option<sockdup::Error>,
 }
@@ -205,6 +229,22 @@ struct Handoff<'a> {
 impl evloop::Source<Sock> for Handoff<'_> {
     fn fd(&self) -> BorrowedFd<'_> {
         self.incoming.as_fd()
+    }
+
+    fn side_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inbox.as_ref().map(AsFd::as_fd)
+    }
+
+    fn serve_side(&mut self) {
+        if let Some(inbox) = &self.inbox
+            && let Err(e) = inbox.serve_ready()
+        {
+            tracing::error!(error = %e, "sockdup worker: serving the inbox failed");
+        }
+    }
+
+    fn side_timeout(&self) -> Option<std::time::Duration> {
+        self.inbox.as_ref()?.timeout()
     }
 
     fn take(&mut self, add: &mut dyn FnMut(Sock)) -> bool {

@@ -1,7 +1,10 @@
 //! An echo server that runs as a `sockdup serve` worker from a hand-written poll(2) loop, on
-//! one thread: the acceptor's channel ([`sockdup::handoff::Worker::incoming_nonblocking`]) is
-//! one more descriptor in the loop, next to the connections it serves. No async runtime, no
-//! thread of its own for the channel (the library's inbox thread is the only other one).
+//! one thread: the acceptor's channel ([`sockdup::handoff::Worker::incoming_nonblocking`]) and
+//! this process's inbox ([`sockdup::CallerInbox`], from
+//! [`sockdup::Options::inbox_served_by_caller`]: it receives the acceptor's descriptors) are
+//! two more descriptors in the loop, next to the connections it serves. No async runtime, no
+//! other thread: the loop receives the pushed descriptor and acknowledges it, reads the
+//! `conn` line, redeems and confirms it, and serves the connection.
 //!
 //! ```text
 //! cargo build -p sockdup --example poll_serve_worker
@@ -11,6 +14,7 @@
 //! Standard output is the acceptor's channel: log to standard error only.
 
 use std::io::{self, Read, Write};
+use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags, poll};
 use sockdup::handoff::{Connection, Worker};
@@ -27,16 +31,30 @@ struct Echo {
 }
 
 fn main() -> Result<()> {
-    // Starts sockdup in this process and tells the acceptor its pid.
+    // Starts sockdup with the inbox served by this loop (no inbox thread): first, so that the
+    // start in `announce` joins this run. The loop must then serve it promptly: the acceptor
+    // waits for its answer (up to its ack timeout) before it writes the `conn` line.
+    let guard = sockdup::Options::from_env()?
+        .inbox_served_by_caller()
+        .startup()?;
+    let inbox = guard
+        .caller_inbox()
+        .expect("the first start in this process")
+        .clone();
+    // Tells the acceptor this process's pid.
     let worker = Worker::announce()?;
     let mut incoming = worker.incoming_nonblocking()?;
     let mut open: Vec<Echo> = Vec::new();
     let mut ended = false;
     let mut buf = vec![0u8; 16 * 1024];
     while !(ended && open.is_empty()) {
-        // One poll for the channel (until its end) and every connection.
-        let (channel, conns): (PollFlags, Vec<PollFlags>) = {
-            let mut fds = Vec::with_capacity(open.len() + 1);
+        // One poll for the inbox, the channel (until its end) and every connection, no longer
+        // than until the inbox's next expiry.
+        let wait = inbox.timeout();
+        let due = wait.map(|t| Instant::now() + t);
+        let timeout = wait.map(rustix::time::Timespec::try_from).transpose()?;
+        let (inbox_ready, channel, conns): (bool, PollFlags, Vec<PollFlags>) = {
+            let mut fds = Vec::with_capacity(open.len() + 2);
             for e in &mut open {
                 let want = if e.pending.is_empty() {
                     PollFlags::IN
@@ -48,18 +66,25 @@ fn main() -> Result<()> {
             if !ended {
                 fds.push(PollFd::new(&incoming, PollFlags::IN));
             }
-            match poll(&mut fds, None) {
+            fds.push(PollFd::new(&inbox, PollFlags::IN));
+            match poll(&mut fds, timeout.as_ref()) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
             let mut revents: Vec<PollFlags> = fds.iter().map(PollFd::revents).collect();
+            let inbox_ready = revents.pop().is_some_and(|r| !r.is_empty());
             let channel = if ended {
                 PollFlags::empty()
             } else {
                 revents.pop().unwrap_or_else(PollFlags::empty)
             };
-            (channel, revents)
+            (inbox_ready, channel, revents)
         };
+        // The inbox first: it receives (and acknowledges) the descriptors that the `conn`
+        // lines will name; when due, it closes the duplicates that expired.
+        if inbox_ready || due.is_some_and(|d| Instant::now() >= d) {
+            inbox.serve_ready()?;
+        }
         // The connections first: `conns` is in their order as polled.
         for (e, flags) in open.iter_mut().zip(conns) {
             if !flags.is_empty() && step(e, &mut buf) {

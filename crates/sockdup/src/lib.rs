@@ -76,5 +76,5 @@ pub use catalog_file::catalog_path;
 pub use sockdup_core::error::{self, Error, ErrorKind};
 pub use sockdup_core::wire::{self, Guid, ProtocolChain, ProtocolInfo};
 pub use sockdup_core::{catalog, flags};
-pub use startup::{Allow, Options, Startup, startup};
+pub use startup::{Allow, CallerInbox, Options, Startup, startup};
 pub use sys::{InboxAddress, is_cloexec};

@@ -1,11 +1,13 @@
 //! The runtime: `startup()` (`WSAStartup`), its options, its guard, and the process-wide state
-//! of one run (this process's inbox table and thread, the connection pool to other inboxes).
+//! of one run (this process's inbox table and thread, or the [`CallerInbox`] the application
+//! serves from its own event loop; the connection pool to other inboxes).
 //!
 //! Floors above keep their own per-run state here without this module knowing their types
 //! ([`Runtime::extension`]): the SPI's dispatcher lives and dies with the run that way.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use sockdup_core::inbox::{Inbox, Limits};
 
 use crate::sync::lock;
 use crate::sys::{self, InboxAddress};
-use crate::transport::{InboxThread, Pool};
+use crate::transport::{InboxThread, Pool, Serve};
 
 /// How [`startup`] sets up this process's inbox; a builder.
 ///
@@ -31,6 +33,7 @@ pub struct Options {
     allow: Allow,
     runtime_dir: Option<PathBuf>,
     ack_timeout: Duration,
+    caller_served: bool,
 }
 
 impl Default for Options {
@@ -49,6 +52,7 @@ impl Options {
             allow: Allow::SameUser,
             runtime_dir: None,
             ack_timeout: Duration::from_secs(10),
+            caller_served: false,
         }
     }
 
@@ -139,6 +143,46 @@ impl Options {
         self
     }
 
+    /// No inbox thread: the application serves this process's inbox from its own event loop,
+    /// on its own thread, through the [`CallerInbox`] of the guard
+    /// ([`Startup::caller_inbox`]). For a server that already runs an event loop (epoll, poll,
+    /// mio) and wants one thread to receive the descriptors other processes push, acknowledge
+    /// them and serve the sockets: fewer threads waking up per duplicate.
+    ///
+    /// The caller **must** then serve the inbox promptly: watch the [`CallerInbox`]'s
+    /// descriptor ([`AsFd`]) for readability in its loop, call
+    /// [`serve_ready`](CallerInbox::serve_ready) when it is readable, and bound its wait by
+    /// [`CallerInbox::timeout`] (when unredeemed duplicates expire). A source's
+    /// `duplicate_socket` to this process waits for the answer that `serve_ready` sends: while
+    /// the inbox is not served, sources wait, and fail after their ack timeout
+    /// ([`ack_timeout`](Self::ack_timeout); `WSAENETDOWN`, [`ErrorKind::PeerTimedOut`]);
+    /// duplicates nobody redeems are closed only in a `serve_ready` after their time-to-live.
+    /// Nor does the inbox answer while the loop's thread blocks elsewhere, in its own
+    /// `duplicate_socket` too: two such processes duplicating to each other at once wait for
+    /// each other until their ack timeout.
+    ///
+    /// Like every option, it counts only for the first start of a run: if sockdup is already
+    /// started here with its thread, the guard's [`caller_inbox`](Startup::caller_inbox) is
+    /// `None` (and later starts of a caller-served run, [`startup`] too, share its inbox).
+    ///
+    /// ```no_run
+    /// use rustix::event::{PollFd, PollFlags, poll};
+    ///
+    /// let guard = sockdup::Options::from_env()?.inbox_served_by_caller().startup()?;
+    /// let inbox = guard.caller_inbox().expect("the first start of this process's run");
+    /// loop {
+    ///     // A real loop watches its own descriptors in the same call.
+    ///     let timeout = inbox.timeout().map(|d| rustix::time::Timespec::try_from(d).unwrap());
+    ///     poll(&mut [PollFd::new(inbox, PollFlags::IN)], timeout.as_ref())?;
+    ///     inbox.serve_ready()?; // never blocks
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn inbox_served_by_caller(mut self) -> Self {
+        self.caller_served = true;
+        self
+    }
+
     /// Starts sockdup in this process with these options (`WSAStartup`). If sockdup is already
     /// started, this takes one more reference and the options of the first start stay.
     ///
@@ -150,7 +194,9 @@ impl Options {
         if let Some(state) = slot.as_mut() {
             if state.runtime.pid == sys::getpid() {
                 state.guards += 1;
-                return Ok(Startup { _private: () });
+                return Ok(Startup {
+                    caller: state.runtime.caller_inbox(),
+                });
             }
             // Inherited through fork(): the inbox thread does not exist here. Forget, don't join.
             if let Some(stale) = slot.take() {
@@ -158,11 +204,12 @@ impl Options {
             }
         }
         let runtime = Runtime::start(self)?;
+        let caller = runtime.caller_inbox();
         *slot = Some(State {
             runtime: Arc::new(runtime),
             guards: 1,
         });
-        Ok(Startup { _private: () })
+        Ok(Startup { caller })
     }
 }
 
@@ -174,10 +221,20 @@ impl Options {
 #[derive(Debug)]
 #[must_use = "sockdup stops when the last Startup guard is dropped"]
 pub struct Startup {
-    _private: (),
+    /// The inbox to serve, if the run's first start asked to serve it
+    /// ([`Options::inbox_served_by_caller`]).
+    caller: Option<CallerInbox>,
 }
 
 impl Startup {
+    /// This process's inbox, to serve from the application's event loop, if the run was
+    /// started with [`Options::inbox_served_by_caller`]; `None` if the inbox thread serves it.
+    /// Clone it to keep it in the loop's state (it does not keep the run alive: the guard
+    /// does).
+    pub fn caller_inbox(&self) -> Option<&CallerInbox> {
+        self.caller.as_ref()
+    }
+
     /// This process's inbox address.
     pub fn inbox_address(&self) -> InboxAddress {
         lock(&STATE)
@@ -201,6 +258,103 @@ impl Drop for Startup {
                     state.runtime.shut_down();
                 }
             }
+        }
+    }
+}
+
+/// This process's inbox when the application serves it from its own event loop
+/// ([`Options::inbox_served_by_caller`]); from [`Startup::caller_inbox`].
+///
+/// Its descriptor ([`AsFd`]; an epoll set: watch it for readability, never read it) is
+/// readable when there is work: a source connecting, a push or a cancel waiting for its answer.
+/// [`serve_ready`](Self::serve_ready) does that work without blocking; call it when the
+/// descriptor is readable and when [`timeout`](Self::timeout) has passed (expiry of
+/// duplicates nobody redeemed). A spare call costs one `epoll_wait` that returns at once.
+/// While nobody calls it, sources pushing to this process wait (up to their ack timeout).
+///
+/// Clones share the one inbox; calls from several threads take turns.
+#[derive(Clone)]
+pub struct CallerInbox {
+    shared: Arc<CallerServed>,
+}
+
+/// What a run's [`CallerInbox`]es share with its runtime.
+pub(crate) struct CallerServed {
+    pid: u32,
+    /// The inbox's epoll set, open as long as a handle is (the inbox itself closes with the
+    /// run).
+    epoll: Arc<OwnedFd>,
+    /// The inbox, until the run ends.
+    serve: Mutex<Option<Serve>>,
+}
+
+impl std::fmt::Debug for CallerInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerInbox")
+            .field("pid", &self.shared.pid)
+            .field("epoll", &self.shared.epoll)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsFd for CallerInbox {
+    /// The inbox's epoll set: readable when [`serve_ready`](CallerInbox::serve_ready) has
+    /// work. Watch it (level-triggered); do not read it.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.shared.epoll.as_fd()
+    }
+}
+
+impl CallerInbox {
+    /// One turn of the inbox's work, without blocking: accepts sources that connect, receives
+    /// the descriptors they push into this process's table and answers each with its tickets
+    /// (or the error that refuses it), answers cancels, and closes the duplicates whose
+    /// time-to-live is over. Nothing to do is not an error.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Forked`] in a child forked from the process that
+    /// started sockdup (the inbox belongs to the parent); [`ErrorKind::NotStarted`] once the
+    /// run is over (its last guard dropped: this handle outlived it); an error from
+    /// [`Error::from_errno`] if the inbox's epoll set fails.
+    pub fn serve_ready(&self) -> Result<(), Error> {
+        self.check_pid()?;
+        let mut slot = lock(&self.shared.serve);
+        let Some(serve) = slot.as_mut() else {
+            return Err(Error::new(
+                ErrorKind::NotStarted,
+                "this CallerInbox belongs to a run of sockdup that is over (its last Startup guard was dropped): \
+                 use the caller_inbox() of the current run's guard",
+            ));
+        };
+        serve
+            .turn(Some(Duration::ZERO))
+            .map_err(|e| Error::from_errno(e, "waiting on the inbox's epoll set"))?;
+        Ok(())
+    }
+
+    /// How long the caller's loop may wait before [`serve_ready`](Self::serve_ready) is due
+    /// even if the descriptor stays quiet: until the next unredeemed duplicate expires (or a
+    /// pause in accepting, out of descriptors, ends). `None`: nothing is due, wait for
+    /// readiness alone. Rounded up to the millisecond, so that a wait of that long (a
+    /// `poll`/`epoll_wait` timeout in milliseconds) does not end a hair early and spin.
+    pub fn timeout(&self) -> Option<Duration> {
+        let due = lock(&self.shared.serve).as_ref()?.due()?;
+        let left = due.saturating_duration_since(Instant::now());
+        let millis = left.as_nanos().div_ceil(1_000_000);
+        Some(Duration::from_millis(
+            u64::try_from(millis).unwrap_or(u64::MAX),
+        ))
+    }
+
+    fn check_pid(&self) -> Result<(), Error> {
+        if sys::getpid() == self.shared.pid {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Forked,
+                "this process was forked from the one whose inbox this is, and the inbox does not cross fork(): \
+                 call sockdup::startup() in this process",
+            ))
         }
     }
 }
@@ -258,8 +412,16 @@ pub(crate) struct Runtime {
     /// Connections to other processes' inboxes.
     pub(crate) pool: Pool,
     extensions: Mutex<Extensions>,
-    /// The inbox thread, until the run is shut down.
-    thread: Mutex<Option<InboxThread>>,
+    /// Who serves the inbox, until the run is shut down.
+    inbox: Mutex<Option<Served>>,
+}
+
+/// Who serves a run's inbox.
+enum Served {
+    /// Its own thread.
+    Thread(InboxThread),
+    /// The application's event loop ([`Options::inbox_served_by_caller`]).
+    Caller(Arc<CallerServed>),
 }
 
 impl Runtime {
@@ -294,21 +456,40 @@ impl Runtime {
             sys::random_u32(),
             options.limits,
         )));
-        let thread = InboxThread::spawn(
+        let serve = Serve::new(
             listener,
             table.clone(),
             options.allow.clone(),
             sys::getuid(),
         )?;
-        tracing::debug!(pid, %address, "sockdup inbox started");
+        let inbox = if options.caller_served {
+            Served::Caller(Arc::new(CallerServed {
+                pid,
+                epoll: serve.epoll(),
+                serve: Mutex::new(Some(serve)),
+            }))
+        } else {
+            Served::Thread(InboxThread::spawn(serve)?)
+        };
+        tracing::debug!(pid, %address, caller_served = options.caller_served, "sockdup inbox started");
         Ok(Self {
             pid,
             address,
             table,
             pool: Pool::new(options.runtime_dir.clone(), options.ack_timeout),
             extensions: Mutex::new(HashMap::new()),
-            thread: Mutex::new(Some(thread)),
+            inbox: Mutex::new(Some(inbox)),
         })
+    }
+
+    /// The handle on the inbox, if the application serves it.
+    fn caller_inbox(&self) -> Option<CallerInbox> {
+        match lock(&self.inbox).as_ref()? {
+            Served::Caller(shared) => Some(CallerInbox {
+                shared: shared.clone(),
+            }),
+            Served::Thread(_) => None,
+        }
     }
 
     /// The state of this process's current run, or `WSANOTINITIALISED`.
@@ -358,10 +539,14 @@ fn downcast<T: Any + Send + Sync>(value: Arc<dyn Any + Send + Sync>) -> Arc<T> {
 impl Runtime {
     /// Stops the inbox (its thread, its listening socket, its socket file); once is enough.
     fn shut_down(&self) {
-        let Some(thread) = lock(&self.thread).take() else {
+        let Some(inbox) = lock(&self.inbox).take() else {
             return;
         };
-        thread.stop();
+        match inbox {
+            Served::Thread(thread) => thread.stop(),
+            // Handles that outlive the run keep only the (now empty) epoll set.
+            Served::Caller(shared) => drop(lock(&shared.serve).take()),
+        }
         if let InboxAddress::Path(path) = &self.address {
             let _ = std::fs::remove_file(path);
         }

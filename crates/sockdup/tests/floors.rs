@@ -53,6 +53,7 @@ const ROOT_NAMES: &[(&str, Option<&str>)] = &[
     ("Allow", Some("startup")),
     ("Options", Some("startup")),
     ("Startup", Some("startup")),
+    ("CallerInbox", Some("startup")),
     ("startup", Some("startup")),
     ("InboxAddress", Some("sys")),
     ("is_cloexec", Some("sys")),

@@ -5,7 +5,8 @@
 //! Connections come from a [`Source`] whose descriptor the loop watches in its epoll set with a
 //! token of its own: the handoff channel itself (`sockdup worker` in handoff mode reads and
 //! redeems the acceptor's `conn` lines on this thread, with
-//! `sockdup::handoff::NonblockingIncoming`), or a feeder thread (the accept loop of
+//! `sockdup::handoff::NonblockingIncoming`, and serves its inbox here too, the source's side
+//! descriptor [`Source::side_fd`]: `sockdup::CallerInbox`), or a feeder thread (the accept loop of
 //! `--listen-fds`, the load-test twins' descriptor receivers) through a channel ([`channel`]),
 //! the feeder waking the loop with an eventfd. When the source says the end ([`Feed::End`], or
 //! the handoff channel's end), the loop stops watching it and drains: `hello` connections idle at a request boundary
@@ -38,6 +39,9 @@ const TICK: Duration = Duration::from_millis(200);
 
 /// The epoll token of the source's descriptor (connections use their slot's index).
 const SOURCE: u64 = u64::MAX;
+
+/// The epoll token of the source's side descriptor ([`Source::side_fd`]).
+const SIDE: u64 = u64::MAX - 1;
 
 /// The most bytes a lingering close reads from the client before giving up.
 const LINGER_BYTES: usize = 1 << 20;
@@ -130,6 +134,21 @@ pub(crate) trait Source<C> {
     /// Takes the connections that wait, without blocking, handing each to `add`; true once
     /// no more will come (the loop then stops watching [`fd`](Self::fd) and drains).
     fn take(&mut self, add: &mut dyn FnMut(C)) -> bool;
+    /// A second descriptor the loop watches for the source until it returns (level
+    /// triggered), for work that brings no connection by itself: the handoff worker's inbox,
+    /// which receives the acceptor's descriptors before their `conn` lines come.
+    /// [`serve_side`](Self::serve_side) runs when it is readable or when
+    /// [`side_timeout`](Self::side_timeout) has passed. None by default.
+    fn side_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    /// Does the side descriptor's work, without blocking.
+    fn serve_side(&mut self) {}
+    /// How long the loop may wait before [`serve_side`](Self::serve_side) is due even if the
+    /// side descriptor stays quiet (`None`: only when it is readable).
+    fn side_timeout(&self) -> Option<Duration> {
+        None
+    }
 }
 
 impl<C> Source<C> for Loop<C> {
@@ -242,6 +261,9 @@ pub(crate) fn serve<C: Client>(source: &mut impl Source<C>, app: Protocol) -> io
         Err(rustix::io::Errno::PERM) => true,
         Err(e) => return Err(e.into()),
     };
+    if let Some(side) = source.side_fd() {
+        epoll::add(&epoll, side, EventData::new_u64(SIDE), EventFlags::IN)?;
+    }
     let mut ev = EventLoop {
         app,
         epoll,
@@ -253,10 +275,6 @@ pub(crate) fn serve<C: Client>(source: &mut impl Source<C>, app: Protocol) -> io
         closed: Vec::new(),
     };
     let mut events = Vec::with_capacity(256);
-    let tick = rustix::time::Timespec {
-        tv_sec: 0,
-        tv_nsec: TICK.as_nanos() as i64,
-    };
     let at_once = rustix::time::Timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -269,19 +287,36 @@ pub(crate) fn serve<C: Client>(source: &mut impl Source<C>, app: Protocol) -> io
         }
         events.clear();
         let read_anyway = unwatched && !fed_end;
+        let side_timeout = source.side_timeout();
+        let wait = side_timeout.map_or(TICK, |t| t.min(TICK));
+        let side_due = side_timeout.map(|t| Instant::now() + t);
+        let wait = rustix::time::Timespec {
+            tv_sec: wait.as_secs() as i64,
+            tv_nsec: i64::from(wait.subsec_nanos()),
+        };
         match epoll::wait(
             &ev.epoll,
             rustix::buffer::spare_capacity(&mut events),
-            Some(if read_anyway { &at_once } else { &tick }),
+            Some(if read_anyway { &at_once } else { &wait }),
         ) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
+        }
+        // The side first: the handoff worker's inbox stores what the acceptor pushed before
+        // the `conn` lines that name it are read.
+        if events.iter().any(|e| e.data.u64() == SIDE)
+            || side_due.is_some_and(|due| Instant::now() >= due)
+        {
+            source.serve_side();
         }
         if read_anyway {
             fed_end = ev.take_from(source);
         }
         for event in &events {
             let token = event.data.u64();
+            if token == SIDE {
+                continue;
+            }
             if token == SOURCE {
                 if !fed_end {
                     fed_end = ev.take_from(source);

@@ -2,7 +2,8 @@
 //! stdout, `ok [VALUE...]` or `err CODE KIND MESSAGE` (the codec: [`sockdup_tests::Command`],
 //! [`sockdup_tests::Answer`]). Descriptors it holds are named by index.
 //!
-//! Commands: `startup [ttl=S] [capacity=N] [ack=S] [allow=any|nobody]`, `cleanup`, `pid`, `tcp-listen`,
+//! Commands: `startup [ttl=S] [capacity=N] [ack=S] [allow=any|nobody] [inbox=caller|unserved]`,
+//! `cleanup`, `pid`, `tcp-listen`,
 //! `tcp-connect ADDR`, `udp-bind`, `unix-pair`, `pipe`, `dup IDX PID`, `dup-many IDX,IDX PID`,
 //! `redeem RECORD`, `redeem-many RECORD...`, `close IDX`, `write IDX TEXT`, `read IDX`, `accept IDX`, `keepalive IDX`,
 //! `set-keepalive IDX`, `nonblock IDX`, `set-nonblock IDX`, `udp-connect ADDR`, `fdcount`,
@@ -20,16 +21,23 @@
 //! (answers `N FIRST LAST`), `fill IDX` (copies of IDX until out of descriptors), `unfill N|all`;
 //! a hostile inbox peer: `attack PID WHAT`.
 //!
+//! With `inbox=caller` the peer starts sockdup with `Options::inbox_served_by_caller` and
+//! serves its inbox from a poll loop while it waits for its next command (one thread: no inbox
+//! thread); with `inbox=unserved` it starts so but never serves it (sources pushing to it wait
+//! for their ack timeout).
+//!
 //! A command that is not one of these, or lacks an argument, is answered at once with an `err`
 //! (kind `protocol-violation` or `invalid-argument`); a line too long or not UTF-8 is answered
 //! so too, and the peer then exits (status 1): its input is out of step.
 #![forbid(unsafe_code)]
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::rc::Rc;
 use std::time::Duration;
 
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
@@ -62,6 +70,9 @@ struct Peer {
     events: HashMap<usize, sockdup::spi::Event>,
     /// `async_select` channels by socket index (`ev-async`).
     notes: HashMap<usize, std::sync::mpsc::Receiver<sockdup::spi::Notification>>,
+    /// The inbox this peer serves while it waits for a command (`startup inbox=caller`),
+    /// shared with its input ([`ServingStdin`]).
+    serving: Rc<RefCell<Option<sockdup::CallerInbox>>>,
 }
 
 /// What a command answers: `ok VALUE` or the error.
@@ -126,6 +137,7 @@ impl Peer {
         match c.verb {
             Verb::Startup => self.startup(c),
             Verb::Cleanup => {
+                self.serving.replace(None);
                 self.guard = None;
                 done()
             }
@@ -185,9 +197,11 @@ impl Peer {
         }
     }
 
-    /// `startup [ttl=S] [capacity=N] [share=N] [ack=S] [allow=any|nobody]`.
+    /// `startup [ttl=S] [capacity=N] [share=N] [ack=S] [allow=any|nobody]
+    /// [inbox=caller|unserved]`.
     fn startup(&mut self, c: &Command) -> Outcome {
         let mut o = sockdup::Options::from_env()?;
+        let mut serve = false;
         let seconds = |v: &str, what: &str| {
             v.parse()
                 .map(Duration::from_secs_f64)
@@ -206,10 +220,17 @@ impl Peer {
                 }
                 Some(("allow", "any")) => o.allow(sockdup::Allow::AnyUser),
                 Some(("allow", "nobody")) => o.allow(sockdup::Allow::Uids(vec![])),
+                Some(("inbox", how @ ("caller" | "unserved"))) => {
+                    serve = how == "caller";
+                    o.inbox_served_by_caller()
+                }
                 _ => return Err(c.bad(format!("unknown option {opt}"))),
             };
         }
-        self.guard = Some(o.startup()?);
+        let guard = o.startup()?;
+        let inbox = guard.caller_inbox().filter(|_| serve).cloned();
+        self.serving.replace(inbox);
+        self.guard = Some(guard);
         done()
     }
 
@@ -894,7 +915,10 @@ fn main() -> std::process::ExitCode {
     // Chains holding provider libraries (C layers) work here as in the sockdup command.
     sockdup_capi::provider::register();
     let mut peer = Peer::default();
-    let mut input = LineReader::new(std::io::stdin().lock(), MAX_LINE);
+    let input = ServingStdin {
+        serving: peer.serving.clone(),
+    };
+    let mut input = LineReader::new(input, MAX_LINE);
     let mut out = std::io::stdout();
     loop {
         let outcome = match input.read_line() {
@@ -909,6 +933,47 @@ fn main() -> std::process::ExitCode {
         };
         if !answer(&mut out, &Answer::from(outcome)) {
             return std::process::ExitCode::SUCCESS;
+        }
+    }
+}
+
+/// The peer's standard input (read unbuffered: the line reader buffers), which, while the peer
+/// serves its inbox (`startup inbox=caller`), waits for the next command in a poll loop that
+/// serves the inbox meanwhile.
+struct ServingStdin {
+    serving: Rc<RefCell<Option<sockdup::CallerInbox>>>,
+}
+
+impl std::io::Read for ServingStdin {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use rustix::event::{PollFd, PollFlags, poll};
+        let stdin = std::io::stdin();
+        loop {
+            let Some(inbox) = self.serving.borrow().clone() else {
+                return Ok(rustix::io::read(stdin.as_fd(), buf)?);
+            };
+            let timeout = inbox.timeout().map(|d| {
+                rustix::time::Timespec::try_from(d).unwrap_or(rustix::time::Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                })
+            });
+            let mut fds = [
+                PollFd::new(&stdin, PollFlags::IN),
+                PollFd::new(&inbox, PollFlags::IN),
+            ];
+            match poll(&mut fds, timeout.as_ref()) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let command = !fds[0].revents().is_empty();
+            // Readable or due (a spare call returns at once).
+            if let Err(e) = inbox.serve_ready() {
+                eprintln!("peer {}: serving the inbox: {e}", std::process::id());
+            }
+            if command {
+                return Ok(rustix::io::read(stdin.as_fd(), buf)?);
+            }
         }
     }
 }

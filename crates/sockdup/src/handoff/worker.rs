@@ -158,6 +158,10 @@ impl Channel {
 
 impl Worker {
     /// Starts sockdup in this process and tells the acceptor its pid (the seed's steps 3-4).
+    /// If sockdup is already started here, the worker joins that run, with its options: a
+    /// worker that serves its inbox from its own event loop starts sockdup with
+    /// [`Options::inbox_served_by_caller`](crate::Options::inbox_served_by_caller) first (see
+    /// [`incoming_nonblocking`](Self::incoming_nonblocking)).
     ///
     /// # Errors
     /// As [`crate::startup`]; an error from [`Error::from_errno`] if standard output is closed.
@@ -241,6 +245,17 @@ impl Worker {
     /// and `done` lines are written to standard output (blocking) with one `write(2)` per batch
     /// or per [`finish_all`](Connection::finish_all): the acceptor reads them as they come, so
     /// such a write waits only if it stopped reading, a few lines' worth at most.
+    ///
+    /// The acceptor pushes each connection's descriptor into this process's inbox, and waits
+    /// for the inbox's answer, before it writes the `conn` line. By default the library's inbox
+    /// thread answers. To have the same loop do it (one thread for everything: fewer wake-ups
+    /// and context switches per connection), start sockdup with
+    /// [`Options::inbox_served_by_caller`](crate::Options::inbox_served_by_caller) before
+    /// [`announce`](Self::announce), watch the guard's [`CallerInbox`](crate::CallerInbox) in
+    /// the same `poll`, bound the wait by its [`timeout`](crate::CallerInbox::timeout), and
+    /// call its [`serve_ready`](crate::CallerInbox::serve_ready) when it is readable or due;
+    /// `examples/poll_serve_worker.rs` does. Such a loop must not block elsewhere for long: the
+    /// acceptor waits for the inbox's answer (up to its ack timeout).
     ///
     /// The end is as for [`incoming`](Self::incoming): once the acceptor closed the channel
     /// (its shutdown, or its death), a batch says [`ended`](Batch::ended) (after the

@@ -1,12 +1,16 @@
-//! The inbox thread: accepts sources, receives their descriptors into the table, answers with
+//! The inbox: accepts sources, receives their descriptors into the table, answers with
 //! tickets, and closes what expires.
 //!
-//! One thread per process, one `epoll` set: the listening socket, one connection per source
-//! process (sources keep their connection for later duplicates), and an `eventfd` that stops
-//! the thread. All decisions are made by the core's [`Inbox`]; this file moves bytes and
+//! One `epoll` set per process: the listening socket and one connection per source process
+//! (sources keep their connection for later duplicates). [`Serve::turn`] is one turn of work
+//! around it; the inbox thread ([`InboxThread`], with an `eventfd` in the set that stops it)
+//! turns it in a loop, or an application that serves its inbox from its own event loop
+//! (`Options::inbox_served_by_caller`) turns it whenever the set is readable or a deadline
+//! passes. All decisions are made by the core's [`Inbox`]; this file moves bytes and
 //! descriptors.
 
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -42,45 +46,20 @@ pub(crate) struct InboxThread {
 }
 
 impl InboxThread {
-    pub(crate) fn spawn(
-        listener: OwnedFd,
-        table: Arc<Mutex<Inbox<OwnedFd>>>,
-        allow: Allow,
-        own_uid: u32,
-    ) -> Result<Self, Error> {
+    /// Serves `serve` on a thread of its own until [`stop`](Self::stop).
+    pub(crate) fn spawn(serve: Serve) -> Result<Self, Error> {
         let waker =
             sys::waker().map_err(|e| Error::from_errno(e, "creating the inbox's eventfd"))?;
-        let ep = epoll::create(epoll::CreateFlags::CLOEXEC)
-            .map_err(|e| Error::from_errno(e, "creating the inbox's epoll"))?;
-        for (fd, key) in [(listener.as_fd(), LISTENER), (waker.as_fd(), WAKER)] {
-            epoll::add(
-                &ep,
-                fd,
-                epoll::EventData::new_u64(key),
-                epoll::EventFlags::IN,
-            )
-            .map_err(|e| Error::from_errno(e, "registering the inbox with epoll"))?;
-        }
-        let (pid, nonce) = {
-            let t = lock(&table);
-            (t.pid(), t.nonce())
-        };
-        let state = Serve {
-            ep,
-            listener,
-            table,
-            pid,
-            nonce,
-            allow,
-            own_uid,
-            conns: HashMap::new(),
-            conns_by_pid: HashMap::new(),
-            next_key: 2,
-            accept_paused_until: None,
-        };
+        epoll::add(
+            &*serve.ep,
+            waker.as_fd(),
+            epoll::EventData::new_u64(WAKER),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| Error::from_errno(e, "registering the inbox with epoll"))?;
         let handle = std::thread::Builder::new()
             .name("sockdup-inbox".into())
-            .spawn(move || state.run())
+            .spawn(move || serve.run())
             .map_err(|e| Error::from_errno(e, "starting the inbox thread"))?;
         Ok(Self { waker, handle })
     }
@@ -98,8 +77,13 @@ struct Peer {
     pid: u32,
 }
 
-struct Serve {
-    ep: OwnedFd,
+/// The inbox's state and its one turn of work ([`turn`](Self::turn)): served by the inbox
+/// thread ([`InboxThread`]) in a loop, or, when the application serves its inbox from its own
+/// event loop, a turn at a time from there (never blocking).
+pub(crate) struct Serve {
+    /// The epoll set: the listener, the sources' connections (and the thread's waker). Shared,
+    /// so that a caller's event loop can keep watching it (it is readable when there is work).
+    ep: Arc<OwnedFd>,
     listener: OwnedFd,
     table: Arc<Mutex<Inbox<OwnedFd>>>,
     allow: Allow,
@@ -113,55 +97,131 @@ struct Serve {
     nonce: u32,
     /// While accepting is paused (the listener is out of the epoll set), until when.
     accept_paused_until: Option<Instant>,
+    /// Room for one request.
+    buf: Vec<u8>,
+}
+
+/// What one [`Serve::turn`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// It served whatever was ready (perhaps nothing).
+    Served,
+    /// The thread's waker: the inbox stops.
+    Stop,
 }
 
 impl Serve {
+    /// The inbox's state around `listener` (this process's listening inbox socket).
+    pub(crate) fn new(
+        listener: OwnedFd,
+        table: Arc<Mutex<Inbox<OwnedFd>>>,
+        allow: Allow,
+        own_uid: u32,
+    ) -> Result<Self, Error> {
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC)
+            .map_err(|e| Error::from_errno(e, "creating the inbox's epoll"))?;
+        epoll::add(
+            &ep,
+            listener.as_fd(),
+            epoll::EventData::new_u64(LISTENER),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| Error::from_errno(e, "registering the inbox with epoll"))?;
+        let (pid, nonce) = {
+            let t = lock(&table);
+            (t.pid(), t.nonce())
+        };
+        Ok(Self {
+            ep: Arc::new(ep),
+            listener,
+            table,
+            pid,
+            nonce,
+            allow,
+            own_uid,
+            conns: HashMap::new(),
+            conns_by_pid: HashMap::new(),
+            next_key: 2,
+            accept_paused_until: None,
+            buf: vec![0u8; MAX_MESSAGE],
+        })
+    }
+
+    /// The epoll set's descriptor: readable when a turn has work (a source connecting, a
+    /// request waiting).
+    pub(crate) fn epoll(&self) -> Arc<OwnedFd> {
+        self.ep.clone()
+    }
+
+    /// When the next turn is due even if nothing becomes readable: the next duplicate to
+    /// expire, or the end of a pause in accepting. `None`: only readiness brings work.
+    pub(crate) fn due(&self) -> Option<Instant> {
+        let next_expiry = lock(&self.table).poll_timeout();
+        match (next_expiry, self.accept_paused_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The thread's loop: turns until the waker or a failure of the epoll set.
     fn run(mut self) {
-        let mut events = Vec::with_capacity(64);
-        let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
-            let next_expiry = lock(&self.table).poll_timeout();
-            let due = match (next_expiry, self.accept_paused_until) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let timeout = due.map(|deadline| {
-                let d = deadline.saturating_duration_since(Instant::now());
-                // Round up so we never wake a hair early and spin.
-                rustix::time::Timespec {
-                    tv_sec: d.as_secs() as i64,
-                    tv_nsec: i64::from(d.subsec_nanos()) + 1_000_000,
-                }
+            // Round up so we never wake a hair early and spin.
+            let timeout = self.due().map(|deadline| {
+                deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(1)
             });
-            events.clear();
-            match epoll::wait(
-                &self.ep,
-                rustix::buffer::spare_capacity(&mut events),
-                timeout.as_ref(),
-            ) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            match self.turn(timeout) {
+                Ok(Turn::Served) => {}
+                Ok(Turn::Stop) => return,
                 Err(e) => {
                     tracing::error!(error = %e, "sockdup inbox: epoll_wait failed; the inbox stops");
                     return;
                 }
             }
-            for ev in events.iter() {
-                match ev.data.u64() {
-                    WAKER => return,
-                    LISTENER => self.accept_all(),
-                    key => self.serve(key, &mut buf),
-                }
-            }
-            self.resume_accepting();
-            let expired = lock(&self.table).handle_timeout(Instant::now());
-            if !expired.is_empty() {
-                tracing::debug!(
-                    count = expired.len(),
-                    "sockdup inbox: closing expired duplicates"
-                );
-            }
-            drop(expired);
         }
+    }
+
+    /// One turn: waits up to `timeout` (`None`: until something is ready; zero: not at all)
+    /// for the epoll set, accepts, receives and answers what is ready, resumes a paused
+    /// accept whose pause is over, and closes the duplicates that expired.
+    ///
+    /// # Errors
+    /// `epoll_wait`'s own failure (not `EINTR`, which is a turn without events).
+    pub(crate) fn turn(&mut self, timeout: Option<Duration>) -> Result<Turn, Errno> {
+        let timeout = timeout.map(|d| rustix::time::Timespec {
+            tv_sec: d.as_secs() as i64,
+            tv_nsec: i64::from(d.subsec_nanos()),
+        });
+        // On the stack: an epoll event is not `Send`, and the state moves between threads.
+        let mut room = [MaybeUninit::<epoll::Event>::uninit(); 64];
+        let events: &[epoll::Event] = match epoll::wait(&*self.ep, &mut room, timeout.as_ref()) {
+            Ok((events, _)) => events,
+            Err(Errno::INTR) => &[],
+            Err(e) => return Err(e),
+        };
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut stop = false;
+        for ev in events {
+            match ev.data.u64() {
+                WAKER => stop = true,
+                LISTENER => self.accept_all(),
+                key => self.serve(key, &mut buf),
+            }
+        }
+        self.buf = buf;
+        if stop {
+            return Ok(Turn::Stop);
+        }
+        self.resume_accepting();
+        let expired = lock(&self.table).handle_timeout(Instant::now());
+        if !expired.is_empty() {
+            tracing::debug!(
+                count = expired.len(),
+                "sockdup inbox: closing expired duplicates"
+            );
+        }
+        drop(expired);
+        Ok(Turn::Served)
     }
 
     fn accept_all(&mut self) {
