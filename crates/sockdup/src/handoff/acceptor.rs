@@ -16,7 +16,7 @@ use sockdup_core::line::{LineBuffer, READ_CHUNK};
 use sockdup_core::proto::handoff::{FromWorker, ToWorker};
 use sockdup_core::wire::{ProtocolInfo, TextEncoder};
 
-use super::dispatch::{Action, Config, Dispatch, Policy, Summary};
+use super::dispatch::{Action, Config, Dispatch, MAX_BATCH, Policy, Summary};
 
 /// Stops a running [`Acceptor`] from another thread (or a signal handler's flag): it stops
 /// accepting, lets the workers finish within the drain deadline, and `run` returns.
@@ -196,6 +196,8 @@ impl Acceptor {
             encoders: (0..self.workers).map(|_| TextEncoder::new()).collect(),
             text: String::with_capacity(MAX_BATCH_TEXT),
             listener_of: Vec::with_capacity(64),
+            fds: Vec::with_capacity(MAX_BATCH),
+            push: crate::transfer::PushBuffers::default(),
             procs: (0..self.workers).map(|_| Proc::default()).collect(),
             d: Dispatch::new(cfg, Instant::now()),
         };
@@ -205,6 +207,16 @@ impl Acceptor {
         run.kill_all();
         result.map(|()| run.d.summary().clone())
     }
+}
+
+/// An empty list of borrowed descriptors with the allocation of `fds`, for another lifetime:
+/// the acceptor keeps one list for the descriptors of every batch (they borrow from the
+/// dispatch only while the batch is sent) instead of allocating one per batch. Collecting a
+/// `Vec`'s own iterator into a `Vec` of a type of the same size and alignment reuses its
+/// allocation; the list is emptied first, so nothing is converted.
+fn relabel<'b>(mut fds: Vec<BorrowedFd<'_>>) -> Vec<BorrowedFd<'b>> {
+    fds.clear();
+    fds.into_iter().filter_map(|_| None).collect()
 }
 
 /// Closes this process's kept connection to the inbox of `pid`, a worker that is gone: the
@@ -302,6 +314,10 @@ struct Run<'a> {
     text: String,
     /// The listener of each connection of a batch (reused).
     listener_of: Vec<usize>,
+    /// The descriptors of a batch: an empty list kept for its allocation (see [`relabel`]).
+    fds: Vec<BorrowedFd<'static>>,
+    /// The inbox's reply and the tickets of a batch (reused).
+    push: crate::transfer::PushBuffers,
     procs: Vec<Proc>,
     d: Dispatch<Pending>,
 }
@@ -497,7 +513,10 @@ impl Run<'_> {
         while let Some(action) = self.d.poll_action() {
             match action {
                 Action::Spawn { slot, generation } => self.spawn(slot, generation)?,
-                Action::Send { slot, pid, ids } => self.send(slot, pid, &ids),
+                Action::Send { slot, pid, ids } => {
+                    self.send(slot, pid, &ids);
+                    self.d.recycle(ids);
+                }
                 Action::Kill { slot, report } => self.kill(slot, report.as_deref()),
                 Action::CloseInput { slot } => self.procs[slot].stdin = None,
                 Action::Listen(on) => self.listen(on),
@@ -574,7 +593,7 @@ impl Run<'_> {
         };
         let mut listeners = std::mem::take(&mut self.listener_of);
         listeners.clear();
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(ids.len());
+        let mut fds = relabel(std::mem::take(&mut self.fds));
         for p in batch {
             fds.push(p.fd.as_fd());
             listeners.push(p.listener);
@@ -591,12 +610,18 @@ impl Run<'_> {
             "a listener's entry does not match a connection it accepted"
         );
         let stdin = &mut self.procs[slot].stdin;
-        let (records, encoder, text) =
-            (&mut self.records, &mut self.encoders[slot], &mut self.text);
+        let (records, encoder, text, bufs) = (
+            &mut self.records,
+            &mut self.encoders[slot],
+            &mut self.text,
+            &mut self.push,
+        );
         // The records are each listener's entry with the target's pid and run and a ticket:
         // filled in place, written as text by an encoder that re-encodes only what changed
         // from the record before (the tickets), not built and formatted one by one.
-        let sent = crate::transfer::push(&self.rt, &fds, pid).and_then(|(pid, nonce, tickets)| {
+        let pushed = crate::transfer::push_into(&self.rt, &fds, pid, bufs);
+        let tickets = &bufs.tickets;
+        let sent = pushed.and_then(|(pid, nonce)| {
             let stdin = stdin
                 .as_mut()
                 .ok_or_else(|| Error::new(ErrorKind::PeerClosed, "the worker's input is closed"))?;
@@ -605,7 +630,7 @@ impl Run<'_> {
                 let record = &mut records[listener];
                 record.service_flags3 = pid;
                 record.service_flags4 = nonce;
-                record.provider_reserved = ticket;
+                record.provider_reserved = *ticket;
                 ToWorker::encode_conn_into(id, record, encoder, text);
             }
             // One write for the whole batch: a pipe is unbuffered.
@@ -613,7 +638,8 @@ impl Run<'_> {
                 .write_all(text.as_bytes())
                 .map_err(|e| Error::from_errno(e, "writing to the worker"))
         });
-        drop(fds);
+        fds.clear();
+        self.fds = relabel(fds);
         self.listener_of = listeners;
         let count = ids.len();
         match sent {

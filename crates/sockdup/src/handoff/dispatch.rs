@@ -201,6 +201,9 @@ pub(crate) struct Dispatch<C> {
     rr: usize,
     /// Scratch of [`dispatch`](Self::dispatch): the ids planned for each slot.
     planned: Vec<Vec<u64>>,
+    /// Empty id lists the driver gave back ([`recycle`](Self::recycle)), for the next
+    /// [`Action::Send`]s: no allocation per batch.
+    spare: Vec<Vec<u64>>,
     summary: Summary,
     actions: VecDeque<Action>,
     /// What the driver was last told about the listeners.
@@ -252,6 +255,7 @@ impl<C> Dispatch<C> {
             next_id: 0,
             rr: 0,
             planned: Vec::new(),
+            spare: Vec::new(),
             summary: Summary {
                 per_worker: vec![0; workers],
                 ..Summary::default()
@@ -581,8 +585,8 @@ impl<C> Dispatch<C> {
     }
 
     fn dispatch_batches(&mut self, now: Instant) {
-        // Per slot, the ids planned for it; kept between calls (no allocation per batch but
-        // the ids the action carries away).
+        // Per slot, the ids planned for it; kept between calls, and the lists the actions carry
+        // away come back through `recycle` (no allocation per batch).
         let mut planned = std::mem::take(&mut self.planned);
         planned.resize_with(self.slots.len(), Vec::new);
         while let Some((id, conn)) = self.queue.pop_front() {
@@ -604,10 +608,11 @@ impl<C> Dispatch<C> {
             let State::Ready { pid } = self.slots[slot].state else {
                 continue;
             };
+            let next = self.spare.pop().unwrap_or_default();
             self.actions.push_back(Action::Send {
                 slot,
                 pid,
-                ids: std::mem::take(ids),
+                ids: std::mem::replace(ids, next),
             });
         }
         self.planned = planned;
@@ -653,6 +658,15 @@ impl<C> Dispatch<C> {
             && s.retry_at.is_none()
             && s.outstanding() + planned < self.cfg.max_outstanding
             && planned < s.batch_limit
+    }
+
+    /// Gives back the id list of an [`Action::Send`] that was carried out, for a later one
+    /// (kept: at most one list per worker slot, and per action not yet carried out).
+    pub(crate) fn recycle(&mut self, mut ids: Vec<u64>) {
+        if self.spare.len() < self.slots.len() {
+            ids.clear();
+            self.spare.push(ids);
+        }
     }
 
     /// The connections of an [`Action::Send`], in its order; `None` if they are no longer

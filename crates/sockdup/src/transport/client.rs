@@ -21,6 +21,8 @@ use crate::sys::{self, InboxAddress};
 struct Connection {
     fd: OwnedFd,
     buf: Box<[u8]>,
+    /// The request's bytes (kept, like `buf`).
+    out: Vec<u8>,
 }
 
 /// The kept connections of one run to other processes' inboxes, by target pid.
@@ -71,7 +73,21 @@ impl Pool {
         request: &Request,
         fds: &[BorrowedFd<'_>],
     ) -> Result<Reply, Error> {
-        let bytes = request.encode();
+        let mut reply = Reply::default();
+        self.request_into(target, request, fds, &mut reply)?;
+        Ok(reply)
+    }
+
+    /// [`request`](Self::request), the successful reply written into `reply` (a caller that
+    /// keeps one for every request allocates nothing per request: the connection keeps the
+    /// request's bytes, `reply` its tickets).
+    pub(crate) fn request_into(
+        &self,
+        target: u32,
+        request: &Request,
+        fds: &[BorrowedFd<'_>],
+        reply: &mut Reply,
+    ) -> Result<(), Error> {
         let mut retried = false;
         loop {
             let (conn, fresh) = {
@@ -82,6 +98,7 @@ impl Pool {
                         let c = Arc::new(Mutex::new(Connection {
                             fd: self.connect(target)?,
                             buf: vec![0; MAX_MESSAGE].into_boxed_slice(),
+                            out: Vec::with_capacity(16),
                         }));
                         lock(&self.conns).insert(target, c.clone());
                         (c, true)
@@ -90,8 +107,10 @@ impl Pool {
             };
             let outcome = {
                 let mut c = lock(&conn);
-                let Connection { fd, buf } = &mut *c;
-                exchange(fd.as_fd(), &bytes, fds, buf)
+                let Connection { fd, buf, out } = &mut *c;
+                out.clear();
+                request.encode_into(out);
+                exchange(fd.as_fd(), out, fds, buf, reply)
             };
             let forget = || {
                 let mut map = lock(&self.conns);
@@ -100,8 +119,8 @@ impl Pool {
                 }
             };
             let err = match outcome {
-                Ok(reply) => match reply.into_result() {
-                    Ok(reply) => return Ok(reply),
+                Ok(()) => match reply.check() {
+                    Ok(()) => return Ok(()),
                     // The inbox's answer to this request (full, out of descriptors, a bad
                     // ticket): the connection is sound and stays, so the next request needs
                     // no new descriptor in the target, which may be the very thing it lacks.
@@ -247,12 +266,13 @@ fn exchange(
     request: &[u8],
     fds: &[BorrowedFd<'_>],
     buf: &mut [u8],
-) -> Result<Reply, Failure> {
+    reply: &mut Reply,
+) -> Result<(), Failure> {
     match sys::send_with_fds(fd, request, fds) {
-        Ok(()) => receive(fd, buf),
+        Ok(()) => receive(fd, buf, reply),
         // The inbox closed the connection; it may have said why first (a refusal at its door
         // comes before any request): that answer, if there is one.
-        Err(Errno::PIPE | Errno::CONNRESET) => match receive(fd, buf) {
+        Err(Errno::PIPE | Errno::CONNRESET) => match receive(fd, buf, reply) {
             Err(Failure::Timeout) => Err(Failure::Closed),
             other => other,
         },
@@ -261,8 +281,8 @@ fn exchange(
     }
 }
 
-/// Receives the inbox's reply.
-fn receive(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Reply, Failure> {
+/// Receives the inbox's reply into `reply`.
+fn receive(fd: BorrowedFd<'_>, buf: &mut [u8], reply: &mut Reply) -> Result<(), Failure> {
     let mut reset = false;
     loop {
         match sys::recv_with_fds(fd, buf) {
@@ -272,7 +292,7 @@ fn receive(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Reply, Failure> {
             Err(Errno::CONNRESET) if !reset => reset = true,
             Ok(r) if r.len == 0 => return Err(Failure::Closed),
             // An inbox never sends descriptors; any that came are closed as `r` drops.
-            Ok(r) => return Reply::decode(&buf[..r.len]).map_err(Failure::Malformed),
+            Ok(r) => return reply.decode_into(&buf[..r.len]).map_err(Failure::Malformed),
             Err(Errno::AGAIN) => return Err(Failure::Timeout),
             Err(Errno::CONNRESET) => return Err(Failure::Closed),
             Err(e) => return Err(Failure::Os(e)),
