@@ -337,24 +337,28 @@ impl Run<'_> {
                 self.d.shutdown(Instant::now());
                 continue;
             }
-            let now = Instant::now();
+            // What is due is looked up once per turn (it was a tenth of the acceptor's
+            // instructions per connection when looked up before and after the wait): what the
+            // wait's events change is either later than the wait (a new deadline is an event's
+            // time plus a delay), and seen on the next turn, or no longer due (an answer came),
+            // and `handle_timeout` then finds nothing to do.
+            //
             // Queued connections that a worker could take but did not fit in this turn's
             // batches: go on at once.
-            let timeout = if self.d.more() {
+            let more = self.d.more();
+            let due = self.d.poll_timeout();
+            let timeout = if more {
                 Duration::ZERO
             } else {
-                self.d
-                    .poll_timeout()
-                    .map_or(TICK, |t| t.saturating_duration_since(now))
+                due.map_or(TICK, |t| t.saturating_duration_since(Instant::now()))
                     .min(TICK)
             };
-            self.wait(timeout, &mut events)?;
-            let now = Instant::now();
+            let now = self.wait(timeout, &mut events)?;
             if now.duration_since(last_check) >= TICK {
                 self.check_exits(now);
                 last_check = now;
             }
-            if self.d.poll_timeout().is_some_and(|t| now >= t) {
+            if due.is_some_and(|t| now >= t) {
                 self.d.handle_timeout(now);
             }
             self.d.dispatch(now);
@@ -362,8 +366,12 @@ impl Run<'_> {
     }
 
     /// Waits up to `timeout` for events and reports them: the workers' answers first, then
-    /// new connections.
-    fn wait(&mut self, timeout: Duration, events: &mut Vec<epoll::Event>) -> Result<(), Error> {
+    /// new connections; returns the time the wait ended.
+    fn wait(
+        &mut self,
+        timeout: Duration,
+        events: &mut Vec<epoll::Event>,
+    ) -> Result<Instant, Error> {
         let ts = rustix::time::Timespec {
             tv_sec: timeout.as_secs() as i64,
             tv_nsec: i64::from(timeout.subsec_nanos()),
@@ -395,7 +403,7 @@ impl Run<'_> {
                 self.accept_from(key as usize, now);
             }
         }
-        Ok(())
+        Ok(now)
     }
 
     /// Accepts what `room` allows from listener `i`.

@@ -191,6 +191,15 @@ impl<C> Slot<C> {
     }
 }
 
+/// Makes `due` the earlier of itself and `at` (`None`: not due).
+fn earliest(due: &mut Option<Instant>, at: Option<Instant>) {
+    if let Some(at) = at
+        && due.is_none_or(|d| at < d)
+    {
+        *due = Some(at);
+    }
+}
+
 /// The acceptor's decisions. See the [module docs](self).
 pub(crate) struct Dispatch<C> {
     cfg: Config,
@@ -293,19 +302,26 @@ impl<C> Dispatch<C> {
     /// When [`handle_timeout`](Self::handle_timeout) is next due: an answer timeout, a
     /// restart, the end of an accept pause, or the drain deadline.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let limit = self.cfg.answer_timeout;
-        let slots = self.slots.iter().filter_map(|s| match s.state {
-            State::Starting { since, .. } => Some(since + limit),
-            State::Ready { .. } | State::Closing => {
-                let answer = s.oldest_unconfirmed().map(|at| at + limit);
-                answer.into_iter().chain(s.retry_at).min()
+        // Called on every turn of the acceptor's loop: one pass, no iterator chains, and the
+        // answer timeout added once, to the oldest unanswered start or connection (the
+        // earliest of `t + limit` is the earliest `t`, plus `limit`).
+        let mut due = self.accept_pause;
+        let mut oldest = None;
+        for s in &self.slots {
+            match s.state {
+                State::Starting { since, .. } => earliest(&mut oldest, Some(since)),
+                State::Ready { .. } | State::Closing => {
+                    earliest(&mut oldest, s.oldest_unconfirmed());
+                    earliest(&mut due, s.retry_at);
+                }
+                State::Down { restart_at } => earliest(&mut due, restart_at),
             }
-            State::Down { restart_at } => restart_at,
-        });
-        slots
-            .chain(self.accept_pause)
-            .chain(self.drain.filter(|_| !self.drain_over))
-            .min()
+        }
+        earliest(&mut due, oldest.map(|at| at + self.cfg.answer_timeout));
+        if !self.drain_over {
+            earliest(&mut due, self.drain);
+        }
+        due
     }
 
     /// How many more connections may be accepted now: the capacity of all the workers, less
