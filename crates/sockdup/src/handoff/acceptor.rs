@@ -192,6 +192,7 @@ impl Acceptor {
             rt,
             ep,
             listeners,
+            singles: vec![0; entries.len()],
             records: entries,
             encoders: (0..self.workers).map(|_| TextEncoder::new()).collect(),
             text: String::with_capacity(MAX_BATCH_TEXT),
@@ -262,6 +263,11 @@ const EXIT_READ_BUDGET: usize = 1024 * 1024;
 /// are read between batches.
 const ACCEPT_BATCH: usize = 256;
 
+/// How many rounds in a row take one connection from a listener (and stop) before one
+/// drains it again to see whether connections still come one at a time: `accept4` calls per
+/// connection are then 1 + 1/`SINGLES`.
+const SINGLES: usize = 4;
+
 /// Room for the `conn` lines of a full batch (64 lines of about 880 bytes).
 const MAX_BATCH_TEXT: usize = 64 * 900;
 
@@ -318,6 +324,9 @@ struct Run<'a> {
     fds: Vec<BorrowedFd<'static>>,
     /// The inbox's reply and the tickets of a batch (reused).
     push: crate::transfer::PushBuffers,
+    /// Per listener, 0 while its rounds drain it, or 1 + the rounds that took one
+    /// connection since the last round that drained it and found one (see `accept_from`).
+    singles: Vec<usize>,
     procs: Vec<Proc>,
     d: Dispatch<Pending>,
 }
@@ -407,8 +416,20 @@ impl Run<'_> {
     }
 
     /// Accepts what `room` allows from listener `i`.
+    ///
+    /// Connections that come one at a time would cost two `accept4` each, the second failing
+    /// with `EAGAIN`. So after a round that found exactly one, the next rounds take one and
+    /// stop, without looking for a second; every [`SINGLES`]th round looks again (drains), and
+    /// a round that finds more than one goes back to draining. If more were waiting meanwhile,
+    /// nothing is lost or late: epoll is level-triggered, and the listener is reported ready
+    /// again at the next wait, at once.
     fn accept_from(&mut self, i: usize, now: Instant) {
-        let mut room = self.d.room().min(ACCEPT_BATCH);
+        let Some(singles) = self.singles.get(i).copied() else {
+            return;
+        };
+        let probe = singles == 0 || singles >= SINGLES;
+        let mut room = self.d.room().min(if probe { ACCEPT_BATCH } else { 1 });
+        let mut got = 0;
         while room > 0 {
             let Some(listener) = self.listeners.get(i) else {
                 return;
@@ -417,8 +438,9 @@ impl Run<'_> {
                 Ok(Some(fd)) => {
                     self.d.accepted(Pending { fd, listener: i });
                     room -= 1;
+                    got += 1;
                 }
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => {
                     // Out of descriptors or the like: the connection stays in the backlog.
                     tracing::warn!(error = %e, "sockdup acceptor: accept failed");
@@ -427,6 +449,12 @@ impl Run<'_> {
                 }
             }
         }
+        self.singles[i] = match (probe, got) {
+            // Drained, and found one: take one at a time from now on.
+            (true, 1) => 1,
+            (true, _) => 0,
+            (false, _) => singles + 1,
+        };
     }
 
     /// Reads what worker `slot` wrote (until its pipe is empty, or `budget` bytes) and reports
