@@ -76,6 +76,33 @@ impl ToWorker {
         text.encode_into(record, out);
         out.push('\n');
     }
+
+    /// [`encode_conn_into`](Self::encode_conn_into) for a writer of bytes (the acceptor's
+    /// batch, written to a pipe): the same bytes, without formatting machinery or UTF-8
+    /// checks.
+    pub fn encode_conn_bytes_into(
+        id: u64,
+        record: &ProtocolInfo,
+        text: &mut TextEncoder,
+        out: &mut Vec<u8>,
+    ) {
+        out.extend_from_slice(b"conn ");
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = id;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[at..]);
+        out.push(b' ');
+        text.encode_bytes_into(record, out);
+        out.push(b'\n');
+    }
 }
 
 impl LineMessage for ToWorker {
@@ -217,15 +244,24 @@ mod tests {
 
     #[test]
     fn a_batch_of_conn_lines_is_what_encode_into_writes() {
-        let mut text = TextEncoder::new();
-        let (mut fast, mut slow) = (String::new(), String::new());
-        for (id, ticket) in [(0u64, 1u32), (7, 2), (u64::MAX, 0xffff_ffff), (8, 0)] {
+        let (mut text, mut bytes_text) = (TextEncoder::new(), TextEncoder::new());
+        let (mut fast, mut slow, mut bytes) = (String::new(), String::new(), Vec::new());
+        for (id, ticket) in [
+            (0u64, 1u32),
+            (7, 2),
+            (u64::MAX, 0xffff_ffff),
+            (8, 0),
+            (10, 3),
+            (1_000_000_007, 4),
+        ] {
             let mut r = record();
             r.provider_reserved = ticket;
             ToWorker::encode_conn_into(id, &r, &mut text, &mut fast);
+            ToWorker::encode_conn_bytes_into(id, &r, &mut bytes_text, &mut bytes);
             ToWorker::Conn { id, record: r }.encode_into(&mut slow);
         }
         assert_eq!(fast, slow);
+        assert_eq!(bytes, slow.into_bytes());
     }
 
     #[test]

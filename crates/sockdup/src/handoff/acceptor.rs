@@ -195,7 +195,7 @@ impl Acceptor {
             singles: vec![0; entries.len()],
             records: entries,
             encoders: (0..self.workers).map(|_| TextEncoder::new()).collect(),
-            text: String::with_capacity(MAX_BATCH_TEXT),
+            text: Vec::with_capacity(MAX_BATCH_TEXT),
             listener_of: Vec::with_capacity(64),
             fds: Vec::with_capacity(MAX_BATCH),
             push: crate::transfer::PushBuffers::default(),
@@ -317,7 +317,7 @@ struct Run<'a> {
     /// slot's last record (the ticket, as long as the worker is the same process).
     encoders: Vec<TextEncoder>,
     /// The `conn` lines of a batch (reused).
-    text: String,
+    text: Vec<u8>,
     /// The listener of each connection of a batch (reused).
     listener_of: Vec<usize>,
     /// The descriptors of a batch: an empty list kept for its allocation (see [`relabel`]).
@@ -667,11 +667,11 @@ impl Run<'_> {
                 record.service_flags3 = pid;
                 record.service_flags4 = nonce;
                 record.provider_reserved = *ticket;
-                ToWorker::encode_conn_into(id, record, encoder, text);
+                ToWorker::encode_conn_bytes_into(id, record, encoder, text);
             }
             // One write for the whole batch: a pipe is unbuffered.
             stdin
-                .write_all(text.as_bytes())
+                .write_all(text)
                 .map_err(|e| Error::from_errno(e, "writing to the worker"))
         });
         fds.clear();
