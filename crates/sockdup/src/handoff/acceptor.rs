@@ -217,7 +217,7 @@ impl Acceptor {
 /// allocation; the list is emptied first, so nothing is converted.
 fn relabel<'b>(mut fds: Vec<BorrowedFd<'_>>) -> Vec<BorrowedFd<'b>> {
     fds.clear();
-    fds.into_iter().filter_map(|_| None).collect()
+    fds.into_iter().map_while(|_| None).collect()
 }
 
 /// Closes this process's kept connection to the inbox of `pid`, a worker that is gone: the
@@ -746,5 +746,22 @@ impl Run<'_> {
         for slot in 0..self.procs.len() {
             self.reap(slot);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relabel_keeps_the_allocation_and_empties_the_list() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(MAX_BATCH);
+        fds.push(file.as_fd());
+        let at = fds.as_ptr() as usize;
+        let kept: Vec<BorrowedFd<'static>> = relabel(fds);
+        assert!(kept.is_empty());
+        assert_eq!(kept.capacity(), MAX_BATCH);
+        assert_eq!(kept.as_ptr() as usize, at);
     }
 }
