@@ -187,7 +187,9 @@ impl Reply {
                 .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
         );
         self.text.clear();
-        self.text.push_str(&String::from_utf8_lossy(&bytes[end..]));
+        if bytes.len() > end {
+            self.text.push_str(&String::from_utf8_lossy(&bytes[end..]));
+        }
         Ok(())
     }
 
