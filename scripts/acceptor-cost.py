@@ -2,7 +2,7 @@
 """The acceptor's own cost per connection, counted (not timed): user-space instructions
 (callgrind) and syscalls (strace) of `sockdup serve`'s process alone, per connection.
 
-    python3 scripts/acceptor-cost.py [--bin target/release] [--small 300] [--large 1300]
+    python3 scripts/acceptor-cost.py [--bin target/release] [--small 500] [--large 3000]
 
 Runs `sockdup serve --workers 2 -- sockdup worker --app hello` twice under each tool, serves
 SMALL and then LARGE sequential `Connection: close` requests (one connection per batch: the
@@ -84,8 +84,8 @@ def syscalls(sockdup, count, tmp):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default="target/release")
-    ap.add_argument("--small", type=int, default=300)
-    ap.add_argument("--large", type=int, default=1300)
+    ap.add_argument("--small", type=int, default=500)
+    ap.add_argument("--large", type=int, default=3000)
     ap.add_argument("--no-strace", action="store_true")
     ap.add_argument("--no-callgrind", action="store_true")
     ap.add_argument("--keep", metavar="DIR", help="keep the callgrind and strace files in DIR")
