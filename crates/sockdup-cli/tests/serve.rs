@@ -493,6 +493,27 @@ fn a_thousand_echo_connections_are_each_served_once() {
 }
 
 #[test]
+fn connections_one_at_a_time_then_a_burst_then_one_at_a_time_are_each_served_once() {
+    // After connections that come one at a time the acceptor takes one per wake-up without
+    // looking for a second; a burst must still be taken whole, and quiet again after it.
+    let mut server = Server::start(&["--workers", "2"], &worker("echo"));
+    let addr = server.tcp();
+    let mut failures = Vec::new();
+    for round in 0..2 {
+        failures.extend((0..20).filter_map(|i| echo_once(addr, &format!("one-{round}-{i}")).err()));
+        failures.extend(echo_load(addr, 16, 20, &format!("burst-{round}")));
+    }
+    failures.extend((0..20).filter_map(|i| echo_once(addr, &format!("last-{i}")).err()));
+    assert!(failures.is_empty(), "failed: {failures:?}");
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, 2 * (20 + 16 * 20) + 20, "{summary:?}");
+    assert_eq!(
+        (summary.redispatched, summary.restarts, summary.replaced),
+        (0, 0, 0)
+    );
+}
+
+#[test]
 fn connections_queued_for_a_worker_are_handed_over_in_batches() {
     // The worker announces itself only after a while, so the connections made meanwhile are
     // accepted and queued; once it is ready they go in batches of at most 64 (one message to

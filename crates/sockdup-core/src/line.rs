@@ -33,6 +33,16 @@ pub trait LineMessage: Sized {
     /// [`ErrorKind::ProtocolViolation`] (or a more precise kind) naming what is wrong.
     fn parse(line: &str) -> Result<Self, Error>;
 
+    /// Parses one line as it was read (without its `\n`): by default, the line as UTF-8 text
+    /// to [`parse`](Self::parse). A protocol whose most frequent lines are ASCII may read those
+    /// straight from the bytes, and must then give what this default gives for every line.
+    ///
+    /// # Errors
+    /// [`ErrorKind::ProtocolViolation`] for a line that is not UTF-8; `parse`'s errors.
+    fn parse_bytes(line: &[u8]) -> Result<Self, Error> {
+        Self::parse(utf8(line)?)
+    }
+
     /// The message as one line, with its `\n`.
     fn encode(&self) -> String {
         let mut out = String::new();
@@ -186,6 +196,37 @@ pub(crate) fn number<T: std::str::FromStr>(text: &str, signed: bool) -> Option<T
     text.parse().ok()
 }
 
+/// A decimal `u64` of only ASCII digits (no sign, no spaces), read from bytes: what
+/// [`number`] gives for the same text, without UTF-8 validation; `None` for anything else or
+/// an overflow.
+pub(crate) fn decimal_u64(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in bytes {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(digit))?;
+    }
+    Some(n)
+}
+
+/// A line's bytes as text.
+///
+/// # Errors
+/// [`ErrorKind::ProtocolViolation`] if they are not UTF-8.
+pub(crate) fn utf8(line: &[u8]) -> Result<&str, Error> {
+    std::str::from_utf8(line).map_err(|_| {
+        Error::new(
+            ErrorKind::ProtocolViolation,
+            "received a line that is not UTF-8: the other side does not speak this protocol",
+        )
+    })
+}
+
 /// Bytes in, bounded lines out.
 #[derive(Debug)]
 pub struct LineBuffer {
@@ -251,7 +292,7 @@ impl LineBuffer {
     /// # Errors
     /// As [`next_line`](Self::next_line), and `M`'s parse errors.
     pub fn next_message<M: LineMessage>(&mut self) -> Result<Option<M>, Error> {
-        self.take_line()?.map(M::parse).transpose()
+        self.take_line_bytes()?.map(M::parse_bytes).transpose()
     }
 
     /// Bytes buffered after the last complete line (a line cut short by the end of input).
@@ -261,6 +302,11 @@ impl LineBuffer {
 
     /// Takes the next complete line out of the buffer, as text without its line end.
     fn take_line(&mut self) -> Result<Option<&str>, Error> {
+        self.take_line_bytes()?.map(utf8).transpose()
+    }
+
+    /// Takes the next complete line out of the buffer, as bytes without its line end.
+    fn take_line_bytes(&mut self) -> Result<Option<&[u8]>, Error> {
         let pending = &self.buf[self.start..self.end];
         let Some(pos) = memchr::memchr(b'\n', &pending[self.scanned..]) else {
             self.scanned = pending.len();
@@ -280,12 +326,7 @@ impl LineBuffer {
         if let Some(stripped) = line.strip_suffix(b"\r") {
             line = stripped;
         }
-        std::str::from_utf8(line).map(Some).map_err(|_| {
-            Error::new(
-                ErrorKind::ProtocolViolation,
-                "received a line that is not UTF-8: the other side does not speak this protocol",
-            )
-        })
+        Ok(Some(line))
     }
 
     /// Moves the unread bytes to the front, and makes sure `more` bytes fit after them.

@@ -42,7 +42,7 @@ const OP_PUSH: u32 = 1;
 const OP_CANCEL: u32 = 2;
 
 /// An inbox's answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reply {
     /// 0, or the Winsock code of the failure.
     pub status: i32,
@@ -82,19 +82,26 @@ impl Request {
     /// The request as bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16);
-        put(&mut out, MAGIC);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the request's bytes to `out` (what [`encode`](Self::encode) gives, into a
+    /// buffer the caller keeps).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let out = &mut *out;
+        put(out, MAGIC);
         match self {
             Self::Push { count } => {
-                put(&mut out, OP_PUSH);
-                put(&mut out, *count);
+                put(out, OP_PUSH);
+                put(out, *count);
             }
             Self::Cancel { tickets } => {
-                put(&mut out, OP_CANCEL);
-                put(&mut out, tickets.len() as u32);
-                tickets.iter().for_each(|&t| put(&mut out, t));
+                put(out, OP_CANCEL);
+                put(out, tickets.len() as u32);
+                tickets.iter().for_each(|&t| put(out, t));
             }
         }
-        out
     }
 
     /// Parses a request.
@@ -142,29 +149,48 @@ impl Reply {
     /// # Errors
     /// `WSAENETDOWN` if the bytes are not a sockdup reply.
     pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        let head = bytes
-            .get(..20)
-            .and_then(words)
-            .ok_or_else(|| malformed("reply"))?;
-        let [magic, status, pid, nonce, count] = head[..] else {
+        let mut reply = Self::default();
+        reply.decode_into(bytes)?;
+        Ok(reply)
+    }
+
+    /// Parses a reply into `self`, in place: its ticket list and text are cleared and refilled,
+    /// so a caller that keeps one `Reply` for every request allocates nothing once they are
+    /// large enough. On an error `self` holds no meaningful reply.
+    ///
+    /// # Errors
+    /// As [`decode`](Self::decode).
+    pub fn decode_into(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let word = |i: usize| {
+            bytes
+                .get(4 * i..4 * i + 4)
+                .and_then(|w| <[u8; 4]>::try_from(w).ok())
+                .map(u32::from_le_bytes)
+        };
+        let (Some(magic), Some(status), Some(pid), Some(nonce), Some(count)) =
+            (word(0), word(1), word(2), word(3), word(4))
+        else {
             return Err(malformed("reply"));
         };
         if magic != MAGIC || count as usize > MAX_FDS_PER_MESSAGE {
             return Err(malformed("reply"));
         }
         let end = 20 + 4 * count as usize;
-        let tickets = bytes
-            .get(20..end)
-            .and_then(words)
-            .ok_or_else(|| malformed("reply"))?;
-        let text = String::from_utf8_lossy(&bytes[end..]).into_owned();
-        Ok(Self {
-            status: status as i32,
-            pid,
-            nonce,
-            tickets,
-            text,
-        })
+        let tickets = bytes.get(20..end).ok_or_else(|| malformed("reply"))?;
+        self.status = status as i32;
+        self.pid = pid;
+        self.nonce = nonce;
+        self.tickets.clear();
+        self.tickets.extend(
+            tickets
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        self.text.clear();
+        if bytes.len() > end {
+            self.text.push_str(&String::from_utf8_lossy(&bytes[end..]));
+        }
+        Ok(())
     }
 
     /// A failed reply from an inbox of process `pid`, run `nonce`, carrying `error`'s code,
@@ -184,8 +210,18 @@ impl Reply {
     /// # Errors
     /// The error the inbox reported, with its code, kind and message.
     pub fn into_result(self) -> Result<Self, Error> {
+        self.check()?;
+        Ok(self)
+    }
+
+    /// The inbox's error, if the reply is a failure ([`into_result`](Self::into_result)
+    /// without taking the reply).
+    ///
+    /// # Errors
+    /// The error the inbox reported, with its code, kind and message.
+    pub fn check(&self) -> Result<(), Error> {
         if self.status == 0 {
-            return Ok(self);
+            return Ok(());
         }
         let (kind, message) = self.text.split_once(' ').unwrap_or(("", &self.text));
         Err(Error::remote(kind, self.status, message))
@@ -232,6 +268,28 @@ mod tests {
     }
 
     #[test]
+    fn decode_into_a_kept_reply_gives_what_decode_gives() {
+        let failure = Reply::failure(9, 7, &Error::new(ErrorKind::InboxFull, "full"));
+        let success = Reply {
+            status: 0,
+            pid: 9,
+            nonce: 7,
+            tickets: vec![1, 2, 3],
+            text: String::new(),
+        };
+        let mut kept = Reply::default();
+        for r in [&success, &failure, &success] {
+            kept.decode_into(&r.encode()).unwrap();
+            assert_eq!(&kept, r);
+            assert_eq!(kept.check().is_ok(), r.status == 0);
+        }
+        assert!(kept.decode_into(b"SDP2").is_err());
+        let mut out = vec![9];
+        Request::Push { count: 2 }.encode_into(&mut out);
+        assert_eq!(out[1..], Request::Push { count: 2 }.encode()[..]);
+    }
+
+    #[test]
     fn refuses_garbage() {
         assert!(Request::decode(b"").is_err());
         assert!(Request::decode(b"SDP2\x01\0\0\0").is_err());
@@ -246,6 +304,7 @@ mod tests {
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let _ = Request::decode(&bytes);
             let _ = Reply::decode(&bytes);
+            prop_assert_eq!(Reply::default().decode_into(&bytes).is_ok(), Reply::decode(&bytes).is_ok());
         }
     }
 }

@@ -468,8 +468,10 @@ pub struct TextEncoder {
     bytes: Vec<u8>,
     /// How many of them the text covers (trailing zeros are left out).
     end: usize,
-    /// The URL-safe base64 of `bytes[..end]`, without padding.
-    text: String,
+    /// The URL-safe base64 of `bytes[..end]`, without padding: ASCII, kept as bytes so that
+    /// a group is patched in place (`String::replace_range` and the UTF-8 check of the new
+    /// characters were half the cost of a record).
+    text: Vec<u8>,
 }
 
 /// The fields that differ between the records of one batch: the target's pid and run, and
@@ -488,18 +490,31 @@ impl TextEncoder {
 
     /// Appends `info`'s text form (what `info.to_string()` gives) to `out`.
     pub fn encode_into(&mut self, info: &ProtocolInfo, out: &mut String) {
+        self.update(info);
+        out.push_str(TEXT_PREFIX);
+        // Base64 is ASCII: always borrowed.
+        out.push_str(&String::from_utf8_lossy(&self.text));
+    }
+
+    /// Appends `info`'s text form, as bytes, to `out` ([`encode_into`](Self::encode_into)
+    /// for a writer of bytes, without checking the text is UTF-8 again).
+    pub fn encode_bytes_into(&mut self, info: &ProtocolInfo, out: &mut Vec<u8>) {
+        self.update(info);
+        out.extend_from_slice(TEXT_PREFIX.as_bytes());
+        out.extend_from_slice(&self.text);
+    }
+
+    /// Makes the kept text `info`'s.
+    fn update(&mut self, info: &ProtocolInfo) {
         if !self.patch(info) {
             let bytes = info.to_bytes();
             let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-            self.text.clear();
-            URL_SAFE_NO_PAD.encode_string(&bytes[..end], &mut self.text);
+            self.text = URL_SAFE_NO_PAD.encode(&bytes[..end]).into_bytes();
             self.bytes.clear();
             self.bytes.extend_from_slice(&bytes);
             self.end = end;
             self.last = Some(info.clone());
         }
-        out.push_str(TEXT_PREFIX);
-        out.push_str(&self.text);
     }
 
     /// If `info` is the last record but for its run fields, and those lie before the last
@@ -532,10 +547,10 @@ impl TextEncoder {
                 let Ok(n) = URL_SAFE_NO_PAD.encode_slice(group, &mut chars) else {
                     return false;
                 };
-                let Ok(chars) = std::str::from_utf8(&chars[..n]) else {
+                let Some(at) = self.text.get_mut(4 * g..4 * g + n) else {
                     return false;
                 };
-                self.text.replace_range(4 * g..4 * g + n, chars);
+                at.copy_from_slice(&chars[..n]);
             }
         }
         true
@@ -831,6 +846,7 @@ mod tests {
             first.protocol_name = name;
             let mut enc = TextEncoder::new();
             let mut out = String::new();
+            let (mut bytes_enc, mut bytes_out) = (TextEncoder::new(), Vec::new());
             let mut want = String::new();
             for (ticket, pid, nonce, rename) in changes {
                 let mut info = first.clone();
@@ -843,10 +859,13 @@ mod tests {
                 }
                 enc.encode_into(&info, &mut out);
                 out.push('\n');
+                bytes_enc.encode_bytes_into(&info, &mut bytes_out);
+                bytes_out.push(b'\n');
                 want.push_str(&info.to_string());
                 want.push('\n');
             }
-            prop_assert_eq!(out, want);
+            prop_assert_eq!(&out, &want);
+            prop_assert_eq!(bytes_out, want.into_bytes());
         }
     }
 

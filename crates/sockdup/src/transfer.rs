@@ -12,7 +12,7 @@ use std::time::Instant;
 use rustix::io::Errno;
 use sockdup_core::catalog;
 use sockdup_core::error::{Error, ErrorKind};
-use sockdup_core::message::{MAX_FDS_PER_MESSAGE, Request};
+use sockdup_core::message::{MAX_FDS_PER_MESSAGE, Reply, Request};
 use sockdup_core::wire::ProtocolInfo;
 
 use crate::startup::Runtime;
@@ -76,11 +76,35 @@ pub(crate) fn push<S: AsFd>(
     sockets: &[S],
     target_pid: u32,
 ) -> Result<(u32, u32, Vec<u32>), Error> {
+    let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(AsFd::as_fd).collect();
+    let mut bufs = PushBuffers::default();
+    let (pid, nonce) = push_into(rt, &fds, target_pid, &mut bufs)?;
+    Ok((pid, nonce, bufs.tickets))
+}
+
+/// What a push needs besides the descriptors: the inbox's reply, and the tickets it gave. A
+/// caller that pushes often (the acceptor, a batch per wake-up) keeps one, so that a push
+/// allocates nothing.
+#[derive(Debug, Default)]
+pub(crate) struct PushBuffers {
+    reply: Reply,
+    /// The tickets of the last successful push, one per socket, in order.
+    pub(crate) tickets: Vec<u32>,
+}
+
+/// [`push`], the tickets into `bufs.tickets` (cleared first): the target's pid and run nonce.
+pub(crate) fn push_into(
+    rt: &Runtime,
+    sockets: &[BorrowedFd<'_>],
+    target_pid: u32,
+    bufs: &mut PushBuffers,
+) -> Result<(u32, u32), Error> {
     check_pid(target_pid)?;
+    bufs.tickets.clear();
     if target_pid == rt.pid {
-        push_local(rt, sockets)
+        push_local(rt, sockets, &mut bufs.tickets)
     } else {
-        push_remote(rt, sockets, target_pid)
+        push_remote(rt, sockets, target_pid, bufs)
     }
 }
 
@@ -103,39 +127,45 @@ fn send<S: AsFd>(
 }
 
 /// A duplicate to this very process: into the local table, without IPC.
-fn push_local<S: AsFd>(rt: &Runtime, sockets: &[S]) -> Result<(u32, u32, Vec<u32>), Error> {
+fn push_local(
+    rt: &Runtime,
+    sockets: &[BorrowedFd<'_>],
+    tickets: &mut Vec<u32>,
+) -> Result<(u32, u32), Error> {
     let fds = sockets
         .iter()
-        .map(|s| sys::dup_cloexec(s.as_fd()))
+        .map(|s| sys::dup_cloexec(*s))
         .collect::<Result<Vec<OwnedFd>, _>>()
         .map_err(|e| Error::from_errno(e, "duplicating the descriptor within this process"))?;
     let mut table = lock(&rt.table);
     let (pid, nonce) = (table.pid(), table.nonce());
-    let tickets = table
-        .handle_push(Instant::now(), rt.pid, fds)
-        .map_err(|(e, _fds)| e)?;
-    Ok((pid, nonce, tickets))
+    tickets.extend(
+        table
+            .handle_push(Instant::now(), rt.pid, fds)
+            .map_err(|(e, _fds)| e)?,
+    );
+    Ok((pid, nonce))
 }
 
 /// Pushes `sockets` to `target_pid`'s inbox, 253 per message; if a later message fails, the
 /// duplicates already delivered are withdrawn before the error returns.
-fn push_remote<S: AsFd>(
+fn push_remote(
     rt: &Runtime,
-    sockets: &[S],
+    sockets: &[BorrowedFd<'_>],
     target_pid: u32,
-) -> Result<(u32, u32, Vec<u32>), Error> {
-    let mut tickets = Vec::with_capacity(sockets.len());
+    bufs: &mut PushBuffers,
+) -> Result<(u32, u32), Error> {
+    let PushBuffers { reply, tickets } = bufs;
     let mut seen = (target_pid, 0);
     for chunk in sockets.chunks(MAX_FDS_PER_MESSAGE) {
-        let fds: Vec<BorrowedFd<'_>> = chunk.iter().map(AsFd::as_fd).collect();
         let request = Request::Push {
-            count: fds.len() as u32,
+            count: chunk.len() as u32,
         };
         let outcome = rt
             .pool
-            .request(target_pid, &request, &fds)
-            .and_then(|reply| {
-                if reply.tickets.len() != fds.len()
+            .request_into(target_pid, &request, chunk, reply)
+            .and_then(|()| {
+                if reply.tickets.len() != chunk.len()
                     || (!tickets.is_empty() && (reply.pid, reply.nonce) != seen)
                 {
                     Err(Error::new(
@@ -145,27 +175,24 @@ fn push_remote<S: AsFd>(
                         ),
                     ))
                 } else {
-                    Ok(reply)
+                    Ok(())
                 }
             });
-        match outcome {
-            Ok(reply) => {
-                seen = (reply.pid, reply.nonce);
-                tickets.extend(reply.tickets);
+        if let Err(e) = outcome {
+            // Best effort: if this fails too, the duplicates expire with their TTL.
+            for part in tickets.chunks(MAX_FDS_PER_MESSAGE) {
+                let cancel = Request::Cancel {
+                    tickets: part.to_vec(),
+                };
+                let _ = rt.pool.request(target_pid, &cancel, &[]);
             }
-            Err(e) => {
-                // Best effort: if this fails too, the duplicates expire with their TTL.
-                for part in tickets.chunks(MAX_FDS_PER_MESSAGE) {
-                    let cancel = Request::Cancel {
-                        tickets: part.to_vec(),
-                    };
-                    let _ = rt.pool.request(target_pid, &cancel, &[]);
-                }
-                return Err(e);
-            }
+            tickets.clear();
+            return Err(e);
         }
+        seen = (reply.pid, reply.nonce);
+        tickets.extend_from_slice(&reply.tickets);
     }
-    Ok((seen.0, seen.1, tickets))
+    Ok(seen)
 }
 
 /// Redeems one base record from this run's table, once.

@@ -22,7 +22,7 @@
 use std::fmt::Write as _;
 
 use crate::error::{Error, ErrorKind};
-use crate::line::{LineMessage, number};
+use crate::line::{LineMessage, decimal_u64, number, utf8};
 use crate::wire::{ProtocolInfo, TextEncoder};
 
 /// The error of a `fail` or `error` line: the one [`ErrorReport`] of every line protocol
@@ -75,6 +75,33 @@ impl ToWorker {
         let _ = write!(out, "conn {id} ");
         text.encode_into(record, out);
         out.push('\n');
+    }
+
+    /// [`encode_conn_into`](Self::encode_conn_into) for a writer of bytes (the acceptor's
+    /// batch, written to a pipe): the same bytes, without formatting machinery or UTF-8
+    /// checks.
+    pub fn encode_conn_bytes_into(
+        id: u64,
+        record: &ProtocolInfo,
+        text: &mut TextEncoder,
+        out: &mut Vec<u8>,
+    ) {
+        out.extend_from_slice(b"conn ");
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = id;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&digits[at..]);
+        out.push(b' ');
+        text.encode_bytes_into(record, out);
+        out.push(b'\n');
     }
 }
 
@@ -157,6 +184,25 @@ impl LineMessage for FromWorker {
             )),
         }
     }
+
+    /// `ok ID` and `done ID`, two lines per connection, are read straight from the bytes (no
+    /// UTF-8 validation, no splitting: a prefix and digits); every other line, and one of
+    /// these that is not well formed (an id too large, a second field), goes to
+    /// [`parse`](LineMessage::parse) through the default's UTF-8 check, so the result and
+    /// every error are the same.
+    fn parse_bytes(line: &[u8]) -> Result<Self, Error> {
+        let fast = if let Some(id) = line.strip_prefix(b"ok ") {
+            decimal_u64(id).map(Self::Redeemed)
+        } else if let Some(id) = line.strip_prefix(b"done ") {
+            decimal_u64(id).map(Self::Done)
+        } else {
+            None
+        };
+        match fast {
+            Some(message) => Ok(message),
+            None => Self::parse(utf8(line)?),
+        }
+    }
 }
 
 /// The [`ErrorReport`] `text` of `line`.
@@ -198,15 +244,24 @@ mod tests {
 
     #[test]
     fn a_batch_of_conn_lines_is_what_encode_into_writes() {
-        let mut text = TextEncoder::new();
-        let (mut fast, mut slow) = (String::new(), String::new());
-        for (id, ticket) in [(0u64, 1u32), (7, 2), (u64::MAX, 0xffff_ffff), (8, 0)] {
+        let (mut text, mut bytes_text) = (TextEncoder::new(), TextEncoder::new());
+        let (mut fast, mut slow, mut bytes) = (String::new(), String::new(), Vec::new());
+        for (id, ticket) in [
+            (0u64, 1u32),
+            (7, 2),
+            (u64::MAX, 0xffff_ffff),
+            (8, 0),
+            (10, 3),
+            (1_000_000_007, 4),
+        ] {
             let mut r = record();
             r.provider_reserved = ticket;
             ToWorker::encode_conn_into(id, &r, &mut text, &mut fast);
+            ToWorker::encode_conn_bytes_into(id, &r, &mut bytes_text, &mut bytes);
             ToWorker::Conn { id, record: r }.encode_into(&mut slow);
         }
         assert_eq!(fast, slow);
+        assert_eq!(bytes, slow.into_bytes());
     }
 
     #[test]
@@ -308,7 +363,124 @@ mod tests {
         }
     }
 
+    /// What `parse_bytes` must give for `line`: the text parser's answer after a UTF-8 check.
+    fn by_text(line: &[u8]) -> Result<FromWorker, (ErrorKind, String)> {
+        let text = std::str::from_utf8(line).map_err(|_| {
+            (
+                ErrorKind::ProtocolViolation,
+                "received a line that is not UTF-8: the other side does not speak this protocol"
+                    .to_owned(),
+            )
+        })?;
+        FromWorker::parse(text).map_err(|e| (e.kind(), e.message().to_owned()))
+    }
+
+    fn by_bytes(line: &[u8]) -> Result<FromWorker, (ErrorKind, String)> {
+        FromWorker::parse_bytes(line).map_err(|e| (e.kind(), e.message().to_owned()))
+    }
+
+    #[test]
+    fn the_byte_parser_gives_what_the_text_parser_gives() {
+        let huge = format!("ok {}", "9".repeat(5000));
+        let lines: Vec<&[u8]> = vec![
+            b"ok 0",
+            b"ok 007",
+            b"done 18446744073709551615",
+            b"ok 18446744073709551616",
+            b"done 99999999999999999999999",
+            huge.as_bytes(),
+            b"ok",
+            b"ok ",
+            b"ok  1",
+            b"ok 1 ",
+            b"ok +1",
+            b"ok -1",
+            b"ok 1 2",
+            b"ok 1\r",
+            b"ok \xff",
+            b"ok 1\xff",
+            b"\xff\xfe",
+            b"done",
+            b"done x",
+            b"OK 1",
+            b"okay 1",
+            b"ok\t1",
+            b"ok \x001",
+            b"",
+            b" ",
+            b"pid 42",
+            b"fail 1 10022 already-redeemed gone",
+            b"error 10050 protocol-violation \xc3\xa9",
+        ];
+        for line in lines {
+            let got = by_bytes(line);
+            assert_eq!(got, by_text(line), "{:?}", String::from_utf8_lossy(line));
+            if let Err((kind, _)) = got {
+                assert_eq!(kind, ErrorKind::ProtocolViolation);
+            }
+        }
+        assert_eq!(by_bytes(b"ok 12"), Ok(FromWorker::Redeemed(12)));
+        assert_eq!(by_bytes(b"done 0"), Ok(FromWorker::Done(0)));
+    }
+
+    #[test]
+    fn a_line_buffer_reads_answers_cut_anywhere_and_refuses_garbage_and_huge_lines() {
+        use crate::line::LineBuffer;
+        let stream = b"pid 7\nok 1\ndone 1\nok 18446744073709551615\r\n";
+        for cut in 0..stream.len() {
+            let mut b = LineBuffer::new(64);
+            let mut got = Vec::new();
+            for part in [&stream[..cut], &stream[cut..]] {
+                b.extend(part);
+                while let Some(m) = b.next_message::<FromWorker>().unwrap() {
+                    got.push(m);
+                }
+            }
+            assert_eq!(
+                got,
+                vec![
+                    FromWorker::Pid(7),
+                    FromWorker::Redeemed(1),
+                    FromWorker::Done(1),
+                    FromWorker::Redeemed(u64::MAX)
+                ],
+                "cut at {cut}"
+            );
+        }
+        let mut b = LineBuffer::new(64);
+        b.extend(b"ok 1\n\xff\xff\n");
+        assert_eq!(
+            b.next_message::<FromWorker>().unwrap(),
+            Some(FromWorker::Redeemed(1))
+        );
+        let e = b.next_message::<FromWorker>().unwrap_err();
+        assert!(e.message().contains("not UTF-8"), "{e}");
+        // A line that never ends: refused once past the bound, before its end arrives.
+        let mut b = LineBuffer::new(64);
+        b.extend(b"ok ");
+        b.extend(&[b'1'; 100]);
+        let e = b.next_message::<FromWorker>().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ProtocolViolation);
+        assert!(e.message().contains("longer than 64 bytes"), "{e}");
+    }
+
     proptest! {
+        #[test]
+        fn the_byte_parser_agrees_with_the_text_parser(
+            line in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            prop_assert_eq!(by_bytes(&line), by_text(&line));
+        }
+
+        #[test]
+        fn the_byte_parser_agrees_on_near_misses(
+            word in prop::sample::select(vec!["ok ", "done ", "ok", "done", "pid "]),
+            rest in "[ 0-9+\\-\r]{0,25}",
+        ) {
+            let line = format!("{word}{rest}");
+            prop_assert_eq!(by_bytes(line.as_bytes()), by_text(line.as_bytes()));
+        }
+
         #[test]
         fn parse_never_panics(line in "\\PC{0,200}") {
             let _ = FromWorker::parse(&line);

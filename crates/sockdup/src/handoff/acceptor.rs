@@ -16,7 +16,7 @@ use sockdup_core::line::{LineBuffer, READ_CHUNK};
 use sockdup_core::proto::handoff::{FromWorker, ToWorker};
 use sockdup_core::wire::{ProtocolInfo, TextEncoder};
 
-use super::dispatch::{Action, Config, Dispatch, Policy, Summary};
+use super::dispatch::{Action, Config, Dispatch, MAX_BATCH, Policy, Summary};
 
 /// Stops a running [`Acceptor`] from another thread (or a signal handler's flag): it stops
 /// accepting, lets the workers finish within the drain deadline, and `run` returns.
@@ -192,10 +192,13 @@ impl Acceptor {
             rt,
             ep,
             listeners,
+            singles: vec![0; entries.len()],
             records: entries,
             encoders: (0..self.workers).map(|_| TextEncoder::new()).collect(),
-            text: String::with_capacity(MAX_BATCH_TEXT),
+            text: Vec::with_capacity(MAX_BATCH_TEXT),
             listener_of: Vec::with_capacity(64),
+            fds: Vec::with_capacity(MAX_BATCH),
+            push: crate::transfer::PushBuffers::default(),
             procs: (0..self.workers).map(|_| Proc::default()).collect(),
             d: Dispatch::new(cfg, Instant::now()),
         };
@@ -205,6 +208,16 @@ impl Acceptor {
         run.kill_all();
         result.map(|()| run.d.summary().clone())
     }
+}
+
+/// An empty list of borrowed descriptors with the allocation of `fds`, for another lifetime:
+/// the acceptor keeps one list for the descriptors of every batch (they borrow from the
+/// dispatch only while the batch is sent) instead of allocating one per batch. Collecting a
+/// `Vec`'s own iterator into a `Vec` of a type of the same size and alignment reuses its
+/// allocation; the list is emptied first, so nothing is converted.
+fn relabel<'b>(mut fds: Vec<BorrowedFd<'_>>) -> Vec<BorrowedFd<'b>> {
+    fds.clear();
+    fds.into_iter().map_while(|_| None).collect()
 }
 
 /// Closes this process's kept connection to the inbox of `pid`, a worker that is gone: the
@@ -249,6 +262,11 @@ const EXIT_READ_BUDGET: usize = 1024 * 1024;
 /// The most connections accepted from one listener per wake-up, so that the workers' answers
 /// are read between batches.
 const ACCEPT_BATCH: usize = 256;
+
+/// How many rounds in a row take one connection from a listener (and stop) before one
+/// drains it again to see whether connections still come one at a time: `accept4` calls per
+/// connection are then 1 + 1/`SINGLES`.
+const SINGLES: usize = 4;
 
 /// Room for the `conn` lines of a full batch (64 lines of about 880 bytes).
 const MAX_BATCH_TEXT: usize = 64 * 900;
@@ -299,9 +317,16 @@ struct Run<'a> {
     /// slot's last record (the ticket, as long as the worker is the same process).
     encoders: Vec<TextEncoder>,
     /// The `conn` lines of a batch (reused).
-    text: String,
+    text: Vec<u8>,
     /// The listener of each connection of a batch (reused).
     listener_of: Vec<usize>,
+    /// The descriptors of a batch: an empty list kept for its allocation (see [`relabel`]).
+    fds: Vec<BorrowedFd<'static>>,
+    /// The inbox's reply and the tickets of a batch (reused).
+    push: crate::transfer::PushBuffers,
+    /// Per listener, 0 while its rounds drain it, or 1 + the rounds that took one
+    /// connection since the last round that drained it and found one (see `accept_from`).
+    singles: Vec<usize>,
     procs: Vec<Proc>,
     d: Dispatch<Pending>,
 }
@@ -321,24 +346,28 @@ impl Run<'_> {
                 self.d.shutdown(Instant::now());
                 continue;
             }
-            let now = Instant::now();
+            // What is due is looked up once per turn (it was a tenth of the acceptor's
+            // instructions per connection when looked up before and after the wait): what the
+            // wait's events change is either later than the wait (a new deadline is an event's
+            // time plus a delay), and seen on the next turn, or no longer due (an answer came),
+            // and `handle_timeout` then finds nothing to do.
+            //
             // Queued connections that a worker could take but did not fit in this turn's
             // batches: go on at once.
-            let timeout = if self.d.more() {
+            let more = self.d.more();
+            let due = self.d.poll_timeout();
+            let timeout = if more {
                 Duration::ZERO
             } else {
-                self.d
-                    .poll_timeout()
-                    .map_or(TICK, |t| t.saturating_duration_since(now))
+                due.map_or(TICK, |t| t.saturating_duration_since(Instant::now()))
                     .min(TICK)
             };
-            self.wait(timeout, &mut events)?;
-            let now = Instant::now();
+            let now = self.wait(timeout, &mut events)?;
             if now.duration_since(last_check) >= TICK {
                 self.check_exits(now);
                 last_check = now;
             }
-            if self.d.poll_timeout().is_some_and(|t| now >= t) {
+            if due.is_some_and(|t| now >= t) {
                 self.d.handle_timeout(now);
             }
             self.d.dispatch(now);
@@ -346,8 +375,12 @@ impl Run<'_> {
     }
 
     /// Waits up to `timeout` for events and reports them: the workers' answers first, then
-    /// new connections.
-    fn wait(&mut self, timeout: Duration, events: &mut Vec<epoll::Event>) -> Result<(), Error> {
+    /// new connections; returns the time the wait ended.
+    fn wait(
+        &mut self,
+        timeout: Duration,
+        events: &mut Vec<epoll::Event>,
+    ) -> Result<Instant, Error> {
         let ts = rustix::time::Timespec {
             tv_sec: timeout.as_secs() as i64,
             tv_nsec: i64::from(timeout.subsec_nanos()),
@@ -379,12 +412,24 @@ impl Run<'_> {
                 self.accept_from(key as usize, now);
             }
         }
-        Ok(())
+        Ok(now)
     }
 
     /// Accepts what `room` allows from listener `i`.
+    ///
+    /// Connections that come one at a time would cost two `accept4` each, the second failing
+    /// with `EAGAIN`. So after a round that found exactly one, the next rounds take one and
+    /// stop, without looking for a second; every [`SINGLES`]th round looks again (drains), and
+    /// a round that finds more than one goes back to draining. If more were waiting meanwhile,
+    /// nothing is lost or late: epoll is level-triggered, and the listener is reported ready
+    /// again at the next wait, at once.
     fn accept_from(&mut self, i: usize, now: Instant) {
-        let mut room = self.d.room().min(ACCEPT_BATCH);
+        let Some(singles) = self.singles.get(i).copied() else {
+            return;
+        };
+        let probe = singles == 0 || singles >= SINGLES;
+        let mut room = self.d.room().min(if probe { ACCEPT_BATCH } else { 1 });
+        let mut got = 0;
         while room > 0 {
             let Some(listener) = self.listeners.get(i) else {
                 return;
@@ -393,8 +438,9 @@ impl Run<'_> {
                 Ok(Some(fd)) => {
                     self.d.accepted(Pending { fd, listener: i });
                     room -= 1;
+                    got += 1;
                 }
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => {
                     // Out of descriptors or the like: the connection stays in the backlog.
                     tracing::warn!(error = %e, "sockdup acceptor: accept failed");
@@ -403,6 +449,12 @@ impl Run<'_> {
                 }
             }
         }
+        self.singles[i] = match (probe, got) {
+            // Drained, and found one: take one at a time from now on.
+            (true, 1) => 1,
+            (true, _) => 0,
+            (false, _) => singles + 1,
+        };
     }
 
     /// Reads what worker `slot` wrote (until its pipe is empty, or `budget` bytes) and reports
@@ -497,7 +549,10 @@ impl Run<'_> {
         while let Some(action) = self.d.poll_action() {
             match action {
                 Action::Spawn { slot, generation } => self.spawn(slot, generation)?,
-                Action::Send { slot, pid, ids } => self.send(slot, pid, &ids),
+                Action::Send { slot, pid, ids } => {
+                    self.send(slot, pid, &ids);
+                    self.d.recycle(ids);
+                }
                 Action::Kill { slot, report } => self.kill(slot, report.as_deref()),
                 Action::CloseInput { slot } => self.procs[slot].stdin = None,
                 Action::Listen(on) => self.listen(on),
@@ -574,7 +629,7 @@ impl Run<'_> {
         };
         let mut listeners = std::mem::take(&mut self.listener_of);
         listeners.clear();
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(ids.len());
+        let mut fds = relabel(std::mem::take(&mut self.fds));
         for p in batch {
             fds.push(p.fd.as_fd());
             listeners.push(p.listener);
@@ -591,12 +646,18 @@ impl Run<'_> {
             "a listener's entry does not match a connection it accepted"
         );
         let stdin = &mut self.procs[slot].stdin;
-        let (records, encoder, text) =
-            (&mut self.records, &mut self.encoders[slot], &mut self.text);
+        let (records, encoder, text, bufs) = (
+            &mut self.records,
+            &mut self.encoders[slot],
+            &mut self.text,
+            &mut self.push,
+        );
         // The records are each listener's entry with the target's pid and run and a ticket:
         // filled in place, written as text by an encoder that re-encodes only what changed
         // from the record before (the tickets), not built and formatted one by one.
-        let sent = crate::transfer::push(&self.rt, &fds, pid).and_then(|(pid, nonce, tickets)| {
+        let pushed = crate::transfer::push_into(&self.rt, &fds, pid, bufs);
+        let tickets = &bufs.tickets;
+        let sent = pushed.and_then(|(pid, nonce)| {
             let stdin = stdin
                 .as_mut()
                 .ok_or_else(|| Error::new(ErrorKind::PeerClosed, "the worker's input is closed"))?;
@@ -605,15 +666,16 @@ impl Run<'_> {
                 let record = &mut records[listener];
                 record.service_flags3 = pid;
                 record.service_flags4 = nonce;
-                record.provider_reserved = ticket;
-                ToWorker::encode_conn_into(id, record, encoder, text);
+                record.provider_reserved = *ticket;
+                ToWorker::encode_conn_bytes_into(id, record, encoder, text);
             }
             // One write for the whole batch: a pipe is unbuffered.
             stdin
-                .write_all(text.as_bytes())
+                .write_all(text)
                 .map_err(|e| Error::from_errno(e, "writing to the worker"))
         });
-        drop(fds);
+        fds.clear();
+        self.fds = relabel(fds);
         self.listener_of = listeners;
         let count = ids.len();
         match sent {
@@ -684,5 +746,22 @@ impl Run<'_> {
         for slot in 0..self.procs.len() {
             self.reap(slot);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relabel_keeps_the_allocation_and_empties_the_list() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(MAX_BATCH);
+        fds.push(file.as_fd());
+        let at = fds.as_ptr() as usize;
+        let kept: Vec<BorrowedFd<'static>> = relabel(fds);
+        assert!(kept.is_empty());
+        assert_eq!(kept.capacity(), MAX_BATCH);
+        assert_eq!(kept.as_ptr() as usize, at);
     }
 }

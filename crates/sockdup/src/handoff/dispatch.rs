@@ -191,6 +191,15 @@ impl<C> Slot<C> {
     }
 }
 
+/// Makes `due` the earlier of itself and `at` (`None`: not due).
+fn earliest(due: &mut Option<Instant>, at: Option<Instant>) {
+    if let Some(at) = at
+        && due.is_none_or(|d| at < d)
+    {
+        *due = Some(at);
+    }
+}
+
 /// The acceptor's decisions. See the [module docs](self).
 pub(crate) struct Dispatch<C> {
     cfg: Config,
@@ -201,6 +210,9 @@ pub(crate) struct Dispatch<C> {
     rr: usize,
     /// Scratch of [`dispatch`](Self::dispatch): the ids planned for each slot.
     planned: Vec<Vec<u64>>,
+    /// Empty id lists the driver gave back ([`recycle`](Self::recycle)), for the next
+    /// [`Action::Send`]s: no allocation per batch.
+    spare: Vec<Vec<u64>>,
     summary: Summary,
     actions: VecDeque<Action>,
     /// What the driver was last told about the listeners.
@@ -252,6 +264,7 @@ impl<C> Dispatch<C> {
             next_id: 0,
             rr: 0,
             planned: Vec::new(),
+            spare: Vec::new(),
             summary: Summary {
                 per_worker: vec![0; workers],
                 ..Summary::default()
@@ -289,19 +302,26 @@ impl<C> Dispatch<C> {
     /// When [`handle_timeout`](Self::handle_timeout) is next due: an answer timeout, a
     /// restart, the end of an accept pause, or the drain deadline.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let limit = self.cfg.answer_timeout;
-        let slots = self.slots.iter().filter_map(|s| match s.state {
-            State::Starting { since, .. } => Some(since + limit),
-            State::Ready { .. } | State::Closing => {
-                let answer = s.oldest_unconfirmed().map(|at| at + limit);
-                answer.into_iter().chain(s.retry_at).min()
+        // Called on every turn of the acceptor's loop: one pass, no iterator chains, and the
+        // answer timeout added once, to the oldest unanswered start or connection (the
+        // earliest of `t + limit` is the earliest `t`, plus `limit`).
+        let mut due = self.accept_pause;
+        let mut oldest = None;
+        for s in &self.slots {
+            match s.state {
+                State::Starting { since, .. } => earliest(&mut oldest, Some(since)),
+                State::Ready { .. } | State::Closing => {
+                    earliest(&mut oldest, s.oldest_unconfirmed());
+                    earliest(&mut due, s.retry_at);
+                }
+                State::Down { restart_at } => earliest(&mut due, restart_at),
             }
-            State::Down { restart_at } => restart_at,
-        });
-        slots
-            .chain(self.accept_pause)
-            .chain(self.drain.filter(|_| !self.drain_over))
-            .min()
+        }
+        earliest(&mut due, oldest.map(|at| at + self.cfg.answer_timeout));
+        if !self.drain_over {
+            earliest(&mut due, self.drain);
+        }
+        due
     }
 
     /// How many more connections may be accepted now: the capacity of all the workers, less
@@ -581,8 +601,8 @@ impl<C> Dispatch<C> {
     }
 
     fn dispatch_batches(&mut self, now: Instant) {
-        // Per slot, the ids planned for it; kept between calls (no allocation per batch but
-        // the ids the action carries away).
+        // Per slot, the ids planned for it; kept between calls, and the lists the actions carry
+        // away come back through `recycle` (no allocation per batch).
         let mut planned = std::mem::take(&mut self.planned);
         planned.resize_with(self.slots.len(), Vec::new);
         while let Some((id, conn)) = self.queue.pop_front() {
@@ -604,10 +624,11 @@ impl<C> Dispatch<C> {
             let State::Ready { pid } = self.slots[slot].state else {
                 continue;
             };
+            let next = self.spare.pop().unwrap_or_default();
             self.actions.push_back(Action::Send {
                 slot,
                 pid,
-                ids: std::mem::take(ids),
+                ids: std::mem::replace(ids, next),
             });
         }
         self.planned = planned;
@@ -653,6 +674,15 @@ impl<C> Dispatch<C> {
             && s.retry_at.is_none()
             && s.outstanding() + planned < self.cfg.max_outstanding
             && planned < s.batch_limit
+    }
+
+    /// Gives back the id list of an [`Action::Send`] that was carried out, for a later one
+    /// (kept: at most one list per worker slot, and per action not yet carried out).
+    pub(crate) fn recycle(&mut self, mut ids: Vec<u64>) {
+        if self.spare.len() < self.slots.len() {
+            ids.clear();
+            self.spare.push(ids);
+        }
     }
 
     /// The connections of an [`Action::Send`], in its order; `None` if they are no longer

@@ -21,12 +21,40 @@ use crate::sys::{self, InboxAddress};
 struct Connection {
     fd: OwnedFd,
     buf: Box<[u8]>,
+    /// The request's bytes (kept, like `buf`).
+    out: Vec<u8>,
 }
+
+/// The hasher of the pool's map: its keys are the pids this process duplicates to, not input
+/// an attacker can multiply, so SipHash's flood resistance buys nothing, and it was a tenth of
+/// the acceptor's push (hashed once per batch). A multiply by an odd constant spreads pids
+/// over the table's buckets and its control bytes (the high bits).
+#[derive(Clone, Copy, Debug, Default)]
+struct PidHasher(u64);
+
+impl std::hash::Hasher for PidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used for u32 keys; correct for anything else.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Pids = std::hash::BuildHasherDefault<PidHasher>;
 
 /// The kept connections of one run to other processes' inboxes, by target pid.
 #[derive(Debug)]
 pub(crate) struct Pool {
-    conns: Mutex<HashMap<u32, Arc<Mutex<Connection>>>>,
+    conns: Mutex<HashMap<u32, Arc<Mutex<Connection>>, Pids>>,
     runtime_dir: Option<PathBuf>,
     ack_timeout: Duration,
 }
@@ -46,7 +74,7 @@ impl Pool {
     /// target has `ack_timeout` to answer.
     pub(crate) fn new(runtime_dir: Option<PathBuf>, ack_timeout: Duration) -> Self {
         Self {
-            conns: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::default()),
             runtime_dir,
             ack_timeout,
         }
@@ -71,7 +99,21 @@ impl Pool {
         request: &Request,
         fds: &[BorrowedFd<'_>],
     ) -> Result<Reply, Error> {
-        let bytes = request.encode();
+        let mut reply = Reply::default();
+        self.request_into(target, request, fds, &mut reply)?;
+        Ok(reply)
+    }
+
+    /// [`request`](Self::request), the successful reply written into `reply` (a caller that
+    /// keeps one for every request allocates nothing per request: the connection keeps the
+    /// request's bytes, `reply` its tickets).
+    pub(crate) fn request_into(
+        &self,
+        target: u32,
+        request: &Request,
+        fds: &[BorrowedFd<'_>],
+        reply: &mut Reply,
+    ) -> Result<(), Error> {
         let mut retried = false;
         loop {
             let (conn, fresh) = {
@@ -82,6 +124,7 @@ impl Pool {
                         let c = Arc::new(Mutex::new(Connection {
                             fd: self.connect(target)?,
                             buf: vec![0; MAX_MESSAGE].into_boxed_slice(),
+                            out: Vec::with_capacity(16),
                         }));
                         lock(&self.conns).insert(target, c.clone());
                         (c, true)
@@ -90,8 +133,10 @@ impl Pool {
             };
             let outcome = {
                 let mut c = lock(&conn);
-                let Connection { fd, buf } = &mut *c;
-                exchange(fd.as_fd(), &bytes, fds, buf)
+                let Connection { fd, buf, out } = &mut *c;
+                out.clear();
+                request.encode_into(out);
+                exchange(fd.as_fd(), out, fds, buf, reply)
             };
             let forget = || {
                 let mut map = lock(&self.conns);
@@ -100,8 +145,8 @@ impl Pool {
                 }
             };
             let err = match outcome {
-                Ok(reply) => match reply.into_result() {
-                    Ok(reply) => return Ok(reply),
+                Ok(()) => match reply.check() {
+                    Ok(()) => return Ok(()),
                     // The inbox's answer to this request (full, out of descriptors, a bad
                     // ticket): the connection is sound and stays, so the next request needs
                     // no new descriptor in the target, which may be the very thing it lacks.
@@ -247,12 +292,13 @@ fn exchange(
     request: &[u8],
     fds: &[BorrowedFd<'_>],
     buf: &mut [u8],
-) -> Result<Reply, Failure> {
+    reply: &mut Reply,
+) -> Result<(), Failure> {
     match sys::send_with_fds(fd, request, fds) {
-        Ok(()) => receive(fd, buf),
+        Ok(()) => receive(fd, buf, reply),
         // The inbox closed the connection; it may have said why first (a refusal at its door
         // comes before any request): that answer, if there is one.
-        Err(Errno::PIPE | Errno::CONNRESET) => match receive(fd, buf) {
+        Err(Errno::PIPE | Errno::CONNRESET) => match receive(fd, buf, reply) {
             Err(Failure::Timeout) => Err(Failure::Closed),
             other => other,
         },
@@ -261,8 +307,8 @@ fn exchange(
     }
 }
 
-/// Receives the inbox's reply.
-fn receive(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Reply, Failure> {
+/// Receives the inbox's reply into `reply`.
+fn receive(fd: BorrowedFd<'_>, buf: &mut [u8], reply: &mut Reply) -> Result<(), Failure> {
     let mut reset = false;
     loop {
         match sys::recv_with_fds(fd, buf) {
@@ -272,7 +318,7 @@ fn receive(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Reply, Failure> {
             Err(Errno::CONNRESET) if !reset => reset = true,
             Ok(r) if r.len == 0 => return Err(Failure::Closed),
             // An inbox never sends descriptors; any that came are closed as `r` drops.
-            Ok(r) => return Reply::decode(&buf[..r.len]).map_err(Failure::Malformed),
+            Ok(r) => return reply.decode_into(&buf[..r.len]).map_err(Failure::Malformed),
             Err(Errno::AGAIN) => return Err(Failure::Timeout),
             Err(Errno::CONNRESET) => return Err(Failure::Closed),
             Err(e) => return Err(Failure::Os(e)),
