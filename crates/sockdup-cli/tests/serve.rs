@@ -1111,13 +1111,6 @@ fn hello_answers_malformed_requests_with_400_and_closes() {
     assert_eq!(summary.total, 6, "{summary:?}");
 }
 
-/// The threads of process `pid` right now.
-fn thread_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 #[test]
 fn one_hello_worker_serves_hundreds_of_open_connections_and_a_stalled_reader_on_one_thread() {
     // An event loop, not a thread per connection: 300 keep-alive connections open at once,
@@ -1177,7 +1170,7 @@ fn one_hello_worker_serves_hundreds_of_open_connections_and_a_stalled_reader_on_
         );
         open.push((w, r));
     }
-    let threads = thread_count(pid);
+    let threads = sockdup_tests::util::threads_of(pid);
     assert_eq!(
         threads, 1,
         "worker {pid} runs {threads} threads for 301 connections"
@@ -1970,7 +1963,7 @@ fn a_poll_loop_worker_serves_each_connection_once_on_one_thread() {
     assert!(failures.is_empty(), "failed: {failures:?}");
     made += THREADS * PER_THREAD;
     for &pid in &workers {
-        let threads = thread_count(pid);
+        let threads = sockdup_tests::util::threads_of(pid);
         assert_eq!(threads, 1, "worker {pid} runs {threads} threads");
     }
     for &(pid, n) in &idle {

@@ -190,6 +190,17 @@ pub fn fd_count() -> usize {
         .saturating_sub(1)
 }
 
+/// How many threads process `pid` runs now (0 if it is gone).
+pub fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}
+
+/// How many descriptors process `pid` holds now, read from outside so that counting does not
+/// wake it (0 if it is gone).
+pub fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

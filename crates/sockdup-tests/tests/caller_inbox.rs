@@ -8,27 +8,14 @@ mod util;
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use util::{Peer, wait_until};
-
-/// How many descriptors process `pid` holds (read from outside, so the count does not wake it).
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn threads(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
+use util::{Peer, fds_of, threads_of, wait_until};
 
 #[test]
 fn a_target_serving_its_inbox_from_a_poll_loop_receives_duplicates_on_one_thread() {
     let mut target = Peer::spawn(Some("inbox=caller"));
     let mut source = Peer::spawn(Some(""));
     assert_eq!(
-        threads(target.pid),
+        threads_of(target.pid),
         1,
         "the caller-served target runs an inbox thread"
     );
@@ -67,7 +54,7 @@ fn a_target_serving_its_inbox_from_a_poll_loop_receives_duplicates_on_one_thread
     }
     assert_eq!(target.fdcount(), target_before, "the target's descriptors");
     assert_eq!(source.fdcount(), source_before, "the source's descriptors");
-    assert_eq!(threads(target.pid), 1, "the target's threads");
+    assert_eq!(threads_of(target.pid), 1, "the target's threads");
     // A record redeems once.
     let r = source.ok(&format!("dup {listener} {}", target.pid));
     let t = target.ok(&format!("redeem {r}"));
@@ -93,34 +80,34 @@ fn unredeemed_duplicates_expire_while_the_caller_waits_for_readiness() {
     let t = target.ok(&format!("redeem {r}"));
     target.ok(&format!("close {t}"));
     let idle = wait_until(Duration::from_secs(5), || {
-        let a = open_fds(target.pid);
+        let a = fds_of(target.pid);
         std::thread::sleep(Duration::from_millis(50));
-        (open_fds(target.pid) == a).then_some(a)
+        (fds_of(target.pid) == a).then_some(a)
     });
     let records: Vec<String> = (0..3)
         .map(|_| source.ok(&format!("dup {idx} {}", target.pid)))
         .collect();
     assert_eq!(
-        open_fds(target.pid),
+        fds_of(target.pid),
         idle + 3,
         "the three duplicates wait in the target's table"
     );
     // No command comes: only the loop's timeout (the next expiry) wakes the target, which
     // closes them.
     wait_until(Duration::from_secs(10), || {
-        (open_fds(target.pid) == idle).then_some(())
+        (fds_of(target.pid) == idle).then_some(())
     });
     for r in &records {
         assert_eq!(target.fails(&format!("redeem {r}")).kind, "expired");
     }
-    assert_eq!(open_fds(target.pid), idle);
+    assert_eq!(fds_of(target.pid), idle);
 }
 
 #[test]
 fn a_target_that_never_serves_its_inbox_makes_the_source_time_out_without_a_leak() {
     let mut target = Peer::spawn(Some("inbox=unserved"));
     let mut source = Peer::spawn(Some("ack=0.3"));
-    assert_eq!(threads(target.pid), 1, "the target runs an inbox thread");
+    assert_eq!(threads_of(target.pid), 1, "the target runs an inbox thread");
     // A bound UDP socket: while any copy of it lives (the source's, or one in flight to the
     // target), its port cannot be bound again.
     let udp = source.ok("udp-bind");

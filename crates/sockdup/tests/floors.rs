@@ -13,7 +13,7 @@
 //! 3  startup.rs                  the runtime of one run
 //! 2  transport/  catalog_file.rs the inbox thread and connection pool; the catalog file
 //! 1  sys/                        every syscall
-//! 0  sync.rs                     a poison-free lock
+//! 0  sync.rs                     a poison-free lock; the hasher of the process's own keys
 //! ```
 
 use std::path::{Path, PathBuf};

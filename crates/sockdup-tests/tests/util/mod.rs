@@ -10,7 +10,7 @@ use std::time::Duration;
 use sockdup_core::line::LineReader;
 use sockdup_tests::{Answer, MAX_LINE};
 
-pub use sockdup_tests::util::{TempDir, fd_count, is_root, wait_until};
+pub use sockdup_tests::util::{TempDir, fd_count, fds_of, is_root, threads_of, wait_until};
 
 /// A running `peer` helper process.
 pub struct Peer {

@@ -120,32 +120,9 @@ enum State {
     Down { restart_at: Option<Instant> },
 }
 
-/// The hasher of the connection-id maps: ids are this acceptor's own sequence numbers, not
-/// input an attacker picks, so SipHash's flood resistance buys nothing and costs a few dozen
-/// nanoseconds per insert, lookup and removal (three each per connection). A multiply by an
-/// odd constant (Fibonacci hashing) spreads consecutive ids over the table's buckets and its
-/// control bytes (the high bits).
-#[derive(Clone, Copy, Default)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Not used for u64 keys; correct for anything else.
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type Ids = std::hash::BuildHasherDefault<IdHasher>;
+/// The connection-id maps' hasher: ids are this acceptor's own sequence numbers, hashed three
+/// times per connection.
+type Ids = crate::sync::MulHash;
 
 struct Slot<C> {
     state: State,

@@ -25,31 +25,10 @@ struct Connection {
     out: Vec<u8>,
 }
 
-/// The hasher of the pool's map: its keys are the pids this process duplicates to, not input
-/// an attacker can multiply, so SipHash's flood resistance buys nothing, and it was a tenth of
-/// the acceptor's push (hashed once per batch). A multiply by an odd constant spreads pids
-/// over the table's buckets and its control bytes (the high bits).
-#[derive(Clone, Copy, Debug, Default)]
-struct PidHasher(u64);
-
-impl std::hash::Hasher for PidHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Not used for u32 keys; correct for anything else.
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type Pids = std::hash::BuildHasherDefault<PidHasher>;
+/// The pool's map hasher: its keys are the pids this process duplicates to, not input an
+/// attacker can multiply, and SipHash was a tenth of the acceptor's push (hashed once per
+/// batch).
+type Pids = crate::sync::MulHash;
 
 /// The kept connections of one run to other processes' inboxes, by target pid.
 #[derive(Debug)]
