@@ -296,7 +296,10 @@ impl<C> Dispatch<C> {
         if let Some(a) = self.actions.pop_front() {
             return Some(a);
         }
-        let want = self.drain.is_none() && self.accept_pause.is_none() && self.room() > 0;
+        let want = self.drain.is_none()
+            && self.accept_pause.is_none()
+            && self.room() > 0
+            && !self.every_worker_pushing();
         if want != self.listening && self.drain.is_none() {
             self.listening = want;
             return Some(Action::Listen(want));
@@ -327,6 +330,23 @@ impl<C> Dispatch<C> {
             earliest(&mut due, self.drain);
         }
         due
+    }
+
+    /// Whether every ready worker has a push waiting for its inbox's answer (and one is
+    /// ready): none takes a batch now, so the acceptor stops watching the listeners until an
+    /// answer comes, and then takes what came meanwhile from the backlog at once, rather than
+    /// waking for each connection to queue it (the batching the blocking push gave).
+    fn every_worker_pushing(&self) -> bool {
+        let mut ready = false;
+        for s in &self.slots {
+            if matches!(s.state, State::Ready { .. }) {
+                if !s.pushing {
+                    return false;
+                }
+                ready = true;
+            }
+        }
+        ready
     }
 
     /// How many more connections may be accepted now: the capacity of all the workers, less
@@ -938,15 +958,19 @@ mod tests {
         assert_eq!(sends(&actions(&mut d)), vec![(1, vec![1, 2, 3])]);
         d.handle_push_sent(1);
         // Both wait: connections stay queued, and the driver is not told to go on at once.
+        // The acceptor stops watching the listeners until an answer comes.
         accept(&mut d, 2);
         d.dispatch(t0);
-        assert!(sends(&actions(&mut d)).is_empty());
+        assert_eq!(actions(&mut d), vec![Action::Listen(false)]);
         assert!(!d.more());
-        // Worker 0's inbox answered: what queued meanwhile goes to it in one batch.
+        // Worker 0's inbox answered: what queued meanwhile goes to it in one batch, and the
+        // listeners are watched again.
         d.handle_pushed(0);
         assert!(d.more());
         d.dispatch(t0);
-        assert_eq!(sends(&actions(&mut d)), vec![(0, vec![4, 5])]);
+        let got = actions(&mut d);
+        assert_eq!(sends(&got), vec![(0, vec![4, 5])]);
+        assert_eq!(got.last(), Some(&Action::Listen(true)));
         // A failed push (no room in the inbox) ends the wait too, after the retry delay.
         let full = Error::new(ErrorKind::InboxFull, "full");
         d.handle_send_failed(1, &[1, 2, 3], &full, t0);
