@@ -14,7 +14,9 @@
 //! connections refused, open ones finish, exit 0); workers that write garbage or a pid that
 //! is not theirs are replaced (garbage at once, not after the answer timeout, and the
 //! connections they held go to another worker); a worker answers a malformed or oversized
-//! line from the acceptor at once and exits 1; no descriptor leaked by the acceptor; the `hello` HTTP app
+//! line from the acceptor at once and exits 1; no descriptor leaked by the acceptor; a worker
+//! SIGSTOPped (its inbox cannot answer) with batches in flight, then SIGKILLed: the other worker
+//! served meanwhile, the batches go to it, each once, descriptors back; the `hello` HTTP app
 //! (keep-alive, `Connection: close`, HTTP/1.0, bodies, malformed requests); one worker serving
 //! 300 open keep-alive connections and a client that does not read on its three threads (the
 //! event loop, issue 12); `ok` and `done` once per connection from the event loop, for
@@ -974,6 +976,66 @@ fn the_acceptor_leaks_no_descriptor() {
     // Its replacement's inbox connection made too.
     server.warm_up(2, "r");
     assert_eq!(settled(Some(before)), before, "after a restart");
+}
+
+#[test]
+fn a_worker_killed_with_batches_awaiting_its_inbox_loses_nothing() {
+    // The acceptor does not wait for a worker's inbox to answer a push: the batch is in
+    // flight, its `conn` lines written when the answer comes, and the worker gets no other
+    // batch meanwhile. A worker stopped (SIGSTOP: its inbox thread cannot answer) holds the
+    // batch pushed to it in flight, while the other worker serves the rest; killed then, its
+    // batch goes to the other worker, each connection served exactly once, and the
+    // acceptor's descriptors are back where they were.
+    let server = Server::start_logging(
+        &["127.0.0.1:0"],
+        &["--workers", "2"],
+        &worker("echo"),
+        HANDOFF_LOG,
+    );
+    let addr = server.tcp();
+    let warm = server.warm_up(2, "w");
+    let before = server.settled_fd_count(None);
+    let workers = server.wait_workers(2, &BTreeSet::new());
+    let victim = *workers.iter().next().expect("a worker");
+    signal(victim, Signal::STOP);
+    const CLIENTS: usize = 60;
+    let served = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let served = served.clone();
+            thread::spawn(move || {
+                let r = echo_once(addr, &format!("inflight-{i}"));
+                served.fetch_add(1, Ordering::SeqCst);
+                r
+            })
+        })
+        .collect();
+    // The other worker serves while the stopped one holds its batches.
+    util::wait_until(WAIT, || (served.load(Ordering::SeqCst) > 0).then_some(()));
+    thread::sleep(Duration::from_millis(200));
+    let early = served.load(Ordering::SeqCst);
+    assert!(
+        early < CLIENTS,
+        "every client was served while worker {victim} was stopped: none was handed to it"
+    );
+    signal(victim, Signal::KILL);
+    let failures: Vec<String> = clients
+        .into_iter()
+        .filter_map(|h| h.join().expect("client thread").err())
+        .collect();
+    assert!(failures.is_empty(), "failed: {failures:?}");
+    // Its replacement, with the acceptor's connection to its inbox made.
+    server.wait_workers(2, &BTreeSet::from([victim]));
+    let rewarm = server.warm_up(2, "r");
+    assert_eq!(
+        server.settled_fd_count(Some(before)),
+        before,
+        "after a worker died with batches in flight"
+    );
+    let mut server = server;
+    let summary = server.stop(WAIT);
+    assert_eq!(summary.total, warm + CLIENTS as u64 + rewarm, "{summary:?}");
+    assert!(summary.redispatched >= 1, "{summary:?}");
 }
 
 /// An HTTP response: status code, headers (lower-case names), body.

@@ -12,7 +12,7 @@ use std::time::Instant;
 use rustix::io::Errno;
 use sockdup_core::catalog;
 use sockdup_core::error::{Error, ErrorKind};
-use sockdup_core::message::{MAX_FDS_PER_MESSAGE, Reply, Request};
+use sockdup_core::message::{MAX_FDS_PER_MESSAGE, MAX_MESSAGE, Reply, Request};
 use sockdup_core::wire::ProtocolInfo;
 
 use crate::startup::Runtime;
@@ -90,6 +90,11 @@ pub(crate) struct PushBuffers {
     reply: Reply,
     /// The tickets of the last successful push, one per socket, in order.
     pub(crate) tickets: Vec<u32>,
+    /// The request's bytes, for [`push_send`] (the pool's connections keep their own).
+    out: Vec<u8>,
+    /// Where [`push_answer`] receives the inbox's answer: [`MAX_MESSAGE`] bytes, allocated at
+    /// the first answer (a one-off [`push`] never needs it).
+    answer: Vec<u8>,
 }
 
 /// [`push`], the tickets into `bufs.tickets` (cleared first): the target's pid and run nonce.
@@ -105,6 +110,140 @@ pub(crate) fn push_into(
         push_local(rt, sockets, &mut bufs.tickets)
     } else {
         push_remote(rt, sockets, target_pid, bufs)
+    }
+}
+
+/// A connection of the caller's own to `target_pid`'s inbox (checked as the pool's are: the
+/// target itself listens there), for [`push_send`] and [`push_answer`]: a push split in two,
+/// for a caller that waits for the inbox's answer in its own epoll set instead of blocked in
+/// `recvmsg` (the handoff acceptor). The inbox answers the requests of one connection in
+/// their order.
+pub(crate) fn connect_inbox(rt: &Runtime, target_pid: u32) -> Result<OwnedFd, Error> {
+    check_pid(target_pid)?;
+    rt.pool.connect(target_pid)
+}
+
+/// Sends `sockets` (at most [`MAX_FDS_PER_MESSAGE`]) to the inbox of `target_pid` on `conn`
+/// ([`connect_inbox`]) without waiting, for its answer ([`push_answer`]) or for room: a
+/// connection's queue holds a few requests (`net.unix.max_dgram_qlen`), and a send that would
+/// wait for the inbox to read them fails with [`ErrorKind::InboxFull`]. An inbox that closed
+/// the connection may have said why first (a refusal at its door): that answer is the error.
+/// The request's bytes are written into `bufs`, so that a caller that keeps it allocates
+/// nothing per push.
+pub(crate) fn push_send(
+    conn: BorrowedFd<'_>,
+    sockets: &[BorrowedFd<'_>],
+    bufs: &mut PushBuffers,
+    target_pid: u32,
+) -> Result<(), Error> {
+    debug_assert!(sockets.len() <= MAX_FDS_PER_MESSAGE);
+    let request = Request::Push {
+        count: sockets.len() as u32,
+    };
+    bufs.out.clear();
+    request.encode_into(&mut bufs.out);
+    match sys::try_send_with_fds(conn, &bufs.out, sockets) {
+        Ok(()) => Ok(()),
+        // Its queue is full of requests it has not read yet: the caller must not wait.
+        Err(Errno::AGAIN) => Err(Error::new(
+            ErrorKind::InboxFull,
+            format!(
+                "process {target_pid}'s inbox has not yet read the requests sent before (its queue is full): \
+                 try again once it answered them"
+            ),
+        )),
+        Err(e @ (Errno::PIPE | Errno::CONNRESET)) => match push_answer(conn, bufs, target_pid) {
+            Some(Err(failed)) => Err(failed.error),
+            _ => Err(inbox_failed(e, target_pid)),
+        },
+        Err(e) => Err(inbox_failed(e, target_pid)),
+    }
+}
+
+/// Why [`push_answer`] failed: the error the push is reported with, and whether the
+/// connection is finished (closed by the inbox, out of step): the pushes still waiting for
+/// an answer on it will get none.
+#[derive(Debug)]
+pub(crate) struct PushFailed {
+    pub(crate) error: Error,
+    pub(crate) closed: bool,
+}
+
+/// Reads, without blocking, the inbox's answer to the oldest [`push_send`] on `conn`: `None`
+/// if it has not come; else the target's pid and run nonce, with a ticket per socket, in
+/// order, in `bufs.tickets` (the caller checks their number), or why the push failed (the
+/// inbox's own refusal, e.g. [`ErrorKind::InboxFull`], leaves the connection open but for a
+/// refusal at its door). Reads into `bufs`: nothing allocated once it served one answer.
+pub(crate) fn push_answer(
+    conn: BorrowedFd<'_>,
+    bufs: &mut PushBuffers,
+    target_pid: u32,
+) -> Option<Result<(u32, u32), PushFailed>> {
+    let closed = |error| PushFailed {
+        error,
+        closed: true,
+    };
+    let PushBuffers {
+        reply,
+        tickets,
+        answer,
+        ..
+    } = bufs;
+    if answer.len() < MAX_MESSAGE {
+        answer.resize(MAX_MESSAGE, 0);
+    }
+    tickets.clear();
+    let mut reset = false;
+    let received = loop {
+        match sys::try_recv_with_fds(conn, answer) {
+            Ok(Some(r)) => break r,
+            Ok(None) => return None,
+            Err(Errno::INTR) => {}
+            // A reset (the inbox closed with a request unread) is reported before what the
+            // inbox sent before closing: one more read gets its answer, if it gave one.
+            Err(Errno::CONNRESET) if !reset => reset = true,
+            Err(e) => return Some(Err(closed(inbox_failed(e, target_pid)))),
+        }
+    };
+    if received.len == 0 {
+        return Some(Err(closed(inbox_failed(Errno::CONNRESET, target_pid))));
+    }
+    // An inbox never sends descriptors; any that came close as `received` drops.
+    if let Err(e) = reply.decode_into(&answer[..received.len]) {
+        return Some(Err(closed(e)));
+    }
+    Some(match reply.check() {
+        Ok(()) => {
+            tickets.extend_from_slice(&reply.tickets);
+            Ok((reply.pid, reply.nonce))
+        }
+        Err(e) => {
+            let door = crate::transport::refused_at_the_door(e.kind());
+            Err(PushFailed {
+                error: e,
+                closed: door,
+            })
+        }
+    })
+}
+
+/// A failed exchange with `target_pid`'s inbox on a caller's own connection, said as the
+/// pool says it.
+fn inbox_failed(e: Errno, target_pid: u32) -> Error {
+    match e {
+        Errno::PIPE | Errno::CONNRESET => Error::new(
+            ErrorKind::PeerClosed,
+            format!(
+                "process {target_pid}'s inbox closed the connection before answering: the target stopped sockdup or exited"
+            ),
+        ),
+        Errno::AGAIN => Error::new(
+            ErrorKind::PeerTimedOut,
+            format!(
+                "process {target_pid}'s inbox did not take the request in time: the target may be stopped or overloaded"
+            ),
+        ),
+        e => Error::from_errno(e, &format!("talking to process {target_pid}'s inbox")),
     }
 }
 
@@ -155,7 +294,7 @@ fn push_remote(
     target_pid: u32,
     bufs: &mut PushBuffers,
 ) -> Result<(u32, u32), Error> {
-    let PushBuffers { reply, tickets } = bufs;
+    let PushBuffers { reply, tickets, .. } = bufs;
     let mut seen = (target_pid, 0);
     for chunk in sockets.chunks(MAX_FDS_PER_MESSAGE) {
         let request = Request::Push {
@@ -234,5 +373,118 @@ pub(crate) fn restore(rt: &Runtime, redeemed: Vec<(ProtocolInfo, OwnedFd)>) {
     let now = Instant::now();
     for (info, fd) in redeemed {
         table.restore(now, info.provider_reserved, fd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+
+    /// The caller's end and the inbox's end of one connection.
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("a SOCK_SEQPACKET pair")
+    }
+
+    /// Reads one request on the inbox's end: it and how many descriptors came.
+    fn take_request(inbox: BorrowedFd<'_>) -> (Request, usize) {
+        let mut buf = [0u8; MAX_MESSAGE];
+        let got = sys::recv_with_fds(inbox, &mut buf).expect("a request");
+        (
+            Request::decode(&buf[..got.len]).expect("a sockdup request"),
+            got.fds.len(),
+        )
+    }
+
+    fn answer(inbox: BorrowedFd<'_>, reply: &Reply) {
+        sys::send_with_fds(inbox, &reply.encode(), &[]).expect("an answer");
+    }
+
+    fn granted(tickets: &[u32]) -> Reply {
+        Reply {
+            status: 0,
+            pid: 42,
+            nonce: 7,
+            tickets: tickets.to_vec(),
+            text: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_split_push_never_waits_and_reads_its_answers_into_the_kept_buffers() {
+        let (ours, inbox) = pair();
+        let file = std::fs::File::open("/dev/null").expect("/dev/null");
+        let mut bufs = PushBuffers::default();
+        // No answer yet: none, at once.
+        assert!(push_answer(ours.as_fd(), &mut bufs, 42).is_none());
+        push_send(ours.as_fd(), &[file.as_fd(), file.as_fd()], &mut bufs, 42).expect("sent");
+        assert_eq!(take_request(inbox.as_fd()), (Request::Push { count: 2 }, 2));
+        assert!(push_answer(ours.as_fd(), &mut bufs, 42).is_none());
+        answer(inbox.as_fd(), &granted(&[5, 6]));
+        let got = push_answer(ours.as_fd(), &mut bufs, 42).expect("an answer");
+        assert_eq!(got.expect("granted"), (42, 7));
+        assert_eq!(bufs.tickets, [5, 6]);
+        let kept = (
+            bufs.out.as_ptr(),
+            bufs.answer.as_ptr(),
+            bufs.tickets.as_ptr(),
+        );
+        // The next push and answer reuse every buffer.
+        push_send(ours.as_fd(), &[file.as_fd()], &mut bufs, 42).expect("sent");
+        assert_eq!(take_request(inbox.as_fd()), (Request::Push { count: 1 }, 1));
+        answer(inbox.as_fd(), &granted(&[8]));
+        let got = push_answer(ours.as_fd(), &mut bufs, 42).expect("an answer");
+        assert_eq!(got.expect("granted"), (42, 7));
+        assert_eq!(bufs.tickets, [8]);
+        assert_eq!(
+            (
+                bufs.out.as_ptr(),
+                bufs.answer.as_ptr(),
+                bufs.tickets.as_ptr()
+            ),
+            kept
+        );
+        // The inbox's own refusal is the push's error; the connection stays.
+        push_send(ours.as_fd(), &[file.as_fd()], &mut bufs, 42).expect("sent");
+        take_request(inbox.as_fd());
+        let full = Error::new(ErrorKind::InboxFull, "no room");
+        answer(inbox.as_fd(), &Reply::failure(42, 7, &full));
+        let failed = push_answer(ours.as_fd(), &mut bufs, 42)
+            .expect("an answer")
+            .expect_err("refused");
+        assert_eq!(failed.error.kind(), ErrorKind::InboxFull);
+        assert!(!failed.closed);
+        assert!(bufs.tickets.is_empty());
+        // A queue the inbox does not read fills up: the push fails at once, it does not wait.
+        let mut sent = 0;
+        let refused = loop {
+            match push_send(ours.as_fd(), &[], &mut bufs, 42) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent < 1_000_000, "a queue that never fills");
+        };
+        assert_eq!(refused.kind(), ErrorKind::InboxFull, "{refused}");
+        // The inbox closed the connection: the waiting pushes get no answer, and the
+        // connection is finished.
+        drop(inbox);
+        let failed = push_answer(ours.as_fd(), &mut bufs, 42)
+            .expect("the end")
+            .expect_err("closed");
+        assert_eq!(
+            failed.error.kind(),
+            ErrorKind::PeerClosed,
+            "{}",
+            failed.error
+        );
+        assert!(failed.closed);
+        let e = push_send(ours.as_fd(), &[], &mut bufs, 42).expect_err("closed");
+        assert_eq!(e.kind(), ErrorKind::PeerClosed, "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! The acceptor: owns the listeners, runs the worker processes, and hands every accepted
 //! connection to one of them.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -143,7 +144,10 @@ impl Acceptor {
     /// One thread does everything, around one `epoll` set: it accepts on the listeners,
     /// reads the workers' answers, and hands what it accepted to the workers in batches
     /// (all the connections one wake-up brought for one worker, at most 64, go in one
-    /// [`duplicate_sockets`](crate::duplicate_sockets) message and one write of `conn` lines).
+    /// [`duplicate_sockets`](crate::duplicate_sockets) message to the worker's inbox and one
+    /// write of `conn` lines). It never sleeps waiting for an inbox: its own connection to
+    /// each worker's inbox is in the epoll set, and a batch's `conn` lines are written when
+    /// the inbox's answer (the tickets) comes; meanwhile it accepts and hands out more.
     /// The decisions (which worker, backpressure, re-dispatch, restarts, timeouts, the drain)
     /// are the I/O-free `Dispatch`'s; this loop carries them out.
     ///
@@ -244,6 +248,10 @@ fn is_lack_of_resources(e: &io::Error) -> bool {
 /// keyed by their index).
 const WORKER_KEY: u64 = 1 << 63;
 
+/// With [`WORKER_KEY`]: the key of the acceptor's connection to that worker's inbox (its
+/// answers to the pushes), not of its output.
+const INBOX_KEY: u64 = 1 << 62;
+
 fn worker_key(slot: usize, generation: u64) -> u64 {
     WORKER_KEY | (generation << 24) | slot as u64
 }
@@ -290,6 +298,14 @@ struct Proc {
     /// What it wrote, not yet a whole line.
     lines: LineBuffer,
     generation: u64,
+    /// This acceptor's connection to the worker's inbox (in the epoll set), made at its first
+    /// batch: the pushes go out on it and their answers are read when it turns readable, so
+    /// the acceptor does not sleep in `recvmsg` for each batch (behind the scheduling of the
+    /// worker's inbox thread, with every other worker's connections waiting too).
+    inbox: Option<OwnedFd>,
+    /// The ids of the batches pushed on `inbox` whose answers have not come, oldest first
+    /// (an inbox answers one connection's requests in order).
+    inflight: VecDeque<Vec<u64>>,
 }
 
 impl Default for Proc {
@@ -300,6 +316,8 @@ impl Default for Proc {
             stdout: None,
             lines: LineBuffer::new(MAX_WORKER_LINE),
             generation: 0,
+            inbox: None,
+            inflight: VecDeque::new(),
         }
     }
 }
@@ -322,7 +340,7 @@ struct Run<'a> {
     listener_of: Vec<usize>,
     /// The descriptors of a batch: an empty list kept for its allocation (see [`relabel`]).
     fds: Vec<BorrowedFd<'static>>,
-    /// The inbox's reply and the tickets of a batch (reused).
+    /// The request's bytes, the inbox's answer and the tickets of a batch (reused).
     push: crate::transfer::PushBuffers,
     /// Per listener, 0 while its rounds drain it, or 1 + the rounds that took one
     /// connection since the last round that drained it and found one (see `accept_from`).
@@ -397,13 +415,18 @@ impl Run<'_> {
                 continue;
             }
             let slot = (key & 0xff_ffff) as usize;
-            let generation = (key & !WORKER_KEY) >> 24;
+            let generation = (key & !(WORKER_KEY | INBOX_KEY)) >> 24;
             if self
                 .procs
                 .get(slot)
-                .is_some_and(|p| p.generation == generation)
+                .is_none_or(|p| p.generation != generation)
             {
+                continue;
+            }
+            if key & INBOX_KEY == 0 {
                 self.read_output(slot, now, READ_BUDGET);
+            } else {
+                self.read_answers(slot);
             }
         }
         for ev in events.iter() {
@@ -535,6 +558,7 @@ impl Run<'_> {
             }
             self.read_output(slot, now, EXIT_READ_BUDGET);
             self.close_output(slot);
+            self.close_inbox(slot);
             let p = &mut self.procs[slot];
             p.stdin = None;
             if let Some(child) = p.child.take() {
@@ -549,10 +573,7 @@ impl Run<'_> {
         while let Some(action) = self.d.poll_action() {
             match action {
                 Action::Spawn { slot, generation } => self.spawn(slot, generation)?,
-                Action::Send { slot, pid, ids } => {
-                    self.send(slot, pid, &ids);
-                    self.d.recycle(ids);
-                }
+                Action::Send { slot, pid, ids } => self.send(slot, pid, ids),
                 Action::Kill { slot, report } => self.kill(slot, report.as_deref()),
                 Action::CloseInput { slot } => self.procs[slot].stdin = None,
                 Action::Listen(on) => self.listen(on),
@@ -619,52 +640,153 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Duplicates the connections `ids` to worker `slot` in one message and writes their
-    /// `conn` lines in one write; a failure is reported (for lack of room the batch waits and
-    /// goes again in smaller batches; otherwise the worker is replaced, and the batch goes to
-    /// another).
-    fn send(&mut self, slot: usize, pid: u32, ids: &[u64]) {
+    /// Pushes the connections `ids` to the inbox of worker `slot` in one message on the
+    /// acceptor's own connection to it (made at the first batch), without waiting: their
+    /// `conn` lines go out in one write when the inbox answers with the tickets
+    /// ([`read_answers`](Self::read_answers)); `ids` is kept until then. A failure is
+    /// reported (for lack of room the batch waits and goes again in smaller batches;
+    /// otherwise the worker is replaced, and the batch goes to another). The request's bytes
+    /// and the descriptor list are the kept ones: a push allocates nothing.
+    fn send(&mut self, slot: usize, pid: u32, ids: Vec<u64>) {
+        if self.d.batch(slot, &ids).is_none() {
+            self.d.recycle(ids);
+            return;
+        }
+        let sent = self.connect_inbox(slot, pid).and_then(|()| {
+            let Some(batch) = self.d.batch(slot, &ids) else {
+                return Ok(());
+            };
+            let mut fds = relabel(std::mem::take(&mut self.fds));
+            fds.extend(batch.map(|p| p.fd.as_fd()));
+            debug_assert!(
+                self.d.batch(slot, &ids).is_some_and(|mut b| b.all(|p| {
+                    crate::transfer::entry_for(p.fd.as_fd()).is_ok_and(|e| {
+                        let mut known = self.records[p.listener].clone();
+                        (known.service_flags3, known.service_flags4) = (0, 0);
+                        known.provider_reserved = 0;
+                        e == known
+                    })
+                })),
+                "a listener's entry does not match a connection it accepted"
+            );
+            let pushed = match self.procs[slot].inbox.as_ref() {
+                Some(inbox) => crate::transfer::push_send(inbox.as_fd(), &fds, &mut self.push, pid),
+                None => Err(Error::new(
+                    ErrorKind::PeerClosed,
+                    "no connection to the worker's inbox",
+                )),
+            };
+            self.fds = relabel(fds);
+            pushed
+        });
+        match sent {
+            Ok(()) => {
+                self.procs[slot].inflight.push_back(ids);
+                self.d.handle_push_sent(slot);
+            }
+            Err(e) => {
+                self.send_failed(slot, pid, &ids, &e);
+                self.d.recycle(ids);
+            }
+        }
+    }
+
+    /// Makes the acceptor's connection to the inbox of worker `slot` (process `pid`), if it
+    /// has none, and watches it.
+    fn connect_inbox(&mut self, slot: usize, pid: u32) -> Result<(), Error> {
+        let p = &mut self.procs[slot];
+        if p.inbox.is_some() {
+            return Ok(());
+        }
+        let inbox = crate::transfer::connect_inbox(&self.rt, pid)?;
+        epoll::add(
+            &self.ep,
+            &inbox,
+            epoll::EventData::new_u64(worker_key(slot, p.generation) | INBOX_KEY),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| Error::from_errno(e, "registering a worker's inbox with epoll"))?;
+        p.inbox = Some(inbox);
+        Ok(())
+    }
+
+    /// Reads the answers that came from the inbox of worker `slot` and, for each, writes its
+    /// batch's `conn` lines in one write (or reports the failed push). A connection the inbox
+    /// closed (or one out of step) is closed here: the batches still waiting on it are
+    /// reported failed, and the worker's next batch makes a new one.
+    fn read_answers(&mut self, slot: usize) {
+        // One push waits at a time (the dispatch gives a worker no batch while its inbox has
+        // not answered): after its answer, no read that would find nothing, unless the
+        // connection turned readable with nothing asked (its end).
+        let mut first = true;
+        while first || !self.procs[slot].inflight.is_empty() {
+            first = false;
+            let p = &mut self.procs[slot];
+            let (Some(inbox), Some(pid)) = (p.inbox.as_ref(), p.child.as_ref().map(Child::id))
+            else {
+                return;
+            };
+            let Some(answer) = crate::transfer::push_answer(inbox.as_fd(), &mut self.push, pid)
+            else {
+                return;
+            };
+            let Some(ids) = p.inflight.pop_front() else {
+                // Nothing asked: the inbox closed the connection (or spoke out of turn). The
+                // worker's next batch makes a new one.
+                self.close_inbox(slot);
+                return;
+            };
+            let lost = match answer {
+                Ok((target, nonce)) => {
+                    self.answered(slot, pid, &ids, target, nonce);
+                    false
+                }
+                Err(failed) => {
+                    self.send_failed(slot, pid, &ids, &failed.error);
+                    failed.closed
+                }
+            };
+            self.d.recycle(ids);
+            if lost {
+                self.inbox_lost(slot, pid);
+                return;
+            }
+            if self.procs[slot].inflight.is_empty() {
+                self.d.handle_pushed(slot);
+            }
+        }
+    }
+
+    /// The inbox of worker `slot` (process `pid`) took the batch `ids` and answered with its
+    /// pid `target`, its run `nonce` and the tickets (in the kept push buffers): writes the
+    /// batch's `conn` lines in one write.
+    fn answered(&mut self, slot: usize, pid: u32, ids: &[u64], target: u32, nonce: u32) {
         let Some(batch) = self.d.batch(slot, ids) else {
+            // No longer this worker's (it was replaced, or timed out): its inbox's tickets
+            // expire there, unredeemed, and the batch went to another worker.
             return;
         };
         let mut listeners = std::mem::take(&mut self.listener_of);
         listeners.clear();
-        let mut fds = relabel(std::mem::take(&mut self.fds));
-        for p in batch {
-            fds.push(p.fd.as_fd());
-            listeners.push(p.listener);
-        }
-        debug_assert!(
-            fds.iter().zip(&listeners).all(|(fd, &l)| {
-                crate::transfer::entry_for(*fd).is_ok_and(|e| {
-                    let mut known = self.records[l].clone();
-                    (known.service_flags3, known.service_flags4) = (0, 0);
-                    known.provider_reserved = 0;
-                    e == known
-                })
-            }),
-            "a listener's entry does not match a connection it accepted"
-        );
+        listeners.extend(batch.map(|p| p.listener));
         let stdin = &mut self.procs[slot].stdin;
-        let (records, encoder, text, bufs) = (
-            &mut self.records,
-            &mut self.encoders[slot],
-            &mut self.text,
-            &mut self.push,
-        );
-        // The records are each listener's entry with the target's pid and run and a ticket:
-        // filled in place, written as text by an encoder that re-encodes only what changed
-        // from the record before (the tickets), not built and formatted one by one.
-        let pushed = crate::transfer::push_into(&self.rt, &fds, pid, bufs);
-        let tickets = &bufs.tickets;
-        let sent = pushed.and_then(|(pid, nonce)| {
-            let stdin = stdin
-                .as_mut()
-                .ok_or_else(|| Error::new(ErrorKind::PeerClosed, "the worker's input is closed"))?;
+        let (records, encoder, text) =
+            (&mut self.records, &mut self.encoders[slot], &mut self.text);
+        let tickets = &self.push.tickets;
+        let written = if tickets.len() != ids.len() {
+            Err(Error::new(
+                ErrorKind::ProtocolViolation,
+                format!("process {pid}'s inbox answered a push with the wrong tickets"),
+            ))
+        } else if let Some(stdin) = stdin.as_mut() {
+            // The records are each listener's entry with the target's pid and run and a
+            // ticket: filled in place, written as text by an encoder that re-encodes only
+            // what changed from the record before (the tickets), not built and formatted one
+            // by one.
             text.clear();
             for ((&id, &listener), ticket) in ids.iter().zip(&listeners).zip(tickets) {
                 let record = &mut records[listener];
-                record.service_flags3 = pid;
+                record.service_flags3 = target;
                 record.service_flags4 = nonce;
                 record.provider_reserved = *ticket;
                 ToWorker::encode_conn_bytes_into(id, record, encoder, text);
@@ -673,22 +795,66 @@ impl Run<'_> {
             stdin
                 .write_all(text)
                 .map_err(|e| Error::from_errno(e, "writing to the worker"))
-        });
-        fds.clear();
-        self.fds = relabel(fds);
+        } else {
+            Err(Error::new(
+                ErrorKind::PeerClosed,
+                "the worker's input is closed",
+            ))
+        };
         self.listener_of = listeners;
-        let count = ids.len();
-        match sent {
+        match written {
             Ok(()) => tracing::debug!(
                 slot,
                 pid,
-                count,
+                count = ids.len(),
                 "sockdup acceptor: connections handed to a worker"
             ),
-            Err(e) => {
-                tracing::warn!(slot, pid, count, kind = %e.kind(), error = %e, "sockdup acceptor: handing off failed");
-                self.d.handle_send_failed(slot, ids, &e, Instant::now());
-            }
+            Err(e) => self.send_failed(slot, pid, ids, &e),
+        }
+    }
+
+    /// Handing the batch `ids` to worker `slot` failed with `e`: reported, if the batch is
+    /// still the worker's (after a failure that replaced it, the batches still waiting for
+    /// its inbox's answers went to other workers with the rest).
+    fn send_failed(&mut self, slot: usize, pid: u32, ids: &[u64], e: &Error) {
+        if self.d.batch(slot, ids).is_none() {
+            return;
+        }
+        let count = ids.len();
+        tracing::warn!(slot, pid, count, kind = %e.kind(), error = %e, "sockdup acceptor: handing off failed");
+        self.d.handle_send_failed(slot, ids, e, Instant::now());
+    }
+
+    /// The inbox of worker `slot` closed the acceptor's connection (or is out of step): the
+    /// batches still waiting for its answers get none, and each is reported failed (the
+    /// worker is replaced, and they go to another one), unless it is no longer the worker's.
+    fn inbox_lost(&mut self, slot: usize, pid: u32) {
+        let mut waiting = std::mem::take(&mut self.procs[slot].inflight);
+        self.close_inbox(slot);
+        while let Some(ids) = waiting.pop_front() {
+            let e = Error::new(
+                ErrorKind::PeerClosed,
+                format!(
+                    "process {pid}'s inbox closed the connection before it answered for these connections"
+                ),
+            );
+            self.send_failed(slot, pid, &ids, &e);
+            self.d.recycle(ids);
+        }
+        // The (empty) queue goes back, with its allocation.
+        self.procs[slot].inflight = waiting;
+    }
+
+    /// Closes the acceptor's connection to the inbox of worker `slot`, forgetting the
+    /// batches waiting for its answers: for a worker that is gone or being replaced, whose
+    /// unconfirmed connections the dispatch gives to others.
+    fn close_inbox(&mut self, slot: usize) {
+        let p = &mut self.procs[slot];
+        if let Some(inbox) = p.inbox.take() {
+            let _ = epoll::delete(&self.ep, &inbox);
+        }
+        while let Some(ids) = p.inflight.pop_front() {
+            self.d.recycle(ids);
         }
     }
 
@@ -708,6 +874,7 @@ impl Run<'_> {
         }
         p.stdin = None;
         self.close_output(slot);
+        self.close_inbox(slot);
     }
 
     /// Kills and reaps the worker process of `slot`, if it has one.
@@ -720,6 +887,7 @@ impl Run<'_> {
             let _ = child.kill();
         }
         self.close_output(slot);
+        self.close_inbox(slot);
         let p = &mut self.procs[slot];
         p.stdin = None;
         if let Some(mut child) = p.child.take() {

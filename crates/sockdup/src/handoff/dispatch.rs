@@ -146,6 +146,10 @@ struct Slot<C> {
     batch_limit: usize,
     /// A batch could not be delivered for lack of room: it gets nothing before this instant.
     retry_at: Option<Instant>,
+    /// The driver pushed a batch to it and waits for its inbox's answer
+    /// ([`Dispatch::handle_push_sent`]): it gets no other batch until then, so that the
+    /// connections that come meanwhile go to it together in the next one.
+    pushing: bool,
 }
 
 impl<C> Slot<C> {
@@ -235,6 +239,7 @@ impl<C> Dispatch<C> {
                     active: HashSet::default(),
                     batch_limit: MAX_BATCH,
                     retry_at: None,
+                    pushing: false,
                 })
                 .collect(),
             queue: VecDeque::new(),
@@ -268,7 +273,10 @@ impl<C> Dispatch<C> {
         if let Some(a) = self.actions.pop_front() {
             return Some(a);
         }
-        let want = self.drain.is_none() && self.accept_pause.is_none() && self.room() > 0;
+        let want = self.drain.is_none()
+            && self.accept_pause.is_none()
+            && self.room() > 0
+            && !self.every_worker_pushing();
         if want != self.listening && self.drain.is_none() {
             self.listening = want;
             return Some(Action::Listen(want));
@@ -299,6 +307,23 @@ impl<C> Dispatch<C> {
             earliest(&mut due, self.drain);
         }
         due
+    }
+
+    /// Whether every ready worker has a push waiting for its inbox's answer (and one is
+    /// ready): none takes a batch now, so the acceptor stops watching the listeners until an
+    /// answer comes, and then takes what came meanwhile from the backlog at once, rather than
+    /// waking for each connection to queue it (the batching the blocking push gave).
+    fn every_worker_pushing(&self) -> bool {
+        let mut ready = false;
+        for s in &self.slots {
+            if matches!(s.state, State::Ready { .. }) {
+                if !s.pushing {
+                    return false;
+                }
+                ready = true;
+            }
+        }
+        ready
     }
 
     /// How many more connections may be accepted now: the capacity of all the workers, less
@@ -492,6 +517,7 @@ impl<C> Dispatch<C> {
         let Some(s) = self.slots.get_mut(slot) else {
             return;
         };
+        s.pushing = false;
         let no_room = matches!(
             error.kind(),
             ErrorKind::InboxFull | ErrorKind::TargetOutOfDescriptors | ErrorKind::OutOfDescriptors
@@ -513,6 +539,28 @@ impl<C> Dispatch<C> {
         back.sort_unstable_by_key(|(id, _)| *id);
         for item in back.into_iter().rev() {
             self.queue.push_front(item);
+        }
+    }
+
+    /// The driver pushed the batch of an [`Action::Send`] to the inbox of the worker of `slot`
+    /// without waiting for the answer: the worker gets no other batch until the driver reports
+    /// [`handle_pushed`](Self::handle_pushed) (or [`handle_send_failed`](Self::handle_send_failed));
+    /// the connections that come meanwhile wait in the queue and go to it together (or to
+    /// another worker). A worker that never answers is replaced at its answer timeout, as for
+    /// the `ok` lines.
+    pub(crate) fn handle_push_sent(&mut self, slot: usize) {
+        if let Some(s) = self.slots.get_mut(slot)
+            && matches!(s.state, State::Ready { .. })
+        {
+            s.pushing = true;
+        }
+    }
+
+    /// The inbox of the worker of `slot` answered the push of [`handle_push_sent`](Self::handle_push_sent)
+    /// (the driver wrote the batch's `conn` lines): it takes batches again.
+    pub(crate) fn handle_pushed(&mut self, slot: usize) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.pushing = false;
         }
     }
 
@@ -622,6 +670,7 @@ impl<C> Dispatch<C> {
             let s = &self.slots[i];
             matches!(s.state, State::Ready { .. })
                 && s.retry_at.is_none()
+                && !s.pushing
                 && s.outstanding() < self.cfg.max_outstanding
                 && planned[i].len() < s.batch_limit
         };
@@ -644,11 +693,13 @@ impl<C> Dispatch<C> {
     }
 
     /// Whether worker `i` takes one more connection beyond `planned`: it is ready, not waiting
-    /// for a retry, below `max_outstanding` and below its batch limit.
+    /// for a retry nor for its inbox's answer to a push, below `max_outstanding` and below
+    /// its batch limit.
     fn takes(&self, i: usize, planned: usize) -> bool {
         let s = &self.slots[i];
         matches!(s.state, State::Ready { .. })
             && s.retry_at.is_none()
+            && !s.pushing
             && s.outstanding() + planned < self.cfg.max_outstanding
             && planned < s.batch_limit
     }
@@ -747,6 +798,7 @@ impl<C> Dispatch<C> {
         s.active.clear();
         s.batch_limit = MAX_BATCH;
         s.retry_at = None;
+        s.pushing = false;
         lost.sort_unstable_by_key(|(id, _)| *id);
         self.summary.redispatched += lost.len() as u64;
         for item in lost.into_iter().rev() {
@@ -867,6 +919,43 @@ mod tests {
         d.dispatch(t0);
         assert_eq!(sends(&actions(&mut d)), vec![(0, vec![5]), (1, vec![3, 4])]);
         assert_eq!(d.summary().per_worker, vec![2, 1]);
+    }
+
+    #[test]
+    fn a_worker_whose_push_awaits_its_inbox_gets_no_batch_until_it_answers() {
+        let t0 = Instant::now();
+        let mut d = ready(cfg(2, Policy::RoundRobin, 256), t0);
+        accept(&mut d, 1);
+        d.dispatch(t0);
+        assert_eq!(sends(&actions(&mut d)), vec![(0, vec![0])]);
+        d.handle_push_sent(0);
+        // Worker 0 waits for its inbox: the next connections all go to worker 1.
+        accept(&mut d, 3);
+        d.dispatch(t0);
+        assert_eq!(sends(&actions(&mut d)), vec![(1, vec![1, 2, 3])]);
+        d.handle_push_sent(1);
+        // Both wait: connections stay queued, and the driver is not told to go on at once.
+        // The acceptor stops watching the listeners until an answer comes.
+        accept(&mut d, 2);
+        d.dispatch(t0);
+        assert_eq!(actions(&mut d), vec![Action::Listen(false)]);
+        assert!(!d.more());
+        // Worker 0's inbox answered: what queued meanwhile goes to it in one batch, and the
+        // listeners are watched again.
+        d.handle_pushed(0);
+        assert!(d.more());
+        d.dispatch(t0);
+        let got = actions(&mut d);
+        assert_eq!(sends(&got), vec![(0, vec![4, 5])]);
+        assert_eq!(got.last(), Some(&Action::Listen(true)));
+        // A failed push (no room in the inbox) ends the wait too, after the retry delay.
+        let full = Error::new(ErrorKind::InboxFull, "full");
+        d.handle_send_failed(1, &[1, 2, 3], &full, t0);
+        assert!(
+            d.batch(1, &[1, 2, 3]).is_none(),
+            "the batch is queued again"
+        );
+        assert!(d.slots[1].retry_at.is_some() && !d.slots[1].pushing);
     }
 
     #[test]

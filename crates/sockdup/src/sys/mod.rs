@@ -198,18 +198,32 @@ pub(crate) fn send_with_fds(
     bytes: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> Result<()> {
+    send_flags(fd, bytes, fds, SendFlags::NOSIGNAL)
+}
+
+/// [`send_with_fds`] without waiting (`MSG_DONTWAIT`): `EAGAIN` if the receiver's queue is
+/// full.
+pub(crate) fn try_send_with_fds(
+    fd: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<()> {
+    send_flags(fd, bytes, fds, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
+}
+
+fn send_flags(
+    fd: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: SendFlags,
+) -> Result<()> {
     debug_assert!(fds.len() <= MAX_FDS_PER_MESSAGE);
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(Errno::NOBUFS);
     }
-    net::sendmsg(
-        fd,
-        &[IoSlice::new(bytes)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
+    net::sendmsg(fd, &[IoSlice::new(bytes)], &mut control, flags)?;
     Ok(())
 }
 
@@ -229,14 +243,13 @@ pub(crate) struct Received {
 
 /// Receives one message and up to 253 descriptors, with `MSG_CMSG_CLOEXEC`.
 pub(crate) fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Received> {
+    recv_flags(fd, buf, RecvFlags::CMSG_CLOEXEC)
+}
+
+fn recv_flags(fd: BorrowedFd<'_>, buf: &mut [u8], flags: RecvFlags) -> Result<Received> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let msg = net::recvmsg(
-        fd,
-        &mut [IoSliceMut::new(buf)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
+    let msg = net::recvmsg(fd, &mut [IoSliceMut::new(buf)], &mut control, flags)?;
     let mut fds = Vec::new();
     for m in control.drain() {
         if let RecvAncillaryMessage::ScmRights(rights) = m {
@@ -249,6 +262,15 @@ pub(crate) fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Receiv
         truncated: msg.flags.contains(ReturnFlags::CTRUNC),
         too_long: msg.flags.contains(ReturnFlags::TRUNC),
     })
+}
+
+/// [`recv_with_fds`] without waiting (`MSG_DONTWAIT`): `None` if no message is there.
+pub(crate) fn try_recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Option<Received>> {
+    match recv_flags(fd, buf, RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT) {
+        Ok(r) => Ok(Some(r)),
+        Err(Errno::AGAIN) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The socket's family, type and protocol as the kernel reports them (`SO_DOMAIN`, `SO_TYPE`,

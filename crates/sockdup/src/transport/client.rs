@@ -169,7 +169,7 @@ impl Pool {
 
     /// Opens a connection to `target`'s inbox and checks, with the kernel's word, that `target`
     /// itself listens there (not a squatter on its address, not a process that reused its pid).
-    fn connect(&self, target: u32) -> Result<OwnedFd, Error> {
+    pub(crate) fn connect(&self, target: u32) -> Result<OwnedFd, Error> {
         let no_such_process = || {
             Error::new(
                 ErrorKind::NoSuchProcess,
