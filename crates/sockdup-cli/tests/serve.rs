@@ -242,6 +242,17 @@ impl Server {
         self._dir.path()
     }
 
+    /// `sockdup serve` on an ephemeral port with two `echo` workers, logging the handoffs
+    /// ([`HANDOFF_LOG`]), as the descriptor-count tests need.
+    fn two_echo_workers_logged() -> Self {
+        Self::start_logging(
+            &["127.0.0.1:0"],
+            &["--workers", "2"],
+            &worker("echo"),
+            HANDOFF_LOG,
+        )
+    }
+
     /// The serve process's descriptor count once it holds still (the same over 100 ms), or
     /// once it is `want`, or after 5 s.
     fn settled_fd_count(&self, want: Option<usize>) -> usize {
@@ -938,35 +949,18 @@ fn a_connection_done_in_the_turn_it_came_is_confirmed_before_it_is_done() {
 
 #[test]
 fn the_acceptor_leaks_no_descriptor() {
-    let server = Server::start_logging(
-        &["127.0.0.1:0"],
-        &["--workers", "2"],
-        &worker("echo"),
-        HANDOFF_LOG,
-    );
+    let server = Server::two_echo_workers_logged();
     let addr = server.tcp();
     // Warm up: both workers started, and the acceptor's connections to their inboxes made.
     server.warm_up(2, "w");
-    // The count once it holds still, or once it is `want`.
-    let settled = |want: Option<usize>| {
-        let until = Instant::now() + Duration::from_secs(5);
-        loop {
-            let a = server.fd_count();
-            thread::sleep(Duration::from_millis(100));
-            let b = server.fd_count();
-            let done = match want {
-                Some(w) => b == w,
-                None => a == b,
-            };
-            if done || Instant::now() > until {
-                return b;
-            }
-        }
-    };
-    let before = settled(None);
+    let before = server.settled_fd_count(None);
     let failures = echo_load(addr, 4, 100, "f");
     assert!(failures.is_empty(), "failed: {failures:?}");
-    assert_eq!(settled(Some(before)), before, "after 400 connections");
+    assert_eq!(
+        server.settled_fd_count(Some(before)),
+        before,
+        "after 400 connections"
+    );
 
     // A worker killed and restarted leaves nothing behind either.
     let workers = server.wait_workers(2, &BTreeSet::new());
@@ -975,7 +969,11 @@ fn the_acceptor_leaks_no_descriptor() {
     server.wait_workers(2, &BTreeSet::from([victim]));
     // Its replacement's inbox connection made too.
     server.warm_up(2, "r");
-    assert_eq!(settled(Some(before)), before, "after a restart");
+    assert_eq!(
+        server.settled_fd_count(Some(before)),
+        before,
+        "after a restart"
+    );
 }
 
 #[test]
@@ -986,12 +984,7 @@ fn a_worker_killed_with_batches_awaiting_its_inbox_loses_nothing() {
     // batch pushed to it in flight, while the other worker serves the rest; killed then, its
     // batch goes to the other worker, each connection served exactly once, and the
     // acceptor's descriptors are back where they were.
-    let server = Server::start_logging(
-        &["127.0.0.1:0"],
-        &["--workers", "2"],
-        &worker("echo"),
-        HANDOFF_LOG,
-    );
+    let server = Server::two_echo_workers_logged();
     let addr = server.tcp();
     let warm = server.warm_up(2, "w");
     let before = server.settled_fd_count(None);
