@@ -395,6 +395,23 @@ fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(s)
 }
 
+/// A loopback listener for tests that hand connections to a worker themselves, playing the
+/// acceptor.
+struct Loopback(std::net::TcpListener);
+
+impl Loopback {
+    fn new() -> Self {
+        Self(std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+    }
+
+    /// A connected client ([`connect`]: with timeouts) and the accepted end.
+    fn pair(&self) -> (TcpStream, TcpStream) {
+        let client = connect(self.0.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = self.0.accept().expect("accept");
+        (client, accepted)
+    }
+}
+
 /// One echo connection: sends `token`, closes its write side, and expects exactly `token`
 /// back before the end of the stream.
 fn echo_once(addr: SocketAddr, token: &str) -> Result<(), String> {
@@ -871,14 +888,8 @@ fn the_event_loop_worker_says_ok_and_done_once_for_each_connection() {
     // turn finished at its end, in one write): each `done` still comes once, after its `ok`.
     let _guard = sockdup::startup().expect("startup");
     let (child, mut stdin, mut stdout) = piped_worker(&ECHO_WORKER);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let mut clients = Vec::new();
-    let mut accepted = Vec::new();
-    for _ in 0..3 {
-        clients.push(connect(addr).expect("connect"));
-        accepted.push(listener.accept().expect("accept").0);
-    }
+    let loopback = Loopback::new();
+    let (mut clients, accepted): (Vec<_>, Vec<_>) = (0..3).map(|_| loopback.pair()).unzip();
     let records = sockdup::duplicate_sockets(&accepted, child.id()).expect("duplicate");
     drop(accepted);
     let lines: String = (1..=3)
@@ -925,10 +936,7 @@ fn a_connection_done_in_the_turn_it_came_is_confirmed_before_it_is_done() {
     // then its `done`, each once.
     let _guard = sockdup::startup().expect("startup");
     let (child, mut stdin, mut stdout) = piped_worker(&ECHO_WORKER);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let mut client = connect(addr).expect("connect");
-    let accepted = listener.accept().expect("accept").0;
+    let (mut client, accepted) = Loopback::new().pair();
     client.write_all(b"all at once").expect("write");
     client.shutdown(Shutdown::Write).expect("shutdown");
     let record = sockdup::duplicate_socket(&accepted, child.id()).expect("duplicate");
@@ -1928,10 +1936,7 @@ fn read_line(stdout: &mut BufReader<std::process::ChildStdout>) -> String {
 fn the_async_worker_speaks_the_protocol_ok_fail_done_and_ends_with_its_input() {
     let _guard = sockdup::startup().expect("startup");
     let (child, mut stdin, mut stdout) = piped_worker(&[TOKIO_WORKER]);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-    client.set_read_timeout(Some(WAIT)).expect("timeout");
-    let (accepted, _) = listener.accept().expect("accept");
+    let (mut client, accepted) = Loopback::new().pair();
     let record = sockdup::duplicate_socket(&accepted, child.id()).expect("duplicate");
     drop(accepted);
     // The same record twice in one write: the first is redeemed, the second's ticket is spent.
@@ -2049,11 +2054,9 @@ fn the_poll_loop_worker_serves_on_after_the_end_of_its_input_and_then_exits_0() 
     let _guard = sockdup::startup().expect("startup");
     let (mut child, mut stdin, mut stdout) = piped_worker(&[POLL_WORKER]);
     let pid = child.id();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let loopback = Loopback::new();
     let hand_over = |stdin: &mut std::process::ChildStdin, ids: &[u64]| {
-        let client = connect(addr).expect("connect");
-        let (accepted, _) = listener.accept().expect("accept");
+        let (client, accepted) = loopback.pair();
         let record = sockdup::duplicate_socket(&accepted, pid).expect("duplicate");
         drop(accepted);
         let lines: String = ids

@@ -33,6 +33,14 @@ fn connected() -> (Socket, TcpStream) {
     (Socket::from_fd(fd).unwrap(), remote)
 }
 
+/// A connected pair whose socket is registered for `events` with a new event.
+fn registered(events: u32) -> (Socket, TcpStream, Event) {
+    let (s, remote) = connected();
+    let e = Event::new().unwrap();
+    s.event_select(&e, events).unwrap();
+    (s, remote, e)
+}
+
 /// A connected pair whose remote end has sent `data` (and `shut` down its side if asked), once
 /// this end can read it.
 fn connected_after(data: &[u8], shut: bool) -> (Socket, TcpStream) {
@@ -110,9 +118,7 @@ fn pending_events_are_recorded_before_event_select_returns() {
 #[test]
 fn the_watcher_thread_defers_its_wake_ups_and_still_signals() {
     let _g = sockdup::startup().unwrap();
-    let (s, mut remote) = connected();
-    let e = Event::new().unwrap();
-    s.event_select(&e, FD_READ).unwrap();
+    let (s, mut remote, e) = registered(FD_READ);
     remote.write_all(b"x").unwrap();
     wait_for(LONG, || e.is_set().then_some(()));
     assert_eq!(take(&s, &e), FD_READ);
@@ -139,9 +145,7 @@ fn the_watcher_thread_defers_its_wake_ups_and_still_signals() {
 #[test]
 fn fd_read_is_recorded_once_and_re_enabled_by_a_receive() {
     let _g = sockdup::startup().unwrap();
-    let (s, mut remote) = connected();
-    let e = Event::new().unwrap();
-    s.event_select(&e, FD_READ).unwrap();
+    let (s, mut remote, e) = registered(FD_READ);
     quiet(&e);
     remote.write_all(b"abc").unwrap();
     signalled(&e);
@@ -166,9 +170,7 @@ fn fd_read_is_recorded_once_and_re_enabled_by_a_receive() {
 #[test]
 fn fd_write_comes_on_connect_and_then_only_after_a_send_would_block() {
     let _g = sockdup::startup().unwrap();
-    let (s, mut remote) = connected();
-    let e = Event::new().unwrap();
-    s.event_select(&e, FD_WRITE).unwrap();
+    let (s, mut remote, e) = registered(FD_WRITE);
     assert_eq!(
         take(&s, &e),
         FD_WRITE,
@@ -285,9 +287,7 @@ fn a_failed_connect_records_fd_connect_with_wsaeconnrefused() {
 #[test]
 fn a_reset_records_fd_close_with_wsaeconnreset() {
     let _g = sockdup::startup().unwrap();
-    let (s, remote) = connected();
-    let e = Event::new().unwrap();
-    s.event_select(&e, FD_CLOSE).unwrap();
+    let (s, remote, e) = registered(FD_CLOSE);
     quiet(&e);
     rustix::net::sockopt::set_socket_linger(&remote, Some(Duration::ZERO)).unwrap();
     drop(remote);
@@ -324,9 +324,7 @@ fn fd_close_comes_once_all_received_data_has_been_read() {
 #[test]
 fn fd_oob_is_recorded_for_urgent_data() {
     let _g = sockdup::startup().unwrap();
-    let (s, remote) = connected();
-    let e = Event::new().unwrap();
-    s.event_select(&e, FD_OOB).unwrap();
+    let (s, remote, e) = registered(FD_OOB);
     quiet(&e);
     rustix::net::send(&remote, b"!", rustix::net::SendFlags::OOB).unwrap();
     signalled(&e);
@@ -337,9 +335,7 @@ fn fd_oob_is_recorded_for_urgent_data() {
 #[test]
 fn fd_oob_is_recorded_once_and_re_enabled_by_a_receive() {
     let _g = sockdup::startup().unwrap();
-    let (s, remote) = connected();
-    let e = Event::new().unwrap();
-    s.event_select(&e, FD_OOB).unwrap();
+    let (s, remote, e) = registered(FD_OOB);
     rustix::net::send(&remote, b"!", rustix::net::SendFlags::OOB).unwrap();
     signalled(&e);
     assert_eq!(take(&s, &e), FD_OOB);
