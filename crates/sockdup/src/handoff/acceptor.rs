@@ -224,15 +224,6 @@ fn relabel<'b>(mut fds: Vec<BorrowedFd<'_>>) -> Vec<BorrowedFd<'b>> {
     fds.into_iter().map_while(|_| None).collect()
 }
 
-/// Closes this process's kept connection to the inbox of `pid`, a worker that is gone: the
-/// connection cache would otherwise hold its descriptor for as long as sockdup runs, one more
-/// for every worker that ever exited.
-fn forget_inbox_connection(pid: u32) {
-    if let Ok(rt) = crate::startup::Runtime::current() {
-        rt.pool.forget(pid);
-    }
-}
-
 /// Whether starting a process failed for lack of resources that may free up: descriptors
 /// (`EMFILE`, `ENFILE`), processes (`EAGAIN`), memory (`ENOMEM`).
 fn is_lack_of_resources(e: &io::Error) -> bool {
@@ -561,9 +552,7 @@ impl Run<'_> {
             self.close_inbox(slot);
             let p = &mut self.procs[slot];
             p.stdin = None;
-            if let Some(child) = p.child.take() {
-                forget_inbox_connection(child.id());
-            }
+            p.child = None;
             self.d.handle_exited(slot, now);
         }
     }
@@ -892,7 +881,6 @@ impl Run<'_> {
         p.stdin = None;
         if let Some(mut child) = p.child.take() {
             let _ = child.wait();
-            forget_inbox_connection(child.id());
         }
     }
 

@@ -64,11 +64,6 @@ impl Pool {
         self.runtime_dir.as_deref()
     }
 
-    /// Forgets the kept connection to `target` (it exited, or will not be written to again).
-    pub(crate) fn forget(&self, target: u32) {
-        lock(&self.conns).remove(&target);
-    }
-
     /// Sends `request` (with `fds`) to `target`'s inbox and returns its successful reply.
     ///
     /// A kept connection that turns out closed (the target restarted sockdup) is replaced once.
