@@ -76,9 +76,14 @@ pub(crate) fn push<S: AsFd>(
     sockets: &[S],
     target_pid: u32,
 ) -> Result<(u32, u32, Vec<u32>), Error> {
+    check_pid(target_pid)?;
     let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(AsFd::as_fd).collect();
     let mut bufs = PushBuffers::default();
-    let (pid, nonce) = push_into(rt, &fds, target_pid, &mut bufs)?;
+    let (pid, nonce) = if target_pid == rt.pid {
+        push_local(rt, &fds, &mut bufs.tickets)?
+    } else {
+        push_remote(rt, &fds, target_pid, &mut bufs)?
+    };
     Ok((pid, nonce, bufs.tickets))
 }
 
@@ -95,22 +100,6 @@ pub(crate) struct PushBuffers {
     /// Where [`push_answer`] receives the inbox's answer: [`MAX_MESSAGE`] bytes, allocated at
     /// the first answer (a one-off [`push`] never needs it).
     answer: Vec<u8>,
-}
-
-/// [`push`], the tickets into `bufs.tickets` (cleared first): the target's pid and run nonce.
-pub(crate) fn push_into(
-    rt: &Runtime,
-    sockets: &[BorrowedFd<'_>],
-    target_pid: u32,
-    bufs: &mut PushBuffers,
-) -> Result<(u32, u32), Error> {
-    check_pid(target_pid)?;
-    bufs.tickets.clear();
-    if target_pid == rt.pid {
-        push_local(rt, sockets, &mut bufs.tickets)
-    } else {
-        push_remote(rt, sockets, target_pid, bufs)
-    }
 }
 
 /// A connection of the caller's own to `target_pid`'s inbox (checked as the pool's are: the
